@@ -1,0 +1,61 @@
+"""asyncflow: asyncio-native task orchestration, no server.
+
+One event-loop scheduler owns the dependency graph of submitted tasks; coroutines run on the
+loop, sync bodies in worker threads; futures work with ``await`` and with ``.result()``.
+"""
+
+from __future__ import annotations
+
+from . import exceptions as exceptions
+from ._annotations import allow_failure as allow_failure
+from ._annotations import quote as quote
+from ._annotations import unmapped as unmapped
+from ._flow import Flow as Flow
+from ._flow import flow as flow
+from ._futures import Future as Future
+from ._futures import FutureList as FutureList
+from ._options import exponential_backoff as exponential_backoff
+from ._resolve import resolve_futures_to_results as resolve_futures_to_results
+from ._resolve import resolve_futures_to_states as resolve_futures_to_states
+from ._runners import TaskRunner as TaskRunner
+from ._runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
+from ._settings import Settings as Settings
+from ._settings import get_settings as get_settings
+from ._states import State as State
+from ._states import StateType as StateType
+from ._task import Task as Task
+from ._task import task as task
+from ._waiting import DoneAndNotDone as DoneAndNotDone
+from ._waiting import as_completed as as_completed
+from ._waiting import as_completed_async as as_completed_async
+from ._waiting import wait as wait
+from ._waiting import wait_async as wait_async
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "DoneAndNotDone",
+    "Flow",
+    "Future",
+    "FutureList",
+    "Settings",
+    "State",
+    "StateType",
+    "Task",
+    "TaskRunner",
+    "ThreadPoolTaskRunner",
+    "allow_failure",
+    "as_completed",
+    "as_completed_async",
+    "exceptions",
+    "exponential_backoff",
+    "flow",
+    "get_settings",
+    "quote",
+    "resolve_futures_to_results",
+    "resolve_futures_to_states",
+    "task",
+    "unmapped",
+    "wait",
+    "wait_async",
+)

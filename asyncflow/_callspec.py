@@ -1,0 +1,111 @@
+"""How a parameters dict maps onto a function's signature, checked cheaply at every submit."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ("CallSpec",)
+
+_P = inspect.Parameter
+
+
+class CallSpec:
+    """The signature of a task body, reduced to what ``submit`` needs on its hot path.
+
+    A parameters dict maps parameter names to values. A ``*args`` parameter takes a sequence
+    under its own name; names the signature does not know go to ``**kwargs`` when there is one.
+    """
+
+    __slots__ = ("names", "positional", "required", "simple", "varkw", "varpos")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature: accept anything
+            sig = inspect.Signature([_P("args", _P.VAR_POSITIONAL), _P("kwargs", _P.VAR_KEYWORD)])
+        names: set[str] = set()
+        required: set[str] = set()
+        positional: list[str] = []
+        self.varpos: str | None = None
+        self.varkw = False
+        for p in sig.parameters.values():
+            if p.kind is _P.VAR_POSITIONAL:
+                self.varpos = p.name
+                names.add(p.name)
+            elif p.kind is _P.VAR_KEYWORD:
+                self.varkw = True
+            else:
+                names.add(p.name)
+                if p.default is _P.empty:
+                    required.add(p.name)
+                if p.kind is _P.POSITIONAL_ONLY:
+                    positional.append(p.name)
+        # Positional-only parameters come first, so a *args parameter needs them passed
+        # positionally as well; positional-or-keyword ones before *args must be positional too.
+        if self.varpos is not None:
+            positional = [
+                p.name
+                for p in sig.parameters.values()
+                if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+            ]
+        self.names = frozenset(names)
+        self.required = frozenset(required)
+        self.positional = tuple(positional)
+        self.simple = not positional and self.varpos is None
+
+    def check(self, parameters: Mapping[str, Any], task_name: str) -> None:
+        """Raise ``TypeError`` naming the task and the parameter when ``parameters`` cannot bind."""
+        keys = parameters.keys()
+        if not self.varkw:
+            unknown = keys - self.names
+            if unknown:
+                raise TypeError(
+                    f"task {task_name!r} got unexpected parameter(s) "
+                    f"{', '.join(map(repr, sorted(unknown)))}"
+                )
+        if not self.required <= keys:
+            missing = sorted(self.required - keys)
+            raise TypeError(
+                f"task {task_name!r} is missing required parameter(s) "
+                f"{', '.join(map(repr, missing))}"
+            )
+        if self.varpos is not None and self.varpos in parameters:
+            value = parameters[self.varpos]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(
+                    f"task {task_name!r}: parameter {self.varpos!r} collects *args and must be "
+                    f"a list or tuple, not {type(value).__name__}"
+                )
+
+    def call(self, fn: Callable[..., Any], parameters: dict[str, Any]) -> Any:
+        if self.simple:
+            return fn(**parameters)
+        kwargs = dict(parameters)
+        args = [kwargs.pop(name) for name in self.positional if name in kwargs]
+        if self.varpos is not None:
+            args.extend(kwargs.pop(self.varpos, ()))
+        return fn(*args, **kwargs)
+
+    def bind(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task_name: str
+    ) -> dict[str, Any]:
+        """Turn call-style arguments into a parameters dict (for ``task.submit(*args, **kw)``)."""
+        if not args and self.varpos is None:
+            return kwargs
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return {"args": args, **kwargs}
+        try:
+            bound = sig.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {task_name!r}: {exc}") from None
+        parameters: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if sig.parameters[name].kind is _P.VAR_KEYWORD:
+                parameters.update(value)
+            else:
+                parameters[name] = value
+        return parameters

@@ -1,0 +1,75 @@
+"""``@flow``: run a function inside a runner so that ``task.submit`` finds it."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from ._resolve import resolve_futures_async, resolve_futures_to_results
+from ._runners import TaskRunner, ThreadPoolTaskRunner
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ("Flow", "flow")
+
+
+class Flow(Generic[P, R]):
+    """A function run inside its own runner session each time it is called.
+
+    Sync flows block until every task they submitted is final; async flows are awaited.
+    Futures in the return value are replaced by their results.
+    """
+
+    def __init__(
+        self, fn: Callable[P, R], *, name: str | None = None, task_runner: TaskRunner | None = None
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@flow needs a callable, not {fn!r}")
+        if task_runner is not None and not isinstance(task_runner, TaskRunner):
+            raise TypeError(f"task_runner must be a TaskRunner, not {task_runner!r}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.task_runner = task_runner
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def _runner(self) -> TaskRunner:
+        # A fresh copy per call: the same flow may run several times at once.
+        return self.task_runner.duplicate() if self.task_runner else ThreadPoolTaskRunner()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.is_async:
+            return self._acall(args, kwargs)  # type: ignore[return-value]
+        with self._runner():
+            result = self.fn(*args, **kwargs)
+            return resolve_futures_to_results(result)  # type: ignore[no-any-return]
+
+    async def _acall(self, args: Any, kwargs: Any) -> Any:
+        async with self._runner():
+            result = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            return await resolve_futures_async(result)
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r})"
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *, name: str | None = None, task_runner: TaskRunner | None = None
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    fn: Any = None, /, *, name: str | None = None, task_runner: TaskRunner | None = None
+) -> Any:
+    """Make a function a flow: ``@flow`` or ``@flow(task_runner=..., name=...)``."""
+    if fn is None:
+        return lambda f: Flow(f, name=name, task_runner=task_runner)
+    return Flow(fn, name=name, task_runner=task_runner)

@@ -1,0 +1,347 @@
+"""``Future``: the handle a submit returns, awaitable on any loop and blockable from any thread.
+
+Only the scheduler resolves a future, on its own loop thread (``_set_final``). Waiters register
+from any thread; one module-wide lock makes "register unless already done" and "mark done and
+take the waiters" atomic with respect to each other. It is held for a few attribute writes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ._context import current_future
+from ._states import State, StateType
+from .exceptions import TaskCancelledError, TaskCrashedError
+
+if TYPE_CHECKING:
+    import contextvars
+
+    from ._task import Task
+
+R = TypeVar("R")
+
+__all__ = ("Future", "FutureList")
+
+logger = logging.getLogger("asyncflow")
+
+# Run status codes; everything >= COMPLETED is final.
+PENDING, RUNNING, RETRYING, COMPLETED, FAILED, CANCELLED, CRASHED = range(7)
+_TYPES = (
+    StateType.PENDING,
+    StateType.RUNNING,
+    StateType.RETRYING,
+    StateType.COMPLETED,
+    StateType.FAILED,
+    StateType.CANCELLED,
+    StateType.CRASHED,
+)
+_NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", "Crashed")
+
+_lock = threading.Lock()
+
+# Set by a worker-thread pool on its threads: how a blocked ``.result()`` gives its slot back.
+blocking_hooks = threading.local()
+
+
+class _Owner(Protocol):
+    """What a future needs from the scheduler that owns it."""
+
+    loop: asyncio.AbstractEventLoop
+    thread_id: int
+    runner: Any
+
+    def request_cancel(self, future: Future[Any]) -> None: ...
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Future(Generic[R]):
+    """The result of one task run, to come.
+
+    ``await future`` works on any asyncio loop. ``future.result()`` blocks the calling thread and
+    works from any thread except the scheduler's own loop thread, where it raises at once (await
+    the future there instead). Users get futures from ``submit``/``map``; they do not build them.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_ctx",
+        "_deps",
+        "_event",
+        "_handle",
+        "_id",
+        "_params",
+        "_scheduler",
+        "_state_name",
+        "_status",
+        "_task",
+        "_timestamp",
+        "_value",
+        "_waiters",
+    )
+
+    def __init__(
+        self,
+        scheduler: _Owner,
+        task: Task[..., R],
+        params: dict[str, Any],
+        deps: list[tuple[Future[Any], bool]] | None,
+        ctx: contextvars.Context,
+    ) -> None:
+        self._scheduler = scheduler
+        self._task = task
+        self._params: dict[str, Any] | None = params
+        self._deps = deps
+        self._ctx: contextvars.Context | None = ctx
+        self._status = PENDING
+        self._value: Any = None
+        self._state_name: str | None = None
+        self._timestamp = time.time()
+        self._callbacks: list[Callable[[Future[R]], object]] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._event: threading.Event | None = None
+        self._handle: Any = None
+        self._id: uuid.UUID | None = None
+
+    # -- read-only views -------------------------------------------------------------------
+    @property
+    def task_run_id(self) -> uuid.UUID:
+        """A unique id for this run (made on first use: it costs nothing until asked for)."""
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
+
+    @property
+    def task_name(self) -> str:
+        return self._task.name
+
+    @property
+    def state(self) -> State[R]:
+        status = self._status
+        name = self._state_name or _NAMES[status]
+        data = self._value if status >= COMPLETED else None
+        message = ""
+        if status >= FAILED and isinstance(data, BaseException):
+            message = f"{type(data).__name__}: {data}"
+        return State(_TYPES[status], name, self._timestamp, message, data)
+
+    def done(self) -> bool:
+        return self._status >= COMPLETED
+
+    def __repr__(self) -> str:
+        return f"<Future {self._task.name!r} {_NAMES[self._status]}>"
+
+    # -- waiting ---------------------------------------------------------------------------
+    def _check_not_self(self) -> None:
+        if current_future.get() is self:
+            raise ValueError(
+                f"task {self._task.name!r} is waiting for its own future: that would deadlock"
+            )
+
+    def _wait_blocking(self, timeout: float | None) -> bool:
+        """Block until final or timeout; return whether it is final."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        if self._status >= COMPLETED:
+            return True
+        self._check_not_self()
+        if threading.get_ident() == self._scheduler.thread_id:
+            raise RuntimeError(
+                f"cannot block on the unfinished future of task {self._task.name!r} from the "
+                "runner's own event loop thread (it would deadlock): use `await future` instead"
+            )
+        with _lock:
+            if self._status >= COMPLETED:
+                return True
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        hooks = getattr(blocking_hooks, "slot", None)
+        if hooks is None:
+            return event.wait(timeout)
+        # A worker thread gives its slot back while it blocks, so a bounded pool cannot
+        # deadlock on tasks that wait for other tasks.
+        hooks.release()
+        try:
+            return event.wait(timeout)
+        finally:
+            hooks.reacquire()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run is final or ``timeout`` seconds passed; never raises on timeout."""
+        self._wait_blocking(timeout)
+
+    def _outcome(self, raise_on_failure: bool) -> R:
+        status = self._status
+        if status == COMPLETED:
+            return self._value  # type: ignore[no-any-return]
+        exc = self._value
+        if raise_on_failure:
+            raise exc
+        return exc  # type: ignore[no-any-return]
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's result, blocking until it is final.
+
+        Raises the task's exception (or returns it with ``raise_on_failure=False``); raises
+        ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        if self._status < COMPLETED and not self._wait_blocking(timeout):
+            raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
+        return self._outcome(raise_on_failure)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The run's exception (None if it completed), blocking until it is final."""
+        if self._status < COMPLETED and not self._wait_blocking(timeout):
+            raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
+        return None if self._status == COMPLETED else self._value
+
+    def __await__(self) -> Generator[Any, None, R]:
+        if self._status < COMPLETED:
+            self._check_not_self()
+            waiter = asyncio.get_running_loop().create_future()
+            with _lock:
+                if self._status < COMPLETED:
+                    if self._waiters is None:
+                        self._waiters = [waiter]
+                    else:
+                        self._waiters.append(waiter)
+                else:
+                    waiter.set_result(None)
+            try:
+                yield from waiter
+            except BaseException:
+                with _lock:
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                raise
+        return self._outcome(True)
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        """Call ``fn(future)`` when the run is final (at once, here, if it already is).
+
+        Callbacks run on the scheduler's loop thread; one that raises is logged with the task
+        and never breaks waiting or the other callbacks.
+        """
+        with _lock:
+            if self._status < COMPLETED:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        self._run_callback(fn)
+
+    def _run_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            logger.exception(
+                "done-callback %r of task %r (run %s) raised", fn, self._task.name, self.task_run_id
+            )
+
+    def cancel(self) -> bool:
+        """Ask for the run to be cancelled; its unstarted dependents end Cancelled too.
+
+        Returns False if the run is already final, True if the request was made.
+        """
+        if self._status >= COMPLETED:
+            return False
+        self._scheduler.request_cancel(self)
+        return True
+
+    # -- producer side: only the scheduler calls these, on its loop thread --------------------
+    def _release_inputs(self) -> None:
+        """Producer only: drop what the run needed to start (its body is not running)."""
+        self._params = self._ctx = self._deps = self._handle = None
+
+    def _set_final(self, status: int, value: Any, state_name: str | None = None) -> None:
+        """Producer only: make the run final and wake everyone waiting for it."""
+        if isinstance(value, BaseException) and value.__traceback__ is not None:
+            # Keep line numbers for the report but free the locals the frames hold.
+            traceback.clear_frames(value.__traceback__)
+        with _lock:
+            self._status = status
+            self._value = value
+            self._state_name = state_name
+            self._timestamp = time.time()
+            event = self._event
+            waiters = self._waiters
+            callbacks = self._callbacks
+            self._waiters = self._callbacks = None
+        if event is not None:
+            event.set()
+        if waiters is not None:
+            own = self._scheduler.loop
+            for waiter in waiters:
+                loop = waiter.get_loop()
+                if loop is own:
+                    _wake(waiter)
+                else:
+                    try:
+                        loop.call_soon_threadsafe(_wake, waiter)
+                    except RuntimeError:  # that loop is closed: nobody is waiting any more
+                        pass
+        if callbacks is not None:
+            for fn in callbacks:
+                self._run_callback(fn)
+
+
+def crashed_error(task_name: str, exc: BaseException) -> TaskCrashedError:
+    err = TaskCrashedError(
+        f"task {task_name!r} crashed: its body raised {type(exc).__name__}"
+        + (f": {exc}" if str(exc) else "")
+    )
+    err.__cause__ = exc
+    return err
+
+
+def cancelled_error(task_name: str, why: str = "") -> TaskCancelledError:
+    return TaskCancelledError(f"task {task_name!r} was cancelled" + (f" ({why})" if why else ""))
+
+
+class FutureList(list[Future[R]]):
+    """A list of futures (what ``map`` returns), with whole-list waiting."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every future is final or ``timeout`` passed; never raises on timeout."""
+        from ._waiting import wait
+
+        wait(self, timeout=timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """All results in order. Fails fast on the first failure; ``timeout`` covers the call."""
+        from ._waiting import wait_all_or_first_failure
+
+        if not wait_all_or_first_failure(self, timeout, raise_on_failure):
+            unfinished = sum(1 for f in self if not f.done())
+            raise TimeoutError(
+                f"{unfinished} of {len(self)} futures did not finish within {timeout} seconds"
+            )
+        return [f._outcome(raise_on_failure) for f in self]
+
+    def __await__(self) -> Generator[Any, None, list[R]]:
+        return self._gather().__await__()
+
+    async def _gather(self) -> list[R]:
+        from ._waiting import gather_fail_fast
+
+        return await gather_fail_fast(self)
+
+
+def iter_futures(items: Iterable[Any]) -> Iterable[Future[Any]]:
+    for item in items:
+        if not isinstance(item, Future):
+            raise TypeError(f"expected asyncflow futures, got {item!r}")
+        yield item

@@ -1,0 +1,111 @@
+"""The dependency graph as a pure state machine: no loop, no I/O, no futures.
+
+Keys are opaque hashable objects. ``add`` says whether a node is ready at once; ``finish``
+takes "this key finished with this outcome" and returns which nodes became ready and which were
+skipped (and because of which upstream). The graph only holds nodes that still wait on an
+upstream and the downstream lists of unfinished keys, so memory follows the live graph.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+__all__ = ("Graph", "Outcome")
+
+
+class Outcome(enum.IntEnum):
+    COMPLETED = 0
+    FAILED = 1  # also a crash: what matters to dependents is "no usable result"
+    CANCELLED = 2
+
+
+_NOTHING: tuple[tuple[()], tuple[()]] = ((), ())
+
+
+class Graph(Generic[K]):
+    """Edges from unfinished upstream keys to the nodes that wait for them.
+
+    Preconditions, kept by the scheduler: every upstream key passed to ``add`` has been added
+    (or is an external key the caller will ``finish`` later) and has not finished yet; each key
+    is finished at most once.
+    """
+
+    __slots__ = ("_down", "_waiting")
+
+    def __init__(self) -> None:
+        # node -> number of unfinished upstream edges
+        self._waiting: dict[K, int] = {}
+        # unfinished key -> [(downstream node, edge allows failure)]
+        self._down: dict[K, list[tuple[K, bool]]] = {}
+
+    def __len__(self) -> int:
+        """How many keys the graph holds state for (waiting nodes and watched upstreams)."""
+        return len(self._waiting.keys() | self._down.keys())
+
+    def is_waiting(self, key: K) -> bool:
+        return key in self._waiting
+
+    def add(self, key: K, upstream: Sequence[tuple[K, bool]]) -> bool:
+        """Add ``key`` with edges from ``upstream`` (``(key, allow_failure)`` pairs).
+
+        Returns True when the node is ready at once (no unfinished upstream).
+        """
+        if not upstream:
+            return True
+        down = self._down
+        for up, allow in upstream:
+            edge = (key, allow)
+            lst = down.get(up)
+            if lst is None:
+                down[up] = [edge]
+            else:
+                lst.append(edge)
+        self._waiting[key] = len(upstream)
+        return False
+
+    def finish(
+        self, key: K, outcome: Outcome
+    ) -> tuple[Sequence[K], Sequence[tuple[K, K, Outcome]]]:
+        """Record that ``key`` finished with ``outcome``.
+
+        Returns ``(ready, skipped)``: nodes whose inputs are now all available, and
+        ``(node, cause, outcome)`` triples for nodes that will never run because ``cause`` (an
+        upstream, itself possibly skipped) failed or was cancelled. A skipped node's cause always
+        appears before it (as the finished key or earlier in the list).
+        """
+        edges = self._down.pop(key, None)
+        if edges is None:  # nothing waits on it: the common case, no allocation
+            return _NOTHING
+        ready: list[K] = []
+        skipped: list[tuple[K, K, Outcome]] = []
+        waiting = self._waiting
+        # An explicit stack, not recursion: a 100,000-long chain must not hit the recursion limit.
+        stack = [(key, outcome, edges)]
+        while stack:
+            src, out, lst = stack.pop()
+            for child, allow in lst:
+                pending = waiting.get(child)
+                if pending is None:  # skipped or cancelled earlier
+                    continue
+                if out is Outcome.COMPLETED or (allow and out is Outcome.FAILED):
+                    if pending == 1:
+                        del waiting[child]
+                        ready.append(child)
+                    else:
+                        waiting[child] = pending - 1
+                else:
+                    del waiting[child]
+                    skipped.append((child, src, out))
+                    below = self._down.pop(child, None)
+                    if below is not None:
+                        stack.append((child, out, below))
+        return ready, skipped
+
+    def cancel(self, key: K) -> tuple[Sequence[K], Sequence[tuple[K, K, Outcome]]]:
+        """Cancel ``key`` (waiting, ready or running): it finishes as CANCELLED."""
+        self._waiting.pop(key, None)
+        return self.finish(key, Outcome.CANCELLED)

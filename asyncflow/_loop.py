@@ -1,0 +1,56 @@
+"""The background event-loop thread that ``with runner:`` uses in sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ("LoopThread", "new_event_loop")
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new loop: uvloop when ``kind`` is "uvloop", or "auto" and uvloop is installed."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise RuntimeError(
+                    "ASYNCFLOW_EVENT_LOOP=uvloop but uvloop is not installed"
+                ) from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class LoopThread:
+    """One thread running one event loop until ``stop()``, which joins it and closes the loop."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.loop = new_event_loop(kind)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()

@@ -1,0 +1,128 @@
+"""Futures inside parameters: finding them at submit (edges), replacing them at run time."""
+
+from __future__ import annotations
+
+import copy
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._annotations import BaseAnnotation, allow_failure, quote
+from ._futures import COMPLETED, Future
+
+__all__ = ("find_futures", "resolve_parameters", "resolve_value", "wait_for_edges")
+
+# Types that can never hold a future: checked first so plain values cost one set lookup.
+_ATOMIC: frozenset[type] = frozenset(
+    {int, float, str, bytes, bool, complex, type(None), range, bytearray, types.FunctionType}
+)
+
+
+def _fields(value: Any) -> Iterable[str] | None:
+    cls = type(value)
+    dc = getattr(cls, "__dataclass_fields__", None)
+    if dc is not None and not isinstance(value, type):
+        return dc.keys()  # type: ignore[no-any-return]
+    pyd = getattr(cls, "__pydantic_fields__", None)
+    if pyd is not None and not isinstance(value, type):
+        return pyd.keys()  # type: ignore[no-any-return]
+    return None
+
+
+def find_futures(value: Any, out: list[tuple[Future[Any], bool]], allow: bool = False) -> None:
+    """Append ``(future, allow_failure)`` for every future inside ``value``."""
+    cls = type(value)
+    if cls in _ATOMIC:
+        return
+    if isinstance(value, Future):
+        out.append((value, allow))
+    elif isinstance(value, BaseAnnotation):
+        if cls is not quote:
+            find_futures(value.value, out, allow or cls is allow_failure)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            find_futures(item, out, allow)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            find_futures(key, out, allow)
+            find_futures(item, out, allow)
+    else:
+        names = _fields(value)
+        if names is not None:
+            for name in names:
+                find_futures(getattr(value, name, None), out, allow)
+
+
+def wait_for_edges(wait_for: Iterable[Any], out: list[tuple[Future[Any], bool]]) -> None:
+    """Edges from a ``wait_for`` list: futures, or ``allow_failure`` around futures or lists."""
+    if isinstance(wait_for, (str, bytes)) or not isinstance(wait_for, Iterable):
+        raise TypeError(f"wait_for must be a list of futures, not {wait_for!r}")
+    for item in wait_for:
+        allow = False
+        inner = item
+        if isinstance(item, allow_failure):
+            allow, inner = True, item.value
+        items = inner if isinstance(inner, (list, tuple, set, frozenset)) else (inner,)
+        for f in items:
+            if not isinstance(f, Future):
+                raise TypeError(f"wait_for must hold asyncflow futures, got {f!r}")
+            out.append((f, allow))
+
+
+def _result_of(future: Future[Any], allow: bool) -> Any:
+    # By the time a task runs, every input it waits for is final (the scheduler saw to it).
+    if future._status == COMPLETED or allow:
+        return future._value
+    return future._outcome(True)  # raises the upstream's exception
+
+
+def resolve_value(
+    value: Any,
+    allow: bool = False,
+    on_future: Callable[[Future[Any], bool], Any] = _result_of,
+) -> Any:
+    """``value`` with each final future replaced by ``on_future(future, allow_failure)`` (by
+    default its result) and annotations unwrapped. Containers holding futures are rebuilt."""
+    cls = type(value)
+    if cls in _ATOMIC:
+        return value
+    if isinstance(value, Future):
+        return on_future(value, allow)
+    if isinstance(value, BaseAnnotation):
+        if cls is quote:
+            return value.value
+        return resolve_value(value.value, allow or cls is allow_failure, on_future)
+    if cls is list:
+        return [resolve_value(v, allow, on_future) for v in value]
+    if isinstance(value, tuple):
+        items = [resolve_value(v, allow, on_future) for v in value]
+        return cls(*items) if hasattr(value, "_fields") else cls(items)
+    if isinstance(value, (set, frozenset)):
+        return cls(resolve_value(v, allow, on_future) for v in value)
+    if isinstance(value, dict):
+        out = copy.copy(value)  # keeps the dict subclass (OrderedDict, defaultdict, ...)
+        out.clear()
+        for k, v in value.items():
+            out[resolve_value(k, allow, on_future)] = resolve_value(v, allow, on_future)
+        return out
+    if isinstance(value, list):
+        return cls(resolve_value(v, allow, on_future) for v in value)
+    names = _fields(value)
+    if names is None:
+        return value
+    changes = {}
+    for name in names:
+        old = getattr(value, name, None)
+        new = resolve_value(old, allow, on_future)
+        if new is not old:
+            changes[name] = new
+    if not changes:
+        return value
+    clone = copy.copy(value)
+    for name, new in changes.items():
+        object.__setattr__(clone, name, new)  # works for frozen dataclasses too
+    return clone
+
+
+def resolve_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: resolve_value(v) for k, v in params.items()}

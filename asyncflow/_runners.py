@@ -1,0 +1,271 @@
+"""Task runners: a scheduler plus one backend, used as ``with`` or ``async with`` blocks."""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+import os
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+
+from ._context import current_runner
+from ._futures import Future, FutureList
+from ._loop import LoopThread
+from ._mapping import expand
+from ._params import find_futures, wait_for_edges
+from ._scheduler import Backend, Scheduler
+from ._settings import Settings, get_settings
+from ._task import as_task
+from ._threads import ThreadWorkers
+
+__all__ = ("TaskRunner", "ThreadPoolTaskRunner")
+
+Self = TypeVar("Self", bound="TaskRunner")
+
+
+class TaskRunner(abc.ABC):
+    """Runs submitted tasks concurrently, in dependency order, and hands back futures.
+
+    Use it as ``async with runner:`` in coroutine code (it runs on the caller's loop) or
+    ``with runner:`` in sync code (it starts one background loop thread). Leaving the block
+    waits for every submitted task; leaving it because of an exception cancels what has not
+    finished, then re-raises. A runner can be entered again after it exited.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        self._event_loop = settings.event_loop
+        self._scheduler: Scheduler | None = None
+        self._loop_thread: LoopThread | None = None
+        self._token: contextvars.Token[Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The lower-case class name without "taskrunner" (e.g. ``"threadpool"``)."""
+        return type(self).__name__.lower().replace("taskrunner", "")
+
+    @abc.abstractmethod
+    def duplicate(self: Self) -> Self:
+        """A new, unstarted runner with the same configuration."""
+
+    @abc.abstractmethod
+    def _config(self) -> tuple[Any, ...]:
+        """The configuration that ``==`` compares."""
+
+    @abc.abstractmethod
+    def _make_backend(self, scheduler: Scheduler) -> Backend:
+        """The backend that runs sync bodies for one session of this runner."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._config() == other._config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._config()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._config()}"
+
+    # -- submitting ----------------------------------------------------------------------------
+    def _require_started(self) -> Scheduler:
+        sched = self._scheduler
+        if sched is None:
+            raise RuntimeError(
+                f"runner {self.name!r} is not started: use it as `with runner:` or "
+                "`async with runner:` before submitting"
+            )
+        return sched
+
+    def submit(
+        self,
+        task: Any,
+        parameters: Mapping[str, Any] | None = None,
+        wait_for: Iterable[Any] | None = None,
+        dependencies: Mapping[str, Iterable[Any]] | None = None,
+    ) -> Future[Any]:
+        """Submit one run of ``task`` with ``parameters``; never blocks.
+
+        Futures anywhere in ``parameters`` are inputs: the run starts when they are done and
+        gets their results. ``wait_for`` futures are waited for without passing data;
+        ``dependencies`` (parameter name -> futures) are ordering edges like ``wait_for``.
+        """
+        sched = self._require_started()
+        t = as_task(task)
+        if parameters is None:
+            params: dict[str, Any] = {}
+        elif isinstance(parameters, Mapping):
+            params = dict(parameters)
+        else:
+            raise TypeError(
+                f"parameters of task {t.name!r} must be a dict of name -> value, "
+                f"not {type(parameters).__name__}"
+            )
+        t.spec.check(params, t.name)
+        edges: list[tuple[Future[Any], bool]] = []
+        for value in params.values():
+            find_futures(value, edges)
+        if wait_for is not None:
+            wait_for_edges(wait_for, edges)
+        if dependencies is not None:
+            if not isinstance(dependencies, Mapping):
+                raise TypeError(f"dependencies must be a dict, not {dependencies!r}")
+            for items in dependencies.values():
+                wait_for_edges([f for f in items if isinstance(f, Future)], edges)
+        fut: Future[Any] = Future(sched, t, params, edges or None, contextvars.copy_context())
+        sched.submit(fut)
+        return fut
+
+    def map(
+        self,
+        task: Any,
+        parameters: Mapping[str, Any],
+        wait_for: Iterable[Any] | None = None,
+    ) -> FutureList[Any]:
+        """Submit one run per element of the iterable parameters (``unmapped`` ones go whole)."""
+        self._require_started()
+        t = as_task(task)
+        if not isinstance(parameters, Mapping):
+            raise TypeError(
+                f"parameters of task {t.name!r} must be a dict of name -> value, "
+                f"not {type(parameters).__name__}"
+            )
+        children = expand(t.name, dict(parameters))
+        if children:
+            t.spec.check(children[0], t.name)
+        waits = None if wait_for is None else list(wait_for)
+        return FutureList(self.submit(t, p, waits) for p in children)
+
+    def cancel_all(self) -> None:
+        """Cancel every run of this session that has not finished."""
+        sched = self._scheduler
+        if sched is not None:
+            sched.cancel_all()
+
+    # -- async context -------------------------------------------------------------------------
+    def _check_not_started(self) -> None:
+        if self._scheduler is not None or self._loop_thread is not None:
+            raise RuntimeError(f"runner {self.name!r} is already started")
+
+    async def _astart(self) -> None:
+        self._scheduler = Scheduler(self, self._make_backend)
+
+    async def __aenter__(self: Self) -> Self:
+        self._check_not_started()
+        await self._astart()
+        self._token = current_runner.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sched = self._scheduler
+        assert sched is not None
+        try:
+            if exc_type is not None:
+                sched.cancel_all()
+            try:
+                await sched.aclose()
+            except BaseException:
+                # Cancelled (or interrupted) while waiting: cancel the rest, still clean up.
+                sched.cancel_all()
+                with anyio.CancelScope(shield=True):
+                    await sched.aclose()
+                raise
+        finally:
+            self._scheduler = None
+            self._reset_token()
+
+    def _reset_token(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                current_runner.reset(token)
+            except ValueError:  # exited in another context than entered: nothing to restore
+                pass
+
+    # -- sync context --------------------------------------------------------------------------
+    def __enter__(self: Self) -> Self:
+        self._check_not_started()
+        loop_thread = LoopThread(self._event_loop, name=f"asyncflow-loop-{self.name}")
+        try:
+            loop_thread.run(self._astart()).result()
+        except BaseException:
+            loop_thread.stop()
+            raise
+        self._loop_thread = loop_thread
+        self._token = current_runner.set(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sched = self._scheduler
+        loop_thread = self._loop_thread
+        assert sched is not None
+        assert loop_thread is not None
+        try:
+            if exc_type is not None:
+                sched.cancel_all()
+            closing = loop_thread.run(sched.aclose())
+            try:
+                closing.result()
+            except BaseException:  # e.g. Ctrl-C while waiting: cancel what is left, finish closing
+                sched.cancel_all()
+                closing.result()
+                raise
+        finally:
+            loop_thread.stop()
+            self._loop_thread = None
+            self._scheduler = None
+            self._reset_token()
+
+
+def _default_thread_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def check_max_workers(value: object, owner: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: max_workers must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{owner}: max_workers must be >= 1, got {value}")
+    return value
+
+
+class ThreadPoolTaskRunner(TaskRunner):
+    """Coroutine bodies run on the loop; sync bodies on at most ``max_workers`` threads.
+
+    ``max_workers`` defaults to ``ASYNCFLOW_THREAD_POOL_MAX_WORKERS``, else
+    ``min(32, cpu_count + 4)``. Tasks start only when their inputs are ready, and a body
+    blocked on another future gives its thread slot back, so a bounded pool cannot deadlock.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        settings = get_settings()
+        if max_workers is None:
+            max_workers = settings.thread_pool_max_workers or _default_thread_workers()
+        self._max_workers = check_max_workers(max_workers, "ThreadPoolTaskRunner")
+        super().__init__(settings)
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return type(self)(max_workers=self._max_workers)
+
+    def _config(self) -> tuple[Any, ...]:
+        return (self._max_workers,)
+
+    def _make_backend(self, scheduler: Scheduler) -> Backend:
+        return ThreadWorkers(scheduler, self._max_workers, self.name)

@@ -1,0 +1,40 @@
+"""Settings: one pydantic-settings model, environment variables prefixed ``ASYNCFLOW_``.
+
+Read at the edges (runner construction, flow start), never on the scheduler's hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .exceptions import SettingsError
+
+__all__ = ("Settings", "get_settings")
+
+
+class Settings(BaseSettings):
+    """asyncflow's settings; each field is read from ``ASYNCFLOW_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ASYNCFLOW_", extra="ignore", frozen=True)
+
+    thread_pool_max_workers: int | None = Field(default=None, ge=1)
+    process_pool_max_workers: int | None = Field(default=None, ge=1)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    default_retries: int = Field(default=0, ge=0)
+    default_retry_delay: float = Field(default=0.0, ge=0)
+    logging_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now; an invalid value names its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"ASYNCFLOW_{field.upper()}={err.get('input')!r}: {err['msg']}")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None

@@ -1,0 +1,203 @@
+"""``@task``: a function plus its options."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from . import _options as opt
+from ._callspec import CallSpec
+from ._context import current_future, current_runner
+
+if TYPE_CHECKING:
+    from ._futures import Future, FutureList
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ("Task", "as_task", "task")
+
+_UNSET: Any = object()
+
+
+def _is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or (
+        not inspect.isfunction(fn)
+        and not inspect.ismethod(fn)
+        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    )
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__name__", None)
+    if name is None and isinstance(fn, functools.partial):
+        name = getattr(fn.func, "__name__", None)
+    return str(name) if name is not None else type(fn).__name__
+
+
+class Task(Generic[P, R]):
+    """A function plus options. Calling it runs the function directly, without a runner."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        retry_delay: opt.RetryDelay | None = None,
+        retry_jitter: float | None = None,
+        retry_on: Any = None,
+        timeout: float | None = None,
+        tags: Iterable[str] = (),
+        cache_key: Callable[..., str | None] | None = None,
+        cache_expiration: Any = None,
+        on_completion: Any = (),
+        on_failure: Any = (),
+        on_cancellation: Any = (),
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task needs a callable, not {fn!r}")
+        if inspect.iscoroutine(fn):  # pragma: no cover - caught by callable() above
+            raise TypeError("@task needs a function, not a coroutine object")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"task name must be a string, not {name!r}")
+        self.fn = fn
+        self.name: str = name or _default_name(fn)
+        owner = f"task {self.name!r}"
+        self.retries = opt.check_retries(retries, owner)
+        self.retry_delay = opt.check_retry_delay(retry_delay, owner)
+        self.retry_jitter = (
+            None
+            if retry_jitter is None
+            else opt.check_non_negative("retry_jitter", retry_jitter, owner)
+        )
+        self.retry_on = opt.check_retry_on(retry_on, owner)
+        self.timeout = opt.check_timeout(timeout, owner)
+        self.tags = opt.check_tags(tags, owner)
+        self.cache_key = opt.check_callable("cache_key", cache_key, owner)
+        self.cache_expiration = opt.check_expiration(cache_expiration, owner)
+        self.on_completion = opt.check_hooks("on_completion", on_completion, owner)
+        self.on_failure = opt.check_hooks("on_failure", on_failure, owner)
+        self.on_cancellation = opt.check_hooks("on_cancellation", on_cancellation, owner)
+        self.is_async = _is_async_callable(fn)
+        self.spec = CallSpec(fn)
+        functools.update_wrapper(self, fn)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "retries": self.retries,
+            "retry_delay": self.retry_delay,
+            "retry_jitter": self.retry_jitter,
+            "retry_on": self.retry_on,
+            "timeout": self.timeout,
+            "tags": self.tags,
+            "cache_key": self.cache_key,
+            "cache_expiration": self.cache_expiration,
+            "on_completion": self.on_completion,
+            "on_failure": self.on_failure,
+            "on_cancellation": self.on_cancellation,
+        }
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed (validated like the decorator's)."""
+        options = self._options()
+        unknown = changes.keys() - options.keys()
+        if unknown:
+            raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}")
+        options.update(changes)
+        return Task(self.fn, **options)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r})"
+
+    def _runner(self, what: str) -> Any:
+        fut = current_future.get()
+        if fut is not None:
+            return fut._scheduler.runner
+        runner = current_runner.get()
+        if runner is None:
+            raise RuntimeError(
+                f"{self.name}.{what}() needs a runner: call it inside a @flow, a "
+                f"`with runner:` / `async with runner:` block, or a task body; "
+                f"or use runner.{what}({self.name}, ...)"
+            )
+        return runner
+
+    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Future[R]:
+        """Submit a run of this task to the current runner and return its future at once."""
+        runner = self._runner("submit")
+        parameters = self.spec.bind(self.fn, args, kwargs, self.name)
+        return runner.submit(self, parameters, wait_for=wait_for)  # type: ignore[no-any-return]
+
+    def map(
+        self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+    ) -> FutureList[R]:
+        """Submit one run per element of the iterable arguments to the current runner."""
+        runner = self._runner("map")
+        parameters = self.spec.bind(self.fn, args, kwargs, self.name)
+        return runner.map(self, parameters, wait_for=wait_for)  # type: ignore[no-any-return]
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    retries: int | None = None,
+    retry_delay: opt.RetryDelay | None = None,
+    retry_jitter: float | None = None,
+    retry_on: Any = None,
+    timeout: float | None = None,
+    tags: Iterable[str] = (),
+    cache_key: Callable[..., str | None] | None = None,
+    cache_expiration: Any = None,
+    on_completion: Any = (),
+    on_failure: Any = (),
+    on_cancellation: Any = (),
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""
+    if fn is None:
+        # Validate now, so a bad option fails at decoration even before a function is given.
+        return lambda f: Task(f, **options)
+    if options:
+        raise TypeError("use @task(...) with keyword options, or plain @task")
+    return Task(fn)
+
+
+_wrapped: weakref.WeakKeyDictionary[Any, Task[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def as_task(obj: object) -> Task[Any, Any]:
+    """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and cached)."""
+    if isinstance(obj, Task):
+        return obj
+    if inspect.iscoroutine(obj):
+        obj.close()  # no "coroutine was never awaited" warning
+        raise TypeError(
+            f"submit() got a coroutine object ({obj.__qualname__}); pass the function itself "
+            "and its parameters, e.g. runner.submit(fn, {'x': 1})"
+        )
+    if not callable(obj):
+        raise TypeError(f"submit() needs a task or a callable, not {obj!r}")
+    try:
+        found = _wrapped.get(obj)
+    except TypeError:  # not weak-referenceable (e.g. a builtin)
+        return Task(obj)
+    if found is None:
+        found = _wrapped[obj] = Task(obj)
+    return found

@@ -1,0 +1,218 @@
+"""Waiting on many futures: ``wait``, ``as_completed`` and their async forms."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from ._futures import COMPLETED, Future, blocking_hooks
+
+__all__ = (
+    "DoneAndNotDone",
+    "as_completed",
+    "as_completed_async",
+    "wait",
+    "wait_all_or_first_failure",
+    "wait_async",
+)
+
+
+class DoneAndNotDone(NamedTuple):
+    done: set[Future[Any]]
+    not_done: set[Future[Any]]
+
+
+def _unique(futures: Iterable[Any]) -> list[Future[Any]]:
+    seen: dict[int, Future[Any]] = {}
+    for f in futures:
+        if not isinstance(f, Future):
+            raise TypeError(f"expected asyncflow futures, got {f!r}")
+        seen.setdefault(id(f), f)
+    return list(seen.values())
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
+    me = threading.get_ident()
+    for f in pending:
+        if f._scheduler.thread_id == me:
+            raise RuntimeError(
+                "cannot block on unfinished futures from the runner's own event loop thread "
+                "(it would deadlock): use the async form (wait_async / as_completed_async)"
+            )
+        f._check_not_self()
+
+
+def _get(q: queue.SimpleQueue[Future[Any]], deadline: float | None) -> Future[Any] | None:
+    """Next finished future, or None at the deadline. A worker thread gives its slot back."""
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    hooks = getattr(blocking_hooks, "slot", None)
+    if hooks is not None:
+        hooks.release()
+    try:
+        return q.get(timeout=timeout)
+    except queue.Empty:
+        return None
+    finally:
+        if hooks is not None:
+            hooks.reacquire()
+
+
+def _sync_completions(
+    futures: list[Future[Any]], timeout: float | None
+) -> Iterator[Future[Any] | None]:
+    """Yield each future as it finishes (finished ones first); yield None at the deadline."""
+    deadline = _check_timeout(timeout)
+    pending = [f for f in futures if f._status < COMPLETED]
+    yield from (f for f in futures if f._status >= COMPLETED)
+    if not pending:
+        return
+    _check_blocking_allowed(pending)
+    q: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    for f in pending:
+        f.add_done_callback(q.put)
+    for _ in range(len(pending)):
+        got = _get(q, deadline)
+        yield got
+        if got is None:
+            return
+
+
+def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
+    """Block until every future is final or ``timeout`` passed; return ``(done, not_done)``."""
+    unique = _unique(futures)
+    for f in _sync_completions(unique, timeout):
+        if f is None:
+            break
+    done = {f for f in unique if f._status >= COMPLETED}
+    return DoneAndNotDone(done, {f for f in unique if f not in done})
+
+
+def as_completed(
+    futures: Iterable[Future[Any]], timeout: float | None = None
+) -> Iterator[Future[Any]]:
+    """Yield futures as they finish (already finished ones first, each once).
+
+    Raises ``TimeoutError`` saying how many are unfinished when ``timeout`` passes first.
+    """
+    unique = _unique(futures)
+    deadline_check = _check_timeout(timeout)  # validate eagerly, not at first next()
+    del deadline_check
+    return _as_completed(unique, timeout)
+
+
+def _as_completed(unique: list[Future[Any]], timeout: float | None) -> Iterator[Future[Any]]:
+    for yielded, f in enumerate(_sync_completions(unique, timeout)):
+        if f is None:
+            raise TimeoutError(
+                f"{len(unique) - yielded} of {len(unique)} futures unfinished "
+                f"after {timeout} seconds"
+            )
+        yield f
+
+
+def wait_all_or_first_failure(
+    futures: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+) -> bool:
+    """Block until all are final, or (with ``stop_on_failure``) one failed. False on timeout."""
+    unique = _unique(futures)
+    for f in _sync_completions(unique, timeout):
+        if f is None:
+            return False
+        if stop_on_failure and f._status != COMPLETED:
+            return True
+    return True
+
+
+def _async_queue(pending: list[Future[Any]]) -> asyncio.Queue[Future[Any]]:
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[Future[Any]] = asyncio.Queue()
+
+    def notify(f: Future[Any]) -> None:
+        if f._scheduler.loop is loop:  # callbacks run on that loop's thread
+            q.put_nowait(f)
+        else:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, f)
+            except RuntimeError:  # the waiting loop is closed
+                pass
+
+    for f in pending:
+        f._check_not_self()
+        f.add_done_callback(notify)
+    return q
+
+
+async def _async_completions(
+    futures: list[Future[Any]], timeout: float | None
+) -> AsyncIterator[Future[Any] | None]:
+    deadline = _check_timeout(timeout)
+    pending = [f for f in futures if f._status < COMPLETED]
+    for f in futures:
+        if f._status >= COMPLETED:
+            yield f
+    if not pending:
+        return
+    q = _async_queue(pending)
+    for _ in range(len(pending)):
+        try:
+            if deadline is None:
+                got = await q.get()
+            else:
+                got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            yield None
+            return
+        yield got
+
+
+async def wait_async(
+    futures: Iterable[Future[Any]], timeout: float | None = None
+) -> DoneAndNotDone:
+    """Async form of ``wait``."""
+    unique = _unique(futures)
+    async for f in _async_completions(unique, timeout):
+        if f is None:
+            break
+    done = {f for f in unique if f._status >= COMPLETED}
+    return DoneAndNotDone(done, {f for f in unique if f not in done})
+
+
+def as_completed_async(
+    futures: Iterable[Future[Any]], timeout: float | None = None
+) -> AsyncIterator[Future[Any]]:
+    """Async form of ``as_completed``: ``async for f in as_completed_async(futures)``."""
+    unique = _unique(futures)
+    _check_timeout(timeout)
+    return _as_completed_async(unique, timeout)
+
+
+async def _as_completed_async(
+    unique: list[Future[Any]], timeout: float | None
+) -> AsyncIterator[Future[Any]]:
+    yielded = 0
+    async for f in _async_completions(unique, timeout):
+        if f is None:
+            raise TimeoutError(
+                f"{len(unique) - yielded} of {len(unique)} futures unfinished "
+                f"after {timeout} seconds"
+            )
+        yielded += 1
+        yield f
+
+
+async def gather_fail_fast(futures: list[Future[Any]]) -> list[Any]:
+    """Await all futures in order of the list; raise the first failure as soon as it happens."""
+    async for f in _async_completions(_unique(futures), None):
+        if f is not None and f._status != COMPLETED:
+            f._outcome(True)
+    return [f._outcome(True) for f in futures]
