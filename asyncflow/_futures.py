@@ -324,7 +324,10 @@ class FutureList(list[Future[R]]):
         """All results in order. Fails fast on the first failure; ``timeout`` covers the call."""
         from ._waiting import wait_all_or_first_failure
 
-        if not wait_all_or_first_failure(self, timeout, raise_on_failure):
+        failed = wait_all_or_first_failure(self, timeout, raise_on_failure)
+        if failed is not None:
+            failed._outcome(True)  # raises the first failure seen, even if others still run
+        if not all(f.done() for f in self):
             unfinished = sum(1 for f in self if not f.done())
             raise TimeoutError(
                 f"{unfinished} of {len(self)} futures did not finish within {timeout} seconds"

@@ -122,15 +122,16 @@ def _as_completed(unique: list[Future[Any]], timeout: float | None) -> Iterator[
 
 def wait_all_or_first_failure(
     futures: list[Future[Any]], timeout: float | None, stop_on_failure: bool
-) -> bool:
-    """Block until all are final, or (with ``stop_on_failure``) one failed. False on timeout."""
+) -> Future[Any] | None:
+    """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
+    first future seen to fail as soon as it is final (None otherwise)."""
     unique = _unique(futures)
     for f in _sync_completions(unique, timeout):
         if f is None:
-            return False
+            return None
         if stop_on_failure and f._status != COMPLETED:
-            return True
-    return True
+            return f
+    return None
 
 
 def _async_queue(pending: list[Future[Any]]) -> asyncio.Queue[Future[Any]]:
