@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -210,7 +211,11 @@ class Future(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         if self._status < COMPLETED:
             self._check_not_self()
-            waiter = asyncio.get_running_loop().create_future()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return (yield from self._await_trio().__await__())
+            waiter = loop.create_future()
             with _lock:
                 if self._status < COMPLETED:
                     if self._waiters is None:
@@ -226,6 +231,31 @@ class Future(Generic[R]):
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
                 raise
+        return self._outcome(True)
+
+    async def _await_trio(self) -> R:
+        trio = sys.modules.get("trio")
+        token = None
+        if trio is not None:
+            try:
+                token = trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                token = None
+        if trio is None or token is None:
+            raise RuntimeError(
+                f"awaiting the future of task {self._task.name!r} needs a running event loop "
+                "(asyncio, uvloop or trio); from sync code use future.result()"
+            )
+        event = trio.Event()
+
+        def wake(_: Future[R]) -> None:
+            try:
+                token.run_sync_soon(event.set)
+            except trio.RunFinishedError:  # that trio run is over: nobody is waiting
+                pass
+
+        self.add_done_callback(wake)
+        await event.wait()
         return self._outcome(True)
 
     def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:

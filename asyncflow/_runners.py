@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextvars
 import os
 from collections.abc import Iterable, Mapping
@@ -155,6 +156,14 @@ class TaskRunner(abc.ABC):
 
     async def __aenter__(self: Self) -> Self:
         self._check_not_started()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"`async with` runner {self.name!r} needs a running asyncio event loop (asyncio "
+                "or uvloop); under other loops use `with runner:` (its futures can be awaited "
+                "from trio too)"
+            ) from None
         await self._astart()
         self._token = current_runner.set(self)
         return self
