@@ -58,7 +58,7 @@ class CallSpec:
     def check(self, parameters: Mapping[str, Any], task_name: str) -> None:
         """Raise ``TypeError`` naming the task and the parameter when ``parameters`` cannot bind."""
         keys = parameters.keys()
-        if not self.varkw:
+        if not self.varkw and not keys <= self.names:
             unknown = keys - self.names
             if unknown:
                 raise TypeError(

@@ -76,6 +76,7 @@ class Future(Generic[R]):
 
     __slots__ = (
         "__weakref__",
+        "_allowed",
         "_callbacks",
         "_ctx",
         "_deps",
@@ -97,13 +98,16 @@ class Future(Generic[R]):
         scheduler: _Owner,
         task: Task[..., R],
         params: dict[str, Any],
-        deps: list[tuple[Future[Any], bool]] | None,
+        deps: list[Future[Any]] | None,
+        allowed: frozenset[Future[Any]] | None,
         ctx: contextvars.Context,
     ) -> None:
         self._scheduler = scheduler
         self._task = task
         self._params: dict[str, Any] | None = params
+        # Inputs (one entry per occurrence), and those whose failure the run accepts.
         self._deps = deps
+        self._allowed = allowed
         self._ctx: contextvars.Context | None = ctx
         self._status = PENDING
         self._value: Any = None
@@ -294,7 +298,7 @@ class Future(Generic[R]):
     # -- producer side: only the scheduler calls these, on its loop thread --------------------
     def _release_inputs(self) -> None:
         """Producer only: drop what the run needed to start (its body is not running)."""
-        self._params = self._ctx = self._deps = self._handle = None
+        self._params = self._ctx = self._deps = self._allowed = self._handle = None
 
     def _set_final(self, status: int, value: Any, state_name: str | None = None) -> None:
         """Producer only: make the run final and wake everyone waiting for it."""

@@ -34,17 +34,19 @@ class Graph(Generic[K]):
     is finished at most once.
     """
 
-    __slots__ = ("_down", "_waiting")
+    __slots__ = ("_allow", "_down", "_waiting")
 
     def __init__(self) -> None:
         # node -> number of unfinished upstream edges
         self._waiting: dict[K, int] = {}
-        # unfinished key -> [(downstream node, edge allows failure)]
-        self._down: dict[K, list[tuple[K, bool]]] = {}
+        # unfinished key -> downstream nodes (one entry per edge)
+        self._down: dict[K, list[K]] = {}
+        # node -> the upstream keys whose failure it accepts (allow_failure); rare, so kept apart
+        self._allow: dict[K, frozenset[K]] = {}
 
     def __len__(self) -> int:
         """How many keys the graph holds state for (waiting nodes and watched upstreams)."""
-        return len(self._waiting.keys() | self._down.keys())
+        return len(self._waiting.keys() | self._down.keys() | self._allow.keys())
 
     def is_waiting(self, key: K) -> bool:
         return key in self._waiting
@@ -52,18 +54,27 @@ class Graph(Generic[K]):
     def add(self, key: K, upstream: Sequence[tuple[K, bool]]) -> bool:
         """Add ``key`` with edges from ``upstream`` (``(key, allow_failure)`` pairs).
 
-        Returns True when the node is ready at once (no unfinished upstream).
+        Returns True when the node is ready at once (no unfinished upstream). An upstream named
+        both with and without ``allow_failure`` does not allow failure.
         """
+        ups = [up for up, _ in upstream]
+        strict = {up for up, allow in upstream if not allow}
+        allowed = frozenset(up for up, allow in upstream if allow and up not in strict)
+        return self.add_edges(key, ups, allowed)
+
+    def add_edges(self, key: K, upstream: Sequence[K], allowed: frozenset[K] | None = None) -> bool:
+        """Fast form of ``add``: ``upstream`` keys, and those among them that allow failure."""
         if not upstream:
             return True
         down = self._down
-        for up, allow in upstream:
-            edge = (key, allow)
+        for up in upstream:
             lst = down.get(up)
             if lst is None:
-                down[up] = [edge]
+                down[up] = [key]
             else:
-                lst.append(edge)
+                lst.append(key)
+        if allowed:
+            self._allow[key] = allowed
         self._waiting[key] = len(upstream)
         return False
 
@@ -83,22 +94,29 @@ class Graph(Generic[K]):
         ready: list[K] = []
         skipped: list[tuple[K, K, Outcome]] = []
         waiting = self._waiting
+        allow_map = self._allow
         # An explicit stack, not recursion: a 100,000-long chain must not hit the recursion limit.
         stack = [(key, outcome, edges)]
         while stack:
             src, out, lst = stack.pop()
-            for child, allow in lst:
+            for child in lst:
                 pending = waiting.get(child)
                 if pending is None:  # skipped or cancelled earlier
                     continue
-                if out is Outcome.COMPLETED or (allow and out is Outcome.FAILED):
+                if out is Outcome.COMPLETED or (
+                    out is Outcome.FAILED and allow_map and src in allow_map.get(child, ())
+                ):
                     if pending == 1:
                         del waiting[child]
+                        if allow_map:
+                            allow_map.pop(child, None)
                         ready.append(child)
                     else:
                         waiting[child] = pending - 1
                 else:
                     del waiting[child]
+                    if allow_map:
+                        allow_map.pop(child, None)
                     skipped.append((child, src, out))
                     below = self._down.pop(child, None)
                     if below is not None:
@@ -108,4 +126,5 @@ class Graph(Generic[K]):
     def cancel(self, key: K) -> tuple[Sequence[K], Sequence[tuple[K, K, Outcome]]]:
         """Cancel ``key`` (waiting, ready or running): it finishes as CANCELLED."""
         self._waiting.pop(key, None)
+        self._allow.pop(key, None)
         return self.finish(key, Outcome.CANCELLED)

@@ -29,44 +29,49 @@ def _fields(value: Any) -> Iterable[str] | None:
     return None
 
 
-def find_futures(value: Any, out: list[tuple[Future[Any], bool]], allow: bool = False) -> None:
-    """Append ``(future, allow_failure)`` for every future inside ``value``."""
+def find_futures(
+    value: Any, strict: list[Future[Any]], allowed: list[Future[Any]], allow: bool = False
+) -> None:
+    """Append every future inside ``value`` to ``strict``, or to ``allowed`` when it sits
+    inside ``allow_failure``."""
     cls = type(value)
     if cls in _ATOMIC:
         return
     if isinstance(value, Future):
-        out.append((value, allow))
+        (allowed if allow else strict).append(value)
     elif isinstance(value, BaseAnnotation):
         if cls is not quote:
-            find_futures(value.value, out, allow or cls is allow_failure)
+            find_futures(value.value, strict, allowed, allow or cls is allow_failure)
     elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
-            find_futures(item, out, allow)
+            find_futures(item, strict, allowed, allow)
     elif isinstance(value, dict):
         for key, item in value.items():
-            find_futures(key, out, allow)
-            find_futures(item, out, allow)
+            find_futures(key, strict, allowed, allow)
+            find_futures(item, strict, allowed, allow)
     else:
         names = _fields(value)
         if names is not None:
             for name in names:
-                find_futures(getattr(value, name, None), out, allow)
+                find_futures(getattr(value, name, None), strict, allowed, allow)
 
 
-def wait_for_edges(wait_for: Iterable[Any], out: list[tuple[Future[Any], bool]]) -> None:
+def wait_for_edges(
+    wait_for: Iterable[Any], strict: list[Future[Any]], allowed: list[Future[Any]]
+) -> None:
     """Edges from a ``wait_for`` list: futures, or ``allow_failure`` around futures or lists."""
     if isinstance(wait_for, (str, bytes)) or not isinstance(wait_for, Iterable):
         raise TypeError(f"wait_for must be a list of futures, not {wait_for!r}")
     for item in wait_for:
-        allow = False
+        out = strict
         inner = item
         if isinstance(item, allow_failure):
-            allow, inner = True, item.value
+            out, inner = allowed, item.value
         items = inner if isinstance(inner, (list, tuple, set, frozenset)) else (inner,)
         for f in items:
             if not isinstance(f, Future):
                 raise TypeError(f"wait_for must hold asyncflow futures, got {f!r}")
-            out.append((f, allow))
+            out.append(f)
 
 
 def _result_of(future: Future[Any], allow: bool) -> Any:

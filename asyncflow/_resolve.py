@@ -11,9 +11,9 @@ __all__ = ("resolve_futures_async", "resolve_futures_to_results", "resolve_futur
 
 
 def _futures_in(expr: Any) -> list[Future[Any]]:
-    found: list[tuple[Future[Any], bool]] = []
-    find_futures(expr, found)
-    return [f for f, _ in found]
+    found: list[Future[Any]] = []
+    find_futures(expr, found, found)
+    return found
 
 
 def resolve_futures_to_results(expr: Any) -> Any:

@@ -96,8 +96,10 @@ class TaskRunner(abc.ABC):
         """
         sched = self._require_started()
         t = as_task(task)
-        if parameters is None:
-            params: dict[str, Any] = {}
+        if type(parameters) is dict:
+            params = parameters.copy()
+        elif parameters is None:
+            params = {}
         elif isinstance(parameters, Mapping):
             params = dict(parameters)
         else:
@@ -106,17 +108,25 @@ class TaskRunner(abc.ABC):
                 f"not {type(parameters).__name__}"
             )
         t.spec.check(params, t.name)
-        edges: list[tuple[Future[Any], bool]] = []
+        strict: list[Future[Any]] = []
+        allowed: list[Future[Any]] = []
         for value in params.values():
-            find_futures(value, edges)
+            find_futures(value, strict, allowed)
         if wait_for is not None:
-            wait_for_edges(wait_for, edges)
+            wait_for_edges(wait_for, strict, allowed)
         if dependencies is not None:
             if not isinstance(dependencies, Mapping):
                 raise TypeError(f"dependencies must be a dict, not {dependencies!r}")
             for items in dependencies.values():
-                wait_for_edges([f for f in items if isinstance(f, Future)], edges)
-        fut: Future[Any] = Future(sched, t, params, edges or None, contextvars.copy_context())
+                wait_for_edges([f for f in items if isinstance(f, Future)], strict, allowed)
+        allow_only = None
+        if allowed:
+            # An input named both plainly and inside allow_failure does not allow failure.
+            allow_only = frozenset(allowed).difference(strict) or None
+            strict += allowed
+        fut: Future[Any] = Future(
+            sched, t, params, strict or None, allow_only, contextvars.copy_context()
+        )
         sched.submit(fut)
         return fut
 

@@ -32,12 +32,17 @@ from .exceptions import UpstreamFailedError
 
 __all__ = ("Backend", "Scheduler")
 
-_OUTCOMES = {
-    COMPLETED: Outcome.COMPLETED,
-    FAILED: Outcome.FAILED,
-    CRASHED: Outcome.FAILED,
-    CANCELLED: Outcome.CANCELLED,
-}
+# Indexed by status code (only final ones are used).
+_OUTCOMES = (
+    Outcome.COMPLETED,
+    Outcome.COMPLETED,
+    Outcome.COMPLETED,
+    Outcome.COMPLETED,
+    Outcome.FAILED,
+    Outcome.CANCELLED,
+    Outcome.FAILED,
+)
+assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 
 
 class Backend(Protocol):
@@ -139,22 +144,34 @@ class Scheduler:
         self._live.add(fut)
         deps = fut._deps
         if deps is not None:
-            edges: list[tuple[Future[Any], bool]] = []
-            for up, allow in deps:
-                status = up._status
-                if status >= COMPLETED:
-                    if status == COMPLETED or (allow and status != CANCELLED):
-                        continue  # its value is there already
-                    kind = Outcome.CANCELLED if status == CANCELLED else Outcome.FAILED
-                    self._skip(fut, up, kind)
-                    self._check_idle()
-                    return
-                if up._scheduler is not self:
-                    self._watch_external(up)
-                edges.append((up, allow))
-            if edges and not self._graph.add(fut, edges):
+            edges: list[Future[Any]] | None = deps
+            for up in deps:
+                if up._status >= COMPLETED or up._scheduler is not self:
+                    edges = self._edges_slow(fut, deps)
+                    break
+            if edges is None:  # an input already failed or was cancelled
+                return
+            if edges and not self._graph.add_edges(fut, edges, fut._allowed):
                 return
         self._start(fut)
+
+    def _edges_slow(self, fut: Future[Any], deps: list[Future[Any]]) -> list[Future[Any]] | None:
+        """Edges of ``fut`` when some inputs are final or belong to another runner."""
+        allowed = fut._allowed or ()
+        edges = []
+        for up in deps:
+            status = up._status
+            if status >= COMPLETED:
+                if status == COMPLETED or (status != CANCELLED and up in allowed):
+                    continue  # its value is there already
+                kind = Outcome.CANCELLED if status == CANCELLED else Outcome.FAILED
+                self._skip(fut, up, kind)
+                self._check_idle()
+                return None
+            if up._scheduler is not self:
+                self._watch_external(up)
+            edges.append(up)
+        return edges
 
     def _start(self, fut: Future[Any]) -> None:
         if fut._task.is_async:
@@ -200,14 +217,19 @@ class Scheduler:
             self._finish(fut, CRASHED, crashed_error(fut._task.name, value))
 
     def _finish(self, fut: Future[Any], status: int, value: Any, name: str | None = None) -> None:
-        fut._release_inputs()
+        # Inlined _release_inputs: this runs once per task.
+        fut._params = fut._ctx = fut._deps = fut._allowed = fut._handle = None
         if fut._status >= COMPLETED:  # cancelled while its body was still running
             return
         fut._set_final(status, value, name)
-        self._live.discard(fut)
+        live = self._live
+        live.discard(fut)
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
-        self._after(ready, skipped)
-        if not self._live and self._idle is not None:
+        for child, cause, outcome in skipped:
+            self._skip(child, cause, outcome)
+        for child in ready:
+            self._start(child)
+        if not live and self._idle is not None:
             self._idle.set()
 
     def _check_idle(self) -> None:

@@ -179,13 +179,25 @@ def task(fn: Any = None, /, **options: Any) -> Any:
     return Task(fn)
 
 
-_wrapped: weakref.WeakKeyDictionary[Any, Task[Any, Any]] = weakref.WeakKeyDictionary()
+# Plain callables submitted to a runner are wrapped once: id -> (weak reference, task). A
+# WeakKeyDictionary would build a new weak reference on every lookup; this costs one dict get.
+_wrapped: dict[int, tuple[Any, Task[Any, Any]]] = {}
+
+
+def _forget(key: int) -> Callable[[Any], None]:
+    def forget(_ref: Any) -> None:
+        _wrapped.pop(key, None)
+
+    return forget
 
 
 def as_task(obj: object) -> Task[Any, Any]:
     """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and cached)."""
     if isinstance(obj, Task):
         return obj
+    entry = _wrapped.get(id(obj))
+    if entry is not None and entry[0]() is obj:
+        return entry[1]
     if inspect.iscoroutine(obj):
         obj.close()  # no "coroutine was never awaited" warning
         raise TypeError(
@@ -194,10 +206,10 @@ def as_task(obj: object) -> Task[Any, Any]:
         )
     if not callable(obj):
         raise TypeError(f"submit() needs a task or a callable, not {obj!r}")
+    found: Task[Any, Any] = Task(obj)
     try:
-        found = _wrapped.get(obj)
-    except TypeError:  # not weak-referenceable (e.g. a builtin)
-        return Task(obj)
-    if found is None:
-        found = _wrapped[obj] = Task(obj)
+        ref = weakref.ref(obj, _forget(id(obj)))
+    except TypeError:  # not weak-referenceable (e.g. a builtin): not cached
+        return found
+    _wrapped[id(obj)] = (ref, found)
     return found
