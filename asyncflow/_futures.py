@@ -93,7 +93,7 @@ class Future(Generic[R]):
         "_waiters",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - private, on the hot path: positional is cheapest
         self,
         scheduler: _Owner,
         task: Task[..., R],
