@@ -202,12 +202,16 @@ class Future(Generic[R]):
         Raises the task's exception (or returns it with ``raise_on_failure=False``); raises
         ``TimeoutError`` when ``timeout`` seconds pass first.
         """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
         if self._status < COMPLETED and not self._wait_blocking(timeout):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return self._outcome(raise_on_failure)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The run's exception (None if it completed), blocking until it is final."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
         if self._status < COMPLETED and not self._wait_blocking(timeout):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return None if self._status == COMPLETED else self._value

@@ -31,29 +31,33 @@ def _fields(value: Any) -> Iterable[str] | None:
 
 def find_futures(
     value: Any, strict: list[Future[Any]], allowed: list[Future[Any]], allow: bool = False
-) -> None:
+) -> bool:
     """Append every future inside ``value`` to ``strict``, or to ``allowed`` when it sits
-    inside ``allow_failure``."""
+    inside ``allow_failure``. Returns True if ``value`` holds an annotation to unwrap."""
     cls = type(value)
     if cls in _ATOMIC:
-        return
+        return False
     if isinstance(value, Future):
         (allowed if allow else strict).append(value)
-    elif isinstance(value, BaseAnnotation):
+        return False
+    if isinstance(value, BaseAnnotation):
         if cls is not quote:
             find_futures(value.value, strict, allowed, allow or cls is allow_failure)
-    elif isinstance(value, (list, tuple, set, frozenset)):
+        return True
+    annotated = False
+    if isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
-            find_futures(item, strict, allowed, allow)
+            annotated |= find_futures(item, strict, allowed, allow)
     elif isinstance(value, dict):
         for key, item in value.items():
-            find_futures(key, strict, allowed, allow)
-            find_futures(item, strict, allowed, allow)
+            annotated |= find_futures(key, strict, allowed, allow)
+            annotated |= find_futures(item, strict, allowed, allow)
     else:
         names = _fields(value)
         if names is not None:
             for name in names:
-                find_futures(getattr(value, name, None), strict, allowed, allow)
+                annotated |= find_futures(getattr(value, name, None), strict, allowed, allow)
+    return annotated
 
 
 def wait_for_edges(
@@ -86,8 +90,9 @@ def resolve_value(
     allow: bool = False,
     on_future: Callable[[Future[Any], bool], Any] = _result_of,
 ) -> Any:
-    """``value`` with each final future replaced by ``on_future(future, allow_failure)`` (by
-    default its result) and annotations unwrapped. Containers holding futures are rebuilt."""
+    """``value`` with futures replaced by ``on_future(future, allow_failure)`` (by default the
+    result of a final one) and annotations unwrapped. A container is rebuilt only when
+    something inside it changed; otherwise the very same object is passed on."""
     cls = type(value)
     if cls in _ATOMIC:
         return value
@@ -97,21 +102,26 @@ def resolve_value(
         if cls is quote:
             return value.value
         return resolve_value(value.value, allow or cls is allow_failure, on_future)
-    if cls is list:
-        return [resolve_value(v, allow, on_future) for v in value]
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple, set, frozenset)):
         items = [resolve_value(v, allow, on_future) for v in value]
-        return cls(*items) if hasattr(value, "_fields") else cls(items)
-    if isinstance(value, (set, frozenset)):
-        return cls(resolve_value(v, allow, on_future) for v in value)
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        if cls is list:
+            return items
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+            return cls(*items)
+        return cls(items)
     if isinstance(value, dict):
+        pairs = [
+            (resolve_value(k, allow, on_future), resolve_value(v, allow, on_future))
+            for k, v in value.items()
+        ]
+        if all(nk is k and nv is v for (nk, nv), (k, v) in zip(pairs, value.items(), strict=True)):
+            return value
         out = copy.copy(value)  # keeps the dict subclass (OrderedDict, defaultdict, ...)
         out.clear()
-        for k, v in value.items():
-            out[resolve_value(k, allow, on_future)] = resolve_value(v, allow, on_future)
+        out.update(pairs)
         return out
-    if isinstance(value, list):
-        return cls(resolve_value(v, allow, on_future) for v in value)
     names = _fields(value)
     if names is None:
         return value
@@ -129,5 +139,14 @@ def resolve_value(
     return clone
 
 
-def resolve_parameters(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: resolve_value(v) for k, v in params.items()}
+def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dict[str, Any]:
+    """The parameters a run's body gets: its recorded inputs replaced by their results.
+
+    A future that is not one of ``inputs`` (put into a container after submit) is passed on as
+    it is: it was never waited for.
+    """
+
+    def on_future(f: Future[Any], allow: bool) -> Any:
+        return _result_of(f, allow) if f in inputs else f
+
+    return {k: resolve_value(v, False, on_future) for k, v in params.items()}

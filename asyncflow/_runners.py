@@ -110,8 +110,9 @@ class TaskRunner(abc.ABC):
         t.spec.check(params, t.name)
         strict: list[Future[Any]] = []
         allowed: list[Future[Any]] = []
+        annotated = False
         for value in params.values():
-            find_futures(value, strict, allowed)
+            annotated |= find_futures(value, strict, allowed)
         if wait_for is not None:
             wait_for_edges(wait_for, strict, allowed)
         if dependencies is not None:
@@ -124,9 +125,9 @@ class TaskRunner(abc.ABC):
             # An input named both plainly and inside allow_failure does not allow failure.
             allow_only = frozenset(allowed).difference(strict) or None
             strict += allowed
-        fut: Future[Any] = Future(
-            sched, t, params, strict or None, allow_only, contextvars.copy_context()
-        )
+        # An empty input list still means "resolve the parameters": annotations to unwrap.
+        deps = strict if strict or annotated else None
+        fut: Future[Any] = Future(sched, t, params, deps, allow_only, contextvars.copy_context())
         sched.submit(fut)
         return fut
 

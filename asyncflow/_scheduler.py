@@ -62,8 +62,9 @@ def call_sync(fut: Future[Any]) -> Any:
     params = fut._params
     if params is None:  # cancelled before a worker picked it up; the outcome is ignored
         raise cancelled_error(task.name)
-    if fut._deps is not None:
-        params = resolve_parameters(params)
+    deps = fut._deps
+    if deps is not None:
+        params = resolve_parameters(params, deps)
     return task.spec.call(task.fn, params)
 
 
@@ -193,8 +194,9 @@ class Scheduler:
             params = fut._params
             if params is None:
                 raise asyncio.CancelledError  # noqa: TRY301 - cancelled before it started
-            if fut._deps is not None:
-                params = resolve_parameters(params)
+            deps = fut._deps
+            if deps is not None:
+                params = resolve_parameters(params, deps)
             value = await task.spec.call(task.fn, params)
         except asyncio.CancelledError:
             self._finish(fut, CANCELLED, cancelled_error(task.name))

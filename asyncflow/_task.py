@@ -40,6 +40,45 @@ def _default_name(fn: Callable[..., Any]) -> str:
     return str(name) if name is not None else type(fn).__name__
 
 
+def _check_options(owner: str, **options: Any) -> dict[str, Any]:
+    """Validate and normalise task options; errors name ``owner`` and the option."""
+    unknown = options.keys() - _DEFAULTS.keys()
+    if unknown:
+        raise TypeError(f"{owner}: unknown option(s) {sorted(unknown)}")
+    o = {**_DEFAULTS, **options}
+    jitter = o["retry_jitter"]
+    return {
+        "retries": opt.check_retries(o["retries"], owner),
+        "retry_delay": opt.check_retry_delay(o["retry_delay"], owner),
+        "retry_jitter": (
+            None if jitter is None else opt.check_non_negative("retry_jitter", jitter, owner)
+        ),
+        "retry_on": opt.check_retry_on(o["retry_on"], owner),
+        "timeout": opt.check_timeout(o["timeout"], owner),
+        "tags": opt.check_tags(o["tags"], owner),
+        "cache_key": opt.check_callable("cache_key", o["cache_key"], owner),
+        "cache_expiration": opt.check_expiration(o["cache_expiration"], owner),
+        "on_completion": opt.check_hooks("on_completion", o["on_completion"], owner),
+        "on_failure": opt.check_hooks("on_failure", o["on_failure"], owner),
+        "on_cancellation": opt.check_hooks("on_cancellation", o["on_cancellation"], owner),
+    }
+
+
+_DEFAULTS: dict[str, Any] = {
+    "retries": None,
+    "retry_delay": None,
+    "retry_jitter": None,
+    "retry_on": None,
+    "timeout": None,
+    "tags": (),
+    "cache_key": None,
+    "cache_expiration": None,
+    "on_completion": (),
+    "on_failure": (),
+    "on_cancellation": (),
+}
+
+
 class Task(Generic[P, R]):
     """A function plus options. Calling it runs the function directly, without a runner."""
 
@@ -68,22 +107,31 @@ class Task(Generic[P, R]):
             raise TypeError(f"task name must be a string, not {name!r}")
         self.fn = fn
         self.name: str = name or _default_name(fn)
-        owner = f"task {self.name!r}"
-        self.retries = opt.check_retries(retries, owner)
-        self.retry_delay = opt.check_retry_delay(retry_delay, owner)
-        self.retry_jitter = (
-            None
-            if retry_jitter is None
-            else opt.check_non_negative("retry_jitter", retry_jitter, owner)
+        checked = _check_options(
+            f"task {self.name!r}",
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_jitter=retry_jitter,
+            retry_on=retry_on,
+            timeout=timeout,
+            tags=tags,
+            cache_key=cache_key,
+            cache_expiration=cache_expiration,
+            on_completion=on_completion,
+            on_failure=on_failure,
+            on_cancellation=on_cancellation,
         )
-        self.retry_on = opt.check_retry_on(retry_on, owner)
-        self.timeout = opt.check_timeout(timeout, owner)
-        self.tags = opt.check_tags(tags, owner)
-        self.cache_key = opt.check_callable("cache_key", cache_key, owner)
-        self.cache_expiration = opt.check_expiration(cache_expiration, owner)
-        self.on_completion = opt.check_hooks("on_completion", on_completion, owner)
-        self.on_failure = opt.check_hooks("on_failure", on_failure, owner)
-        self.on_cancellation = opt.check_hooks("on_cancellation", on_cancellation, owner)
+        self.retries: int | None = checked["retries"]
+        self.retry_delay: opt.RetryDelay | None = checked["retry_delay"]
+        self.retry_jitter: float | None = checked["retry_jitter"]
+        self.retry_on: Any = checked["retry_on"]
+        self.timeout: float | None = checked["timeout"]
+        self.tags: frozenset[str] = checked["tags"]
+        self.cache_key: Callable[..., str | None] | None = checked["cache_key"]
+        self.cache_expiration: float | None = checked["cache_expiration"]
+        self.on_completion: tuple[Callable[..., Any], ...] = checked["on_completion"]
+        self.on_failure: tuple[Callable[..., Any], ...] = checked["on_failure"]
+        self.on_cancellation: tuple[Callable[..., Any], ...] = checked["on_cancellation"]
         self.is_async = _is_async_callable(fn)
         self.spec = CallSpec(fn)
         functools.update_wrapper(self, fn)
@@ -172,7 +220,14 @@ def task(
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""
     if fn is None:
-        # Validate now, so a bad option fails at decoration even before a function is given.
+        # Validate now, so a bad option fails at once, even before a function is given.
+        name = options.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"task name must be a string, not {name!r}")
+        _check_options(
+            f"task {name!r}" if name else "@task(...)",
+            **{k: v for k, v in options.items() if k != "name"},
+        )
         return lambda f: Task(f, **options)
     if options:
         raise TypeError("use @task(...) with keyword options, or plain @task")

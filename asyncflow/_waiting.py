@@ -46,8 +46,9 @@ def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
     for f in pending:
         if f._scheduler.thread_id == me:
             raise RuntimeError(
-                "cannot block on unfinished futures from the runner's own event loop thread "
-                "(it would deadlock): use the async form (wait_async / as_completed_async)"
+                f"cannot block on unfinished futures (task {f._task.name!r} among them) from "
+                "the runner's own event loop thread (it would deadlock): use the async form "
+                "(`await future_list`, wait_async, as_completed_async)"
             )
         f._check_not_self()
 

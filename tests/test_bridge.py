@@ -1,0 +1,566 @@
+"""The sync/async bridge: blocking calls on the loop thread, blocked workers, many waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncflow import (
+    Future,
+    FutureList,
+    ThreadPoolTaskRunner,
+    as_completed,
+    resolve_futures_to_results,
+    task,
+    wait,
+)
+from asyncflow.exceptions import TaskCancelledError, UpstreamFailedError
+
+TIMEOUT = 5.0
+
+
+# -- task bodies -------------------------------------------------------------------------------
+def double(x: int) -> int:
+    return x * 2
+
+
+async def adouble(x: int) -> int:
+    return x * 2
+
+
+async def noop() -> None:
+    return None
+
+
+def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
+    started()
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("the gate never opened")
+    return value
+
+
+async def ahold(started: asyncio.Event, gate: asyncio.Event, value: int = 0) -> int:
+    started.set()
+    await gate.wait()
+    return value
+
+
+def fail() -> int:
+    raise ValueError("upstream broke")
+
+
+def blocking_calls(f: Future[Any]) -> dict[str, Callable[[], object]]:
+    """Every blocking call on ``f`` that must refuse to run on the scheduler's loop thread.
+
+    The timeouts only bound the damage if the refusal ever broke: the calls must not block.
+    """
+    return {
+        "result": f.result,
+        "result(timeout)": lambda: f.result(timeout=TIMEOUT),
+        "exception": lambda: f.exception(timeout=TIMEOUT),
+        "wait": lambda: f.wait(TIMEOUT),
+        "resolve_futures_to_results": lambda: resolve_futures_to_results([f]),
+    }
+
+
+def many_blocking_calls(f: Future[Any]) -> dict[str, Callable[[], object]]:
+    """Blocking calls on several futures: they point to the async forms."""
+    return {
+        "wait()": lambda: wait([f], timeout=TIMEOUT),
+        "as_completed()": lambda: next(as_completed([f], timeout=TIMEOUT)),
+        "FutureList.result": lambda: FutureList([f]).result(timeout=TIMEOUT),
+        "FutureList.wait": lambda: FutureList([f]).wait(TIMEOUT),
+    }
+
+
+def _error_of(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except RuntimeError as exc:
+        return str(exc)
+    return "no error"
+
+
+# -- row 19: blocking on the loop thread ---------------------------------------------------------
+@pytest.mark.anyio
+async def test_blocking_on_an_unfinished_future_from_the_loop_thread_raises_at_once() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(ahold, {"started": started, "gate": gate, "value": 3})
+        with anyio.fail_after(TIMEOUT):
+            await started.wait()
+        for name, call in blocking_calls(f).items():
+            with pytest.raises(RuntimeError, match="await") as info:
+                call()
+            assert "ahold" in str(info.value), name
+        for call in many_blocking_calls(f).values():
+            with pytest.raises(RuntimeError, match="wait_async"):
+                call()
+        assert not f.done()
+        gate.set()
+        with anyio.fail_after(TIMEOUT):
+            assert await f == 3
+        # Finished futures never block: the same calls just work on the loop thread.
+        assert f.result() == 3
+        assert f.exception() is None
+        assert wait([f]).done == {f}
+        assert list(as_completed([f])) == [f]
+
+
+def test_blocking_on_an_unfinished_future_in_a_coroutine_body_raises_at_once() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    held_box: list[Future[int]] = []
+
+    async def blocks_on_held() -> list[str]:
+        # The held future reaches the body through a closure: as a parameter, it would be an
+        # input and the body would not start before it finished.
+        f = held_box[0]
+        calls = [*blocking_calls(f).values(), *many_blocking_calls(f).values()]
+        return [_error_of(call) for call in calls]
+
+    with ThreadPoolTaskRunner() as runner:
+        held = runner.submit(hold, {"started": started.set, "gate": gate, "value": 1})
+        held_box.append(held)
+        assert started.wait(TIMEOUT)
+        messages = runner.submit(blocks_on_held).result(timeout=TIMEOUT)
+        assert not held.done()
+        gate.set()
+        assert held.result(timeout=TIMEOUT) == 1
+    assert len(messages) == 9
+    assert all("own event loop thread" in m for m in messages)
+    assert all("await" in m or "wait_async" in m for m in messages)
+
+
+@pytest.mark.anyio
+async def test_result_from_another_thread_works_while_the_loop_awaits() -> None:
+    loop = asyncio.get_running_loop()
+    started, gate, got_it = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    results: list[int] = []
+
+    def blocking_reader(f: Future[int]) -> None:
+        results.append(f.result(timeout=TIMEOUT))
+        loop.call_soon_threadsafe(got_it.set)
+
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(ahold, {"started": started, "gate": gate, "value": 8})
+        reader = threading.Thread(target=blocking_reader, args=(f,))
+        reader.start()
+        with anyio.fail_after(TIMEOUT):
+            await started.wait()
+            gate.set()
+            await got_it.wait()
+        reader.join(TIMEOUT)
+    assert results == [8]
+
+
+# -- row 20: a blocked worker gives its slot back ------------------------------------------------
+@task
+def leaf(x: int) -> int:
+    return x + 1
+
+
+@task
+def blocking_parent(x: int) -> int:
+    return leaf.submit(x).result(timeout=TIMEOUT) * 10
+
+
+@task
+def blocking_parent_many(x: int) -> list[int]:
+    children = leaf.map([x, x + 1, x + 2])
+    done, not_done = wait(children, timeout=TIMEOUT)
+    assert done == set(children)
+    assert not not_done
+    firsts = [f.result() for f in as_completed(children, timeout=TIMEOUT)]
+    assert sorted(firsts) == [x + 1, x + 2, x + 3]
+    return children.result(timeout=TIMEOUT)
+
+
+def test_one_slot_parent_blocking_on_its_child_completes() -> None:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(blocking_parent, {"x": 1}).result(timeout=TIMEOUT) == 20
+        assert runner.submit(blocking_parent_many, {"x": 1}).result(timeout=TIMEOUT) == [2, 3, 4]
+
+
+def test_two_slots_two_parents_each_blocking_on_a_child_complete() -> None:
+    both_in = threading.Barrier(2)
+
+    @task
+    def parent(x: int) -> int:
+        both_in.wait(TIMEOUT)  # both slots are taken by parents before any child exists
+        return leaf.submit(x).result(timeout=TIMEOUT) * 10
+
+    with ThreadPoolTaskRunner(max_workers=2) as runner:
+        assert runner.map(parent, {"x": [1, 2]}).result(timeout=TIMEOUT) == [20, 30]
+
+
+class SlotMeter:
+    """Counts bodies that hold a worker slot (running, not parked in ``.result()``)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.active = 0
+        self.peak = 0
+        self.entered: list[str] = []
+        self.children_done = 0
+
+    def enter(self, name: str) -> None:
+        with self.cond:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.entered.append(name)
+            self.cond.notify_all()
+
+    def leave(self, child_done: bool = False) -> None:
+        with self.cond:
+            self.active -= 1
+            self.children_done += child_done
+            self.cond.notify_all()
+
+
+def test_the_bound_holds_after_slots_are_given_back_and_taken_again() -> None:  # noqa: PLR0915 - one scenario, step by step
+    limit = 2
+    meter = SlotMeter()
+    child_started = [threading.Event(), threading.Event()]
+    child_gates = [threading.Event(), threading.Event()]
+    finish = threading.Event()  # holds whoever runs after the children
+    both_in = threading.Barrier(2)
+
+    @task
+    def gated_child(i: int) -> int:
+        meter.enter(f"child{i}")
+        child_started[i].set()
+        try:
+            assert child_gates[i].wait(TIMEOUT)
+        finally:
+            meter.leave(child_done=True)
+        return i
+
+    @task
+    def filler(i: int) -> str:
+        meter.enter(f"filler{i}")
+        try:
+            assert finish.wait(TIMEOUT)
+        finally:
+            meter.leave()
+        return f"filler{i}"
+
+    @task
+    def parent(i: int) -> str:
+        meter.enter(f"parent{i}")
+        both_in.wait(TIMEOUT)
+        child_future = gated_child.submit(i)
+        meter.leave()  # about to block: the slot is given back
+        value = child_future.result(timeout=TIMEOUT)
+        meter.enter(f"parent{i}-resumed")  # the slot was taken again
+        try:
+            assert finish.wait(TIMEOUT)
+        finally:
+            meter.leave()
+        return f"parent{value}"
+
+    with ThreadPoolTaskRunner(max_workers=limit) as runner:
+        parents = runner.map(parent, {"i": [0, 1]})
+        for event in child_started:
+            assert event.wait(TIMEOUT)
+        # Both parents are parked; their children hold the two slots. Fillers must queue.
+        fillers = runner.map(filler, {"i": [0, 1]})
+        runner.submit(noop).result(timeout=TIMEOUT)
+        assert all(f.state.is_pending() for f in fillers)  # not handed to a thread
+        with meter.cond:
+            assert meter.active == limit
+            assert len(meter.entered) == 4, meter.entered
+        for gate in child_gates:
+            gate.set()
+        with meter.cond:
+            # Once the children are done, exactly `limit` of the four waiting bodies (two
+            # fillers, two parents wanting their slot back) hold a slot; the others wait.
+            assert meter.cond.wait_for(
+                lambda: meter.children_done == 2 and meter.active == limit, TIMEOUT
+            )
+        runner.submit(noop).result(timeout=TIMEOUT)
+        with meter.cond:
+            assert meter.active == limit
+            assert len(meter.entered) == 4 + limit, meter.entered
+        # The two that hold no slot yet: a filler not handed out, or a parent still parked.
+        assert (
+            sum(f.state.is_pending() for f in fillers)
+            + sum(f"parent{i}-resumed" not in meter.entered for i in range(2))
+            == 2
+        )
+        finish.set()
+        assert parents.result(timeout=TIMEOUT) == ["parent0", "parent1"]
+        assert fillers.result(timeout=TIMEOUT) == ["filler0", "filler1"]
+    assert meter.peak == limit
+    assert sorted(meter.entered[4:]) == [
+        "filler0",
+        "filler1",
+        "parent0-resumed",
+        "parent1-resumed",
+    ]
+
+
+# -- row 22: many threads waiting on one future -------------------------------------------------
+def test_many_threads_blocking_on_the_same_future_all_get_the_value() -> None:
+    n = 200
+    barrier = threading.Barrier(n + 1)
+    results: list[int] = []
+    lock = threading.Lock()
+    started, gate = threading.Event(), threading.Event()
+
+    def reader(f: Future[int]) -> None:
+        barrier.wait(TIMEOUT)
+        value = f.result(timeout=TIMEOUT)
+        with lock:
+            results.append(value)
+
+    with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(hold, {"started": started.set, "gate": gate, "value": 99})
+        assert started.wait(TIMEOUT)
+        threads = [threading.Thread(target=reader, args=(f,)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        barrier.wait(TIMEOUT)
+        gate.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert not any(t.is_alive() for t in threads)
+    assert results == [99] * n
+
+
+# -- row 24: a raising done-callback -------------------------------------------------------------
+@pytest.mark.anyio
+async def test_a_raising_done_callback_is_logged_with_the_task_and_waiting_still_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="asyncflow")
+    started, gate = asyncio.Event(), asyncio.Event()
+    after: list[str] = []
+
+    def broken(_f: Future[int]) -> None:
+        raise LookupError("callback broke")
+
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(ahold, {"started": started, "gate": gate, "value": 4})
+        f.add_done_callback(broken)
+        f.add_done_callback(lambda _f: after.append("ran"))
+        with anyio.fail_after(TIMEOUT):
+            await started.wait()
+            waiter = asyncio.ensure_future(_await(f))
+            await asyncio.sleep(0)
+            gate.set()
+            assert await waiter == 4
+    assert after == ["ran"]
+    logged = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], LookupError)]
+    assert len(logged) == 1
+    assert "'ahold'" in logged[0].getMessage()
+    assert str(f.task_run_id) in logged[0].getMessage()
+
+
+async def _await(f: Future[int]) -> int:
+    return await f
+
+
+# -- row 25: dropped futures ---------------------------------------------------------------------
+def _asyncio_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+def test_dropped_futures_leave_no_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[int] = []
+
+    async def arecord(i: int) -> None:
+        await asyncio.sleep(0)
+        ran.append(i)
+
+    def record(i: int) -> None:
+        ran.append(i)
+
+    with ThreadPoolTaskRunner(max_workers=2) as runner:
+        for i in range(50):
+            runner.submit(arecord, {"i": i})  # futures dropped at once
+            runner.submit(record, {"i": 100 + i})
+        gc.collect()
+    gc.collect()
+    assert sorted(ran) == [*range(50), *range(100, 150)]
+    assert _asyncio_errors(caplog) == []
+
+
+@pytest.mark.anyio
+async def test_dropped_futures_cancelled_on_error_leave_no_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+    cancelled: list[int] = []
+
+    async def forever(i: int) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+
+    async def use() -> None:
+        async with ThreadPoolTaskRunner() as runner:
+            for i in range(10):
+                runner.submit(forever, {"i": i})
+            await started.wait()
+            raise KeyError("stop")
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(KeyError):
+        await use()
+    gc.collect()
+    assert len(cancelled) >= 1
+    assert _asyncio_errors(caplog) == []
+
+
+# -- row 26: a coroutine object instead of a function ---------------------------------------------
+def test_submitting_a_coroutine_object_raises_type_error_and_closes_it() -> None:
+    with ThreadPoolTaskRunner() as runner:
+        coro = adouble(1)
+        with pytest.raises(TypeError, match="pass the function"):
+            runner.submit(coro, {})
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+        mapped = adouble(2)
+        with pytest.raises(TypeError, match="pass the function"):
+            runner.map(mapped, {"x": [1]})
+        assert inspect.getcoroutinestate(mapped) == inspect.CORO_CLOSED
+        assert runner.submit(adouble, {"x": 5}).result(timeout=TIMEOUT) == 10
+    gc.collect()  # a coroutine left unclosed would warn here ("never awaited")
+
+
+# -- waiting on its own future -------------------------------------------------------------------
+async def _await_own(holder: list[Future[Any]]) -> None:
+    await holder[0]
+
+
+async def _result_own_async(holder: list[Future[Any]]) -> None:
+    holder[0].result(timeout=TIMEOUT)
+
+
+def _result_own_sync(holder: list[Future[Any]]) -> None:
+    holder[0].result(timeout=TIMEOUT)
+
+
+def _wait_own_sync(holder: list[Future[Any]]) -> None:
+    wait(holder, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [_await_own, _result_own_async, _result_own_sync, _wait_own_sync],
+    ids=["await", "async-result", "thread-result", "thread-wait"],
+)
+def test_a_task_waiting_for_its_own_future_gets_value_error(
+    body: Callable[[list[Future[Any]]], object],
+) -> None:
+    holder: list[Future[Any]] = []
+    gate = threading.Event()
+    with ThreadPoolTaskRunner() as runner:
+        opener = runner.submit(hold, {"started": lambda: None, "gate": gate})
+        # The body starts after `opener`, i.e. after its own future is in the holder.
+        # The holder goes in through a partial, not as a parameter, so it is not searched.
+        f = runner.submit(functools.partial(body, holder), wait_for=[opener])
+        holder.append(f)
+        gate.set()
+        with pytest.raises(ValueError, match="its own future"):
+            f.result(timeout=TIMEOUT)
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
+# -- futures of other runners ---------------------------------------------------------------------
+def test_a_finished_future_of_a_closed_runner_is_a_plain_value() -> None:
+    with ThreadPoolTaskRunner() as first:
+        done = first.submit(double, {"x": 2})
+        failed = first.submit(fail)
+    assert done.result() == 4
+    with ThreadPoolTaskRunner() as second:
+        assert second.submit(double, {"x": done}).result(timeout=TIMEOUT) == 8
+        assert second.submit(double, {"x": [done][0]}, wait_for=[done]).result(TIMEOUT) == 8
+        downstream = second.submit(double, {"x": failed})
+        downstream.wait(TIMEOUT)
+    assert isinstance(downstream.exception(), UpstreamFailedError)
+
+
+@pytest.mark.anyio
+async def test_a_finished_future_of_a_closed_runner_in_async_with() -> None:
+    with ThreadPoolTaskRunner() as first:
+        done = first.submit(double, {"x": 3})
+    async with ThreadPoolTaskRunner() as second:
+        with anyio.fail_after(TIMEOUT):
+            assert await second.submit(adouble, {"x": done}) == 12
+
+
+def test_an_unfinished_future_of_another_live_runner_is_an_upstream() -> None:
+    started, gate = threading.Event(), threading.Event()
+    fail_gate = threading.Event()
+
+    def fail_late() -> int:
+        assert fail_gate.wait(TIMEOUT)
+        raise ValueError("late")
+
+    with ThreadPoolTaskRunner() as first, ThreadPoolTaskRunner() as second:
+        up = first.submit(hold, {"started": started.set, "gate": gate, "value": 5})
+        up_failing = first.submit(fail_late)
+        down = second.submit(double, {"x": up})
+        ordered = second.submit(adouble, {"x": 1}, wait_for=[up])
+        down_failing = second.submit(double, {"x": up_failing})
+        assert started.wait(TIMEOUT)
+        second.submit(noop).result(timeout=TIMEOUT)
+        assert down.state.is_pending()
+        assert ordered.state.is_pending()
+        gate.set()
+        fail_gate.set()
+        assert down.result(timeout=TIMEOUT) == 10
+        assert ordered.result(timeout=TIMEOUT) == 2
+        down_failing.wait(TIMEOUT)
+        assert down_failing.state.name == "UpstreamFailed"
+        assert isinstance(down_failing.exception(), UpstreamFailedError)
+
+
+def test_a_cancelled_future_of_another_live_runner_cancels_the_downstream() -> None:
+    started, gate = threading.Event(), threading.Event()
+    with ThreadPoolTaskRunner() as first, ThreadPoolTaskRunner() as second:
+        up = first.submit(hold, {"started": started.set, "gate": gate, "value": 5})
+        up.add_done_callback(lambda _f: gate.set())
+        down = second.submit(double, {"x": up})
+        assert started.wait(TIMEOUT)
+        up.cancel()
+        down.wait(TIMEOUT)
+        assert down.state.is_cancelled()
+        assert isinstance(down.exception(), TaskCancelledError)
+
+
+@pytest.mark.anyio
+async def test_an_unfinished_future_of_a_background_runner_is_an_upstream_in_async_with() -> None:
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    gate = threading.Event()
+    with ThreadPoolTaskRunner() as first:
+        up = first.submit(
+            hold,
+            {
+                "started": functools.partial(loop.call_soon_threadsafe, started.set),
+                "gate": gate,
+                "value": 6,
+            },
+        )
+        async with ThreadPoolTaskRunner() as second:
+            down = second.submit(adouble, {"x": up})
+            with anyio.fail_after(TIMEOUT):
+                await started.wait()
+                await second.submit(noop)
+                assert down.state.is_pending()
+                gate.set()
+                assert await down == 12

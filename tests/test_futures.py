@@ -1,0 +1,619 @@
+"""Futures: results, states, callbacks, awaiting, future lists and the module-level waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from asyncflow import (
+    DoneAndNotDone,
+    Future,
+    FutureList,
+    State,
+    StateType,
+    ThreadPoolTaskRunner,
+    as_completed,
+    as_completed_async,
+    resolve_futures_to_results,
+    resolve_futures_to_states,
+    wait,
+    wait_async,
+)
+from asyncflow.exceptions import TaskCancelledError, TaskCrashedError, UpstreamFailedError
+
+TIMEOUT = 5.0
+SHORT = 0.01  # a timeout that is meant to pass: the future is held behind a gate
+
+
+# -- task bodies -------------------------------------------------------------------------------
+def double(x: int) -> int:
+    return x * 2
+
+
+async def adouble(x: int) -> int:
+    return x * 2
+
+
+def fail(message: str = "bad") -> int:
+    raise ValueError(message)
+
+
+def crash() -> None:
+    raise SystemExit(3)
+
+
+def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
+    started()
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("the gate never opened")
+    return value
+
+
+async def ahold(started: asyncio.Event, gate: asyncio.Event, value: int = 0) -> int:
+    started.set()
+    await gate.wait()
+    return value
+
+
+def fail_after_gate(gate: threading.Event) -> int:
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("the gate never opened")
+    raise ValueError("late failure")
+
+
+class Held:
+    """A gate-held sync task on a running runner: ``future`` runs until ``release()``."""
+
+    def __init__(self, runner: ThreadPoolTaskRunner, value: int = 0) -> None:
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.future: Future[int] = runner.submit(
+            hold, {"started": self.started.set, "gate": self.gate, "value": value}
+        )
+
+    def wait_started(self) -> Held:
+        assert self.started.wait(TIMEOUT)
+        return self
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def runner() -> Iterator[ThreadPoolTaskRunner]:
+    with ThreadPoolTaskRunner(max_workers=4) as r:
+        yield r
+
+
+# -- result, exception, wait, done --------------------------------------------------------------
+def test_result_of_a_completed_run(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(double, {"x": 21})
+    assert f.result() == 42
+    assert f.result(timeout=TIMEOUT) == 42
+    assert f.exception() is None
+    assert f.done()
+
+
+def test_result_of_a_failed_run_raises_or_returns_the_exception(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    f = runner.submit(fail, {"message": "bad input"})
+    with pytest.raises(ValueError, match="bad input"):
+        f.result(timeout=TIMEOUT)
+    returned = f.result(raise_on_failure=False)
+    assert isinstance(returned, ValueError)
+    assert str(returned) == "bad input"
+    assert f.exception() is returned
+    assert f.done()
+
+
+def test_wait_never_raises_on_timeout(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=3).wait_started()
+    held.future.wait(SHORT)  # returns (None) instead of raising
+    held.future.wait(0)
+    assert not held.future.done()
+    held.release()
+    held.future.wait(TIMEOUT)
+    assert held.future.done()
+    held.future.wait(0)
+
+
+def test_result_with_timeout_raises_timeout_error_on_an_unfinished_future(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    held = Held(runner, value=3).wait_started()
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        held.future.result(timeout=SHORT)
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        held.future.exception(timeout=SHORT)
+    assert not held.future.done()
+    held.release()
+    assert held.future.result(timeout=TIMEOUT) == 3
+
+
+# -- states -------------------------------------------------------------------------------------
+def test_state_transitions_pending_running_completed(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=4)
+    downstream = runner.submit(double, {"x": held.future})
+    held.wait_started()
+    assert held.future.state.is_running()
+    assert held.future.state.type is StateType.RUNNING
+    assert held.future.state.name == "Running"
+    assert not held.future.state.is_final()
+    # Held behind an unfinished upstream: not started.
+    state = downstream.state
+    assert state.is_pending()
+    assert state.name == "Pending"
+    assert not state.is_final()
+    with pytest.raises(ValueError, match="no result yet"):
+        state.result()
+    held.release()
+    assert downstream.result(timeout=TIMEOUT) == 8
+    for f in (held.future, downstream):
+        final = f.state
+        assert isinstance(final, State)
+        assert final.is_completed()
+        assert final.is_final()
+        assert final.name == "Completed"
+        assert not final.is_failed()
+        assert not final.is_pending()
+    assert downstream.state.result() == 8
+    assert held.future.state.timestamp <= downstream.state.timestamp
+
+
+@pytest.mark.anyio
+async def test_async_body_is_running_while_held() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(ahold, {"started": started, "gate": gate, "value": 2})
+        with anyio.fail_after(TIMEOUT):
+            await started.wait()
+        assert f.state.is_running()
+        assert not f.done()
+        gate.set()
+        with anyio.fail_after(TIMEOUT):
+            assert await f == 2
+        assert f.state.is_completed()
+
+
+def test_failed_state(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(fail, {"message": "nope"})
+    f.wait(TIMEOUT)
+    state = f.state
+    assert state.is_failed()
+    assert state.is_final()
+    assert state.type is StateType.FAILED
+    assert state.name == "Failed"
+    assert isinstance(state.data, ValueError)
+    assert state.message == "ValueError: nope"
+    assert state.result(raise_on_failure=False) is state.data
+    with pytest.raises(ValueError, match="nope"):
+        state.result()
+
+
+def test_upstream_failed_state(runner: ThreadPoolTaskRunner) -> None:
+    up = runner.submit(fail, {"message": "root cause"})
+    down = runner.submit(double, {"x": up})
+    down.wait(TIMEOUT)
+    state = down.state
+    assert state.is_failed()
+    assert state.name == "UpstreamFailed"
+    err = down.exception()
+    assert isinstance(err, UpstreamFailedError)
+    assert "fail" in str(err)
+    assert "double" in str(err)
+    assert isinstance(err.__cause__, ValueError)
+    assert str(err.__cause__) == "root cause"
+
+
+def test_cancelled_state(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1)
+    down = runner.submit(double, {"x": held.future})
+    held.future.add_done_callback(lambda _f: held.release())
+    held.wait_started()
+    assert held.future.cancel() is True
+    held.future.wait(TIMEOUT)
+    down.wait(TIMEOUT)
+    for f in (held.future, down):
+        assert f.state.is_cancelled()
+        assert f.state.name == "Cancelled"
+        assert isinstance(f.exception(), TaskCancelledError)
+    assert held.future.cancel() is False  # already final
+
+
+def test_crashed_state(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(crash)
+    f.wait(TIMEOUT)
+    assert f.state.is_crashed()
+    assert f.state.is_final()
+    err = f.exception()
+    assert isinstance(err, TaskCrashedError)
+    assert isinstance(err.__cause__, SystemExit)
+    assert "crash" in str(err)
+
+
+def test_task_run_id_is_a_unique_uuid(runner: ThreadPoolTaskRunner) -> None:
+    futures = [runner.submit(double, {"x": i}) for i in range(20)]
+    ids = [f.task_run_id for f in futures]
+    assert all(isinstance(i, uuid.UUID) for i in ids)
+    assert len(set(ids)) == 20
+    assert [f.task_run_id for f in futures] == ids  # stable
+    for f in futures:
+        f.wait(TIMEOUT)
+    assert [f.task_run_id for f in futures] == ids
+
+
+# -- done callbacks -----------------------------------------------------------------------------
+def test_done_callback_is_called_once_when_the_run_finishes() -> None:
+    calls: list[Future[int]] = []
+    called = threading.Event()
+
+    def callback(f: Future[int]) -> None:
+        calls.append(f)
+        called.set()
+
+    with ThreadPoolTaskRunner() as runner:
+        held = Held(runner, value=5).wait_started()
+        held.future.add_done_callback(callback)
+        assert calls == []
+        held.release()
+        assert called.wait(TIMEOUT)
+        assert held.future.result() == 5
+    assert calls == [held.future]
+
+
+def test_done_callback_is_called_at_once_when_already_done(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(double, {"x": 1})
+    f.wait(TIMEOUT)
+    where: list[int] = []
+    f.add_done_callback(lambda _f: where.append(threading.get_ident()))
+    assert where == [threading.get_ident()]
+
+
+def test_a_raising_done_callback_is_logged_and_breaks_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="asyncflow")
+    others: list[str] = []
+    second = threading.Event()
+
+    def broken(_f: Future[int]) -> None:
+        raise RuntimeError("callback exploded")
+
+    def good(_f: Future[int]) -> None:
+        others.append("good")
+        second.set()
+
+    with ThreadPoolTaskRunner() as runner:
+        held = Held(runner, value=9).wait_started()
+        held.future.add_done_callback(broken)
+        held.future.add_done_callback(good)
+        held.release()
+        assert held.future.result(timeout=TIMEOUT) == 9
+        assert second.wait(TIMEOUT)
+        # Also when already done: the raising callback runs here, is logged, nothing escapes.
+        held.future.add_done_callback(broken)
+    assert others == ["good"]
+    records = [r for r in caplog.records if "callback exploded" in str(r.exc_info)]
+    assert len(records) == 2
+    assert "hold" in records[0].getMessage()
+    assert str(held.future.task_run_id) in records[0].getMessage()
+
+
+# -- awaiting -----------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_await_on_the_runners_loop() -> None:
+    async with ThreadPoolTaskRunner() as runner:
+        with anyio.fail_after(TIMEOUT):
+            assert await runner.submit(double, {"x": 2}) == 4
+            assert await runner.submit(adouble, {"x": 3}) == 6
+            with pytest.raises(ValueError, match="bad"):
+                await runner.submit(fail)
+
+
+def test_await_from_a_different_event_loop_in_another_thread() -> None:
+    async def await_both(held: Held, failing: Future[int], gate: threading.Event) -> int:
+        waiting = asyncio.ensure_future(_await(held.future))
+        await asyncio.sleep(0)  # let it register as a waiter first
+        assert not waiting.done()
+        held.release()
+        gate.set()
+        with pytest.raises(ValueError, match="late failure"):
+            await asyncio.wait_for(_await(failing), TIMEOUT)
+        return await asyncio.wait_for(waiting, TIMEOUT)
+
+    with ThreadPoolTaskRunner() as runner:
+        held = Held(runner, value=11).wait_started()
+        gate = threading.Event()
+        failing = runner.submit(fail_after_gate, {"gate": gate})
+        # The runner's loop lives in its own thread; this is a second loop in the test thread.
+        assert asyncio.run(await_both(held, failing, gate)) == 11
+
+
+@pytest.mark.anyio
+async def test_await_from_the_test_loop_a_future_of_a_background_runner() -> None:
+    with ThreadPoolTaskRunner() as runner:
+        held = Held(runner, value=12).wait_started()
+        waiting = asyncio.ensure_future(_await(held.future))
+        await asyncio.sleep(0)
+        held.release()
+        with anyio.fail_after(TIMEOUT):
+            assert await waiting == 12
+
+
+async def _await(f: Future[int]) -> int:
+    return await f
+
+
+def test_await_from_trio() -> None:
+    async def main(held: Held, failing: Future[int]) -> int:
+        results: list[int] = []
+
+        async def waiter() -> None:
+            results.append(await held.future)
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()  # the waiter is registered
+                assert results == []
+                held.release()
+            with pytest.raises(ValueError, match="bad"):
+                await failing
+        return results[0]
+
+    with ThreadPoolTaskRunner() as runner:
+        held = Held(runner, value=13).wait_started()
+        failing = runner.submit(fail)
+        assert trio.run(main, held, failing) == 13
+
+
+# -- FutureList ---------------------------------------------------------------------------------
+def test_future_list_result_keeps_order(runner: ThreadPoolTaskRunner) -> None:
+    helds = [Held(runner, value=v).wait_started() for v in (1, 2, 3)]
+    futures = FutureList(h.future for h in helds)
+    for h in reversed(helds):  # finish in reverse order
+        h.release()
+        h.future.wait(TIMEOUT)
+    assert futures.result(timeout=TIMEOUT) == [1, 2, 3]
+    assert runner.map(double, {"x": [3, 1, 2]}).result(timeout=TIMEOUT) == [6, 2, 4]
+
+
+def test_future_list_result_fails_fast(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1).wait_started()
+    futures = FutureList([held.future, runner.submit(fail, {"message": "first failure"})])
+    with pytest.raises(ValueError, match="first failure"):
+        futures.result(timeout=TIMEOUT)
+    assert not held.future.done()  # it did not wait for the held one
+    held.release()
+    values = futures.result(timeout=TIMEOUT, raise_on_failure=False)
+    assert values[0] == 1
+    assert isinstance(values[1], ValueError)
+
+
+def test_future_list_result_timeout_says_how_many(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1).wait_started()
+    futures = FutureList([held.future, runner.submit(double, {"x": 1})])
+    with pytest.raises(TimeoutError, match="1 of 2 futures did not finish"):
+        futures.result(timeout=SHORT)
+    held.release()
+    assert futures.result(timeout=TIMEOUT) == [1, 2]
+
+
+def test_future_list_wait(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1).wait_started()
+    futures = FutureList([held.future, runner.submit(double, {"x": 1})])
+    futures.wait(SHORT)  # never raises on timeout
+    assert not held.future.done()
+    held.release()
+    futures.wait(TIMEOUT)
+    assert all(f.done() for f in futures)
+
+
+@pytest.mark.anyio
+async def test_await_future_list() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        with anyio.fail_after(TIMEOUT):
+            assert await runner.map(adouble, {"x": [1, 2, 3]}) == [2, 4, 6]
+            held = runner.submit(ahold, {"started": started, "gate": gate, "value": 1})
+            await started.wait()
+            both = FutureList([held, runner.submit(fail, {"message": "fast"})])
+            with pytest.raises(ValueError, match="fast"):
+                await both
+            assert not held.done()
+            gate.set()
+            assert await FutureList([held, runner.submit(double, {"x": 4})]) == [1, 8]
+
+
+# -- wait / as_completed ------------------------------------------------------------------------
+def test_wait_returns_done_and_not_done(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1).wait_started()
+    quick = runner.submit(double, {"x": 1})
+    quick.wait(TIMEOUT)
+    result = wait([held.future, quick, quick], timeout=SHORT)
+    assert isinstance(result, DoneAndNotDone)
+    assert result.done == {quick}
+    assert result.not_done == {held.future}
+    held.release()
+    done, not_done = wait([held.future, quick])
+    assert done == {held.future, quick}
+    assert not_done == set()
+
+
+@pytest.mark.anyio
+async def test_wait_async_returns_done_and_not_done() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        held = runner.submit(ahold, {"started": started, "gate": gate, "value": 1})
+        quick = runner.submit(double, {"x": 1})
+        with anyio.fail_after(TIMEOUT):
+            await quick
+            await started.wait()
+            done, not_done = await wait_async([held, quick], timeout=SHORT)
+            assert done == {quick}
+            assert not_done == {held}
+            gate.set()
+            done, not_done = await wait_async([held, quick, held])
+        assert done == {held, quick}
+        assert not_done == set()
+
+
+def test_as_completed_deduplicates_and_yields_finished_first(runner: ThreadPoolTaskRunner) -> None:
+    held = Held(runner, value=1).wait_started()
+    quick = runner.submit(double, {"x": 1})
+    quick.wait(TIMEOUT)
+    it = as_completed([held.future, quick, held.future, quick])
+    assert next(it) is quick
+    held.release()
+    assert next(it) is held.future
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_as_completed_timeout_says_how_many_are_unfinished(runner: ThreadPoolTaskRunner) -> None:
+    helds = [Held(runner, value=v).wait_started() for v in (1, 2)]
+    quick = runner.submit(double, {"x": 1})
+    quick.wait(TIMEOUT)
+    seen: list[Future[Any]] = []
+    with pytest.raises(TimeoutError, match="2 of 3 futures unfinished"):
+        seen.extend(as_completed([h.future for h in helds] + [quick], timeout=SHORT))
+    assert seen == [quick]
+    for h in helds:
+        h.release()
+
+
+@pytest.mark.anyio
+async def test_as_completed_async() -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        held = runner.submit(ahold, {"started": started, "gate": gate, "value": 1})
+        quick = runner.submit(double, {"x": 1})
+        with anyio.fail_after(TIMEOUT):
+            await quick
+            await started.wait()
+            seen: list[Future[Any]] = []
+            with pytest.raises(TimeoutError, match="1 of 2 futures unfinished"):
+                await _collect(as_completed_async([held, quick, held], timeout=SHORT), seen)
+            assert seen == [quick]
+            order = []
+            it = as_completed_async([held, quick])
+            order.append(await it.__anext__())
+            gate.set()
+            order.append(await it.__anext__())
+            with pytest.raises(StopAsyncIteration):
+                await it.__anext__()
+        assert order == [quick, held]
+
+
+async def _collect(it: AsyncIterator[Future[Any]], into: list[Future[Any]]) -> None:
+    async for f in it:
+        into.append(f)  # noqa: PERF401 - appending as they come is the point: a timeout may follow
+
+
+# -- negative timeouts --------------------------------------------------------------------------
+_NEGATIVE_TIMEOUT_CALLS: dict[str, Callable[[Future[int]], object]] = {
+    "Future.result": lambda f: f.result(timeout=-1),
+    "Future.exception": lambda f: f.exception(timeout=-1),
+    "Future.wait": lambda f: f.wait(timeout=-1),
+    "wait": lambda f: wait([f], timeout=-1),
+    "as_completed": lambda f: as_completed([f], timeout=-1),
+    "FutureList.result": lambda f: FutureList([f]).result(timeout=-1),
+    "FutureList.wait": lambda f: FutureList([f]).wait(timeout=-1),
+}
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["unfinished", "finished"])
+@pytest.mark.parametrize("call", list(_NEGATIVE_TIMEOUT_CALLS))
+def test_negative_timeouts_raise_value_error_everywhere(
+    runner: ThreadPoolTaskRunner, call: str, finished: bool
+) -> None:
+    held = Held(runner, value=1).wait_started()
+    if finished:
+        held.release()
+        held.future.wait(TIMEOUT)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        _NEGATIVE_TIMEOUT_CALLS[call](held.future)
+    held.release()
+    assert held.future.result(timeout=TIMEOUT) == 1
+
+
+@pytest.mark.anyio
+async def test_negative_timeouts_raise_value_error_in_async_forms() -> None:
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(adouble, {"x": 1})
+        with pytest.raises(ValueError, match="timeout"):
+            await wait_async([f], timeout=-0.5)
+        with pytest.raises(ValueError, match="timeout"):
+            as_completed_async([f], timeout=-0.5)
+        with anyio.fail_after(TIMEOUT):
+            assert await f == 2
+
+
+# -- resolving futures in containers ------------------------------------------------------------
+@dataclasses.dataclass
+class Box:
+    value: Any
+    items: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBox:
+    value: Any
+
+
+def test_resolve_futures_to_results_in_nested_containers(runner: ThreadPoolTaskRunner) -> None:
+    a = runner.submit(double, {"x": 1})
+    b = runner.submit(adouble, {"x": 2})
+    c = runner.submit(double, {"x": 3})
+    expr = {
+        "list": [a, [b, "plain"]],
+        "tuple": (a, (c,)),
+        a: b,
+        "set": {a, c},
+        "frozenset": frozenset({b}),
+        "box": Box(a, [b, {"deep": c}]),
+        "frozen": FrozenBox(c),
+        "plain": 7,
+    }
+    resolved = resolve_futures_to_results(expr)
+    assert resolved == {
+        "list": [2, [4, "plain"]],
+        "tuple": (2, (6,)),
+        2: 4,
+        "set": {2, 6},
+        "frozenset": frozenset({4}),
+        "box": Box(2, [4, {"deep": 6}]),
+        "frozen": FrozenBox(6),
+        "plain": 7,
+    }
+    assert expr["box"] == Box(a, [b, {"deep": c}])  # the input is left untouched
+
+
+def test_resolve_futures_to_results_raises_a_failure(runner: ThreadPoolTaskRunner) -> None:
+    failing = runner.submit(fail, {"message": "inside"})
+    with pytest.raises(ValueError, match="inside"):
+        resolve_futures_to_results({"x": [failing]})
+
+
+def test_resolve_futures_to_states_in_nested_containers(runner: ThreadPoolTaskRunner) -> None:
+    ok = runner.submit(double, {"x": 1})
+    bad = runner.submit(fail)
+    resolved = resolve_futures_to_states({"ok": [ok], "bad": (bad,), "box": Box(ok, [bad])})
+    assert isinstance(resolved["ok"][0], State)
+    assert resolved["ok"][0].is_completed()
+    assert resolved["ok"][0].data == 2
+    assert resolved["bad"][0].is_failed()
+    assert isinstance(resolved["bad"][0].data, ValueError)
+    assert resolved["box"].value.is_completed()
+    assert resolved["box"].items[0].is_failed()

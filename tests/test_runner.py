@@ -1,0 +1,668 @@
+"""Runner lifecycle and API: entering, submitting, waiting on exit, cancelling, worker bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import uvloop
+
+from asyncflow import Future, FutureList, ThreadPoolTaskRunner, allow_failure, quote, task
+from asyncflow.exceptions import TaskCancelledError
+
+TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
+
+
+# -- task bodies -------------------------------------------------------------------------------
+def double(x: int) -> int:
+    return x * 2
+
+
+async def adouble(x: int) -> int:
+    return x * 2
+
+
+async def noop() -> None:
+    return None
+
+
+def record(ran: list[int], i: int) -> int:
+    ran.append(i)
+    return i
+
+
+def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
+    """Signal that the body runs, then keep its worker until ``gate`` opens."""
+    started()
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("the gate never opened")
+    return value
+
+
+async def sleep_forever(started: Callable[[], object], cancelled: list[bool]) -> None:
+    started()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        cancelled.append(True)
+        raise
+
+
+async def loop_info() -> tuple[type[Any], int]:
+    return type(asyncio.get_running_loop()), threading.get_ident()
+
+
+@task
+def child(x: int) -> int:
+    return x + 1
+
+
+@task
+async def async_parent(x: int) -> tuple[int, list[int], Future[int]]:
+    one = child.submit(x)
+    many = child.map([x, x + 10])
+    return await one, await many, one
+
+
+@task
+def thread_parent(x: int) -> tuple[int, list[int], Future[int]]:
+    one = child.submit(x)
+    many = child.map([x, x + 10])
+    return one.result(timeout=TIMEOUT), many.result(timeout=TIMEOUT), one
+
+
+def scheduler_of(runner: ThreadPoolTaskRunner) -> Any:
+    sched = runner._scheduler
+    assert sched is not None, "the runner is not started"
+    return sched
+
+
+# -- name, duplicate, equality ------------------------------------------------------------------
+def test_name_is_threadpool() -> None:
+    assert ThreadPoolTaskRunner().name == "threadpool"
+
+
+def test_duplicate_is_an_equal_unstarted_runner() -> None:
+    runner = ThreadPoolTaskRunner(max_workers=3)
+    copy = runner.duplicate()
+    assert copy is not runner
+    assert type(copy) is ThreadPoolTaskRunner
+    assert copy == runner
+    assert hash(copy) == hash(runner)
+    assert copy.max_workers == 3
+    assert runner != ThreadPoolTaskRunner(max_workers=4)
+    assert runner != object()
+    with runner:
+        started_copy = runner.duplicate()
+        assert started_copy._scheduler is None
+        # The copy is independent: it can run while the original is running.
+        with started_copy:
+            assert started_copy.submit(double, {"x": 4}).result(timeout=TIMEOUT) == 8
+        assert runner.submit(double, {"x": 5}).result(timeout=TIMEOUT) == 10
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+def test_entering_a_started_runner_again_raises() -> None:
+    runner = ThreadPoolTaskRunner()
+    with runner, pytest.raises(RuntimeError, match="already started"):
+        runner.__enter__()
+    # The failed second entry did not disturb the running block; it closed normally.
+    assert runner._scheduler is None
+    with runner:
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
+@pytest.mark.anyio
+async def test_async_entering_a_started_runner_again_raises() -> None:
+    runner = ThreadPoolTaskRunner()
+    async with runner:
+        with pytest.raises(RuntimeError, match="already started"):
+            await runner.__aenter__()
+        with pytest.raises(RuntimeError, match="already started"):
+            runner.__enter__()
+        assert await runner.submit(adouble, {"x": 3}) == 6
+    assert runner._scheduler is None
+
+
+def test_async_with_outside_asyncio_says_to_use_with() -> None:
+    runner = ThreadPoolTaskRunner()
+
+    async def use() -> None:
+        async with runner:
+            pass
+
+    with pytest.raises(RuntimeError, match="needs a running asyncio event loop"):
+        trio.run(use)
+    assert runner._scheduler is None
+    with runner:  # nothing was left half-started
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
+def test_submit_to_an_unstarted_runner_raises() -> None:
+    runner = ThreadPoolTaskRunner()
+    with pytest.raises(RuntimeError, match="not started"):
+        runner.submit(double, {"x": 1})
+    with pytest.raises(RuntimeError, match="not started"):
+        runner.map(double, {"x": [1, 2]})
+    with runner:
+        runner.submit(double, {"x": 1}).result(timeout=TIMEOUT)
+    with pytest.raises(RuntimeError, match="not started"):
+        runner.submit(double, {"x": 1})
+
+
+def test_runner_can_be_entered_again_after_exit() -> None:
+    runner = ThreadPoolTaskRunner(max_workers=2)
+    results = []
+    for i in range(3):
+        with runner:
+            results.append(runner.submit(double, {"x": i}).result(timeout=TIMEOUT))
+        assert runner._scheduler is None
+    assert results == [0, 2, 4]
+
+
+@pytest.mark.anyio
+async def test_runner_can_be_entered_again_async_after_sync() -> None:
+    runner = ThreadPoolTaskRunner()
+    with runner:
+        first = runner.submit(double, {"x": 1})
+    assert first.result() == 2
+    async with runner:
+        assert await runner.submit(double, {"x": 2}) == 4
+    async with runner:
+        assert await runner.submit(adouble, {"x": 3}) == 6
+
+
+def test_sync_with_runs_sync_and_async_bodies() -> None:
+    with ThreadPoolTaskRunner() as runner:
+        sync_f = runner.submit(double, {"x": 2})
+        async_f = runner.submit(adouble, {"x": 3})
+        assert sync_f.result(timeout=TIMEOUT) == 4
+        assert async_f.result(timeout=TIMEOUT) == 6
+
+
+@pytest.mark.anyio
+async def test_async_with_runs_on_the_callers_loop() -> None:
+    runner = ThreadPoolTaskRunner()
+    async with runner as entered:
+        assert entered is runner
+        sched = scheduler_of(runner)
+        assert sched.loop is asyncio.get_running_loop()
+        assert sched.thread_id == threading.get_ident()
+        sync_f = runner.submit(double, {"x": 2})
+        async_f = runner.submit(adouble, {"x": 3})
+        info = runner.submit(loop_info)
+        with anyio.fail_after(TIMEOUT):
+            assert await sync_f == 4
+            assert await async_f == 6
+            loop_type, ident = await info
+    # Coroutine bodies run on the caller's loop, in the caller's thread.
+    assert loop_type is type(asyncio.get_running_loop())
+    assert ident == threading.get_ident()
+
+
+# -- leaving the block --------------------------------------------------------------------------
+class _ExitSignallingRunner(ThreadPoolTaskRunner):
+    """Signals when the block starts to exit, before the runner waits for anything."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self.exiting = threading.Event()
+        self._exit_hooks: list[Callable[[], object]] = []
+
+    def _signal_exit(self) -> None:
+        self.exiting.set()
+        for hook in list(self._exit_hooks):
+            hook()
+
+    async def wait_exiting(self) -> None:
+        """Wait (in a coroutine body, on any loop) until the block starts to exit."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._exit_hooks.append(functools.partial(loop.call_soon_threadsafe, event.set))
+        if self.exiting.is_set():  # registered too late for the hooks: no lost wake-up
+            event.set()
+        await event.wait()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._signal_exit()
+        super().__exit__(exc_type, exc, tb)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._signal_exit()
+        await super().__aexit__(exc_type, exc, tb)
+
+
+async def _coroutine_after_exit(runner: _ExitSignallingRunner, finished: list[str]) -> int:
+    await runner.wait_exiting()  # can only return once the block has started to exit
+    for _ in range(10):
+        await asyncio.sleep(0)  # and takes a few more loop turns after that
+    finished.append("coroutine")
+    return 1
+
+
+def _thread_after_exit(runner: _ExitSignallingRunner, finished: list[str]) -> int:
+    assert runner.exiting.wait(TIMEOUT)  # can only return once the block has started to exit
+    finished.append("thread")
+    return 1
+
+
+def _submit_work_that_ends_after_exit(
+    runner: _ExitSignallingRunner, kind: str, finished: list[str]
+) -> list[Future[int]]:
+    coroutine = functools.partial(_coroutine_after_exit, runner, finished)
+    thread = functools.partial(_thread_after_exit, runner, finished)
+    if kind == "coroutine":
+        return [runner.submit(coroutine)]
+    if kind == "thread":
+        return [runner.submit(thread)]
+    # Downstream work that cannot even start before the exit began.
+    up = runner.submit(coroutine)
+    middle = runner.submit(adouble, {"x": up})
+    return [up, middle, runner.submit(double, {"x": middle})]
+
+
+_EXIT_KINDS = {
+    "coroutine": (["coroutine"], [1]),
+    "thread": (["thread"], [1]),
+    "downstream": (["coroutine"], [1, 2, 4]),
+}
+
+
+@pytest.mark.parametrize("kind", list(_EXIT_KINDS))
+def test_exit_waits_for_every_submitted_task(kind: str) -> None:
+    runner = _ExitSignallingRunner(max_workers=2)
+    finished: list[str] = []
+    with runner:
+        futures = _submit_work_that_ends_after_exit(runner, kind, finished)
+        assert not any(f.done() for f in futures)
+    expected_finished, expected_results = _EXIT_KINDS[kind]
+    assert finished == expected_finished
+    assert [f.result(timeout=0) for f in futures] == expected_results
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(_EXIT_KINDS))
+async def test_async_exit_waits_for_every_submitted_task(kind: str) -> None:
+    runner = _ExitSignallingRunner(max_workers=2)
+    finished: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        async with runner:
+            futures = _submit_work_that_ends_after_exit(runner, kind, finished)
+            assert not any(f.done() for f in futures)
+    expected_finished, expected_results = _EXIT_KINDS[kind]
+    assert finished == expected_finished
+    assert [f.result(timeout=0) for f in futures] == expected_results
+
+
+def test_exit_waits_for_nested_submits() -> None:
+    children: list[Future[int]] = []
+    gate = threading.Event()
+
+    @task
+    def slow_child() -> int:
+        assert gate.wait(TIMEOUT)
+        return 7
+
+    @task
+    async def parent() -> None:
+        # Submit and return at once, without waiting for the child.
+        children.append(slow_child.submit())
+        gate.set()
+
+    with ThreadPoolTaskRunner() as runner:
+        runner.submit(parent)
+    assert len(children) == 1
+    assert children[0].done()
+    assert children[0].result() == 7
+
+
+def _cancel_on_error_scenario(
+    runner: ThreadPoolTaskRunner, started: Callable[[], object], coro_started: Callable[[], object]
+) -> dict[str, Any]:
+    """Submit running, queued and waiting work to a 1-worker runner; returns the handles."""
+    gate = threading.Event()
+    ran: list[int] = []
+    cancelled: list[bool] = []
+    running = runner.submit(hold, {"started": started, "gate": gate, "value": 1})
+    # The thread body cannot be interrupted: let it return once it is marked cancelled.
+    running.add_done_callback(lambda _f: gate.set())
+    queued = [runner.submit(record, {"ran": ran, "i": i}) for i in range(3)]
+    waiting = runner.submit(double, {"x": running})
+    forever = runner.submit(sleep_forever, {"started": coro_started, "cancelled": cancelled})
+    return {
+        "running": running,
+        "queued": queued,
+        "waiting": waiting,
+        "forever": forever,
+        "ran": ran,
+        "cancelled": cancelled,
+    }
+
+
+def _check_all_cancelled(work: dict[str, Any]) -> None:
+    futures: list[Future[Any]] = [
+        work["running"],
+        *work["queued"],
+        work["waiting"],
+        work["forever"],
+    ]
+    for f in futures:
+        assert f.done()
+        assert f.state.is_cancelled(), f
+        assert isinstance(f.exception(), TaskCancelledError)
+        with pytest.raises(TaskCancelledError):
+            f.result()
+    assert work["ran"] == []  # queued work never started
+    assert work["cancelled"] == [True]  # the running coroutine saw CancelledError
+
+
+def test_leaving_with_an_exception_cancels_unfinished_work_and_reraises() -> None:
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    started = threading.Event()
+    coro_started = threading.Event()
+    work: dict[str, Any] = {}
+
+    def use() -> None:
+        with runner:
+            work.update(_cancel_on_error_scenario(runner, started.set, coro_started.set))
+            assert started.wait(TIMEOUT)
+            assert coro_started.wait(TIMEOUT)
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        use()
+    _check_all_cancelled(work)
+    assert runner._scheduler is None
+
+
+@pytest.mark.anyio
+async def test_async_leaving_with_an_exception_cancels_unfinished_work_and_reraises() -> None:
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    coro_started = asyncio.Event()
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    work: dict[str, Any] = {}
+
+    async def use() -> None:
+        async with runner:
+            work.update(
+                _cancel_on_error_scenario(
+                    runner,
+                    functools.partial(loop.call_soon_threadsafe, started.set),
+                    coro_started.set,
+                )
+            )
+            with anyio.fail_after(TIMEOUT):
+                await started.wait()
+                await coro_started.wait()
+            raise KeyError("boom")
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(KeyError, match="boom"):
+        await use()
+    _check_all_cancelled(work)
+
+
+def test_cancel_all_cancels_unfinished_work_and_the_runner_goes_on() -> None:
+    started = threading.Event()
+    coro_started = threading.Event()
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        done_before = runner.submit(double, {"x": 1})
+        assert done_before.result(timeout=TIMEOUT) == 2
+        work = _cancel_on_error_scenario(runner, started.set, coro_started.set)
+        assert started.wait(TIMEOUT)
+        assert coro_started.wait(TIMEOUT)
+        runner.cancel_all()
+        for f in [work["running"], *work["queued"], work["waiting"], work["forever"]]:
+            f.wait(TIMEOUT)
+        # The coroutine records its cancellation just before its future is final.
+        _check_all_cancelled(work)
+        assert done_before.state.is_completed()
+        assert runner.submit(double, {"x": 4}).result(timeout=TIMEOUT) == 8
+
+
+def test_cancel_all_on_an_unstarted_runner_does_nothing() -> None:
+    runner = ThreadPoolTaskRunner()
+    runner.cancel_all()
+    with runner:
+        assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
+
+
+# -- what can be submitted ----------------------------------------------------------------------
+class _Adder:
+    def __call__(self, x: int) -> int:
+        return x + 100
+
+
+def test_plain_callables_and_task_objects_are_accepted() -> None:
+    named = task(name="dbl")(double)
+    with ThreadPoolTaskRunner() as runner:
+        futures = [
+            runner.submit(double, {"x": 1}),
+            runner.submit(adouble, {"x": 2}),
+            runner.submit(task(double), {"x": 3}),
+            runner.submit(task(adouble), {"x": 4}),
+            runner.submit(named, {"x": 5}),
+            runner.submit(lambda x: x - 1, {"x": 6}),
+            runner.submit(functools.partial(double, 7)),
+            runner.submit(_Adder(), {"x": 8}),
+            runner.submit(max, {"args": [3, 9, 4]}),
+        ]
+        mapped = runner.map(named, {"x": [1, 2, 3]})
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [2, 4, 6, 8, 10, 5, 14, 108, 9]
+        assert isinstance(mapped, FutureList)
+        assert mapped.result(timeout=TIMEOUT) == [2, 4, 6]
+
+
+# -- nested submits -----------------------------------------------------------------------------
+@pytest.mark.parametrize("parent", [async_parent, thread_parent], ids=["async", "thread"])
+def test_nested_submits_from_a_task_body_go_to_the_same_runner(parent: Any) -> None:
+    outer = ThreadPoolTaskRunner()
+    inner = ThreadPoolTaskRunner()
+    # `inner` is the innermost block here, but the parent runs in `outer`: the body's nested
+    # submits must follow the run, not the block that happens to be open in this thread.
+    with outer, inner:
+        one, many, child_future = outer.submit(parent, {"x": 1}).result(timeout=TIMEOUT)
+        assert child_future._scheduler is outer._scheduler
+    assert one == 2
+    assert many == [2, 12]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("parent", [async_parent, thread_parent], ids=["async", "thread"])
+async def test_nested_submits_in_async_with(parent: Any) -> None:
+    async with ThreadPoolTaskRunner() as runner:
+        with anyio.fail_after(TIMEOUT):
+            one, many, child_future = await runner.submit(parent, {"x": 5})
+        assert child_future._scheduler is runner._scheduler
+    assert one == 6
+    assert many == [6, 16]
+
+
+def test_task_submit_uses_the_runner_of_the_with_block() -> None:
+    with ThreadPoolTaskRunner() as runner:
+        f = child.submit(41)
+        assert f._scheduler is runner._scheduler
+        assert f.result(timeout=TIMEOUT) == 42
+        assert child.map([1, 2]).result(timeout=TIMEOUT) == [2, 3]
+
+
+# -- worker bound -------------------------------------------------------------------------------
+def test_thread_pool_never_runs_more_than_max_workers_sync_bodies() -> None:
+    limit, total = 2, 6
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+    started = [threading.Event() for _ in range(total)]
+    gates = [threading.Event() for _ in range(total)]
+
+    def body(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        started[i].set()
+        try:
+            if not gates[i].wait(TIMEOUT):
+                raise TimeoutError("the gate never opened")
+        finally:
+            with lock:
+                running -= 1
+        return i
+
+    with ThreadPoolTaskRunner(max_workers=limit) as runner:
+        futures = [runner.submit(body, {"i": i}) for i in range(total)]
+        for i in range(limit):
+            assert started[i].wait(TIMEOUT)
+        # A round trip through the loop: every submission above has been processed by now.
+        runner.submit(noop).result(timeout=TIMEOUT)
+        # A run is marked Running when it is handed to a thread: the rest were not handed out.
+        assert [f.state.is_running() for f in futures] == [True] * limit + [False] * (total - limit)
+        assert all(f.state.is_pending() for f in futures[limit:])
+        assert not any(e.is_set() for e in started[limit:])
+        for i in range(total):
+            gates[i].set()
+            nxt = i + limit
+            if nxt < total:
+                # Each body that returns lets exactly one queued body in (first in, first out).
+                assert started[nxt].wait(TIMEOUT)
+                if nxt + 1 < total:
+                    assert futures[nxt + 1].state.is_pending()
+                    assert not started[nxt + 1].is_set()
+            with lock:
+                assert running <= limit
+        assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(total))
+    assert peak == limit
+
+
+def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "3")
+    runner = ThreadPoolTaskRunner()
+    assert runner.max_workers == 3
+    assert runner.duplicate().max_workers == 3
+    assert ThreadPoolTaskRunner(max_workers=5).max_workers == 5  # the argument wins
+    monkeypatch.delenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS")
+    assert ThreadPoolTaskRunner().max_workers == min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_max_workers_from_the_environment_bounds_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "1")
+    first_started, second_started = threading.Event(), threading.Event()
+    gate = threading.Event()
+    with ThreadPoolTaskRunner() as runner:
+        first = runner.submit(hold, {"started": first_started.set, "gate": gate, "value": 1})
+        second = runner.submit(hold, {"started": second_started.set, "gate": gate, "value": 2})
+        assert first_started.wait(TIMEOUT)
+        runner.submit(noop).result(timeout=TIMEOUT)
+        assert second.state.is_pending()  # not handed to a thread
+        assert not second_started.is_set()
+        gate.set()
+        assert first.result(timeout=TIMEOUT) == 1
+        assert second.result(timeout=TIMEOUT) == 2
+
+
+# -- the background loop ------------------------------------------------------------------------
+def test_with_uses_a_background_loop_thread_that_is_gone_after_exit() -> None:
+    runner = ThreadPoolTaskRunner()
+    with runner:
+        sched = scheduler_of(runner)
+        assert sched.thread_id != threading.get_ident()
+        loop_threads = [t for t in threading.enumerate() if t.ident == sched.thread_id]
+        assert len(loop_threads) == 1
+        assert loop_threads[0].is_alive()
+        _, body_thread = runner.submit(loop_info).result(timeout=TIMEOUT)
+        assert body_thread == sched.thread_id  # coroutine bodies run on that thread
+    assert not loop_threads[0].is_alive()
+    assert sched.loop.is_closed()
+    assert runner._scheduler is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "is_uvloop"),
+    [("asyncio", False), ("uvloop", True), ("auto", True)],
+)
+def test_event_loop_setting_picks_the_background_loop(
+    monkeypatch: pytest.MonkeyPatch, setting: str, is_uvloop: bool
+) -> None:
+    monkeypatch.setenv("ASYNCFLOW_EVENT_LOOP", setting)
+    with ThreadPoolTaskRunner() as runner:
+        loop = scheduler_of(runner).loop
+        body_loop_type, _ = runner.submit(loop_info).result(timeout=TIMEOUT)
+    assert body_loop_type is type(loop)
+    assert isinstance(loop, uvloop.Loop) is is_uvloop
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+
+
+# -- parameters reach the body the same way, with or without an upstream -------------------------
+def identity(x: Any) -> Any:
+    return x
+
+
+def append_one(out: list[int]) -> int:
+    out.append(1)
+    return len(out)
+
+
+def _upstream(runner: ThreadPoolTaskRunner, with_upstream: bool) -> list[Future[Any]] | None:
+    if not with_upstream:
+        return None
+    up = runner.submit(double, {"x": 1})
+    up.wait(TIMEOUT)
+    return [up]
+
+
+@pytest.mark.parametrize("with_upstream", [False, True], ids=["alone", "after-upstream"])
+def test_annotations_around_plain_values_reach_the_body_unwrapped(with_upstream: bool) -> None:
+    with ThreadPoolTaskRunner() as runner:
+        wait_for = _upstream(runner, with_upstream)
+        quoted = runner.submit(identity, {"x": quote([1, 2])}, wait_for=wait_for)
+        allowed = runner.submit(identity, {"x": allow_failure(5)}, wait_for=wait_for)
+        assert quoted.result(timeout=TIMEOUT) == [1, 2]
+        assert allowed.result(timeout=TIMEOUT) == 5
+
+
+@pytest.mark.parametrize("with_upstream", [False, True], ids=["alone", "after-upstream"])
+def test_a_container_without_futures_reaches_the_body_as_the_same_object(
+    with_upstream: bool,
+) -> None:
+    out: list[int] = []
+    with ThreadPoolTaskRunner() as runner:
+        wait_for = _upstream(runner, with_upstream)
+        assert runner.submit(append_one, {"out": out}, wait_for=wait_for).result(TIMEOUT) == 1
+    assert out == [1]  # the body appended to the caller's list, not to a copy
+
+
+@pytest.mark.parametrize("with_upstream", [False, True], ids=["alone", "after-upstream"])
+def test_a_future_put_into_a_parameter_after_submit_is_not_an_input(with_upstream: bool) -> None:
+    # Only futures present at submit are inputs. One added to a container afterwards is just
+    # a value: the body gets it as it is (here: its own, unfinished future).
+    holder: list[Future[Any]] = []
+    gate = threading.Event()
+
+    def peek(holder: list[Future[Any]]) -> tuple[bool, bool]:
+        assert gate.wait(TIMEOUT)
+        return isinstance(holder[0], Future), holder[0].done()
+
+    with ThreadPoolTaskRunner() as runner:
+        wait_for = _upstream(runner, with_upstream)
+        f = runner.submit(peek, {"holder": holder}, wait_for=wait_for)
+        holder.append(f)
+        gate.set()
+        assert f.result(timeout=TIMEOUT) == (True, False)
