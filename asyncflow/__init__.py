@@ -10,6 +10,13 @@ from . import exceptions as exceptions
 from ._annotations import allow_failure as allow_failure
 from ._annotations import quote as quote
 from ._annotations import unmapped as unmapped
+from ._cache import CacheEntry as CacheEntry
+from ._cache import CacheStore as CacheStore
+from ._cache import FileCacheStore as FileCacheStore
+from ._cache import MemoryCacheStore as MemoryCacheStore
+from ._cache import task_input_hash as task_input_hash
+from ._context import RunContext as RunContext
+from ._context import get_run_context as get_run_context
 from ._flow import Flow as Flow
 from ._flow import flow as flow
 from ._futures import Future as Future
@@ -23,6 +30,7 @@ from ._settings import Settings as Settings
 from ._settings import get_settings as get_settings
 from ._states import State as State
 from ._states import StateType as StateType
+from ._stats import RunnerStatistics as RunnerStatistics
 from ._task import Task as Task
 from ._task import task as task
 from ._waiting import DoneAndNotDone as DoneAndNotDone
@@ -34,10 +42,16 @@ from ._waiting import wait_async as wait_async
 __version__ = "0.1.0"
 
 __all__ = (
+    "CacheEntry",
+    "CacheStore",
     "DoneAndNotDone",
+    "FileCacheStore",
     "Flow",
     "Future",
     "FutureList",
+    "MemoryCacheStore",
+    "RunContext",
+    "RunnerStatistics",
     "Settings",
     "State",
     "StateType",
@@ -50,11 +64,13 @@ __all__ = (
     "exceptions",
     "exponential_backoff",
     "flow",
+    "get_run_context",
     "get_settings",
     "quote",
     "resolve_futures_to_results",
     "resolve_futures_to_states",
     "task",
+    "task_input_hash",
     "unmapped",
     "wait",
     "wait_async",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ("current_future", "current_runner")
+__all__ = ("RunContext", "current_attempt", "current_future", "current_runner", "get_run_context")
 
 # The future of the task run whose body is executing in this context (None outside task bodies).
 current_future: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -15,3 +17,28 @@ current_future: contextvars.ContextVar[Any] = contextvars.ContextVar(
 current_runner: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "asyncflow_current_runner", default=None
 )
+
+# The attempt number (1, 2, ...) of the run whose body executes in this context.
+current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "asyncflow_current_attempt", default=1
+)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a task body can know about its own run."""
+
+    task_name: str
+    task_run_id: uuid.UUID
+    attempt: int
+    tags: frozenset[str]
+    task_key: str  # module and qualified name of the task's function
+
+
+def get_run_context() -> RunContext:
+    """The run context of the task body executing here; ``RuntimeError`` outside task bodies."""
+    fut = current_future.get()
+    if fut is None:
+        raise RuntimeError("get_run_context() is only available inside a task body")
+    task = fut._task
+    return RunContext(task.name, fut.task_run_id, current_attempt.get(), task.tags, task.key)

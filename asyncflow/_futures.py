@@ -24,6 +24,7 @@ from .exceptions import TaskCancelledError, TaskCrashedError
 if TYPE_CHECKING:
     import contextvars
 
+    from ._limits import RunPolicy
     from ._task import Task
 
 R = TypeVar("R")
@@ -84,6 +85,7 @@ class Future(Generic[R]):
         "_handle",
         "_id",
         "_params",
+        "_policy",
         "_scheduler",
         "_state_name",
         "_status",
@@ -101,6 +103,7 @@ class Future(Generic[R]):
         deps: list[Future[Any]] | None,
         allowed: frozenset[Future[Any]] | None,
         ctx: contextvars.Context,
+        policy: RunPolicy | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._task = task
@@ -118,6 +121,7 @@ class Future(Generic[R]):
         self._event: threading.Event | None = None
         self._handle: Any = None
         self._id: uuid.UUID | None = None
+        self._policy = policy  # None on the plain path: no limits, retries, timeout, cache, hooks
 
     # -- read-only views -------------------------------------------------------------------
     @property
@@ -134,12 +138,23 @@ class Future(Generic[R]):
     @property
     def state(self) -> State[R]:
         status = self._status
-        name = self._state_name or _NAMES[status]
         data = self._value if status >= COMPLETED else None
+        return self.final_state(status, data, self._state_name, self._timestamp)
+
+    def final_state(
+        self, status: int, data: Any, name: str | None = None, timestamp: float | None = None
+    ) -> State[R]:
+        """The state record for ``status`` (used for hooks before the run is final)."""
         message = ""
         if status >= FAILED and isinstance(data, BaseException):
             message = f"{type(data).__name__}: {data}"
-        return State(_TYPES[status], name, self._timestamp, message, data)
+        return State(
+            _TYPES[status],
+            name or _NAMES[status],
+            time.time() if timestamp is None else timestamp,
+            message,
+            data,
+        )
 
     def done(self) -> bool:
         return self._status >= COMPLETED

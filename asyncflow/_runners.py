@@ -5,20 +5,24 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
 
+from ._cache import CacheStore
 from ._context import current_runner
 from ._futures import Future, FutureList
+from ._limits import Limit, check_limit
 from ._loop import LoopThread
 from ._mapping import expand
 from ._params import find_futures, wait_for_edges
-from ._scheduler import Backend, Scheduler
+from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
+from ._stats import RunnerStatistics
 from ._task import as_task
 from ._threads import ThreadWorkers
 
@@ -36,12 +40,61 @@ class TaskRunner(abc.ABC):
     finished, then re-raises. A runner can be entered again after it exited.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_concurrency: int | None = None,
+        tag_limits: Mapping[str, int] | None = None,
+        cache_store: CacheStore | None = None,
+    ) -> None:
         settings = settings or get_settings()
+        owner = type(self).__name__
         self._event_loop = settings.event_loop
+        self._max_concurrency = (
+            None
+            if max_concurrency is None
+            else check_limit("max_concurrency", max_concurrency, owner)
+        )
+        if tag_limits is not None and not isinstance(tag_limits, Mapping):
+            raise TypeError(f"{owner}: tag_limits must be a dict of tag -> limit")
+        self._tag_limits = {
+            _check_tag(tag, owner): check_limit(f"tag_limits[{tag!r}]", n, owner)
+            for tag, n in (tag_limits or {}).items()
+        }
+        if cache_store is not None and not isinstance(cache_store, CacheStore):
+            raise TypeError(f"{owner}: cache_store must be a CacheStore, not {cache_store!r}")
+        self._cache_store = cache_store
+        self._options = SchedulerOptions(
+            default_retries=settings.default_retries,
+            default_retry_delay=settings.default_retry_delay,
+            max_concurrency=self._max_concurrency,
+            tag_limits=self._tag_limits,
+            cache_store=cache_store,
+        )
+        # Awaited between retry attempts; tests may replace it to avoid real waiting.
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._last_stats = RunnerStatistics()
         self._scheduler: Scheduler | None = None
         self._loop_thread: LoopThread | None = None
         self._token: contextvars.Token[Any] | None = None
+
+    def _policy_config(self) -> tuple[Any, ...]:
+        return (self._max_concurrency, tuple(sorted(self._tag_limits.items())), self._cache_store)
+
+    def _policy_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_concurrency": self._max_concurrency,
+            "tag_limits": dict(self._tag_limits),
+            "cache_store": self._cache_store,
+        }
+
+    def statistics(self) -> RunnerStatistics:
+        """Counts of the current session (or of the last one, after exit)."""
+        sched = self._scheduler
+        if sched is None:
+            return self._last_stats
+        return sched.call_in_loop(sched.statistics)
 
     @property
     def name(self) -> str:
@@ -87,6 +140,7 @@ class TaskRunner(abc.ABC):
         parameters: Mapping[str, Any] | None = None,
         wait_for: Iterable[Any] | None = None,
         dependencies: Mapping[str, Iterable[Any]] | None = None,
+        _map_limit: Limit | None = None,
     ) -> Future[Any]:
         """Submit one run of ``task`` with ``parameters``; never blocks.
 
@@ -127,7 +181,10 @@ class TaskRunner(abc.ABC):
             strict += allowed
         # An empty input list still means "resolve the parameters": annotations to unwrap.
         deps = strict if strict or annotated else None
-        fut: Future[Any] = Future(sched, t, params, deps, allow_only, contextvars.copy_context())
+        policy = sched.policy_for(t, _map_limit)
+        fut: Future[Any] = Future(
+            sched, t, params, deps, allow_only, contextvars.copy_context(), policy
+        )
         sched.submit(fut)
         return fut
 
@@ -136,9 +193,19 @@ class TaskRunner(abc.ABC):
         task: Any,
         parameters: Mapping[str, Any],
         wait_for: Iterable[Any] | None = None,
+        max_in_flight: int | None = None,
     ) -> FutureList[Any]:
-        """Submit one run per element of the iterable parameters (``unmapped`` ones go whole)."""
+        """Submit one run per element of the iterable parameters (``unmapped`` ones go whole).
+
+        ``max_in_flight`` bounds how many of these runs execute at once; the others wait in a
+        queue holding no thread or asyncio task.
+        """
         self._require_started()
+        limit = (
+            None
+            if max_in_flight is None
+            else Limit("max_in_flight", check_limit("max_in_flight", max_in_flight, "map"))
+        )
         t = as_task(task)
         if not isinstance(parameters, Mapping):
             raise TypeError(
@@ -149,7 +216,7 @@ class TaskRunner(abc.ABC):
         if children:
             t.spec.check(children[0], t.name)
         waits = None if wait_for is None else list(wait_for)
-        return FutureList(self.submit(t, p, waits) for p in children)
+        return FutureList(self.submit(t, p, waits, None, limit) for p in children)
 
     def cancel_all(self) -> None:
         """Cancel every run of this session that has not finished."""
@@ -163,7 +230,12 @@ class TaskRunner(abc.ABC):
             raise RuntimeError(f"runner {self.name!r} is already started")
 
     async def _astart(self) -> None:
-        self._scheduler = Scheduler(self, self._make_backend)
+        self._last_stats = RunnerStatistics()
+        options = dataclasses.replace(self._options, sleep=self._sleep)
+        self._scheduler = Scheduler(self, self._make_backend, options)
+
+    def _keep_stats(self, sched: Scheduler) -> None:
+        self._last_stats = sched.statistics()
 
     async def __aenter__(self: Self) -> Self:
         self._check_not_started()
@@ -187,18 +259,23 @@ class TaskRunner(abc.ABC):
     ) -> None:
         sched = self._scheduler
         assert sched is not None
+        urgent = exc_type is not None and issubclass(
+            exc_type, (KeyboardInterrupt, asyncio.CancelledError)
+        )
         try:
             if exc_type is not None:
                 sched.cancel_all()
             try:
-                await sched.aclose()
+                await sched.aclose(abandon=urgent)
             except BaseException:
-                # Cancelled (or interrupted) while waiting: cancel the rest, still clean up.
+                # Cancelled (or interrupted) while waiting: cancel the rest, do not wait for
+                # thread bodies that cannot be interrupted, still clean up.
                 sched.cancel_all()
                 with anyio.CancelScope(shield=True):
-                    await sched.aclose()
+                    await sched.aclose(abandon=True)
                 raise
         finally:
+            self._keep_stats(sched)
             self._scheduler = None
             self._reset_token()
 
@@ -233,21 +310,37 @@ class TaskRunner(abc.ABC):
         loop_thread = self._loop_thread
         assert sched is not None
         assert loop_thread is not None
+        # Ctrl-C: cancel everything and leave at once; thread bodies that cannot be interrupted
+        # are abandoned (daemon threads: they end with the process).
+        urgent = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         try:
             if exc_type is not None:
                 sched.cancel_all()
-            closing = loop_thread.run(sched.aclose())
+            closing = loop_thread.run(sched.aclose(abandon=urgent))
             try:
                 closing.result()
             except BaseException:  # e.g. Ctrl-C while waiting: cancel what is left, finish closing
                 sched.cancel_all()
+                sched.abandon()
                 closing.result()
                 raise
+            finally:
+                loop_thread.run(_call(self._keep_stats, sched)).result()
         finally:
             loop_thread.stop()
             self._loop_thread = None
             self._scheduler = None
             self._reset_token()
+
+
+async def _call(fn: Callable[..., None], *args: Any) -> None:
+    fn(*args)
+
+
+def _check_tag(tag: object, owner: str) -> str:
+    if not isinstance(tag, str):
+        raise TypeError(f"{owner}: tag_limits keys must be tag strings, got {tag!r}")
+    return tag
 
 
 def _default_thread_workers() -> int:
@@ -270,22 +363,34 @@ class ThreadPoolTaskRunner(TaskRunner):
     blocked on another future gives its thread slot back, so a bounded pool cannot deadlock.
     """
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        max_concurrency: int | None = None,
+        tag_limits: Mapping[str, int] | None = None,
+        cache_store: CacheStore | None = None,
+    ) -> None:
         settings = get_settings()
         if max_workers is None:
             max_workers = settings.thread_pool_max_workers or _default_thread_workers()
         self._max_workers = check_max_workers(max_workers, "ThreadPoolTaskRunner")
-        super().__init__(settings)
+        super().__init__(
+            settings,
+            max_concurrency=max_concurrency,
+            tag_limits=tag_limits,
+            cache_store=cache_store,
+        )
 
     @property
     def max_workers(self) -> int:
         return self._max_workers
 
     def duplicate(self) -> ThreadPoolTaskRunner:
-        return type(self)(max_workers=self._max_workers)
+        return type(self)(max_workers=self._max_workers, **self._policy_kwargs())
 
     def _config(self) -> tuple[Any, ...]:
-        return (self._max_workers,)
+        return (self._max_workers, *self._policy_config())
 
     def _make_backend(self, scheduler: Scheduler) -> Backend:
         return ThreadWorkers(scheduler, self._max_workers, self.name)

@@ -9,28 +9,39 @@ forgotten at once: the graph and the live set only hold runs that have not finis
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
+from ._cache import CacheStore, default_store
 from ._context import current_future
+from ._driver import drive, run_hooks
 from ._futures import (
     CANCELLED,
     COMPLETED,
     CRASHED,
     FAILED,
+    RETRYING,
     RUNNING,
     Future,
     cancelled_error,
     crashed_error,
 )
 from ._graph import Graph, Outcome
+from ._limits import Limit, RunPolicy
 from ._params import resolve_parameters
+from ._stats import RunnerStatistics
 from .exceptions import UpstreamFailedError
 
-__all__ = ("Backend", "Scheduler")
+T = TypeVar("T")
+logger = logging.getLogger("asyncflow")
+
+__all__ = ("Backend", "Scheduler", "SchedulerOptions")
 
 # Indexed by status code (only final ones are used).
 _OUTCOMES = (
@@ -46,17 +57,39 @@ assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 
 
 class Backend(Protocol):
-    """Where sync task bodies run. It knows nothing of graphs or futures' meaning: it calls
-    ``scheduler.call_sync(item)`` somewhere and reports ``scheduler.on_outcome(item, ok, value)``
-    on the scheduler's loop. Items already done when their turn comes are dropped."""
+    """Where sync task bodies run. It knows nothing of graphs or futures' meaning: for each work
+    item (a run's future, or an attempt of a driven run) it calls ``call_sync(item)`` inside
+    ``item._ctx`` somewhere, and reports ``scheduler.on_outcome(item, ok, value)`` on the
+    scheduler's loop. Items whose ``_status`` is final when their turn comes are dropped (still
+    reported, so their slot is accounted for)."""
 
-    def submit(self, item: Future[Any]) -> None: ...
+    def submit(self, item: Any) -> None: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self, abandon: bool = False) -> None:
+        """Stop the workers; with ``abandon``, do not wait for bodies still running."""
+        ...
+
+    def abandon(self) -> None:
+        """Make a pending ``aclose`` stop waiting for running bodies."""
+        ...
 
 
-def call_sync(fut: Future[Any]) -> Any:
-    """Run one sync body; called in a worker, inside the run's own context copy."""
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """Runner-wide policies, fixed for a session."""
+
+    default_retries: int = 0
+    default_retry_delay: float = 0.0
+    max_concurrency: int | None = None
+    tag_limits: Mapping[str, int] = field(default_factory=dict)
+    cache_store: CacheStore | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+def call_sync(fut: Any) -> Any:
+    """Run one sync body; called in a worker, inside the item's own context."""
+    if type(fut) is not Future:
+        return fut.call()  # an attempt of a driven run
     current_future.set(fut)
     task = fut._task
     params = fut._params
@@ -71,7 +104,28 @@ def call_sync(fut: Future[Any]) -> Any:
 class Scheduler:
     """One runner session's scheduler. Create it on the loop thread it will live on."""
 
-    def __init__(self, runner: Any, backend_factory: Callable[[Scheduler], Backend]) -> None:
+    def __init__(
+        self,
+        runner: Any,
+        backend_factory: Callable[[Scheduler], Backend],
+        options: SchedulerOptions | None = None,
+    ) -> None:
+        opts = options or SchedulerOptions()
+        self.default_retries = opts.default_retries
+        self.default_retry_delay = opts.default_retry_delay
+        self.cache_store = opts.cache_store or default_store
+        self.sleep = opts.sleep
+        self._global_limit = (
+            None if opts.max_concurrency is None else Limit("max_concurrency", opts.max_concurrency)
+        )
+        self._tag_limits = {tag: Limit(f"tag {tag!r}", n) for tag, n in opts.tag_limits.items()}
+        # Every run needs a policy when a runner-wide one applies.
+        self._policy_all = self._global_limit is not None or self.default_retries > 0
+        self.retried = 0
+        self.abandoned_threads = 0
+        self._submitted = 0
+        self._counts = [0] * 7  # final runs, by status code
+        self._side: set[asyncio.Task[None]] = set()  # hooks of runs that never started
         self.runner = runner
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
@@ -83,7 +137,7 @@ class Scheduler:
         self._inbox_scheduled = False
         self._accepting = True
         self._idle: asyncio.Event | None = None
-        self._backend = backend_factory(self)
+        self.backend = backend_factory(self)
 
     # -- from any thread ---------------------------------------------------------------------
     def submit(self, fut: Future[Any]) -> None:
@@ -130,6 +184,53 @@ class Scheduler:
     def graph_size(self) -> int:
         return len(self._graph)
 
+    def policy_for(self, task: Any, map_limit: Limit | None = None) -> RunPolicy | None:
+        """The policy of a new run of ``task`` (None: the plain path). Any thread: it only
+        reads configuration fixed for the session."""
+        tag_limits = self._tag_limits
+        if not (task.driven or self._policy_all or map_limit or (tag_limits and task.tags)):
+            return None
+        limits: list[Limit] = [] if map_limit is None else [map_limit]
+        if tag_limits:
+            limits.extend(tag_limits[tag] for tag in sorted(task.tags) if tag in tag_limits)
+        if self._global_limit is not None:
+            limits.append(self._global_limit)
+        retries = task.retries if task.retries is not None else self.default_retries
+        driven = task.driven or retries > 0
+        if not limits and not driven:
+            return None
+        return RunPolicy(tuple(limits), driven, retries)
+
+    def call_in_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the loop thread and return its result (blocking from other threads)."""
+        if threading.get_ident() == self.thread_id:
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result()
+
+    def statistics(self) -> RunnerStatistics:
+        """Loop thread only (see ``call_in_loop``)."""
+        running = sum(1 for f in self._live if f._status in (RUNNING, RETRYING))
+        counts = self._counts
+        return RunnerStatistics(
+            submitted=self._submitted + len(self._inbox),
+            running=running,
+            queued=len(self._live) + len(self._inbox) - running,
+            completed=counts[COMPLETED],
+            failed=counts[FAILED] + counts[CRASHED],
+            cancelled=counts[CANCELLED],
+            retried=self.retried,
+            abandoned_threads=self.abandoned_threads,
+        )
+
     # -- on the loop thread ------------------------------------------------------------------
     def _drain_inbox(self) -> None:
         with self._lock:
@@ -143,6 +244,7 @@ class Scheduler:
 
     def _register(self, fut: Future[Any]) -> None:
         self._live.add(fut)
+        self._submitted += 1
         deps = fut._deps
         if deps is not None:
             edges: list[Future[Any]] | None = deps
@@ -175,15 +277,62 @@ class Scheduler:
         return edges
 
     def _start(self, fut: Future[Any]) -> None:
-        if fut._task.is_async:
+        pol = fut._policy
+        if pol is None:
+            if fut._task.is_async:
+                fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
+            else:
+                self.backend.submit(fut)
+        elif not pol.limits or self._acquire(fut, pol):
+            self._launch(fut, pol)
+
+    def _launch(self, fut: Future[Any], pol: RunPolicy) -> None:
+        if pol.driven:
+            fut._handle = _create_task(self.loop, drive(self, fut, pol), fut._ctx)
+        elif fut._task.is_async:
             fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
         else:
-            self._backend.submit(fut)
+            self.backend.submit(fut)
 
-    def mark_running(self, fut: Future[Any]) -> None:
-        """Backend hook: a worker took this run."""
-        fut._status = RUNNING
-        fut._timestamp = time.time()
+    def _acquire(self, fut: Future[Any], pol: RunPolicy) -> bool:
+        """Take the run's limits in order from the first it lacks; False: it waits in a queue."""
+        limits = pol.limits
+        i = pol.held
+        while i < len(limits):
+            limit = limits[i]
+            if limit.used >= limit.capacity:
+                limit.queue.append(fut)
+                return False
+            limit.used += 1
+            i += 1
+            pol.held = i
+        return True
+
+    def _release(self, pol: RunPolicy) -> None:
+        """Give back the limits a run holds; hand each to the next run waiting for it."""
+        limits = pol.limits
+        held, pol.held = pol.held, 0
+        for i in range(held - 1, -1, -1):
+            limit = limits[i]
+            limit.used -= 1
+            queue = limit.queue
+            while queue and limit.used < limit.capacity:
+                waiter = queue.popleft()
+                if waiter._status >= COMPLETED:  # cancelled while it waited
+                    continue
+                wpol = waiter._policy
+                limit.used += 1
+                wpol.held += 1
+                if self._acquire(waiter, wpol):
+                    self._launch(waiter, wpol)
+
+    def mark_running(self, item: Any) -> None:
+        """Backend hook: a worker took this item."""
+        if type(item) is not Future:
+            item.started()
+            return
+        item._status = RUNNING
+        item._timestamp = time.time()
 
     async def _run_async(self, fut: Future[Any]) -> None:
         fut._status = RUNNING
@@ -207,10 +356,13 @@ class Scheduler:
         else:
             self._finish(fut, COMPLETED, value)
 
-    def on_outcome(self, fut: Future[Any], ok: bool, value: Any) -> None:
+    def on_outcome(self, fut: Any, ok: bool, value: Any) -> None:
         """Backend hook: a sync body returned (``ok``) or raised ``value``."""
-        if fut._status >= COMPLETED:  # cancelled while it ran: the outcome is dropped
+        if type(fut) is not Future:
+            fut.deliver(ok, value)  # an attempt of a driven run
+        elif fut._status >= COMPLETED:  # cancelled while it ran: the outcome is dropped
             fut._release_inputs()
+            self.abandoned_threads -= 1
         elif ok:
             self._finish(fut, COMPLETED, value)
         elif isinstance(value, Exception):
@@ -224,19 +376,36 @@ class Scheduler:
         if fut._status >= COMPLETED:  # cancelled while its body was still running
             return
         fut._set_final(status, value, name)
+        self._counts[status] += 1
         live = self._live
         live.discard(fut)
+        pol = fut._policy
+        if pol is not None and pol.held:
+            self._release(pol)
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
         for child in ready:
             self._start(child)
-        if not live and self._idle is not None:
+        if not live and self._idle is not None and not self._side:
             self._idle.set()
 
     def _check_idle(self) -> None:
-        if not self._live and self._idle is not None:
+        if not self._live and not self._side and self._idle is not None:
             self._idle.set()
+
+    def _hooks_later(self, fut: Future[Any]) -> None:
+        """Hooks of a run that ended without starting (its future is already final)."""
+        task = fut._task
+        if not (task.on_failure or task.on_cancellation):
+            return
+        side = self.loop.create_task(run_hooks(task, fut, fut.state))
+        self._side.add(side)
+        side.add_done_callback(self._side_done)
+
+    def _side_done(self, side: asyncio.Task[None]) -> None:
+        self._side.discard(side)
+        self._check_idle()
 
     def _after(
         self,
@@ -259,8 +428,11 @@ class Scheduler:
             err = UpstreamFailedError(name, cause._task.name)
             err.__cause__ = cause._value
             fut._set_final(FAILED, err, "UpstreamFailed")
+        self._counts[fut._status] += 1
         fut._release_inputs()
         self._live.discard(fut)
+        if fut._task.driven:
+            self._hooks_later(fut)
 
     def _cancel(self, fut: Future[Any]) -> None:
         if self._inbox:
@@ -268,6 +440,11 @@ class Scheduler:
         if fut._status >= COMPLETED or fut not in self._live:
             return
         handle = fut._handle
+        pol = fut._policy
+        if pol is not None and pol.started:
+            assert handle is not None
+            handle.cancel()  # the driver stops its attempt and records the outcome
+            return
         running = fut._status == RUNNING
         if handle is not None:
             handle.cancel()
@@ -276,10 +453,23 @@ class Scheduler:
         # Waiting, queued, not started, or a thread body that cannot be interrupted (it keeps
         # its worker slot until it returns; its outcome is then ignored, its inputs freed).
         fut._set_final(CANCELLED, cancelled_error(fut._task.name))
-        if not running:
+        self._counts[CANCELLED] += 1
+        if running:
+            self.abandoned_threads += 1
+            logger.info(
+                "task %r (run %s) was cancelled while its body ran in a thread; the thread "
+                "keeps running until the body returns",
+                fut._task.name,
+                fut.task_run_id,
+            )
+        else:
             fut._release_inputs()
         self._live.discard(fut)
+        if pol is not None and pol.held:
+            self._release(pol)
         self._after(*self._graph.cancel(fut))
+        if fut._task.driven:
+            self._hooks_later(fut)
         self._check_idle()
 
     def _cancel_all(self) -> None:
@@ -309,7 +499,7 @@ class Scheduler:
         while True:
             if self._inbox:
                 self._drain_inbox()
-            if not self._live:
+            if not self._live and not self._side:
                 return
             self._idle = asyncio.Event()
             try:
@@ -317,15 +507,22 @@ class Scheduler:
             finally:
                 self._idle = None
 
-    async def aclose(self) -> None:
-        """Wait for every run (nested submits included), stop accepting, stop the backend."""
+    async def aclose(self, abandon: bool = False) -> None:
+        """Wait for every run (nested submits included), stop accepting, stop the backend.
+
+        With ``abandon`` (Ctrl-C, cancellation), thread bodies still running are not waited for.
+        """
         while True:
             await self.wait_idle()
             with self._lock:
                 if not self._inbox:
                     self._accepting = False
                     break
-        await self._backend.aclose()
+        await self.backend.aclose(abandon)
+
+    def abandon(self) -> None:
+        """Any thread: make a pending ``aclose`` stop waiting for running thread bodies."""
+        self._call_soon(self.backend.abandon)
 
 
 if sys.version_info >= (3, 11):

@@ -5,6 +5,7 @@ Read at the edges (runner construction, flow start), never on the scheduler's ho
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
@@ -25,6 +26,7 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     default_retries: int = Field(default=0, ge=0)
     default_retry_delay: float = Field(default=0.0, ge=0)
+    cache_dir: Path | None = None
     logging_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
 
 

@@ -134,6 +134,21 @@ class Task(Generic[P, R]):
         self.on_cancellation: tuple[Callable[..., Any], ...] = checked["on_cancellation"]
         self.is_async = _is_async_callable(fn)
         self.spec = CallSpec(fn)
+        target = fn.func if isinstance(fn, functools.partial) else fn
+        self.key = (
+            f"{getattr(target, '__module__', None)}."
+            f"{getattr(target, '__qualname__', type(target).__qualname__)}"
+        )
+        # Whether runs need the policy driver (retries, timeout, cache, hooks); the runner's
+        # default retries are added by the scheduler.
+        self.driven = bool(
+            self.retries
+            or self.timeout is not None
+            or self.cache_key is not None
+            or self.on_completion
+            or self.on_failure
+            or self.on_cancellation
+        )
         functools.update_wrapper(self, fn)
 
     def _options(self) -> dict[str, Any]:
@@ -187,12 +202,21 @@ class Task(Generic[P, R]):
         return runner.submit(self, parameters, wait_for=wait_for)  # type: ignore[no-any-return]
 
     def map(
-        self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        max_in_flight: int | None = None,
+        **kwargs: Any,
     ) -> FutureList[R]:
-        """Submit one run per element of the iterable arguments to the current runner."""
+        """Submit one run per element of the iterable arguments to the current runner.
+
+        ``max_in_flight`` bounds how many of these runs execute at once.
+        """
         runner = self._runner("map")
         parameters = self.spec.bind(self.fn, args, kwargs, self.name)
-        return runner.map(self, parameters, wait_for=wait_for)  # type: ignore[no-any-return]
+        return runner.map(  # type: ignore[no-any-return]
+            self, parameters, wait_for=wait_for, max_in_flight=max_in_flight
+        )
 
 
 @overload

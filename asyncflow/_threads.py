@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._futures import COMPLETED, Future, blocking_hooks
+from ._futures import COMPLETED, blocking_hooks
 from ._scheduler import call_sync
 
 if TYPE_CHECKING:
@@ -36,18 +36,19 @@ class ThreadWorkers:
         self._loop = scheduler.loop
         self._max = max_workers
         self._name = name
-        self._queue: queue.SimpleQueue[Future[Any] | None] = queue.SimpleQueue()
-        self._ready: deque[Future[Any]] = deque()
+        self._queue: queue.SimpleQueue[Any | None] = queue.SimpleQueue()
+        self._ready: deque[Any] = deque()
         self._active = 0  # slots in use: handed to a thread and not reported back
         self._parked = 0  # threads blocked in .result() (or waiting for a slot back)
         self._regrants: deque[threading.Event] = deque()
         self._threads: list[threading.Thread] = []
-        self._done: deque[tuple[Future[Any], bool, Any]] = deque()
+        self._done: deque[tuple[Any, bool, Any]] = deque()
         self._done_scheduled = False
         self._quiet: asyncio.Event | None = None
+        self._abandon = False
 
     # -- loop side ---------------------------------------------------------------------------
-    def submit(self, item: Future[Any]) -> None:
+    def submit(self, item: Any) -> None:
         self._ready.append(item)
         if self._active < self._max:
             self._pump()
@@ -105,17 +106,26 @@ class ThreadWorkers:
         if self._quiet is not None and not self._active and not self._parked:
             self._quiet.set()
 
-    async def aclose(self) -> None:
-        # Bodies whose runs were cancelled may still be running: a thread cannot be killed, so
-        # wait for them to return before the threads are stopped.
-        while self._active or self._parked:
+    def abandon(self) -> None:
+        self._abandon = True
+        if self._quiet is not None:
+            self._quiet.set()
+
+    async def aclose(self, abandon: bool = False) -> None:
+        # Bodies whose runs were cancelled or timed out may still be running: a thread cannot
+        # be killed, so wait for them to return before the threads are stopped; unless told to
+        # abandon them (Ctrl-C): they are daemon threads and end with the process.
+        self._abandon = self._abandon or abandon
+        while (self._active or self._parked) and not self._abandon:
             self._quiet = asyncio.Event()
             await self._quiet.wait()
         self._quiet = None
+        busy = bool(self._active or self._parked)
         for _ in self._threads:
             self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        if not busy:
+            for thread in self._threads:
+                thread.join()
         self._threads.clear()
 
     # -- worker threads ----------------------------------------------------------------------
@@ -145,7 +155,7 @@ class ThreadWorkers:
                 return
             ctx = item._ctx
             if ctx is None or item._status >= COMPLETED:
-                outcome: tuple[Future[Any], bool, Any] = (item, False, None)
+                outcome: tuple[Any, bool, Any] = (item, False, None)
             else:
                 try:
                     outcome = (item, True, ctx.run(call_sync, item))

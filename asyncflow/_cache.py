@@ -1,0 +1,169 @@
+"""Result caching: cache keys, and the stores that keep results between runs."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from ._context import RunContext
+
+__all__ = ("CacheEntry", "CacheStore", "FileCacheStore", "MemoryCacheStore", "task_input_hash")
+
+logger = logging.getLogger("asyncflow")
+
+
+def _fingerprint(name: str, value: Any, task_name: str) -> bytes:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        pass
+    try:
+        return cloudpickle.dumps(value)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise TypeError(
+            f"task_input_hash: parameter {name!r} of task {task_name!r} "
+            f"({type(value).__name__}) cannot be hashed ({exc}); give the task a cache_key "
+            "function that handles it"
+        ) from None
+
+
+def task_input_hash(context: RunContext, parameters: dict[str, Any]) -> str:
+    """A cache key from the task's identity and its (resolved) parameters.
+
+    Values are fingerprinted as JSON when they can be, else with cloudpickle; a value neither
+    can serialise raises ``TypeError`` naming the parameter.
+    """
+    digest = hashlib.sha256(context.task_key.encode())
+    for name in sorted(parameters):
+        digest.update(b"\0" + name.encode() + b"\0")
+        digest.update(_fingerprint(name, parameters[name], context.task_name))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    value: Any
+    expires_at: float | None  # wall-clock time.time(), None: never
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+
+class CacheStore(abc.ABC):
+    """Where cached results live. Implementations must be safe to call from any thread."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> CacheEntry | None:
+        """The entry for ``key`` if there is one that has not expired."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: Any, expires_at: float | None) -> None:
+        """Keep ``value`` under ``key`` until ``expires_at`` (None: no expiry)."""
+
+
+class MemoryCacheStore(CacheStore):
+    """Results kept in this process's memory (the default store, shared by all runners)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, CacheEntry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CacheEntry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.expired():
+                del self._entries[key]
+                return None
+            return entry
+
+    def set(self, key: str, value: Any, expires_at: float | None) -> None:
+        with self._lock:
+            self._entries[key] = CacheEntry(value, expires_at)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+default_store = MemoryCacheStore()
+
+
+class FileCacheStore(CacheStore):
+    """Results kept as files under a directory (default: ``ASYNCFLOW_CACHE_DIR``, else
+    ``~/.cache/asyncflow``).
+
+    Values are serialised with cloudpickle, which is code: every file carries an HMAC made with
+    a secret key kept in the directory (created with mode 0600), and a file whose HMAC does not
+    match is ignored, never unpickled. Keep the directory private to its user.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        if path is None:
+            from ._settings import get_settings
+
+            configured = get_settings().cache_dir
+            path = configured or Path.home() / ".cache" / "asyncflow"
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._secret = self._load_secret()
+
+    def _load_secret(self) -> bytes:
+        key_file = self.path / ".key"
+        try:
+            return key_file.read_bytes()
+        except FileNotFoundError:
+            pass
+        secret = secrets.token_bytes(32)
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return key_file.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+        return secret
+
+    def _file(self, key: str) -> Path:
+        return self.path / hashlib.sha256(key.encode()).hexdigest()
+
+    def get(self, key: str) -> CacheEntry | None:
+        try:
+            data = self._file(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        mac, payload = data[:32], data[32:]
+        if not hmac.compare_digest(mac, hmac.digest(self._secret, payload, "sha256")):
+            logger.warning("cache file for key %r failed its integrity check; ignored", key)
+            return None
+        stored_key, value, expires_at = cloudpickle.loads(payload)
+        entry = CacheEntry(value, expires_at)
+        if stored_key != key or entry.expired():
+            return None
+        return entry
+
+    def set(self, key: str, value: Any, expires_at: float | None) -> None:
+        payload = cloudpickle.dumps((key, value, expires_at))
+        mac = hmac.digest(self._secret, payload, "sha256")
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(mac + payload)
+            os.replace(tmp, self._file(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,304 @@
+"""The policy driver: retries, timeouts, caching and hooks of one run, on the scheduler's loop.
+
+Plain runs never come here. A driven run is one asyncio task that makes the attempts: a
+coroutine body is awaited inside a cancel scope with the run's deadline; a sync body goes to the
+backend as an ``Attempt`` work item whose deadline starts when a worker takes it. Waiting
+between attempts happens on the loop, never in a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._context import RunContext, current_attempt, current_future
+from ._futures import (
+    CANCELLED,
+    COMPLETED,
+    CRASHED,
+    FAILED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    Future,
+    cancelled_error,
+    crashed_error,
+)
+from ._params import resolve_parameters
+from .exceptions import TaskTimeoutError
+
+if TYPE_CHECKING:
+    from ._limits import RunPolicy
+    from ._scheduler import Scheduler
+    from ._states import State
+    from ._task import Task
+
+__all__ = ("Attempt", "drive", "run_hooks")
+
+logger = logging.getLogger("asyncflow")
+
+
+class _Crash(Exception):  # noqa: N818 - internal carrier, never escapes
+    """Carries a ``BaseException`` (KeyboardInterrupt, SystemExit) out of a worker attempt."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class Attempt:
+    """One attempt of a sync body, as the backend sees it: a work item with its own context."""
+
+    __slots__ = (
+        "_ctx",
+        "_status",
+        "abandoned",
+        "deadline",
+        "fut",
+        "number",
+        "params",
+        "sched",
+        "timeout",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        fut: Future[Any],
+        params: dict[str, Any],
+        number: int,
+        timeout: float | None,
+    ) -> None:
+        self.sched = sched
+        self.fut = fut
+        self.params = params
+        self.number = number
+        self.timeout = timeout
+        # A copy per attempt: an abandoned attempt may still run in its thread while the next
+        # one starts, and a context can be entered by one thread at a time.
+        self._ctx: contextvars.Context | None = contextvars.copy_context()
+        self._status = PENDING
+        self.waiter: asyncio.Future[Any] = sched.loop.create_future()
+        self.deadline: asyncio.TimerHandle | None = None
+        self.abandoned = False
+
+    def call(self) -> Any:
+        """Worker side: run the body (inside ``self._ctx``)."""
+        current_attempt.set(self.number)
+        task = self.fut._task
+        return task.spec.call(task.fn, self.params)
+
+    def started(self) -> None:
+        """Loop side: a worker took it; the deadline starts now."""
+        self._status = RUNNING
+        if self.timeout is not None:
+            self.deadline = self.sched.loop.call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self.waiter.done():
+            return
+        task = self.fut._task
+        self.waiter.set_exception(
+            TaskTimeoutError(f"task {task.name!r} timed out after {self.timeout:g} s")
+        )
+        self.abandon(f"timed out after {self.timeout:g} s")
+
+    def abandon(self, why: str) -> None:
+        """Loop side: the run stops waiting for this attempt."""
+        if self._status == RUNNING and not self.abandoned:
+            self.abandoned = True
+            self.sched.abandoned_threads += 1
+            logger.warning(
+                "task %r (run %s) %s; its thread keeps running until the body returns "
+                "and keeps its worker slot until then",
+                self.fut._task.name,
+                self.fut.task_run_id,
+                why,
+            )
+        self._status = CANCELLED  # if it is still queued, it never starts
+
+    def deliver(self, ok: bool, value: Any) -> None:
+        """Loop side: the body returned (``ok``) or raised ``value``."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if self.abandoned:
+            self.sched.abandoned_threads -= 1
+        self._ctx = None
+        if self.waiter.done():
+            return
+        if ok:
+            self.waiter.set_result(value)
+        elif isinstance(value, Exception):
+            self.waiter.set_exception(value)
+        else:
+            self.waiter.set_exception(_Crash(value))
+
+
+def _retry_delay(task: Task[..., Any], attempt: int, default: float) -> float:
+    spec = task.retry_delay
+    if spec is None:
+        delay = default
+    elif callable(spec):
+        delay = spec(attempt)
+        if (
+            not isinstance(delay, (int, float))
+            or isinstance(delay, bool)
+            or not delay >= 0  # also rejects NaN
+        ):
+            raise ValueError(
+                f"retry_delay of task {task.name!r} returned {delay!r} for retry {attempt}; "
+                "it must return a number >= 0"
+            )
+    elif isinstance(spec, tuple):
+        delay = spec[min(attempt - 1, len(spec) - 1)]
+    else:
+        delay = float(spec)  # type: ignore[arg-type]
+    if task.retry_jitter:
+        delay *= random.uniform(1.0, 1.0 + task.retry_jitter)
+    return float(delay)
+
+
+def _retryable(task: Task[..., Any], exc: Exception) -> bool:
+    rule = task.retry_on
+    if rule is None:
+        return True
+    if isinstance(rule, tuple):
+        return isinstance(exc, rule)
+    try:
+        return bool(rule(exc))
+    except Exception:
+        logger.exception("retry_on predicate of task %r raised; not retrying", task.name)
+        return False
+
+
+async def _attempt_async(
+    task: Task[..., Any], params: dict[str, Any], attempt: int, limit: float | None
+) -> Any:
+    current_attempt.set(attempt)
+    coro = task.spec.call(task.fn, params)
+    if limit is None:
+        return await coro
+    with anyio.CancelScope(deadline=anyio.current_time() + limit):
+        return await coro
+    # Only reached when the scope swallowed its own cancellation at the deadline.
+    raise TaskTimeoutError(f"task {task.name!r} timed out after {limit:g} s")
+
+
+async def _attempt_sync(
+    sched: Scheduler,
+    fut: Future[Any],
+    params: dict[str, Any],
+    attempt: int,
+    limit: float | None,
+) -> Any:
+    item = Attempt(sched, fut, params, attempt, limit)
+    sched.backend.submit(item)
+    try:
+        return await item.waiter
+    except asyncio.CancelledError:
+        item.abandon("was cancelled")
+        raise
+
+
+async def _attempts(
+    sched: Scheduler, fut: Future[Any], pol: RunPolicy
+) -> tuple[int, Any, str | None]:
+    task = fut._task
+    params = fut._params
+    if params is None:
+        raise asyncio.CancelledError
+    if fut._deps is not None:
+        params = resolve_parameters(params, fut._deps)
+    key = None
+    if task.cache_key is not None:
+        ctx = RunContext(task.name, fut.task_run_id, 1, task.tags, task.key)
+        try:
+            key = task.cache_key(ctx, params)
+            if key is not None and not isinstance(key, str):
+                raise TypeError(  # noqa: TRY301 - reported as the run's failure below
+                    f"cache_key of task {task.name!r} returned {key!r}; it must return a "
+                    "str or None"
+                )
+        except Exception as exc:
+            return FAILED, exc, None
+        if key is not None:
+            entry = sched.cache_store.get(key)
+            if entry is not None:
+                return COMPLETED, entry.value, "Cached"
+    attempt = 0
+    while True:
+        attempt += 1
+        pol.attempt = attempt
+        fut._status = RUNNING
+        fut._timestamp = time.time()
+        try:
+            if task.is_async:
+                value = await _attempt_async(task, params, attempt, task.timeout)
+            else:
+                value = await _attempt_sync(sched, fut, params, attempt, task.timeout)
+        except _Crash as crash:
+            return CRASHED, crashed_error(task.name, crash.exc), None
+        except Exception as exc:
+            if attempt > pol.retries or not _retryable(task, exc):
+                return FAILED, exc, None
+            try:
+                delay = _retry_delay(task, attempt, sched.default_retry_delay)
+            except Exception as bad:
+                bad.__cause__ = exc
+                return FAILED, bad, None
+            sched.retried += 1
+            fut._status = RETRYING
+            fut._timestamp = time.time()
+            await sched.sleep(delay)
+            continue
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a coroutine body
+            return CRASHED, crashed_error(task.name, exc), None
+        if key is not None:
+            expires = None if task.cache_expiration is None else time.time() + task.cache_expiration
+            try:
+                sched.cache_store.set(key, value, expires)
+            except Exception:
+                logger.exception("could not cache the result of task %r", task.name)
+        return COMPLETED, value, None
+
+
+async def drive(sched: Scheduler, fut: Future[Any], pol: RunPolicy) -> None:
+    """Make the attempts of one run, run its hooks, then finish it."""
+    pol.started = True
+    current_future.set(fut)
+    task = fut._task
+    try:
+        status, value, name = await _attempts(sched, fut, pol)
+    except asyncio.CancelledError:
+        status, value, name = CANCELLED, cancelled_error(task.name), None
+    try:
+        if task.on_completion or task.on_failure or task.on_cancellation:
+            await run_hooks(task, fut, fut.final_state(status, value, name))
+    finally:
+        sched._finish(fut, status, value, name)
+
+
+async def run_hooks(task: Task[..., Any], fut: Future[Any], state: State[Any]) -> None:
+    """Call the hooks for a final ``state``; one that raises is logged, the others still run."""
+    if state.is_completed():
+        hooks = task.on_completion
+    elif state.is_cancelled():
+        hooks = task.on_cancellation
+    else:
+        hooks = task.on_failure
+    for hook in hooks:
+        try:
+            result = hook(task, fut, state)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: PERF203 - each hook is isolated from the others
+            logger.exception("hook %r of task %r (run %s) raised", hook, task.name, fut.task_run_id)
