@@ -90,6 +90,7 @@ class Future(Generic[R]):
         "_state_name",
         "_status",
         "_task",
+        "_tb",
         "_timestamp",
         "_value",
         "_waiters",
@@ -114,6 +115,7 @@ class Future(Generic[R]):
         self._ctx: contextvars.Context | None = ctx
         self._status = PENDING
         self._value: Any = None
+        self._tb: Any = None  # traceback of a failure, as it was when the run ended
         self._state_name: str | None = None
         self._timestamp = time.time()
         self._callbacks: list[Callable[[Future[R]], object]] | None = None
@@ -193,10 +195,12 @@ class Future(Generic[R]):
         # A worker thread gives its slot back while it blocks, so a bounded pool cannot
         # deadlock on tasks that wait for other tasks.
         hooks.release()
+        done = False
         try:
-            return event.wait(timeout)
+            done = event.wait(timeout)
+            return done
         finally:
-            hooks.reacquire()
+            hooks.reacquire(wait=done or timeout is None)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is final or ``timeout`` seconds passed; never raises on timeout."""
@@ -208,7 +212,9 @@ class Future(Generic[R]):
             return self._value  # type: ignore[no-any-return]
         exc = self._value
         if raise_on_failure:
-            raise exc
+            # Raise from the traceback saved when the run ended, so raising the same object
+            # again and again does not grow its traceback (nor keep every caller's frames).
+            raise exc.with_traceback(self._tb)
         return exc  # type: ignore[no-any-return]
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
@@ -278,7 +284,10 @@ class Future(Generic[R]):
                 pass
 
         self.add_done_callback(wake)
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            self.remove_done_callback(wake)
         return self._outcome(True)
 
     def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
@@ -296,10 +305,20 @@ class Future(Generic[R]):
                 return
         self._run_callback(fn)
 
+    def remove_done_callback(self, fn: Callable[[Future[R]], object]) -> int:
+        """Remove every registration of ``fn``; return how many were removed."""
+        with _lock:
+            callbacks = self._callbacks
+            if not callbacks:
+                return 0
+            kept = [cb for cb in callbacks if cb != fn]
+            self._callbacks = kept or None
+            return len(callbacks) - len(kept)
+
     def _run_callback(self, fn: Callable[[Future[R]], object]) -> None:
         try:
             fn(self)
-        except Exception:
+        except BaseException:  # even SystemExit: it must not kill the scheduler's loop
             logger.exception(
                 "done-callback %r of task %r (run %s) raised", fn, self._task.name, self.task_run_id
             )
@@ -321,14 +340,15 @@ class Future(Generic[R]):
 
     def _set_final(self, status: int, value: Any, state_name: str | None = None) -> None:
         """Producer only: make the run final and wake everyone waiting for it."""
-        if isinstance(value, BaseException) and value.__traceback__ is not None:
-            # Keep line numbers for the report but free the locals the frames hold.
-            traceback.clear_frames(value.__traceback__)
+        if isinstance(value, BaseException):
+            _clear_frames(value)
+            self._tb = value.__traceback__
         with _lock:
-            self._status = status
+            # The value first, the status last: readers check the status without the lock.
             self._value = value
             self._state_name = state_name
             self._timestamp = time.time()
+            self._status = status
             event = self._event
             waiters = self._waiters
             callbacks = self._callbacks
@@ -349,6 +369,22 @@ class Future(Generic[R]):
         if callbacks is not None:
             for fn in callbacks:
                 self._run_callback(fn)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Free the locals held by the frames of ``exc`` and of its causes and contexts; line
+    numbers stay for the report (a stored exception must not pin a body's data)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
 
 
 def crashed_error(task_name: str, exc: BaseException) -> TaskCrashedError:

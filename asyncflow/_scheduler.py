@@ -126,6 +126,7 @@ class Scheduler:
         self._submitted = 0
         self._counts = [0] * 7  # final runs, by status code
         self._side: set[asyncio.Task[None]] = set()  # hooks of runs that never started
+        self._cancel_pending: set[Future[Any]] = set()
         self.runner = runner
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
@@ -173,7 +174,7 @@ class Scheduler:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the runner is gone, nothing left to do
-            pass
+            logger.debug("runner %r is closed; dropped %r", self.runner.name, fn)
 
     @property
     def live_count(self) -> int:
@@ -245,6 +246,10 @@ class Scheduler:
     def _register(self, fut: Future[Any]) -> None:
         self._live.add(fut)
         self._submitted += 1
+        if self._cancel_pending and fut in self._cancel_pending:
+            self._cancel_pending.discard(fut)
+            self._cancel(fut)
+            return
         deps = fut._deps
         if deps is not None:
             edges: list[Future[Any]] | None = deps
@@ -269,6 +274,8 @@ class Scheduler:
                     continue  # its value is there already
                 kind = Outcome.CANCELLED if status == CANCELLED else Outcome.FAILED
                 self._skip(fut, up, kind)
+                # Something submitted earlier in this batch may already wait on it.
+                self._after(*self._graph.finish(fut, kind))
                 self._check_idle()
                 return None
             if up._scheduler is not self:
@@ -437,7 +444,12 @@ class Scheduler:
     def _cancel(self, fut: Future[Any]) -> None:
         if self._inbox:
             self._drain_inbox()
-        if fut._status >= COMPLETED or fut not in self._live:
+        if fut._status >= COMPLETED:
+            return
+        if fut not in self._live:
+            # Taken from the inbox but not registered yet (a callback cancels it while a
+            # batch is being registered): cancel it when its turn comes.
+            self._cancel_pending.add(fut)
             return
         handle = fut._handle
         pol = fut._policy
@@ -518,6 +530,10 @@ class Scheduler:
                 if not self._inbox:
                     self._accepting = False
                     break
+        # Stop listening to other runners' futures: nothing here waits for them any more.
+        for up in self._external:
+            up.remove_done_callback(self._external_done)
+        self._external.clear()
         await self.backend.aclose(abandon)
 
     def abandon(self) -> None:
@@ -525,12 +541,15 @@ class Scheduler:
         self._call_soon(self.backend.abandon)
 
 
+# Tasks are built directly, not through ``loop.create_task``: a loop's task factory may start
+# tasks eagerly (``asyncio.eager_task_factory``), which would run a body inside ``_finish`` of
+# its upstream and recurse along a chain.
 if sys.version_info >= (3, 11):
 
     def _create_task(loop: asyncio.AbstractEventLoop, coro: Any, ctx: Any) -> asyncio.Task[None]:
-        return loop.create_task(coro, context=ctx)
+        return asyncio.Task(coro, loop=loop, context=ctx)
 
 else:  # pragma: no cover - Python 3.10 has no context= argument
 
     def _create_task(loop: asyncio.AbstractEventLoop, coro: Any, ctx: Any) -> asyncio.Task[None]:
-        return ctx.run(loop.create_task, coro)  # type: ignore[no-any-return]
+        return ctx.run(asyncio.Task, coro, loop=loop)  # type: ignore[no-any-return]

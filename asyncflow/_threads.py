@@ -68,17 +68,25 @@ class ThreadWorkers:
             self._active += 1
             self._sched.mark_running(item)
             if len(self._threads) < self._active + self._parked:
-                self._spawn()
+                error = self._spawn()
+                if error is not None:  # no thread for it: fail the run rather than lose it
+                    self._active -= 1
+                    self._loop.call_soon(self._sched.on_outcome, item, False, error)
+                    continue
             self._queue.put(item)
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> RuntimeError | None:
         thread = threading.Thread(
             target=self._work,
             name=f"asyncflow-{self._name}-{len(self._threads)}",
             daemon=True,
         )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a process or system limit
+            return RuntimeError(f"could not start a worker thread: {exc}")
         self._threads.append(thread)
-        thread.start()
+        return None
 
     def _flush(self) -> None:
         self._done_scheduled = False
@@ -139,11 +147,22 @@ class ThreadWorkers:
         """Worker side: this thread is about to block; lend its slot to queued work."""
         self._call_soon(self._on_release)
 
-    def reacquire(self) -> None:
-        """Worker side: wait until a slot is free again, then go on."""
+    def reacquire(self, wait: bool = True) -> None:
+        """Worker side: wait until a slot is free again, then go on.
+
+        ``wait=False`` (a timed wait that timed out) takes the slot back at once, briefly
+        running one body over the limit, so the caller's timeout is kept.
+        """
+        if not wait:
+            self._call_soon(self._on_reacquire_now)
+            return
         event = threading.Event()
         self._call_soon(self._on_reacquire, event)
         event.wait()
+
+    def _on_reacquire_now(self) -> None:
+        self._active += 1
+        self._parked -= 1
 
     def _work(self) -> None:
         blocking_hooks.slot = self

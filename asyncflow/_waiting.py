@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ._futures import COMPLETED, Future, blocking_hooks
@@ -53,23 +54,28 @@ def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
         f._check_not_self()
 
 
-def _get(q: queue.SimpleQueue[Future[Any]], deadline: float | None) -> Future[Any] | None:
-    """Next finished future, or None at the deadline. A worker thread gives its slot back."""
+def _get(
+    q: queue.SimpleQueue[Future[Any]], deadline: float | None, lend_slot: bool
+) -> Future[Any] | None:
+    """Next finished future, or None at the deadline. With ``lend_slot``, a worker thread
+    gives its slot back while it blocks."""
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-    hooks = getattr(blocking_hooks, "slot", None)
+    hooks = getattr(blocking_hooks, "slot", None) if lend_slot else None
     if hooks is not None:
         hooks.release()
+    got = None
     try:
-        return q.get(timeout=timeout)
+        got = q.get(timeout=timeout)
     except queue.Empty:
-        return None
+        pass
     finally:
         if hooks is not None:
-            hooks.reacquire()
+            hooks.reacquire(wait=got is not None or timeout is None)
+    return got
 
 
 def _sync_completions(
-    futures: list[Future[Any]], timeout: float | None
+    futures: list[Future[Any]], timeout: float | None, lend_slot: bool = True
 ) -> Iterator[Future[Any] | None]:
     """Yield each future as it finishes (finished ones first); yield None at the deadline."""
     deadline = _check_timeout(timeout)
@@ -81,19 +87,45 @@ def _sync_completions(
     q: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
     for f in pending:
         f.add_done_callback(q.put)
-    for _ in range(len(pending)):
-        got = _get(q, deadline)
-        yield got
-        if got is None:
-            return
+    try:
+        for _ in range(len(pending)):
+            got = _get(q, deadline, lend_slot)
+            yield got
+            if got is None:
+                return
+    finally:  # a timed-out or abandoned wait must not leave its callbacks behind
+        for f in pending:
+            if f._status < COMPLETED:
+                f.remove_done_callback(q.put)
+
+
+class _LentSlot:
+    """A worker thread blocked in a whole-list wait lends its slot once, not per future."""
+
+    def __init__(self, futures: list[Future[Any]]) -> None:
+        pending = any(f._status < COMPLETED for f in futures)
+        self._hooks = getattr(blocking_hooks, "slot", None) if pending else None
+        self.done = False
+
+    def __enter__(self) -> _LentSlot:
+        if self._hooks is not None:
+            self._hooks.release()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._hooks is not None:
+            self._hooks.reacquire(wait=self.done)
 
 
 def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
     """Block until every future is final or ``timeout`` passed; return ``(done, not_done)``."""
     unique = _unique(futures)
-    for f in _sync_completions(unique, timeout):
-        if f is None:
-            break
+    with _LentSlot(unique) as lent:
+        for f in _sync_completions(unique, timeout, lend_slot=False):
+            if f is None:
+                break
+        else:
+            lent.done = True
     done = {f for f in unique if f._status >= COMPLETED}
     return DoneAndNotDone(done, {f for f in unique if f not in done})
 
@@ -127,15 +159,20 @@ def wait_all_or_first_failure(
     """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
     first future seen to fail as soon as it is final (None otherwise)."""
     unique = _unique(futures)
-    for f in _sync_completions(unique, timeout):
-        if f is None:
-            return None
-        if stop_on_failure and f._status != COMPLETED:
-            return f
+    with _LentSlot(unique) as lent:
+        for f in _sync_completions(unique, timeout, lend_slot=False):
+            if f is None:
+                return None
+            if stop_on_failure and f._status != COMPLETED:
+                lent.done = True
+                return f
+        lent.done = True
     return None
 
 
-def _async_queue(pending: list[Future[Any]]) -> asyncio.Queue[Future[Any]]:
+def _async_queue(
+    pending: list[Future[Any]],
+) -> tuple[asyncio.Queue[Future[Any]], Callable[[Future[Any]], None]]:
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[Future[Any]] = asyncio.Queue()
 
@@ -151,12 +188,12 @@ def _async_queue(pending: list[Future[Any]]) -> asyncio.Queue[Future[Any]]:
     for f in pending:
         f._check_not_self()
         f.add_done_callback(notify)
-    return q
+    return q, notify
 
 
 async def _async_completions(
     futures: list[Future[Any]], timeout: float | None
-) -> AsyncIterator[Future[Any] | None]:
+) -> AsyncGenerator[Future[Any] | None, None]:
     deadline = _check_timeout(timeout)
     pending = [f for f in futures if f._status < COMPLETED]
     for f in futures:
@@ -164,17 +201,22 @@ async def _async_completions(
             yield f
     if not pending:
         return
-    q = _async_queue(pending)
-    for _ in range(len(pending)):
-        try:
-            if deadline is None:
-                got = await q.get()
-            else:
-                got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
-            yield None
-            return
-        yield got
+    q, notify = _async_queue(pending)
+    try:
+        for _ in range(len(pending)):
+            try:
+                if deadline is None:
+                    got = await q.get()
+                else:
+                    got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                yield None
+                return
+            yield got
+    finally:  # a timed-out or abandoned wait must not leave its callbacks behind
+        for f in pending:
+            if f._status < COMPLETED:
+                f.remove_done_callback(notify)
 
 
 async def wait_async(
@@ -182,9 +224,10 @@ async def wait_async(
 ) -> DoneAndNotDone:
     """Async form of ``wait``."""
     unique = _unique(futures)
-    async for f in _async_completions(unique, timeout):
-        if f is None:
-            break
+    async with contextlib.aclosing(_async_completions(unique, timeout)) as completions:
+        async for f in completions:
+            if f is None:
+                break
     done = {f for f in unique if f._status >= COMPLETED}
     return DoneAndNotDone(done, {f for f in unique if f not in done})
 
@@ -202,19 +245,21 @@ async def _as_completed_async(
     unique: list[Future[Any]], timeout: float | None
 ) -> AsyncIterator[Future[Any]]:
     yielded = 0
-    async for f in _async_completions(unique, timeout):
-        if f is None:
-            raise TimeoutError(
-                f"{len(unique) - yielded} of {len(unique)} futures unfinished "
-                f"after {timeout} seconds"
-            )
-        yielded += 1
-        yield f
+    async with contextlib.aclosing(_async_completions(unique, timeout)) as completions:
+        async for f in completions:
+            if f is None:
+                raise TimeoutError(
+                    f"{len(unique) - yielded} of {len(unique)} futures unfinished "
+                    f"after {timeout} seconds"
+                )
+            yielded += 1
+            yield f
 
 
 async def gather_fail_fast(futures: list[Future[Any]]) -> list[Any]:
     """Await all futures in order of the list; raise the first failure as soon as it happens."""
-    async for f in _async_completions(_unique(futures), None):
-        if f is not None and f._status != COMPLETED:
-            f._outcome(True)
+    async with contextlib.aclosing(_async_completions(_unique(futures), None)) as completions:
+        async for f in completions:
+            if f is not None and f._status != COMPLETED:
+                f._outcome(True)
     return [f._outcome(True) for f in futures]
