@@ -18,13 +18,14 @@ class CallSpec:
     under its own name; names the signature does not know go to ``**kwargs`` when there is one.
     """
 
-    __slots__ = ("names", "positional", "required", "simple", "varkw", "varpos")
+    __slots__ = ("names", "positional", "required", "signature", "simple", "varkw", "varpos")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have no signature: accept anything
             sig = inspect.Signature([_P("args", _P.VAR_POSITIONAL), _P("kwargs", _P.VAR_KEYWORD)])
+        self.signature = sig
         names: set[str] = set()
         required: set[str] = set()
         positional: list[str] = []
@@ -94,10 +95,7 @@ class CallSpec:
         """Turn call-style arguments into a parameters dict (for ``task.submit(*args, **kw)``)."""
         if not args and self.varpos is None:
             return kwargs
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):
-            return {"args": args, **kwargs}
+        sig = self.signature
         try:
             bound = sig.bind_partial(*args, **kwargs)
         except TypeError as exc:

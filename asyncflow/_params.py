@@ -30,10 +30,15 @@ def _fields(value: Any) -> Iterable[str] | None:
 
 
 def find_futures(
-    value: Any, strict: list[Future[Any]], allowed: list[Future[Any]], allow: bool = False
+    value: Any,
+    strict: list[Future[Any]],
+    allowed: list[Future[Any]],
+    allow: bool = False,
+    seen: set[int] | None = None,
 ) -> bool:
     """Append every future inside ``value`` to ``strict``, or to ``allowed`` when it sits
-    inside ``allow_failure``. Returns True if ``value`` holds an annotation to unwrap."""
+    inside ``allow_failure``. Returns True if ``value`` holds an annotation to unwrap.
+    Containers met again (cycles, shared parts) are not walked twice."""
     cls = type(value)
     if cls in _ATOMIC:
         return False
@@ -42,21 +47,27 @@ def find_futures(
         return False
     if isinstance(value, BaseAnnotation):
         if cls is not quote:
-            find_futures(value.value, strict, allowed, allow or cls is allow_failure)
+            find_futures(value.value, strict, allowed, allow or cls is allow_failure, seen)
         return True
-    annotated = False
-    if isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            annotated |= find_futures(item, strict, allowed, allow)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            annotated |= find_futures(key, strict, allowed, allow)
-            annotated |= find_futures(item, strict, allowed, allow)
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        items: Iterable[Any] = value.items() if isinstance(value, dict) else value
     else:
         names = _fields(value)
-        if names is not None:
-            for name in names:
-                annotated |= find_futures(getattr(value, name, None), strict, allowed, allow)
+        if names is None:
+            return False
+        items = [getattr(value, name, None) for name in names]
+    if seen is None:
+        seen = set()
+    elif id(value) in seen:
+        return False
+    seen.add(id(value))
+    annotated = False
+    for item in items:
+        if type(item) is tuple and isinstance(value, dict):  # a (key, value) pair
+            annotated |= find_futures(item[0], strict, allowed, allow, seen)
+            annotated |= find_futures(item[1], strict, allowed, allow, seen)
+        else:
+            annotated |= find_futures(item, strict, allowed, allow, seen)
     return annotated
 
 
@@ -92,7 +103,14 @@ def resolve_value(
 ) -> Any:
     """``value`` with futures replaced by ``on_future(future, allow_failure)`` (by default the
     result of a final one) and annotations unwrapped. A container is rebuilt only when
-    something inside it changed; otherwise the very same object is passed on."""
+    something inside it changed; otherwise the very same object is passed on. A container met
+    again on its own path (a cycle) is passed on as it is."""
+    return _resolve(value, allow, on_future, set())
+
+
+def _resolve(
+    value: Any, allow: bool, on_future: Callable[[Future[Any], bool], Any], path: set[int]
+) -> Any:
     cls = type(value)
     if cls in _ATOMIC:
         return value
@@ -101,9 +119,26 @@ def resolve_value(
     if isinstance(value, BaseAnnotation):
         if cls is quote:
             return value.value
-        return resolve_value(value.value, allow or cls is allow_failure, on_future)
+        return _resolve(value.value, allow or cls is allow_failure, on_future, path)
+    key = id(value)
+    if key in path:
+        return value
+    path.add(key)
+    try:
+        return _resolve_container(value, cls, allow, on_future, path)
+    finally:
+        path.discard(key)
+
+
+def _resolve_container(
+    value: Any,
+    cls: type,
+    allow: bool,
+    on_future: Callable[[Future[Any], bool], Any],
+    path: set[int],
+) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
-        items = [resolve_value(v, allow, on_future) for v in value]
+        items = [_resolve(v, allow, on_future, path) for v in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         if cls is list:
@@ -113,7 +148,7 @@ def resolve_value(
         return cls(items)
     if isinstance(value, dict):
         pairs = [
-            (resolve_value(k, allow, on_future), resolve_value(v, allow, on_future))
+            (_resolve(k, allow, on_future, path), _resolve(v, allow, on_future, path))
             for k, v in value.items()
         ]
         if all(nk is k and nv is v for (nk, nv), (k, v) in zip(pairs, value.items(), strict=True)):
@@ -128,7 +163,7 @@ def resolve_value(
     changes = {}
     for name in names:
         old = getattr(value, name, None)
-        new = resolve_value(old, allow, on_future)
+        new = _resolve(old, allow, on_future, path)
         if new is not old:
             changes[name] = new
     if not changes:

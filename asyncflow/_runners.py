@@ -7,11 +7,10 @@ import asyncio
 import contextvars
 import dataclasses
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
-
-import anyio
 
 from ._cache import CacheStore
 from ._context import current_runner
@@ -75,6 +74,8 @@ class TaskRunner(abc.ABC):
         # Awaited between retry attempts; tests may replace it to avoid real waiting.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._last_stats = RunnerStatistics()
+        self._claim_lock = threading.Lock()
+        self._claimed = False
         self._scheduler: Scheduler | None = None
         self._loop_thread: LoopThread | None = None
         self._token: contextvars.Token[Any] | None = None
@@ -226,8 +227,11 @@ class TaskRunner(abc.ABC):
 
     # -- async context -------------------------------------------------------------------------
     def _check_not_started(self) -> None:
-        if self._scheduler is not None or self._loop_thread is not None:
-            raise RuntimeError(f"runner {self.name!r} is already started")
+        # Check and claim in one step: two threads entering at once must not both succeed.
+        with self._claim_lock:
+            if self._claimed:
+                raise RuntimeError(f"runner {self.name!r} is already started")
+            self._claimed = True
 
     async def _astart(self) -> None:
         self._last_stats = RunnerStatistics()
@@ -238,7 +242,6 @@ class TaskRunner(abc.ABC):
         self._last_stats = sched.statistics()
 
     async def __aenter__(self: Self) -> Self:
-        self._check_not_started()
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -247,7 +250,12 @@ class TaskRunner(abc.ABC):
                 "or uvloop); under other loops use `with runner:` (its futures can be awaited "
                 "from trio too)"
             ) from None
-        await self._astart()
+        self._check_not_started()
+        try:
+            await self._astart()
+        except BaseException:
+            self._claimed = False
+            raise
         self._token = current_runner.set(self)
         return self
 
@@ -269,15 +277,17 @@ class TaskRunner(abc.ABC):
                 await sched.aclose(abandon=urgent)
             except BaseException:
                 # Cancelled (or interrupted) while waiting: cancel the rest, do not wait for
-                # thread bodies that cannot be interrupted, still clean up.
+                # thread bodies that cannot be interrupted, and still clean up even if
+                # cancelled again meanwhile.
                 sched.cancel_all()
-                with anyio.CancelScope(shield=True):
-                    await sched.aclose(abandon=True)
+                sched.backend.abandon()
+                await _despite_cancellation(sched.aclose(abandon=True))
                 raise
         finally:
             self._keep_stats(sched)
             self._scheduler = None
             self._reset_token()
+            self._claimed = False
 
     def _reset_token(self) -> None:
         token, self._token = self._token, None
@@ -290,11 +300,16 @@ class TaskRunner(abc.ABC):
     # -- sync context --------------------------------------------------------------------------
     def __enter__(self: Self) -> Self:
         self._check_not_started()
-        loop_thread = LoopThread(self._event_loop, name=f"asyncflow-loop-{self.name}")
+        try:
+            loop_thread = LoopThread(self._event_loop, name=f"asyncflow-loop-{self.name}")
+        except BaseException:
+            self._claimed = False
+            raise
         try:
             loop_thread.run(self._astart()).result()
         except BaseException:
             loop_thread.stop()
+            self._claimed = False
             raise
         self._loop_thread = loop_thread
         self._token = current_runner.set(self)
@@ -325,16 +340,36 @@ class TaskRunner(abc.ABC):
                 closing.result()
                 raise
             finally:
-                loop_thread.run(_call(self._keep_stats, sched)).result()
+                self._keep_stats_from(loop_thread, sched)
         finally:
-            loop_thread.stop()
             self._loop_thread = None
             self._scheduler = None
             self._reset_token()
+            try:
+                loop_thread.stop()
+            finally:
+                self._claimed = False
+
+    def _keep_stats_from(self, loop_thread: LoopThread, sched: Scheduler) -> None:
+        try:
+            loop_thread.run(_call(self._keep_stats, sched)).result()
+        except RuntimeError:  # the loop is gone: keep what was last seen
+            pass
 
 
 async def _call(fn: Callable[..., None], *args: Any) -> None:
     fn(*args)
+
+
+async def _despite_cancellation(coro: Awaitable[None]) -> None:
+    """Await ``coro`` to its end even if the awaiting task is cancelled (again) meanwhile."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:  # noqa: PERF203 - only on the error path
+            continue  # the caller re-raises its own cancellation once clean-up is done
+    task.result()
 
 
 def _check_tag(tag: object, owner: str) -> str:

@@ -258,25 +258,32 @@ def task(fn: Any = None, /, **options: Any) -> Any:
     return Task(fn)
 
 
-# Plain callables submitted to a runner are wrapped once: id -> (weak reference, task). A
-# WeakKeyDictionary would build a new weak reference on every lookup; this costs one dict get.
-_wrapped: dict[int, tuple[Any, Task[Any, Any]]] = {}
+# Plain callables submitted to a runner are wrapped once and the wrapper is reused while it is
+# alive: id(callable) -> weak reference to its Task. Only the Task holds the callable, and only
+# futures hold the Task, so nothing here keeps a lambda, a closure or a bound method's object
+# alive once its runs are gone.
+_wrapped: dict[int, weakref.ref[Task[Any, Any]]] = {}
 
 
-def _forget(key: int) -> Callable[[Any], None]:
-    def forget(_ref: Any) -> None:
-        _wrapped.pop(key, None)
+def _forget(key: int) -> Callable[[weakref.ref[Task[Any, Any]]], None]:
+    wrapped = _wrapped  # bound now: module globals may be gone at interpreter exit
+
+    def forget(ref: weakref.ref[Task[Any, Any]]) -> None:
+        if wrapped.get(key) is ref:
+            del wrapped[key]
 
     return forget
 
 
 def as_task(obj: object) -> Task[Any, Any]:
-    """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and cached)."""
+    """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and reused)."""
     if isinstance(obj, Task):
         return obj
-    entry = _wrapped.get(id(obj))
-    if entry is not None and entry[0]() is obj:
-        return entry[1]
+    ref = _wrapped.get(id(obj))
+    if ref is not None:
+        found = ref()
+        if found is not None and found.fn is obj:
+            return found
     if inspect.iscoroutine(obj):
         obj.close()  # no "coroutine was never awaited" warning
         raise TypeError(
@@ -285,10 +292,6 @@ def as_task(obj: object) -> Task[Any, Any]:
         )
     if not callable(obj):
         raise TypeError(f"submit() needs a task or a callable, not {obj!r}")
-    found: Task[Any, Any] = Task(obj)
-    try:
-        ref = weakref.ref(obj, _forget(id(obj)))
-    except TypeError:  # not weak-referenceable (e.g. a builtin): not cached
-        return found
-    _wrapped[id(obj)] = (ref, found)
-    return found
+    wrapper: Task[Any, Any] = Task(obj)
+    _wrapped[id(obj)] = weakref.ref(wrapper, _forget(id(obj)))
+    return wrapper
