@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     default_retries: int = Field(default=0, ge=0)
     default_retry_delay: float = Field(default=0.0, ge=0)
     cache_dir: Path | None = None
-    logging_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
 
 
 def get_settings() -> Settings:

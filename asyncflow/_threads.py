@@ -10,6 +10,7 @@ wake-up of the loop per batch. The loop side owns every counter; threads only ta
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections import deque
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 __all__ = ("ThreadWorkers",)
+
+logger = logging.getLogger("asyncflow")
 
 
 class ThreadWorkers:
@@ -140,8 +143,8 @@ class ThreadWorkers:
     def _call_soon(self, fn: Any, *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: the runner is gone
-            pass
+        except RuntimeError:  # the loop is closed: the runner is gone, nothing escapes
+            logger.debug("runner loop closed; a worker dropped %r", fn)
 
     def release(self) -> None:
         """Worker side: this thread is about to block; lend its slot to queued work."""
