@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -25,26 +24,65 @@ __all__ = ("CacheEntry", "CacheStore", "FileCacheStore", "MemoryCacheStore", "ta
 logger = logging.getLogger("asyncflow")
 
 
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_MAX_DEPTH = 64
+
+
+def _canon(value: Any, out: list[bytes], depth: int = 0) -> bool:
+    """Append a type-preserving encoding of plain data to ``out``; False if ``value`` is not
+    plain data (then the whole value is pickled instead)."""
+    cls = type(value)
+    tag = f"{cls.__module__}.{cls.__qualname__}:".encode()
+    if isinstance(value, _SCALARS):
+        # Subclasses (str enums, ...) keep their own type name, so they never collide.
+        out.append(tag + repr(value).encode() + b";")
+        return True
+    if depth >= _MAX_DEPTH:  # deep or cyclic data: pickled whole instead
+        return False
+    if isinstance(value, (list, tuple)):
+        out.append(tag + b"[")
+        for item in value:
+            if not _canon(item, out, depth + 1):
+                return False
+        out.append(b"]")
+        return True
+    if isinstance(value, (dict, set, frozenset)):
+        parts: list[bytes] = []
+        items = value.items() if isinstance(value, dict) else ((v, None) for v in value)
+        for key, item in items:
+            one: list[bytes] = []
+            if not _canon(key, one, depth + 1) or not _canon(item, one, depth + 1):
+                return False
+            parts.append(b"".join(one))
+        out.append(tag + b"{" + b"".join(sorted(parts)) + b"}")  # order does not matter
+        return True
+    return False
+
+
 def _fingerprint(name: str, value: Any, task_name: str) -> bytes:
+    out: list[bytes] = []
+    if _canon(value, out):
+        return b"".join(out)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-    except (TypeError, ValueError):
-        pass
-    try:
-        return cloudpickle.dumps(value)  # type: ignore[no-any-return]
+        pickled: bytes = cloudpickle.dumps(value)
     except Exception as exc:
         raise TypeError(
             f"task_input_hash: parameter {name!r} of task {task_name!r} "
             f"({type(value).__name__}) cannot be hashed ({exc}); give the task a cache_key "
             "function that handles it"
         ) from None
+    return b"pickle:" + pickled
 
 
 def task_input_hash(context: RunContext, parameters: dict[str, Any]) -> str:
     """A cache key from the task's identity and its (resolved) parameters.
 
-    Values are fingerprinted as JSON when they can be, else with cloudpickle; a value neither
-    can serialise raises ``TypeError`` naming the parameter.
+    Plain data (numbers, strings, bytes, lists, tuples, dicts, sets) is encoded with its types,
+    so ``[1, 2]`` and ``(1, 2)`` or ``{1: x}`` and ``{"1": x}`` never share a key; anything else
+    is fingerprinted with cloudpickle; a value neither can encode raises ``TypeError`` naming
+    the parameter. The task is identified by its function's module and qualified name: two
+    closures made by one factory share keys, so give those a ``cache_key`` that includes what
+    they capture.
     """
     digest = hashlib.sha256(context.task_key.encode())
     for name in sorted(parameters):

@@ -98,6 +98,10 @@ class Attempt:
     def started(self) -> None:
         """Loop side: a worker took it; the deadline starts now."""
         self._status = RUNNING
+        fut = self.fut
+        if fut._status < COMPLETED:
+            fut._status = RUNNING
+            fut._timestamp = time.time()
         if self.timeout is not None:
             self.deadline = self.sched.loop.call_later(self.timeout, self._expire)
 
@@ -115,6 +119,9 @@ class Attempt:
         if self._status == RUNNING and not self.abandoned:
             self.abandoned = True
             self.sched.abandoned_threads += 1
+            pol = self.fut._policy
+            assert pol is not None
+            pol.abandoned += 1
             logger.warning(
                 "task %r (run %s) %s; its thread keeps running until the body returns "
                 "and keeps its worker slot until then",
@@ -130,6 +137,11 @@ class Attempt:
             self.deadline.cancel()
         if self.abandoned:
             self.sched.abandoned_threads -= 1
+            pol = self.fut._policy
+            assert pol is not None
+            pol.abandoned -= 1
+            if not pol.abandoned and self.fut._status >= COMPLETED and pol.held:
+                self.sched._release(pol)  # the run ended while this body still held its limits
         self._ctx = None
         if self.waiter.done():
             return
@@ -207,6 +219,37 @@ async def _attempt_sync(
         raise
 
 
+_MISS: Any = object()
+
+
+def _cache_key(fut: Future[Any], params: dict[str, Any]) -> str | None:
+    task = fut._task
+    assert task.cache_key is not None
+    key = task.cache_key(RunContext(task.name, fut.task_run_id, 1, task.tags, task.key), params)
+    if key is not None and not isinstance(key, str):
+        raise TypeError(
+            f"cache_key of task {task.name!r} returned {key!r}; it must return a str or None"
+        )
+    return key
+
+
+def _cache_get(sched: Scheduler, task: Task[..., Any], key: str) -> Any:
+    try:
+        entry = sched.cache_store.get(key)
+    except Exception:  # a store that cannot be read is a miss, not a failure
+        logger.exception("cache store could not read key %r of task %r", key, task.name)
+        return _MISS
+    return _MISS if entry is None else entry.value
+
+
+def _cache_set(sched: Scheduler, task: Task[..., Any], key: str, value: Any) -> None:
+    expires = None if task.cache_expiration is None else time.time() + task.cache_expiration
+    try:
+        sched.cache_store.set(key, value, expires)
+    except Exception:
+        logger.exception("could not cache the result of task %r", task.name)
+
+
 async def _attempts(
     sched: Scheduler, fut: Future[Any], pol: RunPolicy
 ) -> tuple[int, Any, str | None]:
@@ -218,28 +261,22 @@ async def _attempts(
         params = resolve_parameters(params, fut._deps)
     key = None
     if task.cache_key is not None:
-        ctx = RunContext(task.name, fut.task_run_id, 1, task.tags, task.key)
         try:
-            key = task.cache_key(ctx, params)
-            if key is not None and not isinstance(key, str):
-                raise TypeError(  # noqa: TRY301 - reported as the run's failure below
-                    f"cache_key of task {task.name!r} returned {key!r}; it must return a "
-                    "str or None"
-                )
+            key = _cache_key(fut, params)
         except Exception as exc:
             return FAILED, exc, None
         if key is not None:
-            entry = sched.cache_store.get(key)
-            if entry is not None:
-                return COMPLETED, entry.value, "Cached"
+            hit = _cache_get(sched, task, key)
+            if hit is not _MISS:
+                return COMPLETED, hit, "Cached"
     attempt = 0
     while True:
         attempt += 1
         pol.attempt = attempt
-        fut._status = RUNNING
-        fut._timestamp = time.time()
         try:
             if task.is_async:
+                fut._status = RUNNING
+                fut._timestamp = time.time()
                 value = await _attempt_async(task, params, attempt, task.timeout)
             else:
                 value = await _attempt_sync(sched, fut, params, attempt, task.timeout)
@@ -263,11 +300,7 @@ async def _attempts(
         except BaseException as exc:  # KeyboardInterrupt, SystemExit from a coroutine body
             return CRASHED, crashed_error(task.name, exc), None
         if key is not None:
-            expires = None if task.cache_expiration is None else time.time() + task.cache_expiration
-            try:
-                sched.cache_store.set(key, value, expires)
-            except Exception:
-                logger.exception("could not cache the result of task %r", task.name)
+            _cache_set(sched, task, key, value)
         return COMPLETED, value, None
 
 
@@ -280,6 +313,9 @@ async def drive(sched: Scheduler, fut: Future[Any], pol: RunPolicy) -> None:
         status, value, name = await _attempts(sched, fut, pol)
     except asyncio.CancelledError:
         status, value, name = CANCELLED, cancelled_error(task.name), None
+    except Exception as exc:  # a fault of the machinery itself: the run still ends
+        status, value, name = FAILED, exc, None
+    pol.finishing = True
     try:
         if task.on_completion or task.on_failure or task.on_cancellation:
             await run_hooks(task, fut, fut.final_state(status, value, name))

@@ -43,7 +43,16 @@ class RunPolicy:
     ``driven`` runs go through the policy driver (retries, timeouts, caching, hooks).
     """
 
-    __slots__ = ("attempt", "driven", "held", "limits", "retries", "started")
+    __slots__ = (
+        "abandoned",
+        "attempt",
+        "driven",
+        "finishing",
+        "held",
+        "limits",
+        "retries",
+        "started",
+    )
 
     def __init__(self, limits: tuple[Limit, ...], driven: bool, retries: int) -> None:
         self.limits = limits
@@ -51,4 +60,6 @@ class RunPolicy:
         self.driven = driven
         self.retries = retries
         self.attempt = 0
-        self.started = False
+        self.started = False  # the driver began (it records the outcome itself)
+        self.finishing = False  # the attempts are over: hooks run, then the run ends
+        self.abandoned = 0  # attempts whose thread body still runs after the run let go of it

@@ -113,7 +113,7 @@ class Scheduler:
         opts = options or SchedulerOptions()
         self.default_retries = opts.default_retries
         self.default_retry_delay = opts.default_retry_delay
-        self.cache_store = opts.cache_store or default_store
+        self.cache_store = default_store if opts.cache_store is None else opts.cache_store
         self.sleep = opts.sleep
         self._global_limit = (
             None if opts.max_concurrency is None else Limit("max_concurrency", opts.max_concurrency)
@@ -370,6 +370,9 @@ class Scheduler:
         elif fut._status >= COMPLETED:  # cancelled while it ran: the outcome is dropped
             fut._release_inputs()
             self.abandoned_threads -= 1
+            pol = fut._policy
+            if pol is not None and pol.held:  # its limits were kept until the body returned
+                self._release(pol)
         elif ok:
             self._finish(fut, COMPLETED, value)
         elif isinstance(value, Exception):
@@ -387,7 +390,8 @@ class Scheduler:
         live = self._live
         live.discard(fut)
         pol = fut._policy
-        if pol is not None and pol.held:
+        if pol is not None and pol.held and not pol.abandoned:
+            # (A run with an abandoned thread body keeps its limits until that body returns.)
             self._release(pol)
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         for child, cause, outcome in skipped:
@@ -455,7 +459,8 @@ class Scheduler:
         pol = fut._policy
         if pol is not None and pol.started:
             assert handle is not None
-            handle.cancel()  # the driver stops its attempt and records the outcome
+            if not pol.finishing:  # once attempts are over, hooks run to the end
+                handle.cancel()  # the driver stops its attempt and records the outcome
             return
         running = fut._status == RUNNING
         if handle is not None:
@@ -477,7 +482,7 @@ class Scheduler:
         else:
             fut._release_inputs()
         self._live.discard(fut)
-        if pol is not None and pol.held:
+        if pol is not None and pol.held and not running:  # a running body keeps its limits
             self._release(pol)
         self._after(*self._graph.cancel(fut))
         if fut._task.driven:

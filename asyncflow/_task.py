@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import weakref
@@ -91,7 +92,7 @@ class Task(Generic[P, R]):
         retry_delay: opt.RetryDelay | None = None,
         retry_jitter: float | None = None,
         retry_on: Any = None,
-        timeout: float | None = None,
+        timeout: float | datetime.timedelta | None = None,
         tags: Iterable[str] = (),
         cache_key: Callable[..., str | None] | None = None,
         cache_expiration: Any = None,
@@ -231,7 +232,7 @@ def task(
     retry_delay: opt.RetryDelay | None = None,
     retry_jitter: float | None = None,
     retry_on: Any = None,
-    timeout: float | None = None,
+    timeout: float | datetime.timedelta | None = None,
     tags: Iterable[str] = (),
     cache_key: Callable[..., str | None] | None = None,
     cache_expiration: Any = None,

@@ -95,12 +95,12 @@ class ThreadWorkers:
         self._done_scheduled = False
         done = self._done
         on_outcome = self._sched.on_outcome
-        count = 0
         while done:
             item, ok, value = done.popleft()
-            count += 1
+            # The slot is free before the outcome is handled: a run it makes ready may take it
+            # (in queue order) instead of a new thread being started.
+            self._active -= 1
             on_outcome(item, ok, value)
-        self._active -= count
         self._pump()
         self._maybe_quiet()
 
