@@ -101,9 +101,18 @@ class CallSpec:
         except TypeError as exc:
             raise TypeError(f"task {task_name!r}: {exc}") from None
         parameters: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         for name, value in bound.arguments.items():
             if sig.parameters[name].kind is _P.VAR_KEYWORD:
-                parameters.update(value)
+                extra = value
             else:
                 parameters[name] = value
+        for name, value in extra.items():
+            if name in self.names:
+                # A parameters dict has one slot per name: it cannot hold both.
+                raise TypeError(
+                    f"task {task_name!r}: keyword argument {name!r} for **kwargs has the name "
+                    f"of a positional-only or *args parameter; rename it"
+                )
+            parameters[name] = value
         return parameters

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._annotations import BaseAnnotation, allow_failure, quote
-from ._futures import COMPLETED, Future
+from ._futures import COMPLETED, Future, FutureList
 
 __all__ = ("find_futures", "resolve_parameters", "resolve_value", "wait_for_edges")
 
@@ -141,7 +141,7 @@ def _resolve_container(
         items = [_resolve(v, allow, on_future, path) for v in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
-        if cls is list:
+        if cls is list or isinstance(value, FutureList):  # a list of futures becomes results
             return items
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
             return cls(*items)
