@@ -10,10 +10,10 @@ from typing import Any
 from ._annotations import BaseAnnotation, allow_failure, quote
 from ._futures import COMPLETED, Future, FutureList
 
-__all__ = ("find_futures", "resolve_parameters", "resolve_value", "wait_for_edges")
+__all__ = ("ATOMIC", "find_futures", "resolve_parameters", "resolve_value", "wait_for_edges")
 
 # Types that can never hold a future: checked first so plain values cost one set lookup.
-_ATOMIC: frozenset[type] = frozenset(
+ATOMIC: frozenset[type] = frozenset(
     {int, float, str, bytes, bool, complex, type(None), range, bytearray, types.FunctionType}
 )
 
@@ -40,7 +40,7 @@ def find_futures(
     inside ``allow_failure``. Returns True if ``value`` holds an annotation to unwrap.
     Containers met again (cycles, shared parts) are not walked twice."""
     cls = type(value)
-    if cls in _ATOMIC:
+    if cls in ATOMIC:
         return False
     if isinstance(value, Future):
         (allowed if allow else strict).append(value)
@@ -112,7 +112,7 @@ def _resolve(
     value: Any, allow: bool, on_future: Callable[[Future[Any], bool], Any], path: set[int]
 ) -> Any:
     cls = type(value)
-    if cls in _ATOMIC:
+    if cls in ATOMIC:
         return value
     if isinstance(value, Future):
         return on_future(value, allow)
@@ -190,4 +190,10 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
     def on_future(f: Future[Any], allow: bool) -> Any:
         return _result_of(f, allow) if f in known else f
 
-    return {k: resolve_value(v, False, on_future) for k, v in params.items()}
+    out = {}
+    for name, value in params.items():
+        if type(value) is Future and value in known:  # the common case: a future as is
+            out[name] = value._value if value._status == COMPLETED else _result_of(value, False)
+        else:
+            out[name] = resolve_value(value, False, on_future)
+    return out

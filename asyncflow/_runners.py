@@ -18,7 +18,7 @@ from ._futures import Future, FutureList
 from ._limits import Limit, check_limit
 from ._loop import LoopThread
 from ._mapping import expand
-from ._params import find_futures, wait_for_edges
+from ._params import ATOMIC, find_futures, wait_for_edges
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
 from ._stats import RunnerStatistics
@@ -167,7 +167,11 @@ class TaskRunner(abc.ABC):
         allowed: list[Future[Any]] = []
         annotated = False
         for value in params.values():
-            annotated |= find_futures(value, strict, allowed)
+            cls = type(value)
+            if cls is Future:  # the common cases first: a future as is, or a plain value
+                strict.append(value)
+            elif cls not in ATOMIC:
+                annotated |= find_futures(value, strict, allowed)
         if wait_for is not None:
             wait_for_edges(wait_for, strict, allowed)
         if dependencies is not None:
@@ -182,7 +186,11 @@ class TaskRunner(abc.ABC):
             strict += allowed
         # An empty input list still means "resolve the parameters": annotations to unwrap.
         deps = strict if strict or annotated else None
-        policy = sched.policy_for(t, _map_limit)
+        policy = (
+            sched.policy_for(t, _map_limit)
+            if t.driven or sched.any_policy or _map_limit is not None
+            else None
+        )
         fut: Future[Any] = Future(
             sched, t, params, deps, allow_only, contextvars.copy_context(), policy
         )

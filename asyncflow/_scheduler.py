@@ -121,6 +121,8 @@ class Scheduler:
         self._tag_limits = {tag: Limit(f"tag {tag!r}", n) for tag, n in opts.tag_limits.items()}
         # Every run needs a policy when a runner-wide one applies.
         self._policy_all = self._global_limit is not None or self.default_retries > 0
+        # Some run may need one even if its task has no option (checked at every submit).
+        self.any_policy = self._policy_all or bool(self._tag_limits)
         self.retried = 0
         self.abandoned_threads = 0
         self._submitted = 0
