@@ -61,6 +61,44 @@ class _Owner(Protocol):
 
     def request_cancel(self, future: Future[Any]) -> None: ...
 
+    def post(self, fn: Callable[..., object], *args: Any) -> None: ...
+
+    def lend_limits(self, run: Future[Any]) -> bool: ...
+
+    def reclaim_limits(self, run: Future[Any], resume: Callable[[], object]) -> bool: ...
+
+
+class Lending:
+    """What a thread blocked on other futures lends while it waits: its worker slot, and the
+    concurrency limits its run holds (a parent waiting for its child must not keep the slot
+    the child needs). Limits are taken back first, then the slot: the order runs start in."""
+
+    __slots__ = ("_hooks", "_run")
+
+    def __init__(self) -> None:
+        self._hooks = getattr(blocking_hooks, "slot", None)
+        run = current_future.get()
+        pol = None if run is None else run._policy
+        self._run = run if pol is not None and pol.held else None
+
+    def lend(self) -> Lending:
+        if self._run is not None:
+            self._run._scheduler.post(self._run._scheduler.lend_limits, self._run)
+        if self._hooks is not None:
+            self._hooks.release()
+        return self
+
+    def give_back(self, waited_to_the_end: bool) -> None:
+        run = self._run
+        if run is not None:
+            back = threading.Event()
+            run._scheduler.post(run._scheduler.reclaim_limits, run, back.set)
+            back.wait()
+        if self._hooks is not None:
+            # After a timed wait that timed out, the slot is taken back at once (the caller's
+            # timeout is kept; the pool may run one body over its size for a moment).
+            self._hooks.reacquire(wait=waited_to_the_end)
+
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
@@ -189,18 +227,17 @@ class Future(Generic[R]):
             event = self._event
             if event is None:
                 event = self._event = threading.Event()
-        hooks = getattr(blocking_hooks, "slot", None)
-        if hooks is None:
+        if getattr(blocking_hooks, "slot", None) is None and current_future.get() is None:
             return event.wait(timeout)
-        # A worker thread gives its slot back while it blocks, so a bounded pool cannot
-        # deadlock on tasks that wait for other tasks.
-        hooks.release()
+        # A task body gives back what it holds while it blocks (see Lending), so a bounded
+        # pool or a concurrency limit cannot deadlock on tasks that wait for other tasks.
         done = False
+        lending = Lending().lend()
         try:
             done = event.wait(timeout)
-            return done
         finally:
-            hooks.reacquire(wait=done or timeout is None)
+            lending.give_back(done or timeout is None)
+        return done
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is final or ``timeout`` seconds passed; never raises on timeout."""
@@ -253,6 +290,15 @@ class Future(Generic[R]):
                         self._waiters.append(waiter)
                 else:
                     waiter.set_result(None)
+            # A run waiting for another lends its concurrency limits meanwhile (a parent
+            # awaiting its child must not keep the slot the child needs).
+            run = current_future.get()
+            lent = (
+                run is not None
+                and run._policy is not None
+                and run._scheduler.loop is loop
+                and run._scheduler.lend_limits(run)
+            )
             try:
                 yield from waiter
             except BaseException:
@@ -260,6 +306,10 @@ class Future(Generic[R]):
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
                 raise
+            if lent:
+                back = loop.create_future()
+                if not run._scheduler.reclaim_limits(run, lambda: _wake(back)):
+                    yield from back
         return self._outcome(True)
 
     async def _await_trio(self) -> R:

@@ -8,6 +8,7 @@ one), so two runs can never wait on each other.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ("Limit", "RunPolicy", "check_limit")
@@ -50,6 +51,7 @@ class RunPolicy:
         "finishing",
         "held",
         "limits",
+        "resume",
         "retries",
         "started",
     )
@@ -63,3 +65,5 @@ class RunPolicy:
         self.started = False  # the driver began (it records the outcome itself)
         self.finishing = False  # the attempts are over: hooks run, then the run ends
         self.abandoned = 0  # attempts whose thread body still runs after the run let go of it
+        # Set while a running body waits to take back the limits it lent: called when it has.
+        self.resume: Callable[[], object] | None = None

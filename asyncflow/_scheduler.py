@@ -172,6 +172,10 @@ class Scheduler:
         else:
             self._call_soon(self._cancel_all)
 
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Any thread: run ``fn(*args)`` on the loop soon (dropped if the loop is closed)."""
+        self._call_soon(fn, *args)
+
     def _call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
@@ -333,7 +337,29 @@ class Scheduler:
                 limit.used += 1
                 wpol.held += 1
                 if self._acquire(waiter, wpol):
-                    self._launch(waiter, wpol)
+                    resume, wpol.resume = wpol.resume, None
+                    if resume is None:
+                        self._launch(waiter, wpol)
+                    else:  # a running body took back the limits it had lent
+                        resume()
+
+    def lend_limits(self, run: Future[Any]) -> bool:
+        """Loop thread: ``run``'s body waits for another future; lend its limits meanwhile."""
+        pol = run._policy
+        if pol is None or not pol.held or pol.resume is not None or run._status >= COMPLETED:
+            return False
+        self._release(pol)
+        return True
+
+    def reclaim_limits(self, run: Future[Any], resume: Callable[[], object]) -> bool:
+        """Loop thread: take back the limits ``run`` lent. True if it has them now; otherwise
+        ``resume()`` is called when it does (it waits in the limits' queues meanwhile)."""
+        pol = run._policy
+        if pol is None or run._status >= COMPLETED or self._acquire(run, pol):
+            resume()
+            return True
+        pol.resume = resume
+        return False
 
     def mark_running(self, item: Any) -> None:
         """Backend hook: a worker took this item."""

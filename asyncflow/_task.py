@@ -6,7 +6,7 @@ import datetime
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _options as opt
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = ("Task", "as_task", "task")
 
@@ -196,11 +197,45 @@ class Task(Generic[P, R]):
             )
         return runner
 
-    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Future[R]:
-        """Submit a run of this task to the current runner and return its future at once."""
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> Future[T]: ...
+
+    @overload
+    def submit(
+        self: Task[P, T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+    ) -> Future[T]: ...
+
+    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        """Submit a run of this task to the current runner and return its future at once.
+
+        The future holds what the body returns (for a coroutine function: what it returns
+        when awaited)."""
         runner = self._runner("submit")
         parameters = self.spec.bind(self.fn, args, kwargs, self.name)
-        return runner.submit(self, parameters, wait_for=wait_for)  # type: ignore[no-any-return]
+        return runner.submit(self, parameters, wait_for=wait_for)
+
+    @overload
+    def map(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        max_in_flight: int | None = None,
+        **kwargs: Any,
+    ) -> FutureList[T]: ...
+
+    @overload
+    def map(
+        self: Task[P, T],
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        max_in_flight: int | None = None,
+        **kwargs: Any,
+    ) -> FutureList[T]: ...
 
     def map(
         self,
@@ -208,16 +243,14 @@ class Task(Generic[P, R]):
         wait_for: Iterable[Any] | None = None,
         max_in_flight: int | None = None,
         **kwargs: Any,
-    ) -> FutureList[R]:
+    ) -> Any:
         """Submit one run per element of the iterable arguments to the current runner.
 
         ``max_in_flight`` bounds how many of these runs execute at once.
         """
         runner = self._runner("map")
         parameters = self.spec.bind(self.fn, args, kwargs, self.name)
-        return runner.map(  # type: ignore[no-any-return]
-            self, parameters, wait_for=wait_for, max_in_flight=max_in_flight
-        )
+        return runner.map(self, parameters, wait_for=wait_for, max_in_flight=max_in_flight)
 
 
 @overload

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-from ._futures import COMPLETED, Future, blocking_hooks
+from ._futures import COMPLETED, Future, Lending
 
 __all__ = (
     "DoneAndNotDone",
@@ -57,20 +57,18 @@ def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
 def _get(
     q: queue.SimpleQueue[Future[Any]], deadline: float | None, lend_slot: bool
 ) -> Future[Any] | None:
-    """Next finished future, or None at the deadline. With ``lend_slot``, a worker thread
-    gives its slot back while it blocks."""
+    """Next finished future, or None at the deadline. With ``lend_slot``, a task body gives
+    back its worker slot and limits while it blocks."""
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-    hooks = getattr(blocking_hooks, "slot", None) if lend_slot else None
-    if hooks is not None:
-        hooks.release()
+    lending = Lending().lend() if lend_slot else None
     got = None
     try:
         got = q.get(timeout=timeout)
     except queue.Empty:
         pass
     finally:
-        if hooks is not None:
-            hooks.reacquire(wait=got is not None or timeout is None)
+        if lending is not None:
+            lending.give_back(got is not None or timeout is None)
     return got
 
 
@@ -100,21 +98,22 @@ def _sync_completions(
 
 
 class _LentSlot:
-    """A worker thread blocked in a whole-list wait lends its slot once, not per future."""
+    """A task body blocked in a whole-list wait lends its slot and limits once, not per
+    future."""
 
     def __init__(self, futures: list[Future[Any]]) -> None:
         pending = any(f._status < COMPLETED for f in futures)
-        self._hooks = getattr(blocking_hooks, "slot", None) if pending else None
+        self._lending = Lending() if pending else None
         self.done = False
 
     def __enter__(self) -> _LentSlot:
-        if self._hooks is not None:
-            self._hooks.release()
+        if self._lending is not None:
+            self._lending.lend()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._hooks is not None:
-            self._hooks.reacquire(wait=self.done)
+        if self._lending is not None:
+            self._lending.give_back(self.done)
 
 
 def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:

@@ -439,3 +439,59 @@ def test_limits_are_part_of_the_configuration() -> None:
     assert twin != ThreadPoolTaskRunner(max_workers=3, tag_limits={"db": 1})
     with twin:
         assert twin.submit(instant, {"x": 1}).result(timeout=TIMEOUT) == 1
+
+
+# -- a run waiting for another lends its limits (no deadlock on nested submits) ----------------
+@task
+async def async_child(x: int) -> int:
+    return x + 1
+
+
+@task
+async def async_parent(x: int) -> int:
+    return await async_child.submit(x) * 10
+
+
+@task(tags=["db"])
+def db_child(x: int) -> int:
+    return x + 1
+
+
+@task(tags=["db"])
+def db_parent(x: int) -> int:
+    return db_child.submit(x).result(timeout=TIMEOUT) * 10
+
+
+@pytest.mark.anyio
+async def test_an_async_parent_awaiting_its_child_lends_its_slot() -> None:
+    # With one slot, the parent holds it while it awaits the child: without lending, the
+    # child could never start.
+    async with ThreadPoolTaskRunner(max_concurrency=1) as runner:
+        futures = [runner.submit(async_parent, {"x": i}) for i in range(3)]
+        with anyio.fail_after(TIMEOUT):
+            assert [await f for f in futures] == [10, 20, 30]
+
+
+def test_a_sync_parent_blocking_on_its_child_lends_its_tag_slot() -> None:
+    with ThreadPoolTaskRunner(max_workers=4, tag_limits={"db": 1}) as runner:
+        futures = [runner.submit(db_parent, {"x": i}) for i in range(3)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [10, 20, 30]
+
+
+def test_lent_slots_still_bound_the_bodies_that_run(meter: Meter) -> None:
+    # Parents block on children that wait at the meter: at most one body holds the slot at a
+    # time, lent or not, so the meter never sees two children inside together.
+    @task
+    def metered_child(i: int) -> int:
+        return meter.body(i)
+
+    @task
+    def parent(i: int) -> int:
+        return metered_child.submit(i).result(timeout=TIMEOUT)
+
+    with ThreadPoolTaskRunner(max_workers=4, max_concurrency=1) as runner:
+        futures = [runner.submit(parent, {"i": i}) for i in range(4)]
+        meter.wait_inside(1)
+        meter.open()
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [0, 1, 2, 3]
+    assert meter.peak == 1
