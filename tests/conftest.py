@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import Stuck
 
 THREAD_JOIN_DEADLINE = 5.0  # seconds, total, for all threads a test started
 
@@ -49,3 +50,13 @@ def no_thread_left_behind() -> Iterator[None]:
             f"test left {len(alive)} thread(s) running after {THREAD_JOIN_DEADLINE:g} s: "
             + ", ".join(alive)
         )
+
+
+@pytest.fixture
+def stuck() -> Iterator[Stuck]:
+    """A stuck thread body, always released before the test ends (so no thread is left)."""
+    s = Stuck()
+    try:
+        yield s
+    finally:
+        s.release()

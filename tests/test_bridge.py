@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import adouble, ahold, double, hold, noop
 
 from asyncflow import (
     Future,
@@ -29,29 +30,6 @@ TIMEOUT = 5.0
 
 
 # -- task bodies -------------------------------------------------------------------------------
-def double(x: int) -> int:
-    return x * 2
-
-
-async def adouble(x: int) -> int:
-    return x * 2
-
-
-async def noop() -> None:
-    return None
-
-
-def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
-    started()
-    if not gate.wait(TIMEOUT):
-        raise TimeoutError("the gate never opened")
-    return value
-
-
-async def ahold(started: asyncio.Event, gate: asyncio.Event, value: int = 0) -> int:
-    started.set()
-    await gate.wait()
-    return value
 
 
 def fail() -> int:

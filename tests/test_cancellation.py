@@ -12,12 +12,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from helpers import Stuck
 
 import asyncflow
 from asyncflow import Future, ThreadPoolTaskRunner, get_run_context, task, wait
@@ -28,36 +29,6 @@ LATE = 2.0  # seconds: a cancellation that takes longer than this to show is a f
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Stuck:
-    """A thread body stuck until ``release()``; ``returned`` is set just before it returns."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.gate = threading.Event()
-        self.returned = threading.Event()
-        self.calls = 0
-
-    def body(self) -> str:
-        self.calls += 1
-        self.started.set()
-        try:
-            if not self.gate.wait(TIMEOUT):
-                raise TimeoutError("the gate never opened")
-            return "late"
-        finally:
-            self.returned.set()
-
-    def release(self) -> None:
-        self.gate.set()
-
-
-@pytest.fixture
-def stuck() -> Iterator[Stuck]:
-    s = Stuck()
-    try:
-        yield s
-    finally:
-        s.release()  # an abandoned body must end before the test does
 
 
 def record(ran: list[str], name: str, *inputs: Any) -> str:

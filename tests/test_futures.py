@@ -14,6 +14,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
+from helpers import adouble, ahold, double, hold
 
 from asyncflow import (
     DoneAndNotDone,
@@ -36,12 +37,6 @@ SHORT = 0.01  # a timeout that is meant to pass: the future is held behind a gat
 
 
 # -- task bodies -------------------------------------------------------------------------------
-def double(x: int) -> int:
-    return x * 2
-
-
-async def adouble(x: int) -> int:
-    return x * 2
 
 
 def fail(message: str = "bad") -> int:
@@ -50,19 +45,6 @@ def fail(message: str = "bad") -> int:
 
 def crash() -> None:
     raise SystemExit(3)
-
-
-def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
-    started()
-    if not gate.wait(TIMEOUT):
-        raise TimeoutError("the gate never opened")
-    return value
-
-
-async def ahold(started: asyncio.Event, gate: asyncio.Event, value: int = 0) -> int:
-    started.set()
-    await gate.wait()
-    return value
 
 
 def fail_after_gate(gate: threading.Event) -> int:

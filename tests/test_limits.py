@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import Stuck
 
 from asyncflow import Future, ThreadPoolTaskRunner, task
 from asyncflow.exceptions import TaskCancelledError, TaskTimeoutError
@@ -333,19 +334,6 @@ def test_max_in_flight_is_per_map_call(meter: Meter) -> None:
 
 
 # -- abandoned thread bodies and limits --------------------------------------------------------
-class Stuck:
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.gate = threading.Event()
-        self.returned = threading.Event()
-
-    def body(self) -> None:
-        self.started.set()
-        try:
-            if not self.gate.wait(TIMEOUT):
-                raise TimeoutError("the gate never opened")
-        finally:
-            self.returned.set()
 
 
 def returns_whether_set(event: threading.Event) -> bool:

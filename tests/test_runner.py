@@ -14,6 +14,7 @@ import anyio
 import pytest
 import trio
 import uvloop
+from helpers import adouble, double, hold, noop
 
 from asyncflow import Future, FutureList, ThreadPoolTaskRunner, allow_failure, quote, task
 from asyncflow.exceptions import TaskCancelledError
@@ -22,29 +23,11 @@ TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
 
 
 # -- task bodies -------------------------------------------------------------------------------
-def double(x: int) -> int:
-    return x * 2
-
-
-async def adouble(x: int) -> int:
-    return x * 2
-
-
-async def noop() -> None:
-    return None
 
 
 def record(ran: list[int], i: int) -> int:
     ran.append(i)
     return i
-
-
-def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
-    """Signal that the body runs, then keep its worker until ``gate`` opens."""
-    started()
-    if not gate.wait(TIMEOUT):
-        raise TimeoutError("the gate never opened")
-    return value
 
 
 async def sleep_forever(started: Callable[[], object], cancelled: list[bool]) -> None:

@@ -11,11 +11,12 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
+from helpers import Stuck
 
 from asyncflow import Future, ThreadPoolTaskRunner, get_run_context, task
 from asyncflow.exceptions import TaskTimeoutError
@@ -25,34 +26,6 @@ LATE = 2.0  # seconds: a timeout that fires later than this after its deadline i
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Stuck:
-    """A thread body stuck until ``release()``; ``returned`` is set just before it returns."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.gate = threading.Event()
-        self.returned = threading.Event()
-
-    def body(self) -> str:
-        self.started.set()
-        try:
-            if not self.gate.wait(TIMEOUT):
-                raise TimeoutError("the gate never opened")
-            return "late"
-        finally:
-            self.returned.set()
-
-    def release(self) -> None:
-        self.gate.set()
-
-
-@pytest.fixture
-def stuck() -> Iterator[Stuck]:
-    s = Stuck()
-    try:
-        yield s
-    finally:
-        s.release()  # an abandoned body must end before the test does
 
 
 class SignalSleep:
