@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from typing import Any
 
 from ._annotations import allow_failure
 from ._futures import Future
@@ -16,7 +17,7 @@ from ._task import task
 async def fetch(page: int) -> bytes:
     """An I/O-like coroutine: runs on the event loop."""
     await asyncio.sleep(0.01 * (page % 3))
-    return f"page {page}: {'lorem ipsum ' * (page + 1)}".encode()
+    return f"page {page}: {'lorem ipsum dolor ' * (page + 1)}".encode()
 
 
 @task
@@ -31,35 +32,53 @@ def word_count(raw: bytes) -> int:
 
 
 @task
-def flaky_total(counts: list[int]) -> int:
-    if sum(counts) % 2:
-        raise ValueError(f"odd total {sum(counts)} (a failure on purpose)")
-    return sum(counts)
+def check_total(counts: list[int]) -> int:
+    total = sum(counts)
+    if total % 2:
+        raise ValueError(f"the total, {total}, is odd")
+    return total
 
 
 @task
 def report(digests: list[str], total: int | BaseException) -> str:
-    status = f"total words: {total}" if isinstance(total, int) else f"total failed: {total}"
+    status = f"total words {total}" if isinstance(total, int) else f"no total ({total})"
     return f"{len(digests)} pages digested; {status}"
 
 
-async def _pipeline() -> tuple[list[Future[bytes]], list[Future[str]], Future[str], float]:
+async def _pipeline() -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     async with ThreadPoolTaskRunner(max_workers=4) as runner:
-        pages = runner.map(fetch, {"page": range(6)})  # 6 coroutines on the loop
-        digests = runner.map(digest, {"raw": pages})  # each waits for its page
+        pages = runner.map(fetch, {"page": range(5)})  # 5 coroutines on the loop
+        digests = runner.map(digest, {"raw": pages})  # each starts when its page is fetched
         counts = runner.map(word_count, {"raw": pages})
-        total = runner.submit(flaky_total, {"counts": counts})
+        total = runner.submit(check_total, {"counts": counts})  # fails: the total is odd
+        # allow_failure: the report runs anyway and gets the failure as a value
         summary = runner.submit(report, {"digests": digests, "total": allow_failure(total)})
         await summary
-    return pages, digests, summary, time.perf_counter() - start
+    runs = {"pages": pages, "digests": digests, "counts": counts, "total": total}
+    return {**runs, "summary": summary}, time.perf_counter() - start
 
 
 def run_demo() -> int:
-    pages, digests, summary, elapsed = asyncio.run(_pipeline())
-    print("asyncflow demo: 6 async fetches -> 12 sync tasks in threads -> a total -> a report")
-    for page, dig in zip(pages, digests, strict=True):
-        print(f"  {page.task_name:<6} {page.state.name:<10} -> {dig.task_name} {dig.result()}")
-    print(f"  {summary.task_name:<6} {summary.state.name:<10} -> {summary.result()}")
-    print(f"done in {elapsed * 1000:.1f} ms; every task final: {summary.done()}")
+    runs, elapsed = asyncio.run(_pipeline())
+    print("asyncflow demo: 5 async fetches -> 10 sync tasks in threads -> a check -> a report")
+    for page, dig, count in zip(runs["pages"], runs["digests"], runs["counts"], strict=True):
+        print(
+            f"  fetch {page.state.name:<9} -> digest {dig.result()} | "
+            f"word_count {count.result():>2} words"
+        )
+    total: Future[int] = runs["total"]
+    print(f"  check_total {total.state.name}: {total.exception()} (a failure on purpose)")
+    summary: Future[str] = runs["summary"]
+    print(f"  report {summary.state.name}: {summary.result()}")
+    futures = [
+        f for group in runs.values() for f in (group if isinstance(group, list) else [group])
+    ]
+    states: dict[str, int] = {}
+    for f in futures:
+        states[f.state.name] = states.get(f.state.name, 0) + 1
+    print(
+        f"{len(futures)} runs in {elapsed * 1000:.1f} ms: {states}; all final: "
+        f"{all(f.done() for f in futures)}"
+    )
     return 0

@@ -61,6 +61,8 @@ class _Owner(Protocol):
 
     def request_cancel(self, future: Future[Any]) -> None: ...
 
+    def call_in_loop(self, fn: Callable[[], Any]) -> Any: ...
+
     def post(self, fn: Callable[..., object], *args: Any) -> None: ...
 
     def lend_limits(self, run: Future[Any]) -> bool: ...
@@ -374,14 +376,27 @@ class Future(Generic[R]):
             )
 
     def cancel(self) -> bool:
-        """Ask for the run to be cancelled; its unstarted dependents end Cancelled too.
+        """Cancel the run; its unstarted dependents end Cancelled too.
 
-        Returns False if the run is already final, True if the request was made.
+        Returns False if the run was already final. Otherwise the run is Cancelled when this
+        returns, except a running coroutine, which is cancelled and ends as soon as it has
+        handled the cancellation (``await`` the future to wait for that). From another thread
+        this waits for the scheduler's loop to take the request (a short hand-over).
         """
         if self._status >= COMPLETED:
             return False
-        self._scheduler.request_cancel(self)
-        return True
+        try:
+            self._scheduler.call_in_loop(lambda: self._scheduler.request_cancel(self))
+        except RuntimeError:  # the runner's loop is closed: the run ended with it
+            return self._status == CANCELLED
+        return self._status == CANCELLED or self._status < COMPLETED
+
+    def cancelled(self) -> bool:
+        return self._status == CANCELLED
+
+    def running(self) -> bool:
+        """Whether the body is running now (Retrying between attempts counts as running)."""
+        return self._status in (RUNNING, RETRYING)
 
     # -- producer side: only the scheduler calls these, on its loop thread --------------------
     def _release_inputs(self) -> None:

@@ -141,14 +141,24 @@ class TaskRunner(abc.ABC):
         parameters: Mapping[str, Any] | None = None,
         wait_for: Iterable[Any] | None = None,
         dependencies: Mapping[str, Iterable[Any]] | None = None,
-        _map_limit: Limit | None = None,
     ) -> Future[Any]:
-        """Submit one run of ``task`` with ``parameters``; never blocks.
+        """Submit one run of ``task`` with ``parameters`` (a dict of parameter name -> value);
+        never blocks.
 
         Futures anywhere in ``parameters`` are inputs: the run starts when they are done and
         gets their results. ``wait_for`` futures are waited for without passing data;
         ``dependencies`` (parameter name -> futures) are ordering edges like ``wait_for``.
         """
+        return self._submit(task, parameters, wait_for, dependencies, None)
+
+    def _submit(
+        self,
+        task: Any,
+        parameters: Mapping[str, Any] | None,
+        wait_for: Iterable[Any] | None,
+        dependencies: Mapping[str, Iterable[Any]] | None,
+        map_limit: Limit | None,
+    ) -> Future[Any]:
         sched = self._require_started()
         t = as_task(task)
         if type(parameters) is dict:
@@ -187,8 +197,8 @@ class TaskRunner(abc.ABC):
         # An empty input list still means "resolve the parameters": annotations to unwrap.
         deps = strict if strict or annotated else None
         policy = (
-            sched.policy_for(t, _map_limit)
-            if t.driven or sched.any_policy or _map_limit is not None
+            sched.policy_for(t, map_limit)
+            if t.driven or sched.any_policy or map_limit is not None
             else None
         )
         fut: Future[Any] = Future(
@@ -225,7 +235,7 @@ class TaskRunner(abc.ABC):
         if children:
             t.spec.check(children[0], t.name)
         waits = None if wait_for is None else list(wait_for)
-        return FutureList(self.submit(t, p, waits, None, limit) for p in children)
+        return FutureList(self._submit(t, p, waits, None, limit) for p in children)
 
     def cancel_all(self) -> None:
         """Cancel every run of this session that has not finished."""

@@ -221,7 +221,13 @@ class Scheduler:
                 done.set_exception(exc)
 
         self.loop.call_soon_threadsafe(run)
-        return done.result()
+        while True:
+            try:
+                return done.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:  # noqa: PERF203 - rare, bounded guard
+                # A loop that stopped meanwhile (its runner closed) never runs ``run``.
+                if self.loop.is_closed() or not self.loop.is_running():
+                    raise RuntimeError(f"runner {self.runner.name!r} is closed") from None
 
     def statistics(self) -> RunnerStatistics:
         """Loop thread only (see ``call_in_loop``)."""

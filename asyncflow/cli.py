@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncflow", description="asyncio-native task orchestration, no server."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"asyncflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="run a small example pipeline and print what happened")
     demo.set_defaults(handler=_demo)

@@ -14,7 +14,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from helpers import adouble, ahold, double, hold
+from helpers import Stuck, adouble, ahold, double, hold
 
 from asyncflow import (
     DoneAndNotDone,
@@ -599,3 +599,22 @@ def test_resolve_futures_to_states_in_nested_containers(runner: ThreadPoolTaskRu
     assert isinstance(resolved["bad"][0].data, ValueError)
     assert resolved["box"].value.is_completed()
     assert resolved["box"].items[0].is_failed()
+
+
+def test_cancel_from_a_script_takes_effect_before_it_returns(stuck: Stuck) -> None:
+    # As with concurrent.futures: a queued run is Cancelled when cancel() returns.
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        busy = runner.submit(stuck.body)
+        assert stuck.started.wait(TIMEOUT)
+        queued = runner.submit(double, {"x": 1})
+        assert busy.running()
+        assert not queued.running()
+        assert queued.cancel() is True
+        assert queued.done()
+        assert queued.cancelled()
+        assert queued.state.is_cancelled()
+        assert queued.cancel() is False  # already final
+        stuck.release()
+        assert busy.result(timeout=TIMEOUT) == "late"
+        assert not busy.cancelled()
+        assert not busy.running()
