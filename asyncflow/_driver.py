@@ -133,6 +133,7 @@ class Attempt:
 
     def deliver(self, ok: bool, value: Any) -> None:
         """Loop side: the body returned (``ok``) or raised ``value``."""
+        self._status = COMPLETED  # over: a late abandon() has nothing to abandon
         if self.deadline is not None:
             self.deadline.cancel()
         if self.abandoned:
@@ -250,6 +251,25 @@ def _cache_set(sched: Scheduler, task: Task[..., Any], key: str, value: Any) -> 
         logger.exception("could not cache the result of task %r", task.name)
 
 
+async def _take_back_limits(sched: Scheduler, fut: Future[Any], pol: RunPolicy) -> None:
+    sched.drop_reclaim(fut)  # the abandoned body goes on without them
+    pol.lent = False
+    back: asyncio.Future[None] = sched.loop.create_future()
+
+    def resume() -> None:
+        if not back.done():
+            back.set_result(None)
+
+    pol.resume = resume
+    if sched._acquire(fut, pol):
+        pol.resume = None
+        return
+    try:
+        await back
+    finally:
+        pol.resume = None
+
+
 async def _attempts(
     sched: Scheduler, fut: Future[Any], pol: RunPolicy
 ) -> tuple[int, Any, str | None]:
@@ -273,6 +293,10 @@ async def _attempts(
     while True:
         attempt += 1
         pol.attempt = attempt
+        if pol.limits and (pol.lent or pol.held < len(pol.limits)):
+            # The last attempt's body was abandoned while it had lent the limits: this attempt
+            # takes them back (waiting its turn) before it starts.
+            await _take_back_limits(sched, fut, pol)
         try:
             if task.is_async:
                 fut._status = RUNNING
@@ -283,6 +307,8 @@ async def _attempts(
         except _Crash as crash:
             return CRASHED, crashed_error(task.name, crash.exc), None
         except Exception as exc:
+            if pol.cancelling:  # raised while handling a cancel: cancelled, never retried
+                return CANCELLED, cancelled_error(task.name), None
             if attempt > pol.retries or not _retryable(task, exc):
                 return FAILED, exc, None
             try:
@@ -313,8 +339,10 @@ async def drive(sched: Scheduler, fut: Future[Any], pol: RunPolicy) -> None:
         status, value, name = await _attempts(sched, fut, pol)
     except asyncio.CancelledError:
         status, value, name = CANCELLED, cancelled_error(task.name), None
-    except Exception as exc:  # a fault of the machinery itself: the run still ends
+    except Exception as exc:  # from a cache_key, retry_on or retry_delay callable: the run ends
         status, value, name = FAILED, exc, None
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt from those: the run ends
+        status, value, name = CRASHED, crashed_error(task.name, exc), None
     pol.finishing = True
     try:
         if task.on_completion or task.on_failure or task.on_cancellation:
@@ -336,5 +364,7 @@ async def run_hooks(task: Task[..., Any], fut: Future[Any], state: State[Any]) -
             result = hook(task, fut, state)
             if inspect.isawaitable(result):
                 await result
-        except Exception:  # noqa: PERF203 - each hook is isolated from the others
+        except asyncio.CancelledError:  # noqa: PERF203 - each hook is isolated from the others
+            raise  # the runner is leaving in a hurry (Ctrl-C): stop running hooks
+        except BaseException:
             logger.exception("hook %r of task %r (run %s) raised", hook, task.name, fut.task_run_id)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ._context import current_future
+from ._context import current_attempt, current_future
 from ._states import State, StateType
 from .exceptions import TaskCancelledError, TaskCrashedError
 
@@ -65,9 +65,15 @@ class _Owner(Protocol):
 
     def post(self, fn: Callable[..., object], *args: Any) -> None: ...
 
-    def lend_limits(self, run: Future[Any]) -> bool: ...
+    def lend_limits(self, run: Future[Any], attempt: int | None = None) -> bool: ...
 
-    def reclaim_limits(self, run: Future[Any], resume: Callable[[], object]) -> bool: ...
+    def reclaim_limits(
+        self,
+        run: Future[Any],
+        resume: Callable[[], object],
+        attempt: int | None = None,
+        force: bool = False,
+    ) -> bool: ...
 
 
 class Lending:
@@ -75,17 +81,19 @@ class Lending:
     concurrency limits its run holds (a parent waiting for its child must not keep the slot
     the child needs). Limits are taken back first, then the slot: the order runs start in."""
 
-    __slots__ = ("_hooks", "_run")
+    __slots__ = ("_attempt", "_hooks", "_run")
 
     def __init__(self) -> None:
         self._hooks = getattr(blocking_hooks, "slot", None)
         run = current_future.get()
         pol = None if run is None else run._policy
-        self._run = run if pol is not None and pol.held else None
+        self._run = run if pol is not None and pol.limits else None
+        self._attempt = current_attempt.get()
 
     def lend(self) -> Lending:
-        if self._run is not None:
-            self._run._scheduler.post(self._run._scheduler.lend_limits, self._run)
+        run = self._run
+        if run is not None:
+            run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
         if self._hooks is not None:
             self._hooks.release()
         return self
@@ -93,13 +101,24 @@ class Lending:
     def give_back(self, waited_to_the_end: bool) -> None:
         run = self._run
         if run is not None:
+            # After a timed wait that timed out, take them back at once: the timeout is kept.
             back = threading.Event()
-            run._scheduler.post(run._scheduler.reclaim_limits, run, back.set)
+            run._scheduler.post(
+                run._scheduler.reclaim_limits,
+                run,
+                back.set,
+                self._attempt,
+                not waited_to_the_end,
+            )
             back.wait()
         if self._hooks is not None:
             # After a timed wait that timed out, the slot is taken back at once (the caller's
             # timeout is kept; the pool may run one body over its size for a moment).
             self._hooks.reacquire(wait=waited_to_the_end)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -299,7 +318,7 @@ class Future(Generic[R]):
                 run is not None
                 and run._policy is not None
                 and run._scheduler.loop is loop
-                and run._scheduler.lend_limits(run)
+                and run._scheduler.lend_limits(run, current_attempt.get())
             )
             try:
                 yield from waiter
@@ -307,10 +326,14 @@ class Future(Generic[R]):
                 with _lock:
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
+                if lent:  # interrupted (cancelled, timed out): take the limits back at once
+                    run._scheduler.reclaim_limits(run, _nothing, current_attempt.get(), True)
                 raise
             if lent:
                 back = loop.create_future()
-                if not run._scheduler.reclaim_limits(run, lambda: _wake(back)):
+                if not run._scheduler.reclaim_limits(
+                    run, lambda: _wake(back), current_attempt.get()
+                ):
                     yield from back
         return self._outcome(True)
 
@@ -378,10 +401,12 @@ class Future(Generic[R]):
     def cancel(self) -> bool:
         """Cancel the run; its unstarted dependents end Cancelled too.
 
-        Returns False if the run was already final. Otherwise the run is Cancelled when this
-        returns, except a running coroutine, which is cancelled and ends as soon as it has
-        handled the cancellation (``await`` the future to wait for that). From another thread
-        this waits for the scheduler's loop to take the request (a short hand-over).
+        Returns False if the run was already final. Otherwise a run that had not started, or a
+        plain thread body (abandoned: it keeps running), is Cancelled when this returns; a
+        running coroutine, or a run with retries, a timeout, a cache key or hooks, is cancelled
+        and ends as soon as it has handled the cancellation (``await`` the future, or call
+        ``wait()``, to wait for that). From another thread this waits for the scheduler's loop
+        to take the request (a short hand-over).
         """
         if self._status >= COMPLETED:
             return False

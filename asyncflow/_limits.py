@@ -47,9 +47,11 @@ class RunPolicy:
     __slots__ = (
         "abandoned",
         "attempt",
+        "cancelling",
         "driven",
         "finishing",
         "held",
+        "lent",
         "limits",
         "resume",
         "retries",
@@ -65,5 +67,8 @@ class RunPolicy:
         self.started = False  # the driver began (it records the outcome itself)
         self.finishing = False  # the attempts are over: hooks run, then the run ends
         self.abandoned = 0  # attempts whose thread body still runs after the run let go of it
+        # The running body lent the limits while it waits for another future.
+        self.lent = False
         # Set while a running body waits to take back the limits it lent: called when it has.
         self.resume: Callable[[], object] | None = None
+        self.cancelling = False  # cancel() reached a started driver: no more retries

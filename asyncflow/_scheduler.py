@@ -349,23 +349,69 @@ class Scheduler:
                     else:  # a running body took back the limits it had lent
                         resume()
 
-    def lend_limits(self, run: Future[Any]) -> bool:
-        """Loop thread: ``run``'s body waits for another future; lend its limits meanwhile."""
+    def lend_limits(self, run: Future[Any], attempt: int | None = None) -> bool:
+        """Loop thread: ``run``'s body (of ``attempt``) waits for another future; lend the
+        run's limits meanwhile. False if there is nothing to lend."""
         pol = run._policy
-        if pol is None or not pol.held or pol.resume is not None or run._status >= COMPLETED:
+        if (
+            pol is None
+            or pol.lent
+            or pol.held < len(pol.limits)
+            or not pol.limits
+            or run._status >= COMPLETED
+            or (attempt is not None and pol.driven and attempt != pol.attempt)
+        ):
             return False
+        pol.lent = True
         self._release(pol)
         return True
 
-    def reclaim_limits(self, run: Future[Any], resume: Callable[[], object]) -> bool:
-        """Loop thread: take back the limits ``run`` lent. True if it has them now; otherwise
-        ``resume()`` is called when it does (it waits in the limits' queues meanwhile)."""
+    def reclaim_limits(
+        self,
+        run: Future[Any],
+        resume: Callable[[], object],
+        attempt: int | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Loop thread: take back the limits ``run`` lent. True if it has them now (``resume``
+        is called at once); otherwise ``resume()`` is called when it does (the run waits in the
+        limits' queues meanwhile). With ``force`` (a timed wait that timed out, an abandoned
+        wait) they are taken back at once, even over a limit for a moment. Nothing to take back
+        if the run is over, did not lend, or this is an abandoned attempt's body."""
         pol = run._policy
-        if pol is None or run._status >= COMPLETED or self._acquire(run, pol):
+        if (
+            pol is None
+            or not pol.lent
+            or run._status >= COMPLETED
+            or (attempt is not None and pol.driven and attempt != pol.attempt)
+        ):
             resume()
             return True
-        pol.resume = resume
-        return False
+        pol.lent = False
+        if force:
+            for limit in pol.limits[pol.held :]:
+                limit.used += 1
+            pol.held = len(pol.limits)
+        elif not self._acquire(run, pol):
+            pol.resume = resume
+            return False
+        resume()
+        return True
+
+    def drop_reclaim(self, run: Future[Any]) -> None:
+        """Loop thread: a body waiting to take back its limits goes on without them (its run
+        ended, or the next attempt takes them instead)."""
+        pol = run._policy
+        if pol is None or pol.resume is None:
+            return
+        resume, pol.resume = pol.resume, None
+        if pol.held < len(pol.limits):
+            queue = pol.limits[pol.held].queue
+            try:
+                queue.remove(run)
+            except ValueError:
+                pass
+        resume()
 
     def mark_running(self, item: Any) -> None:
         """Backend hook: a worker took this item."""
@@ -424,9 +470,12 @@ class Scheduler:
         live = self._live
         live.discard(fut)
         pol = fut._policy
-        if pol is not None and pol.held and not pol.abandoned:
-            # (A run with an abandoned thread body keeps its limits until that body returns.)
-            self._release(pol)
+        if pol is not None:
+            if pol.resume is not None:
+                self.drop_reclaim(fut)
+            if pol.held and not pol.abandoned:
+                # (A run with an abandoned thread body keeps its limits until it returns.)
+                self._release(pol)
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
@@ -494,6 +543,7 @@ class Scheduler:
         if pol is not None and pol.started:
             assert handle is not None
             if not pol.finishing:  # once attempts are over, hooks run to the end
+                pol.cancelling = True  # whatever the body raises now, the run is not retried
                 handle.cancel()  # the driver stops its attempt and records the outcome
             return
         running = fut._status == RUNNING
@@ -516,8 +566,11 @@ class Scheduler:
         else:
             fut._release_inputs()
         self._live.discard(fut)
-        if pol is not None and pol.held and not running:  # a running body keeps its limits
-            self._release(pol)
+        if pol is not None:
+            if pol.resume is not None:
+                self.drop_reclaim(fut)
+            if pol.held and not running:  # a running body keeps its limits
+                self._release(pol)
         self._after(*self._graph.cancel(fut))
         if fut._task.driven:
             self._hooks_later(fut)
@@ -561,8 +614,11 @@ class Scheduler:
     async def aclose(self, abandon: bool = False) -> None:
         """Wait for every run (nested submits included), stop accepting, stop the backend.
 
-        With ``abandon`` (Ctrl-C, cancellation), thread bodies still running are not waited for.
+        With ``abandon`` (Ctrl-C, cancellation), thread bodies still running are not waited
+        for, and hooks still running are cancelled.
         """
+        if abandon:
+            self._abandon()
         while True:
             await self.wait_idle()
             with self._lock:
@@ -576,8 +632,18 @@ class Scheduler:
         await self.backend.aclose(abandon)
 
     def abandon(self) -> None:
-        """Any thread: make a pending ``aclose`` stop waiting for running thread bodies."""
-        self._call_soon(self.backend.abandon)
+        """Any thread: make a pending ``aclose`` stop waiting for running thread bodies and
+        for hooks still running."""
+        self._call_soon(self._abandon)
+
+    def _abandon(self) -> None:
+        for side in self._side:
+            side.cancel()
+        for fut in self._live:
+            pol = fut._policy
+            if pol is not None and pol.finishing and fut._handle is not None:
+                fut._handle.cancel()
+        self.backend.abandon()
 
 
 # Tasks are built directly, not through ``loop.create_task``: a loop's task factory may start
