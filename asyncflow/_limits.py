@@ -11,7 +11,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("Limit", "RunPolicy", "check_limit")
+__all__ = (
+    "Limit",
+    "RunPolicy",
+    "acquire",
+    "check_limit",
+    "drop_reclaim",
+    "lend",
+    "reclaim",
+    "release",
+)
+
+# A run, as seen here: its future (``done()``, ``_policy``). Launching one is the scheduler's.
+Launch = Callable[[Any, "RunPolicy"], None]
 
 
 def check_limit(name: str, value: object, owner: str) -> int:
@@ -72,3 +84,102 @@ class RunPolicy:
         # Set while a running body waits to take back the limits it lent: called when it has.
         self.resume: Callable[[], object] | None = None
         self.cancelling = False  # cancel() reached a started driver: no more retries
+
+
+def acquire(run: Any, pol: RunPolicy) -> bool:
+    """Take the run's limits in order from the first it lacks; False: it waits in a queue."""
+    limits = pol.limits
+    i = pol.held
+    while i < len(limits):
+        limit = limits[i]
+        if limit.used >= limit.capacity:
+            limit.queue.append(run)
+            return False
+        limit.used += 1
+        i += 1
+        pol.held = i
+    return True
+
+
+def release(pol: RunPolicy, launch: Launch) -> None:
+    """Give back the limits a run holds; hand each to the next run waiting for it (launched
+    once it holds all its limits, or resumed if it is a running body taking them back)."""
+    limits = pol.limits
+    held, pol.held = pol.held, 0
+    for i in range(held - 1, -1, -1):
+        limit = limits[i]
+        limit.used -= 1
+        queue = limit.queue
+        while queue and limit.used < limit.capacity:
+            waiter = queue.popleft()
+            if waiter.done():  # cancelled while it waited
+                continue
+            wpol = waiter._policy
+            limit.used += 1
+            wpol.held += 1
+            if acquire(waiter, wpol):
+                resume, wpol.resume = wpol.resume, None
+                if resume is None:
+                    launch(waiter, wpol)
+                else:  # a running body took back the limits it had lent
+                    resume()
+
+
+def lend(run: Any, attempt: int | None, launch: Launch) -> bool:
+    """``run``'s body (of ``attempt``) waits for another future: lend the run's limits
+    meanwhile. False if there is nothing to lend."""
+    pol: RunPolicy | None = run._policy
+    if (
+        pol is None
+        or pol.lent
+        or not pol.limits
+        or pol.held < len(pol.limits)
+        or run.done()
+        or (attempt is not None and pol.driven and attempt != pol.attempt)
+    ):
+        return False
+    pol.lent = True
+    release(pol, launch)
+    return True
+
+
+def reclaim(run: Any, resume: Callable[[], object], attempt: int | None, force: bool) -> bool:
+    """Take back the limits ``run`` lent. True if it has them now (``resume`` is called at
+    once); otherwise ``resume()`` is called when it does (the run waits in the limits' queues
+    meanwhile). With ``force`` (a timed wait that timed out, an interrupted wait) they are taken
+    back at once, even over a limit for a moment. Nothing to take back if the run is over, did
+    not lend, or this is an abandoned attempt's body."""
+    pol: RunPolicy | None = run._policy
+    if (
+        pol is None
+        or not pol.lent
+        or run.done()
+        or (attempt is not None and pol.driven and attempt != pol.attempt)
+    ):
+        resume()
+        return True
+    pol.lent = False
+    if force:
+        for limit in pol.limits[pol.held :]:
+            limit.used += 1
+        pol.held = len(pol.limits)
+    elif not acquire(run, pol):
+        pol.resume = resume
+        return False
+    resume()
+    return True
+
+
+def drop_reclaim(run: Any) -> None:
+    """A body waiting to take back its limits goes on without them (its run ended, or the next
+    attempt takes them instead)."""
+    pol: RunPolicy | None = run._policy
+    if pol is None or pol.resume is None:
+        return
+    resume, pol.resume = pol.resume, None
+    if pol.held < len(pol.limits):
+        try:
+            pol.limits[pol.held].queue.remove(run)
+        except ValueError:
+            pass
+    resume()

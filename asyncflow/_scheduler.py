@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from . import _limits as limits
 from ._cache import CacheStore, default_store
 from ._context import current_future
 from ._driver import drive, run_hooks
@@ -314,57 +315,14 @@ class Scheduler:
             self.backend.submit(fut)
 
     def _acquire(self, fut: Future[Any], pol: RunPolicy) -> bool:
-        """Take the run's limits in order from the first it lacks; False: it waits in a queue."""
-        limits = pol.limits
-        i = pol.held
-        while i < len(limits):
-            limit = limits[i]
-            if limit.used >= limit.capacity:
-                limit.queue.append(fut)
-                return False
-            limit.used += 1
-            i += 1
-            pol.held = i
-        return True
+        return limits.acquire(fut, pol)
 
     def _release(self, pol: RunPolicy) -> None:
-        """Give back the limits a run holds; hand each to the next run waiting for it."""
-        limits = pol.limits
-        held, pol.held = pol.held, 0
-        for i in range(held - 1, -1, -1):
-            limit = limits[i]
-            limit.used -= 1
-            queue = limit.queue
-            while queue and limit.used < limit.capacity:
-                waiter = queue.popleft()
-                if waiter._status >= COMPLETED:  # cancelled while it waited
-                    continue
-                wpol = waiter._policy
-                limit.used += 1
-                wpol.held += 1
-                if self._acquire(waiter, wpol):
-                    resume, wpol.resume = wpol.resume, None
-                    if resume is None:
-                        self._launch(waiter, wpol)
-                    else:  # a running body took back the limits it had lent
-                        resume()
+        limits.release(pol, self._launch)
 
     def lend_limits(self, run: Future[Any], attempt: int | None = None) -> bool:
-        """Loop thread: ``run``'s body (of ``attempt``) waits for another future; lend the
-        run's limits meanwhile. False if there is nothing to lend."""
-        pol = run._policy
-        if (
-            pol is None
-            or pol.lent
-            or pol.held < len(pol.limits)
-            or not pol.limits
-            or run._status >= COMPLETED
-            or (attempt is not None and pol.driven and attempt != pol.attempt)
-        ):
-            return False
-        pol.lent = True
-        self._release(pol)
-        return True
+        """Loop thread: see ``_limits.lend``."""
+        return limits.lend(run, attempt, self._launch)
 
     def reclaim_limits(
         self,
@@ -373,45 +331,12 @@ class Scheduler:
         attempt: int | None = None,
         force: bool = False,
     ) -> bool:
-        """Loop thread: take back the limits ``run`` lent. True if it has them now (``resume``
-        is called at once); otherwise ``resume()`` is called when it does (the run waits in the
-        limits' queues meanwhile). With ``force`` (a timed wait that timed out, an abandoned
-        wait) they are taken back at once, even over a limit for a moment. Nothing to take back
-        if the run is over, did not lend, or this is an abandoned attempt's body."""
-        pol = run._policy
-        if (
-            pol is None
-            or not pol.lent
-            or run._status >= COMPLETED
-            or (attempt is not None and pol.driven and attempt != pol.attempt)
-        ):
-            resume()
-            return True
-        pol.lent = False
-        if force:
-            for limit in pol.limits[pol.held :]:
-                limit.used += 1
-            pol.held = len(pol.limits)
-        elif not self._acquire(run, pol):
-            pol.resume = resume
-            return False
-        resume()
-        return True
+        """Loop thread: see ``_limits.reclaim``."""
+        return limits.reclaim(run, resume, attempt, force)
 
     def drop_reclaim(self, run: Future[Any]) -> None:
-        """Loop thread: a body waiting to take back its limits goes on without them (its run
-        ended, or the next attempt takes them instead)."""
-        pol = run._policy
-        if pol is None or pol.resume is None:
-            return
-        resume, pol.resume = pol.resume, None
-        if pol.held < len(pol.limits):
-            queue = pol.limits[pol.held].queue
-            try:
-                queue.remove(run)
-            except ValueError:
-                pass
-        resume()
+        """Loop thread: see ``_limits.drop_reclaim``."""
+        limits.drop_reclaim(run)
 
     def mark_running(self, item: Any) -> None:
         """Backend hook: a worker took this item."""
