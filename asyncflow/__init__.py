@@ -24,6 +24,7 @@ from ._futures import FutureList as FutureList
 from ._options import exponential_backoff as exponential_backoff
 from ._resolve import resolve_futures_to_results as resolve_futures_to_results
 from ._resolve import resolve_futures_to_states as resolve_futures_to_states
+from ._runners import ProcessPoolTaskRunner as ProcessPoolTaskRunner
 from ._runners import TaskRunner as TaskRunner
 from ._runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
 from ._settings import Settings as Settings
@@ -50,6 +51,7 @@ __all__ = (
     "Future",
     "FutureList",
     "MemoryCacheStore",
+    "ProcessPoolTaskRunner",
     "RunContext",
     "RunnerStatistics",
     "Settings",

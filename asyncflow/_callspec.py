@@ -83,11 +83,18 @@ class CallSpec:
     def call(self, fn: Callable[..., Any], parameters: dict[str, Any]) -> Any:
         if self.simple:
             return fn(**parameters)
+        args, kwargs = self.split(parameters)
+        return fn(*args, **kwargs)
+
+    def split(self, parameters: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments of a call with ``parameters``."""
+        if self.simple:
+            return [], parameters
         kwargs = dict(parameters)
         args = [kwargs.pop(name) for name in self.positional if name in kwargs]
         if self.varpos is not None:
             args.extend(kwargs.pop(self.varpos, ()))
-        return fn(*args, **kwargs)
+        return args, kwargs
 
     def bind(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task_name: str

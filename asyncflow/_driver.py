@@ -116,6 +116,9 @@ class Attempt:
 
     def abandon(self, why: str) -> None:
         """Loop side: the run stops waiting for this attempt."""
+        if self._status == RUNNING and self.sched.backend.interrupt(self):
+            self._status = CANCELLED  # stopped for real (its worker process was killed)
+            return
         if self._status == RUNNING and not self.abandoned:
             self.abandoned = True
             self.sched.abandoned_threads += 1
@@ -298,7 +301,7 @@ async def _attempts(
             # takes them back (waiting its turn) before it starts.
             await _take_back_limits(sched, fut, pol)
         try:
-            if task.is_async:
+            if task.is_async and not sched.coroutines_in_backend:
                 fut._status = RUNNING
                 fut._timestamp = time.time()
                 value = await _attempt_async(task, params, attempt, task.timeout)

@@ -25,7 +25,7 @@ from ._stats import RunnerStatistics
 from ._task import as_task
 from ._threads import ThreadWorkers
 
-__all__ = ("TaskRunner", "ThreadPoolTaskRunner")
+__all__ = ("ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner")
 
 Self = TypeVar("Self", bound="TaskRunner")
 
@@ -447,3 +447,64 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def _make_backend(self, scheduler: Scheduler) -> Backend:
         return ThreadWorkers(scheduler, self._max_workers, self.name)
+
+
+class ProcessPoolTaskRunner(TaskRunner):
+    """Task bodies (sync and coroutine) run in at most ``max_workers`` worker processes.
+
+    ``max_workers`` defaults to ``ASYNCFLOW_PROCESS_POOL_MAX_WORKERS``, else the CPU count.
+    Functions, arguments, results and exceptions travel as cloudpickle bytes, so lambdas,
+    closures and functions defined in ``__main__`` work. Each worker runs one body at a time:
+    a worker that dies fails only the run it was running (``WorkerCrashedError``) and is
+    replaced; a timeout or cancel kills the worker (and its children) and replaces it.
+    ``initializer(*initargs)`` runs once in each worker before its first task.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_concurrency: int | None = None,
+        tag_limits: Mapping[str, int] | None = None,
+        cache_store: CacheStore | None = None,
+    ) -> None:
+        settings = get_settings()
+        if max_workers is None:
+            max_workers = settings.process_pool_max_workers or os.cpu_count() or 1
+        self._max_workers = check_max_workers(max_workers, "ProcessPoolTaskRunner")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(
+                f"ProcessPoolTaskRunner: initializer must be callable, not {initializer!r}"
+            )
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"ProcessPoolTaskRunner: initargs must be a tuple, not {initargs!r}")
+        self._initializer = initializer
+        self._initargs = initargs
+        super().__init__(
+            settings,
+            max_concurrency=max_concurrency,
+            tag_limits=tag_limits,
+            cache_store=cache_store,
+        )
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def duplicate(self) -> ProcessPoolTaskRunner:
+        return type(self)(
+            max_workers=self._max_workers,
+            initializer=self._initializer,
+            initargs=self._initargs,
+            **self._policy_kwargs(),
+        )
+
+    def _config(self) -> tuple[Any, ...]:
+        return (self._max_workers, self._initializer, self._initargs, *self._policy_config())
+
+    def _make_backend(self, scheduler: Scheduler) -> Backend:
+        from ._processes import ProcessWorkers
+
+        return ProcessWorkers(scheduler, self._max_workers, self._initializer, self._initargs)

@@ -37,7 +37,7 @@ from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import resolve_parameters
 from ._stats import RunnerStatistics
-from .exceptions import UpstreamFailedError
+from .exceptions import TaskCrashedError, UpstreamFailedError
 
 T = TypeVar("T")
 logger = logging.getLogger("asyncflow")
@@ -74,6 +74,10 @@ class Backend(Protocol):
         """Make a pending ``aclose`` stop waiting for running bodies."""
         ...
 
+    def interrupt(self, item: Any) -> bool:
+        """Stop a running body now if this backend can (True), or leave it running (False)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SchedulerOptions:
@@ -85,6 +89,18 @@ class SchedulerOptions:
     tag_limits: Mapping[str, int] = field(default_factory=dict)
     cache_store: CacheStore | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+def call_parts(item: Any) -> tuple[Any, dict[str, Any]]:
+    """The task and resolved parameters of a work item (for backends that ship calls away)."""
+    if type(item) is not Future:
+        return item.fut._task, item.params
+    params = item._params
+    if params is None:  # cancelled before its turn; the outcome is ignored
+        raise cancelled_error(item._task.name)
+    if item._deps is not None:
+        params = resolve_parameters(params, item._deps)
+    return item._task, params
 
 
 def call_sync(fut: Any) -> Any:
@@ -126,6 +142,7 @@ class Scheduler:
         self.any_policy = self._policy_all or bool(self._tag_limits)
         self.retried = 0
         self.abandoned_threads = 0
+        self._abandoned: set[Future[Any]] = set()  # cancelled runs whose thread body still runs
         self._submitted = 0
         self._counts = [0] * 7  # final runs, by status code
         self._side: set[asyncio.Task[None]] = set()  # hooks of runs that never started
@@ -142,6 +159,9 @@ class Scheduler:
         self._accepting = True
         self._idle: asyncio.Event | None = None
         self.backend = backend_factory(self)
+        # Process backends run coroutine bodies too (in the worker, on a loop of its own).
+        self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
+        self.call_parts = call_parts
 
     # -- from any thread ---------------------------------------------------------------------
     def submit(self, fut: Future[Any]) -> None:
@@ -299,7 +319,7 @@ class Scheduler:
     def _start(self, fut: Future[Any]) -> None:
         pol = fut._policy
         if pol is None:
-            if fut._task.is_async:
+            if fut._task.is_async and not self.coroutines_in_backend:
                 fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
             else:
                 self.backend.submit(fut)
@@ -309,7 +329,7 @@ class Scheduler:
     def _launch(self, fut: Future[Any], pol: RunPolicy) -> None:
         if pol.driven:
             fut._handle = _create_task(self.loop, drive(self, fut, pol), fut._ctx)
-        elif fut._task.is_async:
+        elif fut._task.is_async and not self.coroutines_in_backend:
             fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
         else:
             self.backend.submit(fut)
@@ -374,14 +394,18 @@ class Scheduler:
             fut.deliver(ok, value)  # an attempt of a driven run
         elif fut._status >= COMPLETED:  # cancelled while it ran: the outcome is dropped
             fut._release_inputs()
-            self.abandoned_threads -= 1
+            if fut in self._abandoned:
+                self._abandoned.discard(fut)
+                self.abandoned_threads -= 1
             pol = fut._policy
             if pol is not None and pol.held:  # its limits were kept until the body returned
                 self._release(pol)
         elif ok:
             self._finish(fut, COMPLETED, value)
-        elif isinstance(value, Exception):
+        elif isinstance(value, Exception) and not isinstance(value, TaskCrashedError):
             self._finish(fut, FAILED, value)
+        elif isinstance(value, TaskCrashedError):
+            self._finish(fut, CRASHED, value)
         else:
             self._finish(fut, CRASHED, crashed_error(fut._task.name, value))
 
@@ -481,13 +505,15 @@ class Scheduler:
         fut._set_final(CANCELLED, cancelled_error(fut._task.name))
         self._counts[CANCELLED] += 1
         if running:
-            self.abandoned_threads += 1
-            logger.info(
-                "task %r (run %s) was cancelled while its body ran in a thread; the thread "
-                "keeps running until the body returns",
-                fut._task.name,
-                fut.task_run_id,
-            )
+            if not self.backend.interrupt(fut):  # a thread: it cannot be stopped, only left
+                self._abandoned.add(fut)
+                self.abandoned_threads += 1
+                logger.info(
+                    "task %r (run %s) was cancelled while its body ran in a thread; the "
+                    "thread keeps running until the body returns",
+                    fut._task.name,
+                    fut.task_run_id,
+                )
         else:
             fut._release_inputs()
         self._live.discard(fut)

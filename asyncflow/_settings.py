@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASYNCFLOW_", extra="ignore", frozen=True)
 
     thread_pool_max_workers: int | None = Field(default=None, ge=1)
+    process_pool_max_workers: int | None = Field(default=None, ge=1)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     default_retries: int = Field(default=0, ge=0)
     default_retry_delay: float = Field(default=0.0, ge=0)

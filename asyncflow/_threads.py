@@ -117,6 +117,10 @@ class ThreadWorkers:
         if self._quiet is not None and not self._active and not self._parked:
             self._quiet.set()
 
+    def interrupt(self, item: Any) -> bool:
+        """A thread cannot be stopped: its body is left to run (see ``abandon``)."""
+        return False
+
     def abandon(self) -> None:
         self._abandon = True
         if self._quiet is not None:

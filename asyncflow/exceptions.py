@@ -8,11 +8,15 @@ __all__ = (
     "AsyncflowError",
     "MappingLengthMismatch",
     "MappingMissingIterable",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
     "SettingsError",
     "TaskCancelledError",
     "TaskCrashedError",
     "TaskTimeoutError",
     "UpstreamFailedError",
+    "WorkerCrashedError",
 )
 
 
@@ -60,3 +64,57 @@ class MappingLengthMismatch(AsyncflowError, ValueError):  # noqa: N818 - referen
 
 class SettingsError(AsyncflowError, ValueError):
     """An ``ASYNCFLOW_*`` environment variable holds an invalid value."""
+
+
+class WorkerCrashedError(TaskCrashedError):
+    """The worker process running the task died (it exited, or was killed by a signal).
+
+    ``pid``, ``exitcode`` (negative: the signal number) and ``stderr_tail`` (the last lines
+    the worker wrote to stderr) say what happened.
+    """
+
+    def __init__(self, message: str, pid: int, exitcode: int | None, stderr_tail: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.stderr_tail = stderr_tail
+
+    def __reduce__(self) -> tuple[type[WorkerCrashedError], tuple[str, int, int | None, str]]:
+        return (type(self), (str(self), self.pid, self.exitcode, self.stderr_tail))
+
+
+class SerializationError(AsyncflowError):
+    """A task's callable, arguments or result could not be serialized to or from a worker
+    process. ``direction`` is ``"arguments"`` or ``"result"``."""
+
+    def __init__(self, message: str, direction: str) -> None:
+        super().__init__(message)
+        self.direction = direction
+
+    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str]]:
+        return (type(self), (str(self), self.direction))
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - names what it holds, as in concurrent.futures
+    """The traceback of an exception raised in a worker process, as text (the ``__cause__`` of
+    the exception re-raised here)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+class RemoteError(AsyncflowError):
+    """An exception raised in a worker process that could not be sent back as itself (it does
+    not pickle or unpickle): its type name and message, with the remote traceback as cause."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
+        return (type(self), (self.type_name, self.remote_message))

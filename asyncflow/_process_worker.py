@@ -1,0 +1,118 @@
+"""The worker process of ``ProcessPoolTaskRunner``. Run as a script (not imported as part of the
+package), so it starts fast: it imports only the standard library, plus cloudpickle when the
+first call arrives.
+
+Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
+``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a pickle:
+- first message in: ``(sys_path, cwd, initializer_bytes)``;
+- each call in: ``(fn_and_args_bytes, is_async)``, where the bytes are a cloudpickle of
+  ``(fn, args, kwargs)``;
+- each reply out: ``(kind, payload)`` with kind ``"ok"`` (cloudpickled result), ``"exc"``
+  (cloudpickled exception or None, type name, message, traceback text), ``"ser"`` (direction,
+  message) or ``"crash"`` (type name, message, traceback text; the worker then exits).
+End of input means: exit.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import traceback
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct(">I")
+
+
+def _read(stream: BinaryIO) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # our own pipe from the parent, nothing else
+
+
+def _write(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _watch_parent(parent: int) -> None:
+    """If the parent dies (even by SIGKILL), take this worker and its children down with it."""
+    stop = threading.Event()
+    while not stop.wait(0.25):
+        if os.getppid() != parent:
+            os.killpg(0, signal.SIGKILL)
+
+
+def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        data = cloudpickle.dumps(exc)
+        pickle.loads(data)  # it must also load back, or the parent gets the text
+    except Exception:
+        data = None
+    return ("exc", (data, type(exc).__qualname__, str(exc), text))
+
+
+def main() -> None:
+    parent = int(os.environ.get("ASYNCFLOW_WORKER_PARENT", "0")) or os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a task's print() must not corrupt the replies
+    sys.stdout = sys.stderr
+    setup = _read(inbox)
+    if setup is None:
+        return
+    sys_path, cwd, initializer = setup
+    sys.path[:] = sys_path
+    os.chdir(cwd)
+    import cloudpickle
+
+    if initializer is not None:
+        init, initargs = cloudpickle.loads(initializer)
+        init(*initargs)  # if it raises, the worker dies and the parent reports its stderr
+    while True:
+        call = _read(inbox)
+        if call is None:
+            return
+        payload, is_async = call
+        try:
+            fn, args, kwargs = cloudpickle.loads(payload)
+        except Exception as exc:
+            _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
+            continue
+        try:
+            if is_async:
+                import asyncio
+
+                result = asyncio.run(fn(*args, **kwargs))
+            else:
+                result = fn(*args, **kwargs)
+        except Exception as exc:
+            _write(outbox, _exception_reply(exc, cloudpickle))
+            continue
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
+            return
+        del fn, args, kwargs
+        try:
+            data = cloudpickle.dumps(result)
+        except Exception as exc:
+            _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+            continue
+        _write(outbox, ("ok", data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Worker processes for task bodies (``ProcessPoolTaskRunner``).
+
+Why a pool of our own on ``anyio.open_process`` rather than ``anyio.to_process``: the latter
+ignores cancellation by default, drops the worker's stderr and loses remote tracebacks, and
+cannot tell which task a dead worker was running. Here each worker runs one task at a time, so
+a crash is blamed exactly; every call and reply travels as cloudpickle bytes over the worker's
+own pipes; a timeout or cancel kills the worker's process group and a fresh worker replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import cloudpickle
+from anyio.abc import Process
+
+from ._futures import COMPLETED
+from .exceptions import (
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TaskCrashedError,
+    WorkerCrashedError,
+)
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+__all__ = ("ProcessWorkers",)
+
+_HEADER = struct.Struct(">I")
+_WORKER = str(Path(__file__).with_name("_process_worker.py"))
+_TAIL = 4096  # bytes of a worker's stderr kept for error messages
+_GRACE = 0.5  # seconds between terminate and kill
+
+
+class _Died(Exception):  # noqa: N818 - internal signal, never escapes
+    pass
+
+
+class _Worker:
+    """One worker process and its pipes; runs one call at a time."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.pid = process.pid
+        self._buffer = bytearray()
+        self.stderr = bytearray()
+        self.killed = False
+
+    async def drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        try:
+            async for chunk in self.process.stderr:
+                self.stderr += chunk
+                del self.stderr[:-_TAIL]
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def send(self, message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send(_HEADER.pack(len(data)) + data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise _Died from exc
+
+    async def receive(self) -> Any:
+        stdout = self.process.stdout
+        assert stdout is not None
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer)
+                if len(buffer) >= _HEADER.size + size:
+                    data = bytes(buffer[_HEADER.size : _HEADER.size + size])
+                    del buffer[: _HEADER.size + size]
+                    return pickle.loads(data)  # our own pipe from our own worker
+            try:
+                buffer += await stdout.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise _Died from None
+
+    def kill(self) -> None:
+        """Stop the worker and every process it started (its whole process group)."""
+        self.killed = True
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        asyncio.get_running_loop().call_later(_GRACE, self._kill_hard)
+
+    def _kill_hard(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def close(self) -> None:
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.aclose()
+        except (anyio.BrokenResourceError, OSError):
+            pass
+        with anyio.move_on_after(2):
+            await self.process.wait()
+        if self.process.returncode is None:
+            self.kill()
+            await self.process.wait()
+
+    def crash_error(self, task_name: str) -> WorkerCrashedError:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"was killed by {name}"
+            if -code == signal.SIGKILL and not self.killed:
+                how += " (possibly out of memory)"
+        else:
+            how = f"exited with code {code}"
+        tail = self.stderr.decode(errors="replace").strip()
+        message = f"task {task_name!r}: its worker process (pid {self.pid}) {how}"
+        if tail:
+            message += "; last lines of its stderr:\n" + "\n".join(tail.splitlines()[-15:])
+        return WorkerCrashedError(message, self.pid, code, tail)
+
+
+def _serialize(task: Any, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps((task.fn, args, kwargs))  # type: ignore[no-any-return]
+    except Exception as exc:
+        cause = exc
+    # Say which part could not be sent.
+    parts: list[tuple[str, Any]] = [("the task's function", task.fn)]
+    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"parameter {k!r}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:  # noqa: PERF203 - the error path: find the culprit
+            raise SerializationError(
+                f"task {task.name!r}: {label} cannot be sent to a worker process "
+                f"({type(exc).__name__}: {exc})",
+                "arguments",
+            ) from exc
+    raise SerializationError(
+        f"task {task.name!r}: its call cannot be sent to a worker process ({cause})", "arguments"
+    ) from cause
+
+
+def _decode(task_name: str, reply: tuple[str, Any]) -> tuple[bool, Any]:
+    kind, payload = reply
+    if kind == "ok":
+        try:
+            return True, cloudpickle.loads(payload)
+        except Exception as exc:
+            err = SerializationError(
+                f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
+            )
+            return False, err
+    if kind == "exc":
+        data, type_name, message, text = payload
+        remote: BaseException | None = None
+        if data is not None:
+            try:
+                loaded = cloudpickle.loads(data)
+            except Exception:
+                loaded = None
+            if isinstance(loaded, BaseException):
+                remote = loaded
+        if remote is None:
+            remote = RemoteError(type_name, message)
+        remote.__cause__ = RemoteTraceback(text)
+        return False, remote
+    if kind == "ser":
+        direction, message = payload
+        what = "arguments" if direction == "arguments" else "result"
+        return False, SerializationError(
+            f"task {task_name!r}: its {what} could not be serialized ({message})", direction
+        )
+    type_name, message, text = payload  # "crash": SystemExit / KeyboardInterrupt in the body
+    crash = TaskCrashedError(f"task {task_name!r} crashed: its body raised {type_name}: {message}")
+    crash.__cause__ = RemoteTraceback(text)
+    return False, crash
+
+
+class ProcessWorkers:
+    """At most ``max_workers`` worker processes, each running one body at a time."""
+
+    runs_coroutines = True  # coroutine bodies run in the worker too (on a loop of their own)
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        max_workers: int,
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self._sched = scheduler
+        self._max = max_workers
+        self._setup = (
+            list(sys.path),
+            os.getcwd(),
+            None if initializer is None else cloudpickle.dumps((initializer, initargs)),
+        )
+        self._ready: deque[Any] = deque()
+        self._idle: list[_Worker] = []
+        self._busy: dict[Any, _Worker | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # one per run being sent to a worker
+        self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
+        self._workers: set[_Worker] = set()
+
+    # -- the backend contract ------------------------------------------------------------------
+    def submit(self, item: Any) -> None:
+        self._ready.append(item)
+        self._pump()
+
+    def interrupt(self, item: Any) -> bool:
+        """Stop ``item``'s body now by killing its worker. True: it will not run on."""
+        if item not in self._busy:
+            return True  # queued: it will be dropped when its turn comes
+        worker = self._busy[item]
+        if worker is not None:
+            worker.kill()
+        return True
+
+    def abandon(self) -> None:
+        for worker in list(self._workers):
+            worker.kill()
+
+    async def aclose(self, abandon: bool = False) -> None:
+        if abandon:
+            self.abandon()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        idle, self._idle = self._idle, []
+        for worker in idle:
+            await worker.close()
+            self._workers.discard(worker)
+        if self._drains:  # each ends when its worker has exited
+            await asyncio.wait(set(self._drains))
+
+    # -- loop side -----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        while self._ready and len(self._busy) < self._max:
+            item = self._ready.popleft()
+            if item._status >= COMPLETED:  # cancelled while it waited for a worker
+                continue
+            self._sched.mark_running(item)
+            self._busy[item] = None
+            run = asyncio.get_running_loop().create_task(self._run(item))
+            self._tasks.add(run)
+            run.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self) -> _Worker:
+        process = await anyio.open_process(
+            [sys.executable, "-u", _WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as a whole
+        )
+        worker = _Worker(process)
+        self._workers.add(worker)
+        drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
+        self._drains.add(drain)
+        drain.add_done_callback(self._drains.discard)
+        await worker.send(self._setup)
+        return worker
+
+    async def _run(self, item: Any) -> None:
+        ok, value = False, None
+        worker = None
+        try:
+            task, params = self._sched.call_parts(item)
+            args, kwargs = task.spec.split(params)
+            payload = _serialize(task, args, kwargs)
+            if item._status >= COMPLETED:  # cancelled meanwhile: nothing runs, nothing reported
+                return
+            worker = self._idle.pop() if self._idle else await self._spawn()
+            self._busy[item] = worker
+            await worker.send((payload, task.is_async))
+            ok, value = _decode(task.name, await worker.receive())
+            if not ok and isinstance(value, TaskCrashedError):
+                raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
+        except _Died:
+            if worker is not None:
+                await worker.process.wait()
+                if value is None:
+                    value = worker.crash_error(self._task_name(item))
+                self._workers.discard(worker)
+                worker = None
+        except Exception as exc:  # SerializationError, or a failure to start a worker
+            value = exc
+        finally:
+            del self._busy[item]
+            if worker is not None:
+                self._idle.append(worker)
+            self._sched.on_outcome(item, ok, value)
+            self._pump()
+
+    @staticmethod
+    def _task_name(item: Any) -> str:
+        fut = getattr(item, "fut", item)
+        return str(fut._task.name)
