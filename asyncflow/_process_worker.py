@@ -64,7 +64,8 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 
 
 def main() -> None:
-    parent = int(os.environ.get("ASYNCFLOW_WORKER_PARENT", "0")) or os.getppid()
+    parent = os.getppid()
+    os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(1), "wb")

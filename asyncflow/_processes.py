@@ -31,6 +31,7 @@ from .exceptions import (
     SerializationError,
     TaskCrashedError,
     WorkerCrashedError,
+    WorkerStartError,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ _HEADER = struct.Struct(">I")
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
+_MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 
 
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
@@ -57,6 +59,7 @@ class _Worker:
         self._buffer = bytearray()
         self.stderr = bytearray()
         self.killed = False
+        self.calls = 0  # calls answered
 
     async def drain_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -207,9 +210,16 @@ class ProcessWorkers:
         max_workers: int,
         initializer: Any = None,
         initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_worker: int | None = None,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self._sched = scheduler
         self._max = max_workers
+        self._max_tasks = max_tasks_per_worker
+        self._env = worker_env
+        self._failed_starts = 0  # workers in a row that died before answering a call
+        self._last_start_error = ""
         self._setup = (
             list(sys.path),
             os.getcwd(),
@@ -265,12 +275,18 @@ class ProcessWorkers:
             run.add_done_callback(self._tasks.discard)
 
     async def _spawn(self) -> _Worker:
+        if self._failed_starts >= _MAX_FAILED_STARTS:
+            raise WorkerStartError(
+                f"worker processes keep dying before they run anything ({self._failed_starts} "
+                f"in a row); the last one said:\n{self._last_start_error}"
+            )
         process = await anyio.open_process(
             [sys.executable, "-u", _WORKER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: killed as a whole
+            env=self._env,
         )
         worker = _Worker(process)
         self._workers.add(worker)
@@ -292,14 +308,24 @@ class ProcessWorkers:
             worker = self._idle.pop() if self._idle else await self._spawn()
             self._busy[item] = worker
             await worker.send((payload, task.is_async))
-            ok, value = _decode(task.name, await worker.receive())
+            reply = await worker.receive()
+            worker.calls += 1
+            self._failed_starts = 0
+            ok, value = _decode(task.name, reply)
             if not ok and isinstance(value, TaskCrashedError):
                 raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
+            if self._max_tasks is not None and worker.calls >= self._max_tasks:
+                retired, worker = worker, None  # a fresh one takes its place on demand
+                self._workers.discard(retired)
+                self._retire(retired)
         except _Died:
             if worker is not None:
                 await worker.process.wait()
                 if value is None:
                     value = worker.crash_error(self._task_name(item))
+                if not worker.calls and not worker.killed:
+                    self._failed_starts += 1
+                    self._last_start_error = str(value)
                 self._workers.discard(worker)
                 worker = None
         except Exception as exc:  # SerializationError, or a failure to start a worker
@@ -310,6 +336,11 @@ class ProcessWorkers:
                 self._idle.append(worker)
             self._sched.on_outcome(item, ok, value)
             self._pump()
+
+    def _retire(self, worker: _Worker) -> None:
+        retiring = asyncio.get_running_loop().create_task(worker.close())
+        self._tasks.add(retiring)
+        retiring.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _task_name(item: Any) -> str:

@@ -396,6 +396,30 @@ def _check_tag(tag: object, owner: str) -> str:
     return tag
 
 
+def _check_worker_env(
+    value: Mapping[str, str] | Iterable[str] | None, owner: str
+) -> dict[str, str] | tuple[str, ...] | None:
+    """``worker_env``: None (workers inherit this process's environment), a mapping (exactly
+    those variables), or variable names (an allow-list: only those are passed on)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        env = dict(value)
+        for k, v in env.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"{owner}: worker_env must map str to str, got {k!r}: {v!r}")
+        return env
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{owner}: worker_env must be a dict of variables or a list of names, not {value!r}"
+        )
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{owner}: worker_env names must be strings, got {name!r}")
+    return names
+
+
 def _default_thread_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
@@ -465,15 +489,24 @@ class ProcessPoolTaskRunner(TaskRunner):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        worker_env: Mapping[str, str] | Iterable[str] | None = None,
         *,
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
     ) -> None:
         settings = get_settings()
+        owner = "ProcessPoolTaskRunner"
         if max_workers is None:
             max_workers = settings.process_pool_max_workers or os.cpu_count() or 1
-        self._max_workers = check_max_workers(max_workers, "ProcessPoolTaskRunner")
+        self._max_tasks_per_worker = (
+            None
+            if max_tasks_per_worker is None
+            else check_limit("max_tasks_per_worker", max_tasks_per_worker, owner)
+        )
+        self._worker_env_spec = _check_worker_env(worker_env, owner)
+        self._max_workers = check_max_workers(max_workers, owner)
         if initializer is not None and not callable(initializer):
             raise TypeError(
                 f"ProcessPoolTaskRunner: initializer must be callable, not {initializer!r}"
@@ -498,13 +531,40 @@ class ProcessPoolTaskRunner(TaskRunner):
             max_workers=self._max_workers,
             initializer=self._initializer,
             initargs=self._initargs,
+            max_tasks_per_worker=self._max_tasks_per_worker,
+            worker_env=self._worker_env_spec,
             **self._policy_kwargs(),
         )
 
     def _config(self) -> tuple[Any, ...]:
-        return (self._max_workers, self._initializer, self._initargs, *self._policy_config())
+        env = None if self._worker_env_spec is None else tuple(sorted(self._worker_env_spec))
+        return (
+            self._max_workers,
+            self._initializer,
+            self._initargs,
+            self._max_tasks_per_worker,
+            env,
+            *self._policy_config(),
+        )
 
     def _make_backend(self, scheduler: Scheduler) -> Backend:
         from ._processes import ProcessWorkers
 
-        return ProcessWorkers(scheduler, self._max_workers, self._initializer, self._initargs)
+        return ProcessWorkers(
+            scheduler,
+            self._max_workers,
+            self._initializer,
+            self._initargs,
+            max_tasks_per_worker=self._max_tasks_per_worker,
+            worker_env=self._worker_env_for_session(),
+        )
+
+    def _worker_env_for_session(self) -> dict[str, str] | None:
+        """The environment of new workers: all of this process's (None), the given mapping, or
+        only the allowed names, read when the session starts."""
+        spec = self._worker_env_spec
+        if spec is None:
+            return None
+        if isinstance(spec, dict):
+            return dict(spec)
+        return {name: os.environ[name] for name in spec if name in os.environ}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import os
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -189,6 +190,11 @@ class Task(Generic[P, R]):
         if fut is not None:
             return fut._scheduler.runner
         runner = current_runner.get()
+        if runner is None and os.environ.get("ASYNCFLOW_PROCESS_WORKER"):
+            raise RuntimeError(
+                f"{self.name}.{what}() is not available inside a process worker: return the "
+                "values and submit from the parent, or call the task directly"
+            )
         if runner is None:
             raise RuntimeError(
                 f"{self.name}.{what}() needs a runner: call it inside a @flow, a "

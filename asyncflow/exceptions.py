@@ -17,6 +17,7 @@ __all__ = (
     "TaskTimeoutError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "WorkerStartError",
 )
 
 
@@ -118,3 +119,8 @@ class RemoteError(AsyncflowError):
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
         return (type(self), (self.type_name, self.remote_message))
+
+
+class WorkerStartError(TaskCrashedError):
+    """Worker processes keep dying before they run anything (an initializer that raises, an
+    import that fails): queued runs fail with this instead of starting workers forever."""
