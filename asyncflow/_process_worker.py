@@ -5,8 +5,8 @@ first call arrives.
 Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
 ``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a pickle:
 - first message in: ``(sys_path, cwd, initializer_bytes)``;
-- each call in: ``(fn_and_args_bytes, is_async)``, where the bytes are a cloudpickle of
-  ``(fn, args, kwargs)``;
+- then batches of calls of one function: ``(payload, is_async, count)``, the payload being a
+  cloudpickle of ``(fn, [(args, kwargs), ...])``; one reply per call, in order, as each ends;
 - each reply out: ``(kind, payload)`` with kind ``"ok"`` (cloudpickled result), ``"exc"``
   (cloudpickled exception or None, type name, message, traceback text), ``"ser"`` (direction,
   message) or ``"crash"`` (type name, message, traceback text; the worker then exits).
@@ -83,36 +83,47 @@ def main() -> None:
         init, initargs = cloudpickle.loads(initializer)
         init(*initargs)  # if it raises, the worker dies and the parent reports its stderr
     while True:
-        call = _read(inbox)
-        if call is None:
+        message = _read(inbox)
+        if message is None:
             return
-        payload, is_async = call
+        payload, is_async, count = message
         try:
-            fn, args, kwargs = cloudpickle.loads(payload)
+            fn, calls = cloudpickle.loads(payload)
         except Exception as exc:
-            _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
+            for _ in range(count):
+                _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
             continue
-        try:
-            if is_async:
-                import asyncio
+        for args, kwargs in calls:
+            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle):
+                return  # the body raised SystemExit or KeyboardInterrupt: this worker is done
+        del fn, calls
 
-                result = asyncio.run(fn(*args, **kwargs))
-            else:
-                result = fn(*args, **kwargs)
-        except Exception as exc:
-            _write(outbox, _exception_reply(exc, cloudpickle))
-            continue
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
-            return
-        del fn, args, kwargs
-        try:
-            data = cloudpickle.dumps(result)
-        except Exception as exc:
-            _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
-            continue
-        _write(outbox, ("ok", data))
+
+def _call(  # noqa: PLR0917 - a private helper of this script
+    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: BinaryIO, cloudpickle: Any
+) -> bool:
+    """Run one call and write its reply; False if this worker must exit."""
+    try:
+        if is_async:
+            import asyncio
+
+            result = asyncio.run(fn(*args, **kwargs))
+        else:
+            result = fn(*args, **kwargs)
+    except Exception as exc:
+        _write(outbox, _exception_reply(exc, cloudpickle))
+        return True
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
+        return False
+    try:
+        data = cloudpickle.dumps(result)
+    except Exception as exc:
+        _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+        return True
+    _write(outbox, ("ok", data))
+    return True
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import signal
 import struct
 import subprocess
 import sys
+import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,14 @@ _HEADER = struct.Struct(">I")
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
+_BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
+_BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
+
+
+def _plain(item: Any) -> bool:
+    """A run with no policy (no timeout, retries, limits...): safe to send in a batch."""
+    return getattr(item, "_policy", True) is None
 
 
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
@@ -227,7 +236,10 @@ class ProcessWorkers:
         )
         self._ready: deque[Any] = deque()
         self._idle: list[_Worker] = []
-        self._busy: dict[Any, _Worker | None] = {}
+        self._busy: dict[Any, _Worker | None] = {}  # items handed out -> their worker
+        self._active = 0  # workers busy (or being started) with a batch
+        # Seconds the last call of each task took: cheap ones are sent in batches.
+        self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[None]] = set()  # one per run being sent to a worker
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
@@ -264,15 +276,40 @@ class ProcessWorkers:
 
     # -- loop side -----------------------------------------------------------------------------
     def _pump(self) -> None:
-        while self._ready and len(self._busy) < self._max:
-            item = self._ready.popleft()
-            if item._status >= COMPLETED:  # cancelled while it waited for a worker
-                continue
-            self._sched.mark_running(item)
-            self._busy[item] = None
-            run = asyncio.get_running_loop().create_task(self._run(item))
+        while self._ready and self._active < self._max:
+            batch = self._take_batch()
+            if not batch:
+                return
+            self._active += 1
+            for item in batch:
+                self._sched.mark_running(item)
+                self._busy[item] = None
+            run = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(run)
             run.add_done_callback(self._tasks.discard)
+
+    def _take_batch(self) -> list[Any]:
+        """The next items for one worker: one, or, when the queue is deep, a run of plain ones
+        (no policy) sent in one message, so many small tasks cost one round trip per batch."""
+        ready = self._ready
+        while ready:
+            first = ready.popleft()
+            if first._status < COMPLETED:  # else: cancelled while it waited for a worker
+                break
+        else:
+            return []
+        batch = [first]
+        task = first._task  # one batch, one function: it is pickled once
+        cost = self._cost.get(task)
+        if self._max_tasks is not None or not _plain(first) or cost is None or cost > _BATCH_COST:
+            # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
+            return batch
+        size = min(_BATCH_MAX, len(ready) // self._max)
+        while len(batch) < size and ready and _plain(ready[0]) and ready[0]._task is task:
+            item = ready.popleft()
+            if item._status < COMPLETED:
+                batch.append(item)
+        return batch
 
     async def _spawn(self) -> _Worker:
         if self._failed_starts >= _MAX_FAILED_STARTS:
@@ -296,46 +333,105 @@ class ProcessWorkers:
         await worker.send(self._setup)
         return worker
 
-    async def _run(self, item: Any) -> None:
-        ok, value = False, None
+    async def _run(self, batch: list[Any]) -> None:
         worker = None
+        calls: list[tuple[Any, str, tuple[list[Any], dict[str, Any]]]] = []
         try:
-            task, params = self._sched.call_parts(item)
-            args, kwargs = task.spec.split(params)
-            payload = _serialize(task, args, kwargs)
-            if item._status >= COMPLETED:  # cancelled meanwhile: nothing runs, nothing reported
+            task = None
+            for item in batch:
+                try:
+                    task, params = self._sched.call_parts(item)
+                    calls.append((item, task.name, task.spec.split(params)))
+                except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
+                    self._report(item, False, exc)
+            calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
+            if not calls or task is None:
+                return
+            payload, calls = self._pack(task, calls)
+            if not calls:
                 return
             worker = self._idle.pop() if self._idle else await self._spawn()
-            self._busy[item] = worker
-            await worker.send((payload, task.is_async))
-            reply = await worker.receive()
-            worker.calls += 1
-            self._failed_starts = 0
-            ok, value = _decode(task.name, reply)
-            if not ok and isinstance(value, TaskCrashedError):
-                raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
+            for item, *_ in calls:
+                self._busy[item] = worker
+            await worker.send((payload, task.is_async, len(calls)))
+            clock = time.perf_counter()
+            while calls:
+                item, name, _ = calls[0]
+                reply = await worker.receive()
+                now = time.perf_counter()
+                self._cost[task] = now - clock  # the time of the last call, round trip included
+                clock = now
+                calls.pop(0)
+                worker.calls += 1
+                self._failed_starts = 0
+                ok, value = _decode(name, reply)
+                self._report(item, ok, value)
+                if not ok and isinstance(value, TaskCrashedError):
+                    raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
                 self._workers.discard(retired)
                 self._retire(retired)
         except _Died:
-            if worker is not None:
-                await worker.process.wait()
-                if value is None:
-                    value = worker.crash_error(self._task_name(item))
-                if not worker.calls and not worker.killed:
-                    self._failed_starts += 1
-                    self._last_start_error = str(value)
-                self._workers.discard(worker)
-                worker = None
-        except Exception as exc:  # SerializationError, or a failure to start a worker
-            value = exc
+            await self._buried(worker, calls)
+            worker = None
+        except Exception as exc:  # a failure to start a worker: the whole batch fails
+            for item, *_ in calls:
+                self._report(item, False, exc)
         finally:
-            del self._busy[item]
+            for item in batch:
+                self._busy.pop(item, None)
             if worker is not None:
                 self._idle.append(worker)
-            self._sched.on_outcome(item, ok, value)
+            self._active -= 1
             self._pump()
+
+    async def _buried(self, worker: _Worker | None, calls: list[Any]) -> None:
+        """The worker died: blame the call it was running; the rest of its batch never started
+        and goes back to the front of the queue."""
+        if worker is None:
+            return
+        await worker.process.wait()
+        self._workers.discard(worker)
+        if not calls:
+            return
+        item, name, _ = calls.pop(0)
+        error = worker.crash_error(name)
+        if not worker.calls and not worker.killed:
+            self._failed_starts += 1
+            self._last_start_error = str(error)
+        self._report(item, False, error)
+        for rest, *_ in reversed(calls):
+            self._busy.pop(rest, None)
+            self._ready.appendleft(rest)
+
+    def _pack(self, task: Any, calls: list[Any]) -> tuple[bytes, list[Any]]:
+        """One message for a batch of calls of ``task``: its function pickled once. Calls that
+        cannot be pickled fail (naming the argument); the others are sent."""
+        try:
+            return cloudpickle.dumps((task.fn, [c[2] for c in calls])), calls
+        except Exception:
+            pass
+        good = []
+        for call in calls:
+            try:
+                _serialize(task, *call[2])
+            except SerializationError as exc:  # noqa: PERF203 - the error path
+                self._report(call[0], False, exc)
+            else:
+                good.append(call)
+        if not good:
+            return b"", good
+        try:
+            return cloudpickle.dumps((task.fn, [c[2] for c in good])), good
+        except Exception as exc:
+            for call in good:
+                self._report(call[0], False, SerializationError(str(exc), "arguments"))
+            return b"", []
+
+    def _report(self, item: Any, ok: bool, value: Any) -> None:
+        self._busy.pop(item, None)
+        self._sched.on_outcome(item, ok, value)
 
     def _retire(self, worker: _Worker) -> None:
         retiring = asyncio.get_running_loop().create_task(worker.close())
