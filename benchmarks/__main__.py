@@ -12,7 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import b1_async_tasks, b2_sync_tasks, b3_dag, b4_memory
+from . import (
+    b1_async_tasks,
+    b2_sync_tasks,
+    b3_dag,
+    b4_memory,
+    b5_process_noop,
+    b6_process_cpu,
+    b7_process_crash,
+)
 from ._config import Config
 from ._report import Row, environment, markdown_table, write_json
 
@@ -21,6 +29,9 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "B2": b2_sync_tasks.run,
     "B3": b3_dag.run,
     "B4": b4_memory.run,
+    "B5": b5_process_noop.run,
+    "B6": b6_process_cpu.run,
+    "B7": b7_process_crash.run,
 }
 
 FULL = Config(runs=11, warmup=2, quick=False)

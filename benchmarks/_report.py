@@ -27,7 +27,8 @@ __all__ = (
     "write_json",
 )
 
-Unit = Literal["s/task", "bytes", "count"]
+Unit = Literal["s/task", "s", "bytes", "count"]
+"""Seconds per task (timings), seconds (one duration), bytes, or a count."""
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -134,20 +135,35 @@ def time_row(
 
 
 def value_row(
-    workload: str, system: str, *, tasks: int, unit: Unit, value: float, goal: Goal | None
+    workload: str,
+    system: str,
+    *,
+    tasks: int,
+    unit: Unit,
+    value: float | Stats,
+    goal: Goal | None,
+    note: str = "",
+    correct: bool = True,
 ) -> Row:
-    """A row for one measured quantity (no baseline, no spread)."""
-    return Row(workload, system, tasks, unit, Stats(value, value, value), goal=goal)
+    """A row for one measured quantity, or its spread over rounds (no baseline)."""
+    stats = value if isinstance(value, Stats) else Stats(value, value, value)
+    return Row(workload, system, tasks, unit, stats, goal=goal, note=note, correct=correct)
 
 
 # -- formatting ---------------------------------------------------------------------------------
 def _number(x: float) -> str:
-    return f"{x:g}"
+    return f"{x:.3g}"
+
+
+def _time_scale(seconds: float) -> tuple[float, str]:
+    """µs for per-task costs of the thread and async workloads, ms from a millisecond up."""
+    return (1e3, "ms") if abs(seconds) >= 1e-3 else (1e6, "µs")
 
 
 def _format(x: float, unit: Unit, digits: int = 2) -> str:
-    if unit == "s/task":
-        return f"{x * 1e6:.{digits}f} µs"
+    if unit in ("s/task", "s"):
+        factor, suffix = _time_scale(x)
+        return f"{x * factor:.{digits}f} {suffix}"
     if unit == "bytes":
         sign = "-" if x < 0 else ""
         size = abs(x)
@@ -163,8 +179,9 @@ def _cell(stats: Stats | None, unit: Unit) -> str:
         return "—"
     if stats.min == stats.max:
         return _format(stats.median, unit)
-    if unit == "s/task":  # the unit once: "12.31 µs (11.90-13.02)"
-        spread = f"{stats.min * 1e6:.2f}-{stats.max * 1e6:.2f}"
+    if unit in ("s/task", "s"):  # the unit once: "12.31 µs (11.90-13.02)"
+        factor, _ = _time_scale(stats.median)
+        spread = f"{stats.min * factor:.2f}-{stats.max * factor:.2f}"
     else:
         spread = f"{_format(stats.min, unit)} - {_format(stats.max, unit)}"
     return f"{_format(stats.median, unit)} ({spread})"
