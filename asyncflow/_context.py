@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,11 @@ def get_run_context() -> RunContext:
     """The run context of the task body executing here; ``RuntimeError`` outside task bodies."""
     fut = current_future.get()
     if fut is None:
+        worker = sys.modules.get("__main__")
+        call = getattr(worker, "asyncflow_run_context", None)
+        if call is not None:  # a body running in a process worker
+            name, run_id, attempt, tags, key = call
+            return RunContext(name, uuid.UUID(run_id), attempt, tags, key)
         raise RuntimeError("get_run_context() is only available inside a task body")
     task = fut._task
     return RunContext(task.name, fut.task_run_id, current_attempt.get(), task.tags, task.key)

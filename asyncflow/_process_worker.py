@@ -4,13 +4,16 @@ first call arrives.
 
 Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
 ``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a pickle:
-- first message in: ``(sys_path, cwd, initializer_bytes)``;
-- then batches of calls of one function: ``(payload, is_async, count)``, the payload being a
-  cloudpickle of ``(fn, [(args, kwargs), ...])``; one reply per call, in order, as each ends;
+- first message in: ``(sys_path, cwd, initializer_bytes)``; reply ``("ready", None)`` once the
+  initializer ran;
+- then batches of calls of one function: ``(fn_bytes, is_async, [(args_bytes, context), ...])``,
+  each ``args_bytes`` a cloudpickle of ``(args, kwargs)`` and ``context`` the run context the
+  body may read; one reply per call, in order, as each ends;
 - each reply out: ``(kind, payload)`` with kind ``"ok"`` (cloudpickled result), ``"exc"``
   (cloudpickled exception or None, type name, message, traceback text), ``"ser"`` (direction,
   message) or ``"crash"`` (type name, message, traceback text; the worker then exits).
-End of input means: exit.
+``"bye"`` means: exit. End of input without it means the parent died: exit and kill this
+worker's process group.
 """
 
 from __future__ import annotations
@@ -63,7 +66,31 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
     return ("exc", (data, type(exc).__qualname__, str(exc), text))
 
 
+# The run context of the call in progress, read by asyncflow.get_run_context() in the body:
+# (task name, run id, attempt, tags, task key).
+asyncflow_run_context: tuple[str, str, int, frozenset[str], str] | None = None
+
+
 def main() -> None:
+    parent = os.getppid()
+    ending = "error"
+    try:
+        ending = _serve()
+    except BaseException:
+        traceback.print_exc()  # before any exit below: the parent shows it in its error
+        sys.stderr.flush()
+        raise
+    finally:
+        if ending == "eof" or os.getppid() != parent:
+            # Our input ended without a goodbye: the parent died. Whatever this worker started
+            # goes with it, as its session is its process group. (After a goodbye, the parent
+            # does this itself once this worker has exited.)
+            os.killpg(0, signal.SIGKILL)
+
+
+def _serve() -> str:
+    """Serve calls; say how it ended: "bye" (the parent closed us), "eof" or "crash"."""
+    global asyncflow_run_context  # read by get_run_context() in the body
     parent = os.getppid()
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -73,7 +100,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     setup = _read(inbox)
     if setup is None:
-        return
+        return "eof"
     sys_path, cwd, initializer = setup
     sys.path[:] = sys_path
     os.chdir(cwd)
@@ -82,21 +109,31 @@ def main() -> None:
     if initializer is not None:
         init, initargs = cloudpickle.loads(initializer)
         init(*initargs)  # if it raises, the worker dies and the parent reports its stderr
+    _write(outbox, ("ready", None))
     while True:
         message = _read(inbox)
         if message is None:
-            return
-        payload, is_async, count = message
+            return "eof"
+        if message == "bye":
+            return "bye"
+        payload, is_async, calls = message
         try:
-            fn, calls = cloudpickle.loads(payload)
+            fn = cloudpickle.loads(payload)
         except Exception as exc:
-            for _ in range(count):
-                _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
+            for _ in calls:
+                _write(outbox, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
             continue
-        for args, kwargs in calls:
+        for call, context in calls:
+            try:
+                args, kwargs = cloudpickle.loads(call)
+            except Exception as exc:
+                _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
+                continue
+            asyncflow_run_context = context
             if not _call(fn, args, kwargs, is_async, outbox, cloudpickle):
-                return  # the body raised SystemExit or KeyboardInterrupt: this worker is done
-        del fn, calls
+                return "crash"  # the body raised SystemExit or KeyboardInterrupt
+            asyncflow_run_context = None
+        del fn
 
 
 def _call(  # noqa: PLR0917 - a private helper of this script

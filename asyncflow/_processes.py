@@ -69,6 +69,7 @@ class _Worker:
         self.stderr = bytearray()
         self.killed = False
         self.calls = 0  # calls answered
+        self.drain: asyncio.Task[None] | None = None  # reads its stderr
 
     async def drain_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -118,8 +119,24 @@ class _Worker:
         except ProcessLookupError:
             pass
 
+    async def reap(self) -> None:
+        """After the worker exited: end whatever it left behind in its process group, and read
+        the rest of its stderr (for the error message)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.drain is not None:
+            with anyio.move_on_after(1):
+                await asyncio.shield(self.drain)
+
     async def close(self) -> None:
         assert self.process.stdin is not None
+        try:
+            await self.send("bye")
+            await self.process.stdin.aclose()
+        except _Died:
+            pass
         try:
             await self.process.stdin.aclose()
         except (anyio.BrokenResourceError, OSError):
@@ -129,6 +146,7 @@ class _Worker:
         if self.process.returncode is None:
             self.kill()
             await self.process.wait()
+        await self.reap()
 
     def crash_error(self, task_name: str) -> WorkerCrashedError:
         code = self.process.returncode
@@ -172,7 +190,21 @@ def _serialize(task: Any, args: list[Any], kwargs: dict[str, Any]) -> bytes:
     ) from cause
 
 
-def _decode(task_name: str, reply: tuple[str, Any]) -> tuple[bool, Any]:
+def _unloadable(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """Which argument does not load back after pickling (to name it in an error)."""
+    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"parameter {k!r}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.loads(cloudpickle.dumps(value))
+        except Exception:  # noqa: PERF203 - the error path
+            return label
+    return "an argument"
+
+
+def _decode(
+    task_name: str, reply: tuple[str, Any], args: list[Any], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
     kind, payload = reply
     if kind == "ok":
         try:
@@ -198,10 +230,14 @@ def _decode(task_name: str, reply: tuple[str, Any]) -> tuple[bool, Any]:
         return False, remote
     if kind == "ser":
         direction, message = payload
-        what = "arguments" if direction == "arguments" else "result"
-        return False, SerializationError(
-            f"task {task_name!r}: its {what} could not be serialized ({message})", direction
-        )
+        if direction == "result":
+            text = f"its result cannot be sent back from the worker process ({message})"
+        elif direction == "arguments":
+            text = f"{_unloadable(args, kwargs)} cannot be loaded in the worker ({message})"
+        else:
+            text = f"its function cannot be loaded in the worker ({message})"
+            direction = "arguments"
+        return False, SerializationError(f"task {task_name!r}: {text}", direction)
     type_name, message, text = payload  # "crash": SystemExit / KeyboardInterrupt in the body
     crash = TaskCrashedError(f"task {task_name!r} crashed: its body raised {type_name}: {message}")
     crash.__cause__ = RemoteTraceback(text)
@@ -227,7 +263,7 @@ class ProcessWorkers:
         self._max = max_workers
         self._max_tasks = max_tasks_per_worker
         self._env = worker_env
-        self._failed_starts = 0  # workers in a row that died before answering a call
+        self._failed_starts = 0  # workers in a row that could not start
         self._last_start_error = ""
         self._setup = (
             list(sys.path),
@@ -282,7 +318,6 @@ class ProcessWorkers:
                 return
             self._active += 1
             for item in batch:
-                self._sched.mark_running(item)
                 self._busy[item] = None
             run = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(run)
@@ -290,7 +325,7 @@ class ProcessWorkers:
 
     def _take_batch(self) -> list[Any]:
         """The next items for one worker: one, or, when the queue is deep, a run of plain ones
-        (no policy) sent in one message, so many small tasks cost one round trip per batch."""
+        (no policy) of one task, sent in one message with the function pickled once."""
         ready = self._ready
         while ready:
             first = ready.popleft()
@@ -299,9 +334,11 @@ class ProcessWorkers:
         else:
             return []
         batch = [first]
-        task = first._task  # one batch, one function: it is pickled once
+        if self._max_tasks is not None or not _plain(first):
+            return batch
+        task = first._task
         cost = self._cost.get(task)
-        if self._max_tasks is not None or not _plain(first) or cost is None or cost > _BATCH_COST:
+        if cost is None or cost > _BATCH_COST:
             # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
             return batch
         size = min(_BATCH_MAX, len(ready) // self._max)
@@ -311,11 +348,15 @@ class ProcessWorkers:
                 batch.append(item)
         return batch
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self, task_name: str) -> _Worker:
+        """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
         if self._failed_starts >= _MAX_FAILED_STARTS:
             raise WorkerStartError(
-                f"worker processes keep dying before they run anything ({self._failed_starts} "
-                f"in a row); the last one said:\n{self._last_start_error}"
+                f"task {task_name!r}: worker processes keep failing to start "
+                f"({self._failed_starts} in a row); the last one said:\n{self._last_start_error}",
+                0,
+                None,
+                self._last_start_error,
             )
         process = await anyio.open_process(
             [sys.executable, "-u", _WORKER],
@@ -327,46 +368,63 @@ class ProcessWorkers:
         )
         worker = _Worker(process)
         self._workers.add(worker)
-        drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
+        drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
-        await worker.send(self._setup)
+        try:
+            await worker.send(self._setup)
+            ready = await worker.receive()
+        except _Died:
+            await worker.process.wait()
+            await worker.reap()
+            self._workers.discard(worker)
+            self._failed_starts += 1
+            tail = worker.stderr.decode(errors="replace").strip()
+            self._last_start_error = "\n".join(tail.splitlines()[-15:])
+            raise WorkerStartError(
+                f"task {task_name!r}: its worker process (pid {worker.pid}) could not start "
+                f"(exit code {worker.process.returncode}); its stderr:\n{self._last_start_error}",
+                worker.pid,
+                worker.process.returncode,
+                tail,
+            ) from None
+        assert ready == ("ready", None)
+        self._failed_starts = 0
         return worker
 
     async def _run(self, batch: list[Any]) -> None:
         worker = None
-        calls: list[tuple[Any, str, tuple[list[Any], dict[str, Any]]]] = []
+        calls: list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = []
         try:
-            task = None
             for item in batch:
                 try:
                     task, params = self._sched.call_parts(item)
-                    calls.append((item, task.name, task.spec.split(params)))
+                    calls.append((item, task, task.spec.split(params)))
                 except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
                     self._report(item, False, exc)
-            calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
-            if not calls or task is None:
-                return
-            payload, calls = self._pack(task, calls)
+            message, calls = self._pack(calls)
             if not calls:
                 return
-            worker = self._idle.pop() if self._idle else await self._spawn()
+            worker = self._idle.pop() if self._idle else await self._spawn(calls[0][1].name)
             for item, *_ in calls:
+                if item._status >= COMPLETED:  # cancelled while the worker started
+                    continue
                 self._busy[item] = worker
-            await worker.send((payload, task.is_async, len(calls)))
+                self._sched.mark_running(item)  # a timeout counts from here, not from the spawn
+            await worker.send(message)
+            task = calls[0][1]
             clock = time.perf_counter()
             while calls:
-                item, name, _ = calls[0]
+                item, _, (args, kwargs) = calls[0]
                 reply = await worker.receive()
                 now = time.perf_counter()
                 self._cost[task] = now - clock  # the time of the last call, round trip included
                 clock = now
                 calls.pop(0)
                 worker.calls += 1
-                self._failed_starts = 0
-                ok, value = _decode(name, reply)
+                ok, value = _decode(task.name, reply, args, kwargs)
                 self._report(item, ok, value)
-                if not ok and isinstance(value, TaskCrashedError):
+                if reply[0] == "crash":
                     raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
@@ -375,7 +433,7 @@ class ProcessWorkers:
         except _Died:
             await self._buried(worker, calls)
             worker = None
-        except Exception as exc:  # a failure to start a worker: the whole batch fails
+        except Exception as exc:  # a worker that could not start: the whole batch fails
             for item, *_ in calls:
                 self._report(item, False, exc)
         finally:
@@ -392,42 +450,49 @@ class ProcessWorkers:
         if worker is None:
             return
         await worker.process.wait()
+        await worker.reap()
         self._workers.discard(worker)
         if not calls:
             return
-        item, name, _ = calls.pop(0)
-        error = worker.crash_error(name)
-        if not worker.calls and not worker.killed:
-            self._failed_starts += 1
-            self._last_start_error = str(error)
-        self._report(item, False, error)
+        item, task, _ = calls.pop(0)
+        self._report(item, False, worker.crash_error(task.name))
         for rest, *_ in reversed(calls):
             self._busy.pop(rest, None)
             self._ready.appendleft(rest)
 
-    def _pack(self, task: Any, calls: list[Any]) -> tuple[bytes, list[Any]]:
-        """One message for a batch of calls of ``task``: its function pickled once. Calls that
-        cannot be pickled fail (naming the argument); the others are sent."""
+    def _pack(self, calls: list[Any]) -> tuple[Any, list[Any]]:
+        """One message for a batch of calls of one task: its function pickled once, each call's
+        arguments on their own. A call whose arguments cannot be pickled fails, naming the
+        argument; the others are sent."""
+        calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
+        if not calls:
+            return None, calls
+        task = calls[0][1]
         try:
-            return cloudpickle.dumps((task.fn, [c[2] for c in calls])), calls
-        except Exception:
-            pass
-        good = []
-        for call in calls:
-            try:
-                _serialize(task, *call[2])
-            except SerializationError as exc:  # noqa: PERF203 - the error path
-                self._report(call[0], False, exc)
-            else:
-                good.append(call)
-        if not good:
-            return b"", good
-        try:
-            return cloudpickle.dumps((task.fn, [c[2] for c in good])), good
+            fn = cloudpickle.dumps(task.fn)
         except Exception as exc:
-            for call in good:
-                self._report(call[0], False, SerializationError(str(exc), "arguments"))
-            return b"", []
+            error = SerializationError(
+                f"task {task.name!r}: the task's function cannot be sent to a worker process "
+                f"({type(exc).__name__}: {exc})",
+                "arguments",
+            )
+            for call in calls:
+                self._report(call[0], False, error)
+            return None, []
+        good, packed = [], []
+        for call in calls:
+            item, _, (args, kwargs) = call
+            try:
+                data = cloudpickle.dumps((args, kwargs))
+            except Exception:
+                try:
+                    _serialize(task, args, kwargs)
+                except SerializationError as exc:
+                    self._report(item, False, exc)
+                continue
+            good.append(call)
+            packed.append((data, _context_of(item)))
+        return (fn, task.is_async, packed), good
 
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
@@ -438,7 +503,9 @@ class ProcessWorkers:
         self._tasks.add(retiring)
         retiring.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    def _task_name(item: Any) -> str:
-        fut = getattr(item, "fut", item)
-        return str(fut._task.name)
+
+def _context_of(item: Any) -> tuple[str, str, int, frozenset[str], str]:
+    """What ``get_run_context()`` says inside the body, in the worker."""
+    fut = getattr(item, "fut", item)
+    task = fut._task
+    return (task.name, str(fut.task_run_id), getattr(item, "number", 1), task.tags, task.key)

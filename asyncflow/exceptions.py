@@ -121,6 +121,7 @@ class RemoteError(AsyncflowError):
         return (type(self), (self.type_name, self.remote_message))
 
 
-class WorkerStartError(TaskCrashedError):
-    """Worker processes keep dying before they run anything (an initializer that raises, an
-    import that fails): queued runs fail with this instead of starting workers forever."""
+class WorkerStartError(WorkerCrashedError):
+    """A worker process could not start (an initializer that raised, an import that failed).
+    After a few such starts in a row, queued runs fail with it at once instead of starting
+    workers forever."""

@@ -1,0 +1,852 @@
+"""Process workers under faults: one test per process row of the fault matrix, and the rest of
+what ``ProcessPoolTaskRunner`` promises (initializer, worker bound, output of bodies, no orphans).
+
+Bodies tell the tests their pid (and the pids of what they start) through the ``Hub`` of the
+contract suite; nothing here sleeps to let something happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+import pytest
+from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
+
+import asyncflow
+from asyncflow import ProcessPoolTaskRunner, task, unmapped
+from asyncflow.exceptions import (
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TaskCancelledError,
+    TaskCrashedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+
+# Bodies of this module travel to worker processes by value (see the contract suite).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ORPHAN_DEADLINE = 2.0  # seconds: workers and their children must be gone this soon (row 28)
+INIT_FLAG = "ASYNCFLOW_TEST_INITIALIZED"
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    with Hub() as h:
+        yield h
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def worker_pids() -> set[int]:
+    """Pids of the live worker processes of this process."""
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            if any("_process_worker" in part for part in child.cmdline()):
+                found.add(child.pid)
+        except psutil.Error:  # noqa: PERF203 - exited meanwhile (or a zombie): not live
+            continue
+    return found
+
+
+def kill_quietly(*processes: psutil.Process) -> None:
+    """Clean-up after a failed check: nothing may outlive the test."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:  # noqa: PERF203 - already gone, as it should be
+            pass
+
+
+def still_running_after(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until these processes have exited, for at most ``timeout`` seconds (a wait on their
+    pidfds); the ones still running then. An exited process counts as gone even before its
+    parent reaps it."""
+    poller = select.poll()
+    watched: dict[int, psutil.Process] = {}
+    try:
+        for process in processes:
+            try:
+                fd = os.pidfd_open(process.pid)
+            except ProcessLookupError:  # exited and reaped already
+                continue
+            watched[fd] = process
+            poller.register(fd, select.POLLIN)
+        pending = set(watched)
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for fd, _ in poller.poll(remaining * 1000):
+                poller.unregister(fd)
+                pending.discard(fd)
+        return [watched[fd] for fd in pending]
+    finally:
+        for fd in watched:
+            os.close(fd)
+
+
+def read_line(process: subprocess.Popen[bytes], what: str) -> str:
+    """The next line the script writes to its stdout, saying ``what`` (at most ``TIMEOUT``
+    seconds away)."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], TIMEOUT)
+        assert ready, f"the script did not say {what} within {TIMEOUT:g} s (got {line!r})"
+        chunk = os.read(fd, 1)
+        assert chunk, f"the script closed its stdout before it said {what} (got {line!r})"
+        line += chunk
+    return line.decode().strip()
+
+
+def script_env() -> dict[str, str]:
+    """The environment for a script that imports this checkout of asyncflow."""
+    root = str(Path(asyncflow.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+
+
+# -- task bodies (module level: they travel to the workers) ------------------------------------
+class TwoArgsError(Exception):
+    """Pickles, but cannot be unpickled: its ``args`` do not match its ``__init__``."""
+
+    def __init__(self, pid: int, detail: str) -> None:
+        super().__init__(f"raised in pid {pid}: {detail}")
+
+
+class WrappedError(LookupError):
+    pass
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this object refuses to load")
+
+
+class LoadFails:
+    """Pickles anywhere; loading it anywhere raises."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+async def apid() -> int:
+    await asyncio.sleep(0)
+    return os.getpid()
+
+
+async def araise_wrapped(message: str) -> None:
+    await asyncio.sleep(0)
+    raise WrappedError(message)
+
+
+def take(x: int, payload: object) -> int:
+    return os.getpid()
+
+
+def give_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def give_load_fails() -> LoadFails:
+    return LoadFails()
+
+
+def raise_two_args() -> None:
+    raise TwoArgsError(os.getpid(), "the second argument")
+
+
+def raise_chained() -> None:
+    try:
+        int("not a number")
+    except ValueError as exc:
+        raise WrappedError("could not read the number") from exc
+
+
+def exit_now(code: int, note: str) -> None:
+    print(note)
+    os._exit(code)
+
+
+def gated_exit(hub: Address, label: str, code: int) -> None:
+    with check_in(hub, label) as conn:
+        conn.recv(1)
+    os._exit(code)
+
+
+def die_by(sig: int, note: str) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left in the working directory
+    sys.stderr.write(note + "\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), sig)
+
+
+def leave(kind: str) -> None:
+    if kind == "SystemExit":
+        raise SystemExit(f"leaving pid {os.getpid()}")
+    raise KeyboardInterrupt(f"interrupted pid {os.getpid()}")
+
+
+def spawn_child_and_wait(hub: Address, label: str, stubborn: bool) -> int:
+    """Start a child process that lives until killed, tell the hub both pids, then wait for the
+    word. ``stubborn``: this worker and the child ignore SIGTERM (only SIGKILL stops them)."""
+    code = "import signal; signal.pause()"
+    if stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        code = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.pause()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with check_in(hub, label, child.pid) as conn:
+        conn.recv(1)
+    return child.pid
+
+
+def leave_child_behind() -> int:
+    """Start a child process that lives until killed, and return (leaving it running)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pause()"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return child.pid
+
+
+def chatty(text: str) -> str:
+    """Writes to stdout every way a body might: none of it may reach the replies."""
+    print(text)
+    print(text, file=sys.__stdout__, flush=True)
+    sys.stdout.write(text + "\n")
+    os.write(1, struct.pack(">I", 5) + b"12345")  # looks like the start of a reply
+    subprocess.run([sys.executable, "-c", f"print({text!r})"], check=True)
+    return text.upper()
+
+
+def note_start(path: str, flag: str) -> None:
+    """An initializer: record this worker's pid, leave a mark its tasks can see."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.environ[INIT_FLAG] = flag
+
+
+def refuse_to_start(path: str) -> None:
+    """An initializer that records the attempt, then fails."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise RuntimeError("no database here")
+
+
+def pid_and_flag(i: int) -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get(INIT_FLAG)
+
+
+def submit_inside() -> None:
+    import asyncflow
+
+    asyncflow.task(double).submit(1)
+
+
+# -- row 1: a crash fails only its own run; the pool heals --------------------------------------
+def test_a_crash_fails_only_its_own_run_while_20_others_run_or_wait(hub: Hub) -> None:
+    with ProcessPoolTaskRunner(max_workers=2) as runner, hub:
+        crasher = runner.submit(gated_exit, {"hub": hub.address, "label": "crasher", "code": 1})
+        neighbour = runner.submit(gated, {"hub": hub.address, "label": "neighbour", "value": -1})
+        hub.arrivals(2)
+        waiting = runner.map(double, {"x": range(19)})
+        stats = runner.statistics()
+        assert (stats.running, stats.queued) == (2, 19)
+        hub.release("crasher")
+        err = crasher.exception(TIMEOUT)
+        assert isinstance(err, WorkerCrashedError)
+        assert crasher.state.is_crashed()
+        assert err.pid == hub.pid("crasher")
+        assert err.exitcode == 1
+        message = str(err)
+        assert (
+            f"task 'gated_exit': its worker process (pid {err.pid}) exited with code 1" in message
+        )
+        assert neighbour.running()  # it ran beside the crash, untouched
+        hub.release("neighbour")
+        assert neighbour.result(TIMEOUT) == -1
+        assert waiting.result(TIMEOUT) == [2 * i for i in range(19)]
+        workers = worker_pids()
+        assert len(workers) == 2  # back to N workers
+        assert hub.pid("neighbour") in workers
+        assert err.pid not in workers
+    stats = runner.statistics()
+    assert (stats.completed, stats.failed) == (20, 1)
+
+
+def test_bodies_that_crash_their_workers_do_not_stop_the_pool_starting_workers() -> None:
+    # Each crash happens in a fresh worker's first body: blame the body, not the start.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        crashes = [
+            runner.submit(exit_now, {"code": 5, "note": f"crash number {i}"}) for i in range(4)
+        ]
+        after = runner.submit(pid)
+        crashed = set()
+        for i, fut in enumerate(crashes):
+            err = fut.exception(TIMEOUT)
+            assert isinstance(err, WorkerCrashedError), err
+            assert err.exitcode == 5
+            assert f"crash number {i}" in err.stderr_tail
+            crashed.add(err.pid)
+        assert len(crashed) == 4  # a fresh worker for each
+        assert after.result(TIMEOUT) not in crashed
+
+
+# -- row 2: killed by a signal -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sig", "out_of_memory_hint"),
+    [(signal.SIGKILL, True), (signal.SIGSEGV, False)],
+    ids=["SIGKILL", "SIGSEGV"],
+)
+def test_a_worker_killed_by_a_signal_is_named_with_its_stderr_tail(
+    sig: signal.Signals, out_of_memory_hint: bool
+) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(die_by, {"sig": int(sig), "note": "last words before the signal"})
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, WorkerCrashedError)
+        assert fut.state.is_crashed()
+        assert err.exitcode == -sig
+        message = str(err)
+        expected = f"task 'die_by': its worker process (pid {err.pid}) was killed by {sig.name}"
+        assert expected in message
+        assert ("possibly out of memory" in message) is out_of_memory_hint
+        assert "last words before the signal" in err.stderr_tail
+        assert "last words before the signal" in message
+        assert runner.submit(pid).result(TIMEOUT) != err.pid  # a fresh worker took over
+
+
+# -- rows 4, 6, 7: serialization in either direction -------------------------------------------
+def test_an_argument_that_cannot_be_pickled_fails_the_run_before_any_worker_starts() -> None:
+    lock = threading.Lock()
+
+    def uses_lock() -> bool:
+        return lock.locked()
+
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        bad_argument = runner.submit(take, {"x": 1, "payload": threading.Lock()})
+        bad_function = runner.submit(uses_lock)
+        err = bad_argument.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert err.direction == "arguments"
+        assert "task 'take'" in str(err)
+        assert "parameter 'payload'" in str(err)
+        assert bad_argument.state.is_failed()
+        err = bad_function.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert err.direction == "arguments"
+        assert "the task's function" in str(err)
+        assert worker_pids() == set()  # no worker was started for either
+        assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
+
+
+def test_an_argument_that_cannot_be_loaded_in_the_worker_fails_the_run_naming_it() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        fut = runner.submit(take, {"x": 1, "payload": LoadFails()})
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert err.direction == "arguments"
+        assert "task 'take'" in str(err)
+        assert "this object refuses to load" in str(err)
+        assert runner.submit(pid).result(TIMEOUT) == before  # the same worker serves on
+        assert "payload" in str(err)  # which argument could not be loaded
+
+
+def test_an_argument_that_cannot_be_loaded_fails_only_its_own_run_among_many() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        # Many quick calls of one task queued at once (they may travel in batches).
+        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
+        payloads: list[object] = [None] * 12
+        payloads[5] = LoadFails()
+        futures = runner.map(take, {"x": range(12), "payload": payloads})
+        futures.wait(TIMEOUT)
+    failed = [i for i, f in enumerate(futures) if f.exception() is not None]
+    assert failed == [5], f"runs {failed} failed; only run 5 has an argument that cannot load"
+    assert isinstance(futures[5].exception(), SerializationError)
+
+
+def test_a_result_that_cannot_be_pickled_fails_the_run_and_the_worker_serves_on() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        fut = runner.submit(give_lock)
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert err.direction == "result"
+        assert "task 'give_lock'" in str(err)
+        assert "lock" in str(err)
+        assert fut.state.is_failed()
+        assert runner.submit(pid).result(TIMEOUT) == before
+
+
+def test_a_result_that_cannot_be_loaded_here_fails_the_run_and_the_worker_serves_on() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        fut = runner.submit(give_load_fails)
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert err.direction == "result"
+        assert "task 'give_load_fails'" in str(err)
+        assert "this object refuses to load" in str(err)
+        assert runner.submit(pid).result(TIMEOUT) == before
+
+
+# -- row 5: an exception that cannot be unpickled -----------------------------------------------
+def test_an_exception_that_cannot_be_loaded_arrives_as_a_remote_error(hub: Hub) -> None:
+    with ProcessPoolTaskRunner(max_workers=2) as runner, hub:
+        neighbour = runner.submit(gated, {"hub": hub.address, "label": "neighbour", "value": 5})
+        hub.arrivals(1)
+        bad = runner.submit(raise_two_args)
+        err = bad.exception(TIMEOUT)
+        assert isinstance(err, RemoteError)
+        assert err.type_name == "TwoArgsError"
+        assert "the second argument" in err.remote_message
+        assert str(err).startswith("TwoArgsError: raised in pid ")
+        assert bad.state.is_failed()
+        cause = err.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "in raise_two_args" in cause.text
+        assert "TwoArgsError: raised in pid" in cause.text
+        hub.release("neighbour")
+        assert neighbour.result(TIMEOUT) == 5  # nothing else is affected
+        match = re.search(r"pid (\d+)", err.remote_message)
+        assert match is not None
+        workers = worker_pids()
+        assert workers == {int(match.group(1)), hub.pid("neighbour")}  # no worker was lost
+        assert runner.submit(pid).result(TIMEOUT) in workers
+
+
+# -- row 8: lambdas, closures, local functions --------------------------------------------------
+def test_lambdas_closures_and_local_functions_run_in_workers() -> None:
+    factor = 7
+
+    def scale(x: int) -> int:
+        return x * factor
+
+    class Local:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    def make_local(value: int) -> Local:
+        return Local(value)
+
+    with ProcessPoolTaskRunner(max_workers=2) as runner:
+        assert runner.submit(lambda x: x + 1, {"x": 41}).result(TIMEOUT) == 42
+        assert runner.submit(scale, {"x": 6}).result(TIMEOUT) == 42
+        assert runner.map(lambda x, y: x * y, {"x": [1, 2], "y": [3, 4]}).result(TIMEOUT) == [3, 8]
+        partial = functools.partial(lambda x, y: x - y, 50)
+        assert runner.submit(partial, {"y": 8}).result(TIMEOUT) == 42
+        local = runner.submit(make_local, {"value": 3}).result(TIMEOUT)
+        assert type(local) is Local
+        assert local.value == 3
+
+
+MAIN_SCRIPT = """
+import os
+
+from asyncflow import ProcessPoolTaskRunner
+
+
+class MainError(Exception):
+    pass
+
+
+def plus_one(x):
+    return x + 1
+
+
+def fail(message):
+    raise MainError(message)
+
+
+if __name__ == "__main__":
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        print(runner.submit(plus_one, {"x": 41}).result())
+        print(runner.submit(os.getpid).result() != os.getpid())
+        try:
+            runner.submit(fail, {"message": "raised in a worker"}).result()
+        except MainError as exc:
+            print("caught", type(exc).__name__, exc)
+"""
+
+
+def test_functions_and_exceptions_defined_in_main_travel_to_workers(tmp_path: Path) -> None:
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        env=script_env(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [
+        "42",
+        "True",
+        "caught MainError raised in a worker",
+    ]
+
+
+# -- row 9: the original type, with the remote traceback in __cause__ ---------------------------
+def test_the_original_type_is_raised_with_the_remote_traceback_as_its_cause() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        with pytest.raises(json.JSONDecodeError) as caught:
+            runner.submit(json.loads, {"s": "{not json"}).result(TIMEOUT)
+        cause = caught.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert cause.text.startswith("Traceback (most recent call last):")
+        assert f"json{os.sep}decoder.py" in cause.text
+        assert "json.decoder.JSONDecodeError: Expecting property name" in cause.text
+        assert cause.text in str(cause)
+
+        with pytest.raises(WrappedError, match="could not read the number") as wrapped:
+            runner.submit(raise_chained).result(TIMEOUT)
+        assert isinstance(wrapped.value.__cause__, RemoteTraceback)
+        text = wrapped.value.__cause__.text
+        assert "ValueError: invalid literal for int() with base 10: 'not a number'" in text
+        assert "The above exception was the direct cause of the following exception" in text
+        assert "in raise_chained" in text
+
+        with pytest.raises(WrappedError, match="from a coroutine") as from_coroutine:
+            runner.submit(araise_wrapped, {"message": "from a coroutine"}).result(TIMEOUT)
+        assert isinstance(from_coroutine.value.__cause__, RemoteTraceback)
+        assert "in araise_wrapped" in from_coroutine.value.__cause__.text
+
+
+# -- row 10: SystemExit and KeyboardInterrupt in a body -----------------------------------------
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_system_exit_or_keyboard_interrupt_in_a_body_crashes_the_run_and_replaces_the_worker(
+    kind: str,
+) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        fut = runner.submit(leave, {"kind": kind})
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, TaskCrashedError)
+        assert fut.state.is_crashed()
+        assert f"task 'leave' crashed: its body raised {kind}" in str(err)
+        assert str(before) in str(err)
+        assert isinstance(err.__cause__, RemoteTraceback)
+        assert kind in err.__cause__.text
+        after = runner.submit(pid).result(TIMEOUT)
+        assert after != before  # a fresh worker
+    assert not psutil.pid_exists(before)
+
+
+# -- row 12: a worker that cannot start --------------------------------------------------------
+def test_a_worker_that_cannot_start_fails_runs_with_its_stderr_and_starts_stop(
+    tmp_path: Path,
+) -> None:
+    starts = tmp_path / "starts"
+    runner = ProcessPoolTaskRunner(
+        max_workers=1, initializer=refuse_to_start, initargs=(str(starts),)
+    )
+    with runner:
+        futures = [runner.submit(double, {"x": i}) for i in range(8)]
+        errors = [f.exception(TIMEOUT) for f in futures]
+    first = errors[0]
+    assert isinstance(first, WorkerCrashedError)
+    assert "task 'double'" in str(first)
+    assert "RuntimeError: no database here" in first.stderr_tail
+    for err in errors:
+        assert isinstance(err, TaskCrashedError)
+        assert "no database here" in str(err)
+    assert all(f.state.is_crashed() for f in futures)
+    # Queued runs fail fast after a few failed starts instead of starting workers forever.
+    assert len(starts.read_text().split()) < len(futures)
+
+
+# -- row 16: timeouts and cancellation kill the worker's process group --------------------------
+@pytest.mark.parametrize("stubborn", [False, True], ids=["terminated", "killed"])
+def test_a_timeout_kills_the_worker_and_its_children_and_a_fresh_worker_takes_over(
+    hub: Hub, stubborn: bool
+) -> None:
+    slow = task(timeout=0.5)(spawn_child_and_wait)
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        runner.submit(pid).result(TIMEOUT)  # a warm worker: the body starts at once
+        fut = runner.submit(slow, {"hub": hub.address, "label": "slow", "stubborn": stubborn})
+        hub.arrivals(1)
+        worker, child_pid = hub.numbers["slow"]
+        child = psutil.Process(child_pid)
+        try:
+            with pytest.raises(
+                TaskTimeoutError, match=re.escape("'spawn_child_and_wait' timed out after 0.5 s")
+            ):
+                fut.result(TIMEOUT)
+            assert fut.state.is_failed()
+            assert not still_running_after([child], ORPHAN_DEADLINE), (
+                "the body's child process outlived the timeout"
+            )
+            assert runner.submit(pid).result(TIMEOUT) != worker
+        finally:
+            kill_quietly(child)
+    assert not psutil.pid_exists(worker)
+
+
+def test_cancelling_a_running_body_kills_its_worker_and_children(hub: Hub) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        fut = runner.submit(
+            spawn_child_and_wait, {"hub": hub.address, "label": "running", "stubborn": False}
+        )
+        dependent = runner.submit(double, {"x": fut})
+        hub.arrivals(1)
+        worker, child_pid = hub.numbers["running"]
+        child = psutil.Process(child_pid)
+        try:
+            assert fut.cancel()
+            assert fut.cancelled()
+            with pytest.raises(TaskCancelledError):
+                fut.result(TIMEOUT)
+            dependent.wait(TIMEOUT)
+            assert dependent.state.is_cancelled()
+            assert not still_running_after([child], ORPHAN_DEADLINE), (
+                "the body's child process outlived the cancel"
+            )
+            assert runner.submit(pid).result(TIMEOUT) != worker
+        finally:
+            kill_quietly(child)
+    assert not psutil.pid_exists(worker)
+
+
+def test_a_timeout_counts_from_the_body_start_not_from_the_worker_start(hub: Hub) -> None:
+    # The initializer holds every new worker at the hub until the test says the word.
+    runner = ProcessPoolTaskRunner(
+        max_workers=1, initializer=gated, initargs=(hub.address, "starting")
+    )
+    quick = task(timeout=0.3)(double)
+    with runner, hub:
+        fut = runner.submit(quick, {"x": 21})
+        hub.arrivals(1)
+        fut.wait(0.6)  # twice the timeout: a deadline running during the start would fire
+        assert not fut.done(), f"timed out while its worker was starting: {fut.exception()!r}"
+        hub.release("starting")
+        assert fut.result(TIMEOUT) == 42
+
+
+# -- row 28: the parent is killed --------------------------------------------------------------
+PARENT_SCRIPT = """
+import os
+import socket
+import subprocess
+import sys
+
+from asyncflow import ProcessPoolTaskRunner
+
+
+def busy(hub, label):
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pause()"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with socket.create_connection(hub, timeout=30) as conn:
+        conn.sendall(f"{label} {os.getpid()} {child.pid}\\n".encode())
+        conn.recv(1)
+    return label
+
+
+if __name__ == "__main__":
+    hub = (sys.argv[1], int(sys.argv[2]))
+    with ProcessPoolTaskRunner(max_workers=3) as runner:
+        runs = [runner.submit(busy, {"hub": hub, "label": f"busy{i}"}) for i in range(3)]
+        print(runs[0].result(), flush=True)  # its worker is idle from now on (its child runs on)
+        for run in runs[1:]:
+            run.result()
+"""
+
+
+def test_a_parent_killed_by_sigkill_takes_its_idle_and_busy_workers_and_their_children_along(
+    hub: Hub, tmp_path: Path
+) -> None:
+    script = tmp_path / "parent_script.py"
+    script.write_text(PARENT_SCRIPT)
+    host, port = hub.address
+    parent = subprocess.Popen(
+        [sys.executable, str(script), host, str(port)],
+        stdout=subprocess.PIPE,
+        env=script_env(),
+    )
+    left: list[psutil.Process] = []
+    roles: dict[int, str] = {}
+    try:
+        for label in hub.arrivals(3):
+            worker, child = hub.numbers[label]
+            which = "an idle" if label == "busy0" else "a busy"
+            roles[worker] = f"{which} worker (pid {worker})"
+            roles[child] = f"the child of {which} worker (pid {child})"
+            left += [psutil.Process(worker), psutil.Process(child)]
+        hub.release("busy0")
+        assert read_line(parent, "that busy0 returned") == "busy0"
+        parent.kill()
+        assert parent.wait(TIMEOUT) == -signal.SIGKILL
+        alive = [roles[p.pid] for p in still_running_after(left, ORPHAN_DEADLINE)]
+        assert not alive, f"{ORPHAN_DEADLINE:g} s after the parent died, still running: {alive}"
+    finally:
+        kill_quietly(*left)
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert parent.stdout is not None
+        parent.stdout.close()
+
+
+# -- row 30: a clean exit leaves nothing behind ------------------------------------------------
+def test_leaving_the_runner_leaves_no_worker_process() -> None:
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    with ProcessPoolTaskRunner(max_workers=2) as runner:
+        assert runner.map(double, {"x": range(6)}).result(TIMEOUT) == [0, 2, 4, 6, 8, 10]
+        assert worker_pids()
+    assert worker_pids() == set()  # the runner waited for its workers to exit
+    after = {child.pid for child in psutil.Process().children(recursive=True)}
+    assert after <= before
+
+
+def test_a_process_a_body_left_behind_ends_with_its_worker_when_the_runner_exits() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        child = psutil.Process(runner.submit(leave_child_behind).result(TIMEOUT))
+        assert child.is_running()
+    try:
+        assert not still_running_after([child], ORPHAN_DEADLINE), (
+            f"{ORPHAN_DEADLINE:g} s after the runner exited, a process its worker started runs on"
+        )
+    finally:
+        kill_quietly(child)
+
+
+LEAVER_SCRIPT = """
+import subprocess
+import sys
+
+from asyncflow import ProcessPoolTaskRunner
+
+
+def leave_child():
+    # The child inherits the worker's stdout and stderr, as subprocesses do by default.
+    return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"]).pid
+
+
+if __name__ == "__main__":
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        print(runner.submit(leave_child).result(), flush=True)
+    print("exited", flush=True)
+"""
+
+
+def test_a_process_left_behind_holding_the_workers_stderr_neither_blocks_exit_nor_survives(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "leaver_script.py"
+    script.write_text(LEAVER_SCRIPT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, env=script_env()
+    )
+    left: list[psutil.Process] = []
+    try:
+        left.append(psutil.Process(int(read_line(parent, "the pid of the child"))))
+        assert read_line(parent, "that the runner exited") == "exited"
+        assert parent.wait(TIMEOUT) == 0
+        assert not still_running_after(left, ORPHAN_DEADLINE), (
+            f"{ORPHAN_DEADLINE:g} s after the runner exited, a process its worker started runs on"
+        )
+    finally:
+        kill_quietly(*left)
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert parent.stdout is not None
+        parent.stdout.close()
+
+
+# -- the rest of the promise -------------------------------------------------------------------
+def test_the_initializer_runs_once_in_each_worker_before_its_tasks(
+    hub: Hub, tmp_path: Path
+) -> None:
+    starts = tmp_path / "starts"
+    runner = ProcessPoolTaskRunner(
+        max_workers=2, initializer=note_start, initargs=(str(starts), "ready")
+    )
+    with runner, hub:
+        both = [
+            runner.submit(gated, {"hub": hub.address, "label": f"w{i}", "value": i}) for i in (0, 1)
+        ]
+        hub.release(*hub.arrivals(2))  # both bodies at once: two workers
+        assert [f.result(TIMEOUT) for f in both] == [0, 1]
+        seen = runner.map(pid_and_flag, {"i": range(6)}).result(TIMEOUT)
+    started = [int(line) for line in starts.read_text().split()]
+    assert sorted(started) == sorted({hub.pid("w0"), hub.pid("w1")})  # once per worker
+    assert {p for p, _ in seen} <= set(started)
+    assert [flag for _, flag in seen] == ["ready"] * 6
+
+
+def test_max_workers_bounds_the_bodies_running_at_once(hub: Hub) -> None:
+    with ProcessPoolTaskRunner(max_workers=2) as runner, hub:
+        futures = [
+            runner.submit(gated, {"hub": hub.address, "label": f"b{i}", "value": i})
+            for i in range(5)
+        ]
+        running = hub.arrivals(2)
+        for _ in range(3):
+            stats = runner.statistics()
+            assert stats.running == 2
+            assert len(worker_pids()) == 2
+            hub.release(running.pop(0))
+            running += hub.arrivals(1)  # a finished body's worker takes the next one
+        assert runner.statistics().queued == 0
+        hub.release(*running)
+        assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3, 4]
+        assert len(worker_pids()) == 2
+
+
+def test_coroutine_bodies_run_in_the_worker_on_a_loop_of_their_own() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        worker = runner.submit(apid).result(TIMEOUT)
+        assert worker != os.getpid()
+        assert worker in worker_pids()
+        assert runner.submit(apid).result(TIMEOUT) == worker  # the worker runs on
+
+
+def test_a_body_writing_to_stdout_does_not_disturb_the_replies() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(chatty, {"text": "hello"}).result(TIMEOUT) == "HELLO"
+        assert runner.submit(chatty, {"text": "again"}).result(TIMEOUT) == "AGAIN"
+        err = runner.submit(exit_now, {"code": 3, "note": "last words"}).exception(TIMEOUT)
+    assert isinstance(err, WorkerCrashedError)
+    assert "last words" in err.stderr_tail  # what a body prints goes to the worker's stderr
+
+
+def test_submitting_from_inside_a_worker_is_a_clear_error() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(submit_inside)
+        with pytest.raises(RuntimeError, match="not available inside a process worker"):
+            fut.result(TIMEOUT)
