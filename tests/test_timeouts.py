@@ -246,9 +246,12 @@ def test_abandoned_threads_are_counted_until_their_bodies_return() -> None:
             assert runner.statistics().abandoned_threads == 2
             for s in bodies:
                 s.release()
-            # Both slots are held by abandoned bodies: these two run only once both returned.
-            after = [runner.submit(instant, {"x": i}) for i in range(2)]
-            assert [f.result(timeout=TIMEOUT) for f in after] == [0, 1]
+            # Both slots are held by abandoned bodies until they return. These two bodies wait
+            # for each other, so both finish only once both slots are free again: by then
+            # both abandoned bodies have returned and been counted out.
+            both = threading.Barrier(2)
+            after = [runner.submit(both.wait, {"timeout": TIMEOUT}) for _ in range(2)]
+            assert sorted(f.result(timeout=TIMEOUT) for f in after) == [0, 1]
             assert runner.statistics().abandoned_threads == 0
     finally:
         for s in bodies:
