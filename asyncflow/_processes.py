@@ -167,27 +167,26 @@ class _Worker:
         return WorkerCrashedError(message, self.pid, code, tail)
 
 
-def _serialize(task: Any, args: list[Any], kwargs: dict[str, Any]) -> bytes:
-    try:
-        return cloudpickle.dumps((task.fn, args, kwargs))  # type: ignore[no-any-return]
-    except Exception as exc:
-        cause = exc
-    # Say which part could not be sent.
-    parts: list[tuple[str, Any]] = [("the task's function", task.fn)]
-    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+def _argument_error(
+    task: Any, args: list[Any], kwargs: dict[str, Any], cause: BaseException
+) -> SerializationError:
+    """The error for a call whose arguments cannot be pickled, naming the first culprit."""
+    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
     parts += [(f"parameter {k!r}", v) for k, v in kwargs.items()]
-    for label, value in parts:
+    label = "its arguments"
+    for part, value in parts:
         try:
             cloudpickle.dumps(value)
         except Exception as exc:  # noqa: PERF203 - the error path: find the culprit
-            raise SerializationError(
-                f"task {task.name!r}: {label} cannot be sent to a worker process "
-                f"({type(exc).__name__}: {exc})",
-                "arguments",
-            ) from exc
-    raise SerializationError(
-        f"task {task.name!r}: its call cannot be sent to a worker process ({cause})", "arguments"
-    ) from cause
+            label, cause = part, exc
+            break
+    error = SerializationError(
+        f"task {task.name!r}: {label} cannot be sent to a worker process "
+        f"({type(cause).__name__}: {cause})",
+        "arguments",
+    )
+    error.__cause__ = cause
+    return error
 
 
 def _unloadable(args: list[Any], kwargs: dict[str, Any]) -> str:
@@ -484,11 +483,8 @@ class ProcessWorkers:
             item, _, (args, kwargs) = call
             try:
                 data = cloudpickle.dumps((args, kwargs))
-            except Exception:
-                try:
-                    _serialize(task, args, kwargs)
-                except SerializationError as exc:
-                    self._report(item, False, exc)
+            except Exception as exc:
+                self._report(item, False, _argument_error(task, args, kwargs, exc))
                 continue
             good.append(call)
             packed.append((data, _context_of(item)))
