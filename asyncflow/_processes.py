@@ -264,11 +264,15 @@ class ProcessWorkers:
         self._env = worker_env
         self._failed_starts = 0  # workers in a row that could not start
         self._last_start_error = ""
-        self._setup = (
-            list(sys.path),
-            os.getcwd(),
-            None if initializer is None else cloudpickle.dumps((initializer, initargs)),
-        )
+        try:
+            init = None if initializer is None else cloudpickle.dumps((initializer, initargs))
+        except Exception as exc:
+            raise SerializationError(
+                f"ProcessPoolTaskRunner: the initializer or its initargs cannot be sent to a "
+                f"worker process ({type(exc).__name__}: {exc})",
+                "arguments",
+            ) from exc
+        self._setup = (list(sys.path), os.getcwd(), init)
         self._ready: deque[Any] = deque()
         self._idle: list[_Worker] = []
         self._busy: dict[Any, _Worker | None] = {}  # items handed out -> their worker

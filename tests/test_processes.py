@@ -850,3 +850,12 @@ def test_submitting_from_inside_a_worker_is_a_clear_error() -> None:
         fut = runner.submit(submit_inside)
         with pytest.raises(RuntimeError, match="not available inside a process worker"):
             fut.result(TIMEOUT)
+
+
+def test_an_initializer_that_cannot_be_sent_fails_at_entry_naming_it() -> None:
+    runner = ProcessPoolTaskRunner(max_workers=1, initializer=print, initargs=(threading.Lock(),))
+    with pytest.raises(SerializationError, match="initializer or its initargs"), runner:
+        pass  # pragma: no cover - entering fails
+    # The runner is not left half-started: it can be entered again once fixed.
+    with pytest.raises(SerializationError):
+        runner.__enter__()
