@@ -70,6 +70,7 @@ class _Worker:
         self.killed = False
         self.calls = 0  # calls answered
         self.drain: asyncio.Task[None] | None = None  # reads its stderr
+        self.idle_since = 0.0
 
     async def drain_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -257,8 +258,10 @@ class ProcessWorkers:
         *,
         max_tasks_per_worker: int | None = None,
         worker_env: dict[str, str] | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self._sched = scheduler
+        self._idle_timeout = idle_timeout
         self._max = max_workers
         self._max_tasks = max_tasks_per_worker
         self._env = worker_env
@@ -444,6 +447,11 @@ class ProcessWorkers:
                 self._busy.pop(item, None)
             if worker is not None:
                 self._idle.append(worker)
+                if self._idle_timeout is not None:
+                    worker.idle_since = time.monotonic()
+                    asyncio.get_running_loop().call_later(
+                        self._idle_timeout, self._retire_if_idle, worker, worker.idle_since
+                    )
             self._active -= 1
             self._pump()
 
@@ -497,6 +505,13 @@ class ProcessWorkers:
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
         self._sched.on_outcome(item, ok, value)
+
+    def _retire_if_idle(self, worker: _Worker, since: float) -> None:
+        """A worker idle for ``idle_timeout`` seconds exits (a new one starts when needed)."""
+        if worker.idle_since == since and worker in self._idle:
+            self._idle.remove(worker)
+            self._workers.discard(worker)
+            self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
         retiring = asyncio.get_running_loop().create_task(worker.close())

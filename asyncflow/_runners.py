@@ -18,6 +18,7 @@ from ._futures import Future, FutureList
 from ._limits import Limit, check_limit
 from ._loop import LoopThread
 from ._mapping import expand
+from ._options import check_timeout
 from ._params import ATOMIC, find_futures, wait_for_edges
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
@@ -481,7 +482,10 @@ class ProcessPoolTaskRunner(TaskRunner):
     closures and functions defined in ``__main__`` work. Each worker runs one body at a time:
     a worker that dies fails only the run it was running (``WorkerCrashedError``) and is
     replaced; a timeout or cancel kills the worker (and its children) and replaces it.
-    ``initializer(*initargs)`` runs once in each worker before its first task.
+    ``initializer(*initargs)`` runs once in each worker before its first task. A worker exits
+    after ``max_tasks_per_worker`` calls, or after ``idle_timeout`` seconds without work; a
+    new one starts when needed. ``worker_env``: None (workers inherit this environment), a
+    dict (exactly those variables) or a list of names (only those are passed on).
     """
 
     def __init__(
@@ -492,6 +496,7 @@ class ProcessPoolTaskRunner(TaskRunner):
         max_tasks_per_worker: int | None = None,
         worker_env: Mapping[str, str] | Iterable[str] | None = None,
         *,
+        idle_timeout: float | None = None,
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
@@ -506,6 +511,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             else check_limit("max_tasks_per_worker", max_tasks_per_worker, owner)
         )
         self._worker_env_spec = _check_worker_env(worker_env, owner)
+        self._idle_timeout = check_timeout(idle_timeout, owner, "idle_timeout")
         self._max_workers = check_max_workers(max_workers, owner)
         if initializer is not None and not callable(initializer):
             raise TypeError(
@@ -533,6 +539,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             initargs=self._initargs,
             max_tasks_per_worker=self._max_tasks_per_worker,
             worker_env=self._worker_env_spec,
+            idle_timeout=self._idle_timeout,
             **self._policy_kwargs(),
         )
 
@@ -544,6 +551,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             self._initargs,
             self._max_tasks_per_worker,
             env,
+            self._idle_timeout,
             *self._policy_config(),
         )
 
@@ -557,6 +565,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             self._initargs,
             max_tasks_per_worker=self._max_tasks_per_worker,
             worker_env=self._worker_env_for_session(),
+            idle_timeout=self._idle_timeout,
         )
 
     def _worker_env_for_session(self) -> dict[str, str] | None:

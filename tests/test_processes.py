@@ -859,3 +859,22 @@ def test_an_initializer_that_cannot_be_sent_fails_at_entry_naming_it() -> None:
     # The runner is not left half-started: it can be entered again once fixed.
     with pytest.raises(SerializationError):
         runner.__enter__()
+
+
+def test_an_idle_worker_exits_after_its_idle_timeout_and_work_goes_on() -> None:
+    with ProcessPoolTaskRunner(max_workers=1, idle_timeout=0.2) as runner:
+        first = runner.submit(pid).result(TIMEOUT)
+        # The idle worker exits on its own: wait on the process itself, not on a clock. (A
+        # pidfd becomes readable when it exits, and does not reap it: the runner does that.)
+        try:
+            fd = os.pidfd_open(first)
+        except ProcessLookupError:  # already gone and reaped
+            pass
+        else:
+            try:
+                readable, _, _ = select.select([fd], [], [], TIMEOUT)
+                assert readable, "the idle worker did not exit"
+            finally:
+                os.close(fd)
+        second = runner.submit(pid).result(TIMEOUT)  # nothing queued is lost: a new worker
+        assert second != first
