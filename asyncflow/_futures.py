@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
@@ -520,10 +520,3 @@ class FutureList(list[Future[R]]):
         from ._waiting import gather_fail_fast
 
         return await gather_fail_fast(self)
-
-
-def iter_futures(items: Iterable[Any]) -> Iterable[Future[Any]]:
-    for item in items:
-        if not isinstance(item, Future):
-            raise TypeError(f"expected asyncflow futures, got {item!r}")
-        yield item
