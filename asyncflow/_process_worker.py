@@ -3,17 +3,24 @@ package), so it starts fast: it imports only the standard library, plus cloudpic
 first call arrives.
 
 Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
-``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a pickle:
-- first message in: ``(sys_path, cwd, initializer_bytes)``; reply ``("ready", None)`` once the
-  initializer ran;
-- then batches of calls of one function: ``(fn_bytes, is_async, [(args_bytes, context), ...])``,
-  each ``args_bytes`` a cloudpickle of ``(args, kwargs)`` and ``context`` the run context the
-  body may read; one reply per call, in order, as each ends;
-- each reply out: ``(kind, payload)`` with kind ``"ok"`` (cloudpickled result), ``"exc"``
-  (cloudpickled exception or None, type name, message, traceback text), ``"ser"`` (direction,
-  message) or ``"crash"`` (type name, message, traceback text; the worker then exits).
-``"bye"`` means: exit. End of input without it means the parent died: exit and kill this
-worker's process group.
+``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a body.
+In, each body is a pickle:
+- first: ``(sys_path, cwd, initializer_bytes)``; answered ``ready`` once the initializer ran;
+- then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
+  [(run_id, attempt), ...])``, ``args_bytes`` a cloudpickle of the list of ``(args, kwargs)``,
+  one per call, and the rest what ``get_run_context()`` says in the body (``run_id`` None: not
+  made yet; made here if the body asks, and sent back);
+- ``"bye"``: exit. End of input without it means the parent died: exit and kill this worker's
+  process group.
+Out, each body is one kind byte and its data, one reply per call, in order, written as each
+call ends (unbuffered, so the replies of the calls before a crash are never lost):
+- ``o`` + the pickled result;
+- ``i`` + the run id made in this worker for the call in progress (before its reply);
+- ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
+  None, type name, message, traceback text))``, ``("ser", (direction, message))``,
+  ``("crash", (type name, message, traceback text))`` (the worker then exits), or
+  ``("unbatch", message)``: the arguments of a batch of several calls would not load here, none
+  of them ran (the parent sends them again one by one, to say which one is at fault).
 """
 
 from __future__ import annotations
@@ -41,10 +48,15 @@ def _read(stream: BinaryIO) -> Any:
     return pickle.loads(data)  # our own pipe from the parent, nothing else
 
 
-def _write(stream: BinaryIO, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
+def _send(fd: int, kind: bytes, data: bytes) -> None:
+    """One reply, written straight to the pipe (no buffer a crash could lose)."""
+    view = memoryview(_HEADER.pack(len(data) + 1) + kind + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write(fd: int, message: Any) -> None:
+    _send(fd, b"m", pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _watch_parent(parent: int) -> None:
@@ -67,8 +79,8 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
-# (task name, run id, attempt, tags, task key).
-asyncflow_run_context: tuple[str, str, int, frozenset[str], str] | None = None
+# (task name, run id or None until the body asks for it, attempt, tags, task key).
+asyncflow_run_context: tuple[str, str | None, int, frozenset[str], str] | None = None
 
 
 def main() -> None:
@@ -95,7 +107,7 @@ def _serve() -> str:
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     inbox = sys.stdin.buffer
-    outbox = os.fdopen(os.dup(1), "wb")
+    outbox = os.dup(1)
     os.dup2(2, 1)  # a task's print() must not corrupt the replies
     sys.stdout = sys.stderr
     setup = _read(inbox)
@@ -116,28 +128,30 @@ def _serve() -> str:
             return "eof"
         if message == "bye":
             return "bye"
-        payload, is_async, calls = message
+        payload, is_async, (name, tags, key), blob, contexts = message
         try:
             fn = cloudpickle.loads(payload)
         except Exception as exc:
-            for _ in calls:
+            for _ in contexts:
                 _write(outbox, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
             continue
-        for call, context in calls:
-            try:
-                args, kwargs = cloudpickle.loads(call)
-            except Exception as exc:
-                _write(outbox, ("ser", ("arguments", f"{type(exc).__name__}: {exc}")))
-                continue
-            asyncflow_run_context = context
-            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle):
+        try:
+            calls = cloudpickle.loads(blob)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
+            _write(outbox, reply)
+            continue
+        for (args, kwargs), (run_id, attempt) in zip(calls, contexts, strict=True):
+            asyncflow_run_context = (name, run_id, attempt, tags, key)
+            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle, run_id is None):
                 return "crash"  # the body raised SystemExit or KeyboardInterrupt
             asyncflow_run_context = None
-        del fn
+        del fn, calls
 
 
 def _call(  # noqa: PLR0917 - a private helper of this script
-    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: BinaryIO, cloudpickle: Any
+    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: int, cloudpickle: Any, no_id: bool
 ) -> bool:
     """Run one call and write its reply; False if this worker must exit."""
     try:
@@ -148,19 +162,35 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         else:
             result = fn(*args, **kwargs)
     except Exception as exc:
+        _made_id(outbox, no_id)
         _write(outbox, _exception_reply(exc, cloudpickle))
         return True
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
+        _made_id(outbox, no_id)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
         return False
+    _made_id(outbox, no_id)
     try:
-        data = cloudpickle.dumps(result)
-    except Exception as exc:
-        _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
-        return True
-    _write(outbox, ("ok", data))
+        # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects of
+        # classes made by cloudpickle here, lambdas...), which then goes by value.
+        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        try:
+            data = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+            return True
+    _send(outbox, b"o", data)
     return True
+
+
+def _made_id(outbox: int, no_id: bool) -> None:
+    """If the run had no id yet and the body asked for one (so one was made here), tell the
+    parent, so the run keeps the id the body saw."""
+    context = asyncflow_run_context
+    if no_id and context is not None and context[1] is not None:
+        _send(outbox, b"i", context[1].encode())
 
 
 if __name__ == "__main__":

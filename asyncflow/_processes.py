@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 import weakref
 from collections import deque
 from pathlib import Path
@@ -48,6 +49,7 @@ _GRACE = 0.5  # seconds between terminate and kill
 _BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
+_OK, _ID = ord("o"), ord("i")  # reply kinds: a result; the run id made in the worker
 
 
 def _plain(item: Any) -> bool:
@@ -89,17 +91,26 @@ class _Worker:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise _Died from exc
 
-    async def receive(self) -> Any:
+    async def receive(self) -> list[bytes]:
+        """The replies that have arrived (at least one): each a kind byte and its data."""
         stdout = self.process.stdout
         assert stdout is not None
         buffer = self._buffer
+        frames: list[bytes] = []
         while True:
-            if len(buffer) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer)
-                if len(buffer) >= _HEADER.size + size:
-                    data = bytes(buffer[_HEADER.size : _HEADER.size + size])
-                    del buffer[: _HEADER.size + size]
-                    return pickle.loads(data)  # our own pipe from our own worker
+            start = 0
+            end = len(buffer)
+            while end - start >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer, start)
+                if end - start < _HEADER.size + size:
+                    break
+                start += _HEADER.size
+                frames.append(bytes(buffer[start : start + size]))
+                start += size
+            if start:
+                del buffer[:start]
+            if frames:
+                return frames
             try:
                 buffer += await stdout.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -202,18 +213,21 @@ def _unloadable(args: list[Any], kwargs: dict[str, Any]) -> str:
     return "an argument"
 
 
+def _result(task_name: str, data: bytes) -> tuple[bool, Any]:
+    try:
+        return True, pickle.loads(data)  # our own pipe from our own worker
+    except Exception as exc:
+        err = SerializationError(
+            f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
+        )
+        return False, err
+
+
 def _decode(
     task_name: str, reply: tuple[str, Any], args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[bool, Any]:
+    """A reply other than a plain result: an exception, a pickling failure or a crash."""
     kind, payload = reply
-    if kind == "ok":
-        try:
-            return True, cloudpickle.loads(payload)
-        except Exception as exc:
-            err = SerializationError(
-                f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
-            )
-            return False, err
     if kind == "exc":
         data, type_name, message, text = payload
         remote: BaseException | None = None
@@ -282,6 +296,7 @@ class ProcessWorkers:
         self._active = 0  # workers busy (or being started) with a batch
         # Seconds the last call of each task took: cheap ones are sent in batches.
         self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
         self._tasks: set[asyncio.Task[None]] = set()  # one per run being sent to a worker
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
@@ -340,7 +355,7 @@ class ProcessWorkers:
         else:
             return []
         batch = [first]
-        if self._max_tasks is not None or not _plain(first):
+        if self._max_tasks is not None or not _plain(first) or first._task in self._unbatchable:
             return batch
         task = first._task
         cost = self._cost.get(task)
@@ -394,7 +409,7 @@ class ProcessWorkers:
                 worker.process.returncode,
                 tail,
             ) from None
-        assert ready == ("ready", None)
+        assert ready == [b"m" + pickle.dumps(("ready", None), protocol=pickle.HIGHEST_PROTOCOL)]
         self._failed_starts = 0
         return worker
 
@@ -412,31 +427,22 @@ class ProcessWorkers:
             if not calls:
                 return
             worker = self._idle.pop() if self._idle else await self._spawn(calls[0][1].name)
+            busy = self._busy
+            mark_running = self._sched.mark_running
             for item, *_ in calls:
                 if item._status >= COMPLETED:  # cancelled while the worker started
                     continue
-                self._busy[item] = worker
-                self._sched.mark_running(item)  # a timeout counts from here, not from the spawn
+                busy[item] = worker
+                mark_running(item)  # a timeout counts from here, not from the spawn
             await worker.send(message)
-            task = calls[0][1]
-            clock = time.perf_counter()
-            while calls:
-                item, _, (args, kwargs) = calls[0]
-                reply = await worker.receive()
-                now = time.perf_counter()
-                self._cost[task] = now - clock  # the time of the last call, round trip included
-                clock = now
-                calls.pop(0)
-                worker.calls += 1
-                ok, value = _decode(task.name, reply, args, kwargs)
-                self._report(item, ok, value)
-                if reply[0] == "crash":
-                    raise _Died  # noqa: TRY301 - the worker exits after a SystemExit in the body
+            calls.reverse()  # popped from the end, in order
+            await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
                 self._workers.discard(retired)
                 self._retire(retired)
         except _Died:
+            calls.reverse()
             await self._buried(worker, calls)
             worker = None
         except Exception as exc:  # a worker that could not start: the whole batch fails
@@ -454,6 +460,48 @@ class ProcessWorkers:
                     )
             self._active -= 1
             self._pump()
+
+    async def _replies(self, worker: _Worker, calls: list[Any]) -> None:
+        """Take the replies of a batch as they come, in order (``calls`` reversed: the next one
+        last); each ends its run. The time per call is remembered (cheap tasks are batched)."""
+        task = calls[-1][1]
+        name = task.name
+        report = self._report
+        clock = time.perf_counter()
+        while calls:
+            frames = await worker.receive()
+            answered = 0
+            for frame in frames:
+                kind = frame[0]
+                item, _, (args, kwargs) = calls[-1]
+                if kind == _ID:
+                    getattr(item, "fut", item)._id = uuid.UUID(frame[1:].decode())
+                    continue
+                calls.pop()
+                answered += 1
+                if kind == _OK:
+                    ok, value = _result(name, frame[1:])
+                    report(item, ok, value)
+                    continue
+                reply = pickle.loads(frame[1:])  # our own pipe from our own worker
+                if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
+                    self._unbatchable.add(task)
+                    self._ready.extendleft(rest for rest, *_ in calls)
+                    self._ready.appendleft(item)
+                    for rest, *_ in calls:
+                        self._busy.pop(rest, None)
+                    self._busy.pop(item, None)
+                    calls.clear()
+                    return
+                ok, value = _decode(name, reply, args, kwargs)
+                report(item, ok, value)
+                if reply[0] == "crash":
+                    raise _Died  # the worker exits after a SystemExit in the body
+            now = time.perf_counter()
+            if answered:
+                worker.calls += answered
+                self._cost[task] = (now - clock) / answered  # round trip included
+            clock = now
 
     async def _buried(self, worker: _Worker | None, calls: list[Any]) -> None:
         """The worker died: blame the call it was running; the rest of its batch never started
@@ -490,17 +538,27 @@ class ProcessWorkers:
             for call in calls:
                 self._report(call[0], False, error)
             return None, []
-        good, packed = [], []
+        try:
+            blob = cloudpickle.dumps([call[2] for call in calls])
+        except Exception:
+            calls, blob = self._pack_one_by_one(task, calls)
+            if not calls:
+                return None, calls
+        contexts = [_context_of(call[0]) for call in calls]
+        return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
+
+    def _pack_one_by_one(self, task: Any, calls: list[Any]) -> tuple[list[Any], bytes]:
+        """Some arguments cannot be pickled: fail those calls, naming the argument."""
+        good = []
         for call in calls:
             item, _, (args, kwargs) = call
             try:
-                data = cloudpickle.dumps((args, kwargs))
+                cloudpickle.dumps((args, kwargs))
             except Exception as exc:
                 self._report(item, False, _argument_error(task, args, kwargs, exc))
-                continue
-            good.append(call)
-            packed.append((data, _context_of(item)))
-        return (fn, task.is_async, packed), good
+            else:
+                good.append(call)
+        return good, cloudpickle.dumps([call[2] for call in good])
 
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
@@ -519,8 +577,8 @@ class ProcessWorkers:
         retiring.add_done_callback(self._tasks.discard)
 
 
-def _context_of(item: Any) -> tuple[str, str, int, frozenset[str], str]:
-    """What ``get_run_context()`` says inside the body, in the worker."""
+def _context_of(item: Any) -> tuple[str | None, int]:
+    """The run id (None if not made yet: made in the worker if the body asks) and attempt
+    that ``get_run_context()`` says inside the body."""
     fut = getattr(item, "fut", item)
-    task = fut._task
-    return (task.name, str(fut.task_run_id), getattr(item, "number", 1), task.tags, task.key)
+    return (None if fut._id is None else str(fut._id), getattr(item, "number", 1))

@@ -23,7 +23,7 @@ from ._params import ATOMIC, find_futures, wait_for_edges
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
 from ._stats import RunnerStatistics
-from ._task import as_task
+from ._task import Task, as_task
 from ._threads import ThreadWorkers
 
 __all__ = ("ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner")
@@ -150,18 +150,21 @@ class TaskRunner(abc.ABC):
         gets their results. ``wait_for`` futures are waited for without passing data;
         ``dependencies`` (parameter name -> futures) are ordering edges like ``wait_for``.
         """
-        return self._submit(task, parameters, wait_for, dependencies, None)
+        sched = self._require_started()
+        fut = self._future(sched, as_task(task), parameters, wait_for, dependencies, None)
+        sched.submit(fut)
+        return fut
 
-    def _submit(
+    def _future(  # noqa: PLR0917 - private, per run
         self,
-        task: Any,
+        sched: Scheduler,
+        t: Task[..., Any],
         parameters: Mapping[str, Any] | None,
         wait_for: Iterable[Any] | None,
         dependencies: Mapping[str, Iterable[Any]] | None,
         map_limit: Limit | None,
     ) -> Future[Any]:
-        sched = self._require_started()
-        t = as_task(task)
+        """A new run of ``t``, checked and ready to hand to the scheduler."""
         if type(parameters) is dict:
             params = parameters.copy()
         elif parameters is None:
@@ -202,11 +205,7 @@ class TaskRunner(abc.ABC):
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        fut: Future[Any] = Future(
-            sched, t, params, deps, allow_only, contextvars.copy_context(), policy
-        )
-        sched.submit(fut)
-        return fut
+        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
 
     def map(
         self,
@@ -220,7 +219,7 @@ class TaskRunner(abc.ABC):
         ``max_in_flight`` bounds how many of these runs execute at once; the others wait in a
         queue holding no thread or asyncio task.
         """
-        self._require_started()
+        sched = self._require_started()
         limit = (
             None
             if max_in_flight is None
@@ -236,7 +235,9 @@ class TaskRunner(abc.ABC):
         if children:
             t.spec.check(children[0], t.name)
         waits = None if wait_for is None else list(wait_for)
-        return FutureList(self._submit(t, p, waits, None, limit) for p in children)
+        futures = FutureList(self._future(sched, t, p, waits, None, limit) for p in children)
+        sched.submit_many(futures)  # one hand-over to the loop for the whole map
+        return futures
 
     def cancel_all(self) -> None:
         """Cancel every run of this session that has not finished."""

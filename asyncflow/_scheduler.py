@@ -181,6 +181,21 @@ class Scheduler:
             self._inbox_scheduled = True
         self._call_soon(self._drain_inbox)
 
+    def submit_many(self, futures: list[Future[Any]]) -> None:
+        """Submit runs in order, with one hand-over to the loop from another thread."""
+        if threading.get_ident() == self.thread_id:
+            for fut in futures:
+                self.submit(fut)
+            return
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError(f"runner {self.runner.name!r} is closed")
+            self._inbox.extend(futures)
+            if self._inbox_scheduled or not futures:
+                return
+            self._inbox_scheduled = True
+        self._call_soon(self._drain_inbox)
+
     def request_cancel(self, fut: Future[Any]) -> None:
         if threading.get_ident() == self.thread_id:
             self._cancel(fut)

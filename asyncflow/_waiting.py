@@ -119,14 +119,74 @@ class _LentSlot:
 def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
     """Block until every future is final or ``timeout`` passed; return ``(done, not_done)``."""
     unique = _unique(futures)
-    with _LentSlot(unique) as lent:
-        for f in _sync_completions(unique, timeout, lend_slot=False):
-            if f is None:
-                break
-        else:
-            lent.done = True
+    _wait_all(unique, timeout, stop_on_failure=False)
     done = {f for f in unique if f._status >= COMPLETED}
     return DoneAndNotDone(done, {f for f in unique if f not in done})
+
+
+class _AllDone:
+    """One done-callback shared by many futures. It signals once: when the last one is final,
+    or, with ``stop_on_failure``, when one ends other than Completed. A waiter on a whole list
+    is woken once, not once per future (per-future wake-ups make a big map's wait cost a
+    thread switch per run)."""
+
+    __slots__ = ("_left", "_lock", "_signal", "_stop", "failed", "fired")
+
+    def __init__(self, count: int, stop_on_failure: bool, signal: Callable[[], object]) -> None:
+        self._left = count
+        self._stop = stop_on_failure
+        self._signal = signal
+        self._lock = threading.Lock()  # callbacks of futures of several runners: several threads
+        self.failed: Future[Any] | None = None
+        self.fired = False
+
+    def __call__(self, f: Future[Any]) -> None:
+        with self._lock:
+            if self.fired:
+                return
+            self._left -= 1
+            if self._stop and f._status != COMPLETED:
+                self.failed = f
+            elif self._left:
+                return
+            self.fired = True
+        self._signal()
+
+    def detach(self, pending: list[Future[Any]]) -> None:
+        """A wait that ended early must not leave its callback behind."""
+        for f in pending:
+            if f._status < COMPLETED:
+                f.remove_done_callback(self)
+
+
+def _first_failure(futures: list[Future[Any]]) -> Future[Any] | None:
+    return next((f for f in futures if f._status > COMPLETED), None)
+
+
+def _wait_all(
+    unique: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+) -> Future[Any] | None:
+    """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
+    first future that failed as soon as it is final (None otherwise)."""
+    deadline = _check_timeout(timeout)
+    if stop_on_failure and (failed := _first_failure(unique)) is not None:
+        return failed
+    pending = [f for f in unique if f._status < COMPLETED]
+    if not pending:
+        return None
+    _check_blocking_allowed(pending)
+    event = threading.Event()
+    waiter = _AllDone(len(pending), stop_on_failure, event.set)
+    for f in pending:
+        f.add_done_callback(waiter)
+    with _LentSlot(pending) as lent:
+        try:
+            finished = event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        finally:
+            if not event.is_set():
+                waiter.detach(pending)
+        lent.done = finished
+    return waiter.failed
 
 
 def as_completed(
@@ -157,16 +217,49 @@ def wait_all_or_first_failure(
 ) -> Future[Any] | None:
     """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
     first future seen to fail as soon as it is final (None otherwise)."""
-    unique = _unique(futures)
-    with _LentSlot(unique) as lent:
-        for f in _sync_completions(unique, timeout, lend_slot=False):
-            if f is None:
-                return None
-            if stop_on_failure and f._status != COMPLETED:
-                lent.done = True
-                return f
-        lent.done = True
-    return None
+    return _wait_all(_unique(futures), timeout, stop_on_failure)
+
+
+async def _wait_all_async(
+    unique: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+) -> Future[Any] | None:
+    """Async form of ``_wait_all``."""
+    deadline = _check_timeout(timeout)
+    if stop_on_failure and (failed := _first_failure(unique)) is not None:
+        return failed
+    pending = [f for f in unique if f._status < COMPLETED]
+    if not pending:
+        return None
+    for f in pending:
+        f._check_not_self()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def signal() -> None:
+        if threading.get_ident() == loop_thread:
+            wake()
+        else:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is closed
+                loop.call_soon_threadsafe(wake)
+
+    loop_thread = threading.get_ident()
+    waiter = _AllDone(len(pending), stop_on_failure, signal)
+    for f in pending:
+        f.add_done_callback(waiter)
+    try:
+        if deadline is None:
+            await done
+        else:
+            await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
+    finally:
+        if not waiter.fired:
+            waiter.detach(pending)
+            done.cancel()
+    return waiter.failed
 
 
 def _async_queue(
@@ -223,10 +316,7 @@ async def wait_async(
 ) -> DoneAndNotDone:
     """Async form of ``wait``."""
     unique = _unique(futures)
-    async with contextlib.aclosing(_async_completions(unique, timeout)) as completions:
-        async for f in completions:
-            if f is None:
-                break
+    await _wait_all_async(unique, timeout, stop_on_failure=False)
     done = {f for f in unique if f._status >= COMPLETED}
     return DoneAndNotDone(done, {f for f in unique if f not in done})
 
@@ -256,9 +346,8 @@ async def _as_completed_async(
 
 
 async def gather_fail_fast(futures: list[Future[Any]]) -> list[Any]:
-    """Await all futures in order of the list; raise the first failure as soon as it happens."""
-    async with contextlib.aclosing(_async_completions(_unique(futures), None)) as completions:
-        async for f in completions:
-            if f is not None and f._status != COMPLETED:
-                f._outcome(True)
+    """Await all futures; raise the first failure as soon as it happens."""
+    failed = await _wait_all_async(_unique(futures), None, stop_on_failure=True)
+    if failed is not None:
+        failed._outcome(True)
     return [f._outcome(True) for f in futures]

@@ -209,6 +209,10 @@ def flaky(succeed_on: int) -> str:
     return f"done on attempt {attempt}"
 
 
+def own_run_id(x: int) -> tuple[int, str]:
+    return x, str(get_run_context().task_run_id)
+
+
 # -- the runners under test --------------------------------------------------------------------
 RUNNERS: dict[str, Callable[[], TaskRunner]] = {
     "thread": lambda: ThreadPoolTaskRunner(max_workers=2),
@@ -475,6 +479,21 @@ def test_cancel_a_queued_run_it_never_starts_and_its_dependents_end_cancelled(
     assert not mark.exists()
     stats = runner.statistics()
     assert (stats.completed, stats.cancelled) == (2, 2)
+
+
+# -- run context -------------------------------------------------------------------------------
+def test_the_run_id_a_body_sees_is_its_futures_run_id(runner: TaskRunner) -> None:
+    with runner:
+        early = runner.submit(own_run_id, {"x": -1})
+        asked_before = str(early.task_run_id)  # the id may be made before the body runs
+        assert early.result(TIMEOUT) == (-1, asked_before)
+        # Many quick runs of one task (a process runner sends them in batches); the id is made
+        # where it is first asked for, and the run keeps the one its body saw.
+        futures = runner.map(own_run_id, {"x": range(200)})
+        results = futures.result(TIMEOUT)
+    assert [x for x, _ in results] == list(range(200))
+    assert [seen for _, seen in results] == [str(f.task_run_id) for f in futures]
+    assert len({seen for _, seen in results}) == 200
 
 
 # -- statistics --------------------------------------------------------------------------------
