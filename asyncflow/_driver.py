@@ -32,7 +32,7 @@ from ._futures import (
     crashed_error,
 )
 from ._params import resolve_parameters
-from .exceptions import TaskTimeoutError
+from .exceptions import TaskCrashedError, TaskTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from ._limits import RunPolicy
@@ -292,7 +292,7 @@ async def _attempts(
             hit = _cache_get(sched, task, key)
             if hit is not _MISS:
                 return COMPLETED, hit, "Cached"
-    attempt = 0
+    attempt = crashes = 0
     while True:
         attempt += 1
         pol.attempt = attempt
@@ -312,7 +312,11 @@ async def _attempts(
         except Exception as exc:
             if pol.cancelling:  # raised while handling a cancel: cancelled, never retried
                 return CANCELLED, cancelled_error(task.name), None
-            if attempt > pol.retries or not _retryable(task, exc):
+            if isinstance(exc, TaskCrashedError):  # only a dead worker, within its own bound
+                crashes += 1
+                if not isinstance(exc, WorkerCrashedError) or crashes > task.crash_retries:
+                    return CRASHED, exc, None
+            elif attempt - crashes > pol.retries or not _retryable(task, exc):
                 return FAILED, exc, None
             try:
                 delay = _retry_delay(task, attempt, sched.default_retry_delay)

@@ -30,13 +30,13 @@ def check_non_negative(name: str, value: object, owner: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def check_retries(value: object, owner: str) -> int | None:
+def check_retries(value: object, owner: str, name: str = "retries") -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{owner}: retries must be an int, not {value!r}")
+        raise TypeError(f"{owner}: {name} must be an int, not {value!r}")
     if value < 0:
-        raise ValueError(f"{owner}: retries must be >= 0, got {value}")
+        raise ValueError(f"{owner}: {name} must be >= 0, got {value}")
     return value
 
 

@@ -52,6 +52,7 @@ def _check_options(owner: str, **options: Any) -> dict[str, Any]:
     jitter = o["retry_jitter"]
     return {
         "retries": opt.check_retries(o["retries"], owner),
+        "crash_retries": opt.check_retries(o["crash_retries"], owner, "crash_retries") or 0,
         "retry_delay": opt.check_retry_delay(o["retry_delay"], owner),
         "retry_jitter": (
             None if jitter is None else opt.check_non_negative("retry_jitter", jitter, owner)
@@ -69,6 +70,7 @@ def _check_options(owner: str, **options: Any) -> dict[str, Any]:
 
 _DEFAULTS: dict[str, Any] = {
     "retries": None,
+    "crash_retries": 0,
     "retry_delay": None,
     "retry_jitter": None,
     "retry_on": None,
@@ -101,6 +103,7 @@ class Task(Generic[P, R]):
         on_completion: Any = (),
         on_failure: Any = (),
         on_cancellation: Any = (),
+        crash_retries: int = 0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a callable, not {fn!r}")
@@ -113,6 +116,7 @@ class Task(Generic[P, R]):
         checked = _check_options(
             f"task {self.name!r}",
             retries=retries,
+            crash_retries=crash_retries,
             retry_delay=retry_delay,
             retry_jitter=retry_jitter,
             retry_on=retry_on,
@@ -125,6 +129,9 @@ class Task(Generic[P, R]):
             on_cancellation=on_cancellation,
         )
         self.retries: int | None = checked["retries"]
+        # Runs again after its worker process died: separate from ``retries``, which never
+        # apply to a crash (a body that kills every worker it touches must not cause a storm).
+        self.crash_retries: int = checked["crash_retries"]
         self.retry_delay: opt.RetryDelay | None = checked["retry_delay"]
         self.retry_jitter: float | None = checked["retry_jitter"]
         self.retry_on: Any = checked["retry_on"]
@@ -146,6 +153,7 @@ class Task(Generic[P, R]):
         # default retries are added by the scheduler.
         self.driven = bool(
             self.retries
+            or self.crash_retries
             or self.timeout is not None
             or self.cache_key is not None
             or self.on_completion
@@ -158,6 +166,7 @@ class Task(Generic[P, R]):
         return {
             "name": self.name,
             "retries": self.retries,
+            "crash_retries": self.crash_retries,
             "retry_delay": self.retry_delay,
             "retry_jitter": self.retry_jitter,
             "retry_on": self.retry_on,
@@ -278,6 +287,7 @@ def task(
     on_completion: Any = (),
     on_failure: Any = (),
     on_cancellation: Any = (),
+    crash_retries: int = 0,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 

@@ -323,6 +323,51 @@ def test_bodies_that_crash_their_workers_do_not_stop_the_pool_starting_workers()
         assert after.result(TIMEOUT) not in crashed
 
 
+# -- row 3 and row 18: crash retries are opt-in, bounded, and separate from retries --------------
+def exit_until(marker_dir: str, succeed_on: int) -> int:
+    """Kills its worker on each attempt before ``succeed_on``; counts attempts in files."""
+    attempt = asyncflow.get_run_context().attempt
+    Path(marker_dir, f"attempt-{attempt}").write_text(str(os.getpid()))
+    if attempt < succeed_on:
+        os._exit(3)
+    return attempt
+
+
+def test_retries_never_apply_to_a_crashed_worker(tmp_path: Path) -> None:
+    crashy = task(retries=5)(exit_until)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(crashy, {"marker_dir": str(tmp_path), "succeed_on": 99})
+        assert isinstance(fut.exception(TIMEOUT), WorkerCrashedError)
+    assert fut.state.is_crashed()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attempt-1"]  # ran once: no storm
+
+
+def test_crash_retries_run_again_after_a_worker_died_up_to_their_bound(tmp_path: Path) -> None:
+    recovers = task(crash_retries=2)(exit_until)
+    gives_up = task(crash_retries=2, retries=4)(exit_until)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        first = tmp_path / "first"
+        first.mkdir()
+        ok = runner.submit(recovers, {"marker_dir": str(first), "succeed_on": 3})
+        assert ok.result(TIMEOUT) == 3  # two crashes, then the third attempt succeeds
+        second = tmp_path / "second"
+        second.mkdir()
+        bad = runner.submit(gives_up, {"marker_dir": str(second), "succeed_on": 99})
+        err = bad.exception(TIMEOUT)
+    assert isinstance(err, WorkerCrashedError)
+    assert bad.state.is_crashed()
+    pids = {p.read_text() for p in second.iterdir()}
+    assert len(pids) == 3  # one attempt and two crash retries, each on a fresh worker
+    assert runner.statistics().retried == 4
+
+
+def test_crash_retries_must_be_a_non_negative_int() -> None:
+    with pytest.raises(ValueError, match="crash_retries must be >= 0"):
+        task(crash_retries=-1)
+    with pytest.raises(TypeError, match="crash_retries must be an int"):
+        task(crash_retries="2")  # type: ignore[arg-type]
+
+
 # -- row 2: killed by a signal -------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("sig", "out_of_memory_hint"),
