@@ -365,7 +365,7 @@ def test_crash_retries_must_be_a_non_negative_int() -> None:
     with pytest.raises(ValueError, match="crash_retries must be >= 0"):
         task(crash_retries=-1)
     with pytest.raises(TypeError, match="crash_retries must be an int"):
-        task(crash_retries="2")  # type: ignore[arg-type]
+        task(crash_retries="2")  # type: ignore[call-overload]
 
 
 # -- row 2: killed by a signal -------------------------------------------------------------------
