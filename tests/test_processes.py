@@ -923,3 +923,63 @@ def test_an_idle_worker_exits_after_its_idle_timeout_and_work_goes_on() -> None:
                 os.close(fd)
         second = runner.submit(pid).result(TIMEOUT)  # nothing queued is lost: a new worker
         assert second != first
+
+
+# -- row 11: leaky workers are retired without losing queued work ------------------------------
+def test_a_worker_is_replaced_after_max_tasks_per_worker_calls_and_no_run_is_lost() -> None:
+    with ProcessPoolTaskRunner(max_workers=1, max_tasks_per_worker=2) as runner:
+        pids = runner.map(pid_and_flag, {"i": range(7)}).result(TIMEOUT)
+    served: dict[int, int] = {}
+    for worker, _ in pids:
+        served[worker] = served.get(worker, 0) + 1
+    assert len(pids) == 7  # every queued run ran
+    assert max(served.values()) <= 2
+    assert len(served) == 4  # 2 + 2 + 2 + 1 calls, each group on a fresh worker
+
+
+def test_max_tasks_per_worker_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match="max_tasks_per_worker"):
+        ProcessPoolTaskRunner(max_tasks_per_worker=0)
+    with pytest.raises(TypeError, match="max_tasks_per_worker"):
+        ProcessPoolTaskRunner(max_tasks_per_worker="3")  # type: ignore[arg-type]
+
+
+# -- row 39: secrets in the environment need not reach workers ----------------------------------
+def environment(*names: str) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def test_worker_env_as_an_allow_list_passes_only_the_names_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCFLOW_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("ASYNCFLOW_TEST_PUBLIC", "visible")
+    with ProcessPoolTaskRunner(max_workers=1, worker_env=["ASYNCFLOW_TEST_PUBLIC"]) as runner:
+        seen = runner.submit(
+            environment, {"names": ["ASYNCFLOW_TEST_SECRET", "ASYNCFLOW_TEST_PUBLIC"]}
+        ).result(TIMEOUT)
+    assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ASYNCFLOW_TEST_PUBLIC": "visible"}
+
+
+def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCFLOW_TEST_SECRET", "hunter2")
+    with ProcessPoolTaskRunner(max_workers=1, worker_env={"ONLY_THIS": "1"}) as runner:
+        seen = runner.submit(
+            environment, {"names": ["ASYNCFLOW_TEST_SECRET", "ONLY_THIS"]}
+        ).result(TIMEOUT)
+    assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ONLY_THIS": "1"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("PATH", "worker_env must be a dict of variables or a list of names"),
+        ({"A": 1}, "worker_env must map str to str"),
+        ([1], "worker_env names must be strings"),
+    ],
+)
+def test_a_bad_worker_env_is_refused_naming_it(bad: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        ProcessPoolTaskRunner(worker_env=bad)
