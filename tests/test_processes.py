@@ -966,9 +966,9 @@ def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
 ) -> None:
     monkeypatch.setenv("ASYNCFLOW_TEST_SECRET", "hunter2")
     with ProcessPoolTaskRunner(max_workers=1, worker_env={"ONLY_THIS": "1"}) as runner:
-        seen = runner.submit(
-            environment, {"names": ["ASYNCFLOW_TEST_SECRET", "ONLY_THIS"]}
-        ).result(TIMEOUT)
+        seen = runner.submit(environment, {"names": ["ASYNCFLOW_TEST_SECRET", "ONLY_THIS"]}).result(
+            TIMEOUT
+        )
     assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ONLY_THIS": "1"}
 
 
