@@ -41,8 +41,9 @@ _CNAMES = {
 }
 
 
-def _us(seconds: float) -> float:
-    return round(seconds * 1_000_000, 3)
+def _us(seconds: float) -> int:
+    """Whole microseconds: a span's end (``ts + dur``) is then exactly the next one's ``ts``."""
+    return round(seconds * 1_000_000)
 
 
 class _Tracks:
@@ -103,7 +104,7 @@ def _span_event(span: AttemptSpan, origin: float, pid: int, tid: int) -> dict[st
         "cat": "task",
         "ph": "X",
         "ts": _us(span.start - origin),
-        "dur": _us(span.end - span.start),
+        "dur": _us(span.end - origin) - _us(span.start - origin),
         "pid": pid,
         "tid": tid,
         "cname": _CNAMES.get(span.state, "bad"),
@@ -112,7 +113,7 @@ def _span_event(span: AttemptSpan, origin: float, pid: int, tid: int) -> dict[st
 
 
 def _instant(
-    name: str, ts: float, track: tuple[int, int], cname: str, args: dict[str, Any]
+    name: str, ts: int, track: tuple[int, int], cname: str, args: dict[str, Any]
 ) -> dict[str, Any]:
     pid, tid = track
     return {
