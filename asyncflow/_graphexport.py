@@ -14,6 +14,7 @@ strings.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -35,6 +36,7 @@ _STYLES = {
 }
 _DASHED = frozenset({"skipped", "cancelled", "pending", "external"})
 _MERMAID_SAFE = frozenset(" _-.,:/()+=!?@*'")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 class _Graph:
@@ -90,9 +92,11 @@ def mermaid(events: Iterable[object]) -> str:
 
 
 def _dot_text(text: str) -> str:
-    """``text`` inside a quoted DOT string: backslashes and quotes escaped, no raw newlines."""
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    return "\\n".join(text.replace("\r", "").split("\n"))
+    """``text`` inside a quoted DOT string: backslashes and quotes escaped, line breaks as
+    ``\\n``, other control characters as spaces."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "")
+    text = _CONTROL.sub(" ", text)
+    return "\\n".join(text.split("\n"))
 
 
 def dot(events: Iterable[object]) -> str:
