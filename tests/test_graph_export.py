@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import subprocess
 import uuid
 
-import pytest
 from eventlog import EventLog, Sample
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from programs import require
 
 from asyncflow import StateType
 from asyncflow._graphexport import dot, mermaid
@@ -157,8 +156,8 @@ def test_any_task_name_stays_inside_its_label(name: str) -> None:
     assert dot_label(code) == expected + suffix
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="no Graphviz dot on PATH")
 def test_graphviz_reads_the_dot_text() -> None:
+    graphviz = require("graphviz", "dot")
     log = EventLog()
     parent = log.submit(NASTY, 0.0)
     child = log.submit("child", 0.0, upstream=(parent,))
@@ -166,7 +165,7 @@ def test_graphviz_reads_the_dot_text() -> None:
     log.finish(parent, 0.2, StateType.FAILED, error="E: x")
     log.finish(child, 0.3, StateType.FAILED, name="UpstreamFailed", error="E: x")
     done = subprocess.run(
-        ["dot", "-Tsvg"],
+        [graphviz, "-Tsvg"],
         input=dot(log.events),
         capture_output=True,
         text=True,

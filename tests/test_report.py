@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from html.parser import HTMLParser
@@ -12,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from eventlog import EventLog, Sample
+from programs import require
 
 from asyncflow import RunRecorder, StateType
 from asyncflow._report import html_report
@@ -122,15 +122,9 @@ def test_write_report_writes_the_page(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == recorder.html_report(title="nightly")
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def screenshot(page: Path, png: Path, profile: Path) -> None:
+def screenshot(browser: str, page: Path, png: Path, profile: Path) -> None:
     """A headless Chromium screenshot of ``page``. Chromium forks helpers: it runs in a session
     of its own, and that whole process group is killed afterwards, whatever happened."""
-    browser = chromium()
-    assert browser is not None
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     process = subprocess.Popen(
         [
@@ -172,14 +166,14 @@ def screenshot(page: Path, png: Path, profile: Path) -> None:
         )
 
 
-@pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt-get install chromium)")
 @pytest.mark.timeout(90)
 def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     from PIL import Image
 
+    browser = require("chromium", "chromium", "chromium-browser")
     page = RunRecorder(Sample().events).write_report(tmp_path / "report.html")
     png = tmp_path / "report.png"
-    screenshot(page, png, tmp_path / "profile")
+    screenshot(browser, page, png, tmp_path / "profile")
     with Image.open(png) as image:
         rgb = image.convert("RGB")
     assert rgb.size == (1200, 800)
