@@ -219,11 +219,9 @@ def html_report(events: Iterable[object], *, title: str = "asyncflow run report"
     runs = runs_of(checked)
     origin = time_origin(checked)
     horizon = max((e.timestamp for e in checked), default=origin)
+    # Rows in the order runs started; one that never started where it was decided.
     runs_in_time = sorted(
-        runs,
-        key=lambda r: (
-            r.start if r.start is not None else (r.end if r.end is not None else horizon),
-        ),
+        runs, key=lambda r: next(t for t in (r.start, r.end, horizon) if t is not None)
     )
     span = _seconds(horizon - origin) or "0 µs"
     return (

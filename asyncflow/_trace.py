@@ -63,6 +63,8 @@ class _Tracks:
             return found
         match = _PROCESS.match(worker)
         pid = int(match.group(1)) if match else RUNNER_PID
+        if pid <= RUNNER_PID:  # not a child's pid: keep it on a track of the runner
+            match, pid = None, RUNNER_PID
         self.processes.setdefault(pid, f"worker {worker}" if match else "asyncflow runner")
         tid = self.next_tid.get(pid, 1)
         self.next_tid[pid] = tid + 1
