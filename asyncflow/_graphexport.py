@@ -35,7 +35,7 @@ _STYLES = {
     "external": ("#ffffff", "#9e9e9e", "#616161"),
 }
 _DASHED = frozenset({"skipped", "cancelled", "pending", "external"})
-_MERMAID_SAFE = frozenset(" _-.,:/()+=!?@*'")
+_MERMAID_SAFE = frozenset(" _-.,:/()[]+=!?@*'")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 

@@ -58,7 +58,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eeeeee;
          vertical-align: top; }
 th { background: #f5f5f5; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.error { font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-word;
            color: #b71c1c; }
 """

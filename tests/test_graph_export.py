@@ -132,7 +132,7 @@ def test_labels_are_escaped_for_each_format() -> None:
 
     text = mermaid(log.events)
     [(_, code)] = MERMAID_NODE.findall(text)
-    assert re.fullmatch(r"(?:[^\W_]|[ _\-.,:/()+=!?@*']|#\d+;)*", code), code
+    assert re.fullmatch(r"(?:[^\W_]|[ _\-.,:/()[\]+=!?@*']|#\d+;)*", code), code
     assert mermaid_label(code) == expected
     assert "-->" not in code
     assert MERMAID_EDGE.findall(text) == []
