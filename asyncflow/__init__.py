@@ -22,8 +22,11 @@ from ._flow import flow as flow
 from ._futures import Future as Future
 from ._futures import FutureList as FutureList
 from ._options import exponential_backoff as exponential_backoff
+from ._recorder import RunRecorder as RunRecorder
 from ._resolve import resolve_futures_to_results as resolve_futures_to_results
 from ._resolve import resolve_futures_to_states as resolve_futures_to_states
+from ._runlog import AttemptSpan as AttemptSpan
+from ._runlog import RunSummary as RunSummary
 from ._runners import ProcessPoolTaskRunner as ProcessPoolTaskRunner
 from ._runners import TaskRunner as TaskRunner
 from ._runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
@@ -43,6 +46,7 @@ from ._waiting import wait_async as wait_async
 __version__ = "0.1.0"
 
 __all__ = (
+    "AttemptSpan",
     "CacheEntry",
     "CacheStore",
     "DoneAndNotDone",
@@ -53,6 +57,8 @@ __all__ = (
     "MemoryCacheStore",
     "ProcessPoolTaskRunner",
     "RunContext",
+    "RunRecorder",
+    "RunSummary",
     "RunnerStatistics",
     "Settings",
     "State",
