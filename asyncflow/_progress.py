@@ -191,21 +191,21 @@ class ProgressDisplay:
 
     def __rich__(self) -> RenderableType:
         """What the live display draws (called on rich's refresh thread)."""
-        table_mod, text_mod = self._rich.table, self._rich.text
-        total = self.counts()
-        rows = list(self.task_counts().items())
-        table = table_mod.Table(
-            title=self._headline(total), title_justify="left", box=None, expand=False
-        )
+        rich = self._rich
+        with self._lock:
+            elapsed = self._elapsed()
+            total = self._total.frozen(elapsed)
+            rows = [(name, tally.frozen(elapsed)) for name, tally in self._tasks.items()]
+        table = rich.table.Table(box=None, expand=False)
         table.add_column("task")
         for column in ("submitted", "running", "done", "failed"):
             table.add_column(column, justify="right")
         for name, c in rows[:_MAX_TASK_ROWS]:
-            failed = text_mod.Text(str(c.failed), style="red" if c.failed else "")
+            failed = rich.text.Text(str(c.failed), style="red" if c.failed else "")
             table.add_row(name, str(c.submitted), str(c.running), str(c.done), failed)
         if len(rows) > _MAX_TASK_ROWS:
             table.add_row(f"+{len(rows) - _MAX_TASK_ROWS} more", "", "", "", "")
-        return table  # type: ignore[no-any-return]
+        return rich.console.Group(rich.text.Text(self._headline(total), style="bold"), table)  # type: ignore[no-any-return]
 
     def _headline(self, c: ProgressCounts) -> str:
         return (
