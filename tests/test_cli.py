@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import os
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -21,11 +23,13 @@ from asyncflow.cli import main
 
 SUBPROCESS_TIMEOUT = 40.0  # seconds; a process-runner flow starts worker processes
 SOURCE_ROOT = str(Path(asyncflow.__file__).resolve().parent.parent)
+README = Path(SOURCE_ROOT) / "README.md"
 
 FLOWS = """
 import asyncio
 import dataclasses
-from asyncflow import flow, task
+import os
+from asyncflow import ProcessPoolTaskRunner, flow, task
 
 
 @task
@@ -84,6 +88,15 @@ def in_processes(n: int = 4) -> list[int]:
     points = [task(square).submit(i) for i in range(n)]
     assert all(isinstance(p.result(), Point) for p in points)
     return [p.result().x for p in points]
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+@flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+def own_runner() -> bool:
+    return task(pid).submit().result() != os.getpid()  # True: it ran in a worker process
 
 
 NOT_A_FUNCTION = 3
@@ -168,6 +181,13 @@ def test_a_process_runner_runs_functions_and_classes_defined_in_the_flow_file(
     assert (done.returncode, done.stdout, done.stderr) == (0, "[0, 1, 4, 9]\n", "")
 
 
+def test_the_flows_own_runner_unless_the_options_choose_one(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:own_runner", cwd=flows.parent)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+    done = asyncflow_cli("run", "flows.py:own_runner", "--runner", "thread", cwd=flows.parent)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+
+
 def test_flow_arguments_after_double_dash(flows: Path) -> None:
     done = asyncflow_cli(
         "run", "flows.py:echo", "--",
@@ -240,6 +260,18 @@ def test_help_of_every_command(tmp_path: Path) -> None:
     assert bare.returncode == 2
     assert "demo" in bare.stdout
     assert "run" in bare.stdout
+
+
+def test_the_readme_example_of_the_command(tmp_path: Path) -> None:
+    text = README.read_text()
+    flow_file = re.search(r"```python\n# pipelines.py\n(.*?)```", text, re.S)
+    session = re.search(r"```sh\n\$ asyncflow (run pipelines.py.*?)\n(.*?)\n```", text, re.S)
+    assert flow_file is not None
+    assert session is not None
+    (tmp_path / "pipelines.py").write_text(flow_file.group(1))
+    done = asyncflow_cli(*shlex.split(session.group(1)), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == session.group(2) + "\n"
 
 
 def test_demo_still_runs(tmp_path: Path) -> None:
