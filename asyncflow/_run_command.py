@@ -63,7 +63,11 @@ def add_run_command(commands: Any) -> None:
         "own task_runner, else thread)",
     )
     run.add_argument(
-        "--max-workers", type=_positive_int, metavar="N", help="worker threads or processes"
+        "--max-workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker threads or processes (with --runner, or alone, it replaces the flow's own "
+        "task_runner by a plain one of that kind)",
     )
     run.add_argument("--trace", metavar="FILE", help="write a trace of every task run to FILE")
     run.add_argument("--report", metavar="FILE", help="write a report of the run to FILE")
