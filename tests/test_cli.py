@@ -1,0 +1,331 @@
+"""The ``asyncflow`` command, run as a subprocess on flow files written by the tests."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncflow
+from asyncflow import ThreadPoolTaskRunner
+from asyncflow._events import TaskEvent
+from asyncflow._run_command import observe
+from asyncflow.cli import main
+
+SUBPROCESS_TIMEOUT = 40.0  # seconds; a process-runner flow starts worker processes
+SOURCE_ROOT = str(Path(asyncflow.__file__).resolve().parent.parent)
+README = Path(SOURCE_ROOT) / "README.md"
+
+FLOWS = """
+import asyncio
+import dataclasses
+import os
+from asyncflow import ProcessPoolTaskRunner, flow, task
+
+
+@task
+def double(x: int) -> int:
+    return x * 2
+
+
+@task
+def boom(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+
+
+@flow
+def pipeline(n: int = 3) -> list[int]:
+    return [double.submit(i) for i in range(n)]
+
+
+@flow(name="failing-pipeline")
+def failing() -> int:
+    return double.submit(boom.submit(1))
+
+
+@flow
+def fails_inside() -> int:
+    return boom.submit(7).result() + 1
+
+
+def plain_failure() -> None:
+    raise KeyError("no such thing")
+
+
+@flow
+async def async_pipeline(n: int = 2) -> list[int]:
+    await asyncio.sleep(0)
+    return [double.submit(i) for i in range(n)]
+
+
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def nothing() -> None:
+    return None
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+def square(x: int) -> Point:
+    return Point(x * x)  # a class and a function defined here, run in worker processes
+
+
+def in_processes(n: int = 4) -> list[int]:
+    points = [task(square).submit(i) for i in range(n)]
+    assert all(isinstance(p.result(), Point) for p in points)
+    return [p.result().x for p in points]
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+@flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+def own_runner() -> bool:
+    return task(pid).submit().result() != os.getpid()  # True: it ran in a worker process
+
+
+NOT_A_FUNCTION = 3
+
+if __name__ == "__main__":
+    raise SystemExit("the file is imported, not run as a script")
+"""
+
+
+def asyncflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "asyncflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    path = tmp_path / "flows.py"
+    path.write_text(textwrap.dedent(FLOWS))
+    return path
+
+
+def test_a_flow_that_succeeds_exits_0_and_prints_its_result(flows: Path) -> None:
+    done = asyncflow_cli("run", f"{flows}:pipeline", cwd=flows.parent)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[0, 2, 4]\n", "")
+
+
+def test_a_relative_path_and_an_async_flow(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:async_pipeline", "--max-workers", "2", cwd=flows.parent)
+    assert (done.returncode, done.stdout) == (0, "[0, 2]\n")
+
+
+def test_a_result_of_none_prints_nothing(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:nothing", cwd=flows.parent)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_a_failing_flow_exits_1_naming_the_task_and_its_error(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:failing", cwd=flows.parent)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    message = done.stderr.strip()
+    assert "\n" not in message  # one paragraph
+    assert message.startswith("asyncflow run: flow 'failing-pipeline' failed: task 'double'")
+    assert "its upstream task 'boom' failed" in message
+    assert "(caused by ValueError: bad input 1)" in message
+    assert "Traceback" not in message
+
+
+def test_a_task_failing_inside_the_flow_body_is_named(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:fails_inside", cwd=flows.parent)
+    assert done.returncode == 1
+    assert "task 'boom' failed with ValueError: bad input 7" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_failure_of_the_flow_itself_and_traceback_on_request(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:plain_failure", cwd=flows.parent)
+    assert done.returncode == 1
+    assert "flow 'plain_failure' failed: KeyError: 'no such thing'" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = asyncflow_cli("run", "--traceback", "flows.py:plain_failure", cwd=flows.parent)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert 'raise KeyError("no such thing")' in done.stderr
+
+
+def test_a_process_runner_runs_functions_and_classes_defined_in_the_flow_file(
+    flows: Path,
+) -> None:
+    done = asyncflow_cli(
+        "run", "flows.py:in_processes", "--runner", "process", "--max-workers", "2",
+        cwd=flows.parent,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[0, 1, 4, 9]\n", "")
+
+
+def test_the_flows_own_runner_unless_the_options_choose_one(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:own_runner", cwd=flows.parent)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+    done = asyncflow_cli("run", "flows.py:own_runner", "--runner", "thread", cwd=flows.parent)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+
+
+def test_flow_arguments_after_double_dash(flows: Path) -> None:
+    done = asyncflow_cli(
+        "run", "flows.py:echo", "--",
+        "3", "word", "n=4", "ratio=0.5", "on=true", "items=[1, 2]", "name=plain text",
+        "opts={\"a\": null}", "odd=[1,", "x=y=z",
+        cwd=flows.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    received = ast.literal_eval(done.stdout)  # the printed repr of the flow's result
+    assert received == {
+        "args": [3, "word"],
+        "kwargs": {
+            "n": 4,
+            "ratio": 0.5,
+            "on": True,
+            "items": [1, 2],
+            "name": "plain text",
+            "opts": {"a": None},
+            "odd": "[1,",
+            "x": "y=z",
+        },
+    }
+
+
+def test_flow_arguments_the_flow_does_not_take_exit_2(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:pipeline", "--", "m=1", cwd=flows.parent)
+    assert done.returncode == 2
+    assert "flow 'pipeline' cannot take these arguments" in done.stderr
+    assert "'m'" in done.stderr
+    done = asyncflow_cli("run", "flows.py:echo", "--", "a=1", "a=2", cwd=flows.parent)
+    assert done.returncode == 2
+    assert "flow argument 'a' is given twice" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("missing.py:pipeline", ["no such file: missing.py", "'pipeline'"]),
+        ("flows.py:nowhere", ["flows.py has no function 'nowhere'", "pipeline"]),
+        ("flows.py:NOT_A_FUNCTION", ["'NOT_A_FUNCTION' in flows.py is not a function"]),
+        ("broken.py:main", ["syntax error in ", "broken.py:2", "'main'"]),
+        ("failing_import.py:main", ["importing ", "ModuleNotFoundError", "'main'"]),
+        ("flows.py", ["expected FILE.py:FUNCTION"]),
+    ],
+)
+def test_a_wrong_file_or_name_exits_2_naming_them(
+    flows: Path, target: str, expected: list[str]
+) -> None:
+    (flows.parent / "broken.py").write_text("def main():\n    return (\n")
+    (flows.parent / "failing_import.py").write_text("import no_such_module_here\n")
+    done = asyncflow_cli("run", target, cwd=flows.parent)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for part in expected:
+        assert part in lines[0]
+
+
+def test_help_of_every_command(tmp_path: Path) -> None:
+    for command, expected in [
+        ("run", ["FILE.py:FLOW", "--runner", "--max-workers", "--trace", "--no-progress"]),
+        ("demo", ["usage: asyncflow demo"]),
+    ]:
+        done = asyncflow_cli(command, "--help", cwd=tmp_path)
+        assert done.returncode == 0
+        for part in expected:
+            assert part in done.stdout
+    bare = asyncflow_cli(cwd=tmp_path)
+    assert bare.returncode == 2
+    assert "demo" in bare.stdout
+    assert "run" in bare.stdout
+
+
+def test_the_readme_example_of_the_command(tmp_path: Path) -> None:
+    text = README.read_text()
+    flow_file = re.search(r"```python\n# pipelines.py\n(.*?)```", text, re.S)
+    session = re.search(r"```sh\n\$ asyncflow (run pipelines.py.*?)\n(.*?)\n```", text, re.S)
+    assert flow_file is not None
+    assert session is not None
+    (tmp_path / "pipelines.py").write_text(flow_file.group(1))
+    done = asyncflow_cli(*shlex.split(session.group(1)), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == session.group(2) + "\n"
+
+
+def test_demo_still_runs(tmp_path: Path) -> None:
+    done = asyncflow_cli("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "asyncflow demo" in done.stdout
+
+
+# -- the glue to runner events (in process) -------------------------------------------------------
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[TaskEvent] = []
+
+    def __call__(self, event: TaskEvent) -> None:
+        self.events.append(event)
+
+    def write_trace(self, path: str) -> None:
+        Path(path).write_text(f"trace of {len(self.events)} events")
+
+    def write_report(self, path: str) -> None:
+        Path(path).write_text("report")
+
+
+def test_observe_without_runner_events_attaches_nothing_and_says_so() -> None:
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    if hasattr(runner, "subscribe"):
+        pytest.skip("runners emit events")
+    assert observe(runner, [print], want_recorder=False) == (False, None, None)
+    attached, recorder, note = observe(runner, [print], want_recorder=True)
+    assert (attached, recorder) == (False, None)
+    assert note is not None
+    assert "no trace or report" in note
+
+
+def test_trace_and_report_are_written_by_the_recorder(
+    flows: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subscribed: list[Callable[[TaskEvent], None]] = []
+
+    def subscribe(self: Any, callback: Callable[[TaskEvent], None]) -> None:
+        subscribed.append(callback)
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading the file adds its directory
+    monkeypatch.setattr(ThreadPoolTaskRunner, "subscribe", subscribe, raising=False)
+    monkeypatch.setattr(asyncflow, "RunRecorder", FakeRecorder, raising=False)
+    trace, report = flows.parent / "trace.json", flows.parent / "report.html"
+    status = main(
+        ["run", f"{flows}:pipeline", "--trace", str(trace), "--report", str(report), "--", "n=2"]
+    )
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert out == "[0, 2]\n"
+    assert any(isinstance(s, FakeRecorder) for s in subscribed)
+    assert trace.read_text() == "trace of 0 events"  # the fake subscribe never calls back
+    assert report.read_text() == "report"
+    assert f"trace written to {trace}" in err
+    assert f"report written to {report}" in err
