@@ -17,10 +17,12 @@ from ._cache import MemoryCacheStore as MemoryCacheStore
 from ._cache import task_input_hash as task_input_hash
 from ._context import RunContext as RunContext
 from ._context import get_run_context as get_run_context
+from ._events import TaskEvent as TaskEvent
 from ._flow import Flow as Flow
 from ._flow import flow as flow
 from ._futures import Future as Future
 from ._futures import FutureList as FutureList
+from ._logging import get_run_logger as get_run_logger
 from ._options import exponential_backoff as exponential_backoff
 from ._recorder import RunRecorder as RunRecorder
 from ._resolve import resolve_futures_to_results as resolve_futures_to_results
@@ -64,6 +66,7 @@ __all__ = (
     "State",
     "StateType",
     "Task",
+    "TaskEvent",
     "TaskRunner",
     "ThreadPoolTaskRunner",
     "allow_failure",
@@ -73,6 +76,7 @@ __all__ = (
     "exponential_backoff",
     "flow",
     "get_run_context",
+    "get_run_logger",
     "get_settings",
     "quote",
     "resolve_futures_to_results",

@@ -5,7 +5,8 @@ first call arrives.
 Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
 ``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a body.
 In, each body is a pickle:
-- first: ``(sys_path, cwd, initializer_bytes)``; answered ``ready`` once the initializer ran;
+- first: ``(sys_path, cwd, initializer_bytes, log_level)``; answered ``ready`` once the
+  initializer ran;
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
   [(run_id, attempt), ...])``, ``args_bytes`` a cloudpickle of the list of ``(args, kwargs)``,
   one per call, and the rest what ``get_run_context()`` says in the body (``run_id`` None: not
@@ -16,6 +17,8 @@ Out, each body is one kind byte and its data, one reply per call, in order, writ
 call ends (unbuffered, so the replies of the calls before a crash are never lost):
 - ``o`` + the pickled result;
 - ``i`` + the run id made in this worker for the call in progress (before its reply);
+- ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
+  at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
   None, type name, message, traceback text))``, ``("ser", (direction, message))``,
   ``("crash", (type name, message, traceback text))`` (the worker then exits), or
@@ -48,11 +51,15 @@ def _read(stream: BinaryIO) -> Any:
     return pickle.loads(data)  # our own pipe from the parent, nothing else
 
 
+_send_lock = threading.Lock()  # a body's own threads may log while a reply is written
+
+
 def _send(fd: int, kind: bytes, data: bytes) -> None:
     """One reply, written straight to the pipe (no buffer a crash could lose)."""
     view = memoryview(_HEADER.pack(len(data) + 1) + kind + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    with _send_lock:
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _write(fd: int, message: Any) -> None:
@@ -81,6 +88,15 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
 # (task name, run id or None until the body asks for it, attempt, tags, task key).
 asyncflow_run_context: tuple[str, str | None, int, frozenset[str], str] | None = None
+# Read by asyncflow's task run loggers here: the parent's level, and how records go back.
+asyncflow_log_level = 20
+_outbox = -1
+
+
+def asyncflow_ship_log(record: dict[str, Any]) -> None:
+    """Send a log record (a dict of plain values) to the parent, which handles it."""
+    if _outbox >= 0:
+        _send(_outbox, b"l", pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main() -> None:
@@ -102,18 +118,18 @@ def main() -> None:
 
 def _serve() -> str:
     """Serve calls; say how it ended: "bye" (the parent closed us), "eof" or "crash"."""
-    global asyncflow_run_context  # read by get_run_context() in the body
+    global asyncflow_run_context, asyncflow_log_level, _outbox  # read by asyncflow in the body
     parent = os.getppid()
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     inbox = sys.stdin.buffer
-    outbox = os.dup(1)
+    outbox = _outbox = os.dup(1)
     os.dup2(2, 1)  # a task's print() must not corrupt the replies
     sys.stdout = sys.stderr
     setup = _read(inbox)
     if setup is None:
         return "eof"
-    sys_path, cwd, initializer = setup
+    sys_path, cwd, initializer, asyncflow_log_level = setup
     sys.path[:] = sys_path
     os.chdir(cwd)
     import cloudpickle

@@ -10,6 +10,7 @@ own pipes; a timeout or cancel kills the worker's process group and a fresh work
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import signal
@@ -28,6 +29,7 @@ import cloudpickle
 from anyio.abc import Process
 
 from ._futures import COMPLETED
+from ._logging import TASK_RUNS, handle_remote_record
 from .exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -49,7 +51,8 @@ _GRACE = 0.5  # seconds between terminate and kill
 _BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
-_OK, _ID = ord("o"), ord("i")  # reply kinds: a result; the run id made in the worker
+# Reply kinds: a result; the run id made in the worker; a log record of the running body.
+_OK, _ID, _LOG = ord("o"), ord("i"), ord("l")
 
 
 def _plain(item: Any) -> bool:
@@ -67,6 +70,7 @@ class _Worker:
     def __init__(self, process: Process) -> None:
         self.process = process
         self.pid = process.pid
+        self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
         self.stderr = bytearray()
         self.killed = False
@@ -289,7 +293,8 @@ class ProcessWorkers:
                 f"worker process ({type(exc).__name__}: {exc})",
                 "arguments",
             ) from exc
-        self._setup = (list(sys.path), os.getcwd(), init)
+        log_level = logging.getLogger(TASK_RUNS).getEffectiveLevel()
+        self._setup = (list(sys.path), os.getcwd(), init, log_level)
         self._ready: deque[Any] = deque()
         self._idle: list[_Worker] = []
         self._busy: dict[Any, _Worker | None] = {}  # items handed out -> their worker
@@ -433,7 +438,8 @@ class ProcessWorkers:
                 if item._status >= COMPLETED:  # cancelled while the worker started
                     continue
                 busy[item] = worker
-                mark_running(item)  # a timeout counts from here, not from the spawn
+                # A timeout counts from here, not from the spawn.
+                mark_running(item, worker.label)
             await worker.send(message)
             calls.reverse()  # popped from the end, in order
             await self._replies(worker, calls)
@@ -473,6 +479,9 @@ class ProcessWorkers:
             answered = 0
             for frame in frames:
                 kind = frame[0]
+                if kind == _LOG:
+                    handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
+                    continue
                 item, _, (args, kwargs) = calls[-1]
                 if kind == _ID:
                     getattr(item, "fut", item)._id = uuid.UUID(frame[1:].decode())

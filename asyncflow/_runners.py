@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 from ._cache import CacheStore
 from ._context import current_runner
+from ._events import EventHub, EventStream, Subscription, TaskEvent
 from ._futures import Future, FutureList
 from ._limits import Limit, check_limit
+from ._logging import apply_log_level
 from ._loop import LoopThread
 from ._mapping import expand
 from ._options import check_timeout
@@ -74,6 +76,8 @@ class TaskRunner(abc.ABC):
         )
         # Awaited between retry attempts; tests may replace it to avoid real waiting.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._hub = EventHub()
+        self._log_level = settings.log_level
         self._last_stats = RunnerStatistics()
         self._claim_lock = threading.Lock()
         self._claimed = False
@@ -97,6 +101,28 @@ class TaskRunner(abc.ABC):
         if sched is None:
             return self._last_stats
         return sched.call_in_loop(sched.statistics)
+
+    # -- events ----------------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[TaskEvent], object]) -> Subscription:
+        """Call ``callback(event)`` with each ``TaskEvent`` of this runner's runs.
+
+        It is called on the scheduler's loop thread and must be quick and must not block. It
+        applies from now on: to the current session and to later ones (a run already under way
+        shows up from its next event). One that raises is logged once and the runs go on.
+        Returns a ``Subscription``: ``close()`` it (or use it as a ``with`` block) to stop.
+        """
+        return self._hub.subscribe(callback)
+
+    def events(self, max_buffer: int = 1000) -> EventStream:
+        """An async iterator of this runner's events: ``async with runner.events() as s:``
+        then ``async for event in s``.
+
+        It ends when the runner session ends (opened before the runner started: its next
+        session ends) or when the block is left. Nothing blocks the scheduler: events wait in
+        a buffer of ``max_buffer``; when the consumer falls that far behind, new events are
+        dropped and counted in ``stream.dropped``.
+        """
+        return EventStream(self._hub, max_buffer)
 
     @property
     def name(self) -> str:
@@ -255,7 +281,8 @@ class TaskRunner(abc.ABC):
 
     async def _astart(self) -> None:
         self._last_stats = RunnerStatistics()
-        options = dataclasses.replace(self._options, sleep=self._sleep)
+        apply_log_level(self._log_level)
+        options = dataclasses.replace(self._options, sleep=self._sleep, events=self._hub)
         self._scheduler = Scheduler(self, self._make_backend, options)
 
     def _keep_stats(self, sched: Scheduler) -> None:
@@ -305,6 +332,7 @@ class TaskRunner(abc.ABC):
                 raise
         finally:
             self._keep_stats(sched)
+            self._hub.detach(sched)
             self._scheduler = None
             self._reset_token()
             self._claimed = False
@@ -362,6 +390,7 @@ class TaskRunner(abc.ABC):
             finally:
                 self._keep_stats_from(loop_thread, sched)
         finally:
+            self._hub.detach(sched)
             self._loop_thread = None
             self._scheduler = None
             self._reset_token()

@@ -22,6 +22,7 @@ from . import _limits as limits
 from ._cache import CacheStore, default_store
 from ._context import current_future
 from ._driver import drive, run_hooks
+from ._events import EventHub
 from ._futures import (
     CANCELLED,
     COMPLETED,
@@ -62,7 +63,12 @@ class Backend(Protocol):
     item (a run's future, or an attempt of a driven run) it calls ``call_sync(item)`` inside
     ``item._ctx`` somewhere, and reports ``scheduler.on_outcome(item, ok, value)`` on the
     scheduler's loop. Items whose ``_status`` is final when their turn comes are dropped (still
-    reported, so their slot is accounted for)."""
+    reported, so their slot is accounted for).
+
+    When it hands an item to a worker it calls ``scheduler.mark_running(item, worker)``, naming
+    the worker (``"process <pid>"``) if it knows it then; otherwise, while
+    ``scheduler.events`` is not None, it reports ``scheduler.worker_took(item, worker)`` on the
+    loop once the worker took it (before that item's outcome)."""
 
     def submit(self, item: Any) -> None: ...
 
@@ -89,6 +95,7 @@ class SchedulerOptions:
     tag_limits: Mapping[str, int] = field(default_factory=dict)
     cache_store: CacheStore | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    events: EventHub | None = None  # the runner's subscribers
 
 
 def call_parts(item: Any) -> tuple[Any, dict[str, Any]]:
@@ -158,7 +165,12 @@ class Scheduler:
         self._inbox_scheduled = False
         self._accepting = True
         self._idle: asyncio.Event | None = None
+        # The runner's event hub while it has subscribers, else None: every emission point
+        # checks only this attribute (the hub switches it from any thread).
+        self.events: EventHub | None = None
         self.backend = backend_factory(self)
+        if opts.events is not None:
+            opts.events.attach(self)
         # Process backends run coroutine bodies too (in the worker, on a loop of its own).
         self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
         self.call_parts = call_parts
@@ -292,6 +304,8 @@ class Scheduler:
             self._register(fut)
 
     def _register(self, fut: Future[Any]) -> None:
+        if self.events is not None:
+            self.events.submitted(fut)
         self._live.add(fut)
         self._submitted += 1
         if self._cancel_pending and fut in self._cancel_pending:
@@ -373,17 +387,27 @@ class Scheduler:
         """Loop thread: see ``_limits.drop_reclaim``."""
         limits.drop_reclaim(run)
 
-    def mark_running(self, item: Any) -> None:
-        """Backend hook: a worker took this item."""
+    def mark_running(self, item: Any, worker: str | None = None) -> None:
+        """Backend hook: a worker takes this item (``worker`` names it, if known here)."""
         if type(item) is not Future:
             item.started()
-            return
-        item._status = RUNNING
-        item._timestamp = time.time()
+        else:
+            item._status = RUNNING
+            item._timestamp = time.time()
+        if worker is not None and self.events is not None:
+            self.events.took(item, worker)
+
+    def worker_took(self, item: Any, worker: str) -> None:
+        """Backend hook, while someone listens: ``worker`` took ``item`` (for backends that
+        do not know the worker when they hand an item over)."""
+        if self.events is not None:
+            self.events.took(item, worker)
 
     async def _run_async(self, fut: Future[Any]) -> None:
         fut._status = RUNNING
         fut._timestamp = time.time()
+        if self.events is not None:
+            self.events.started(fut, 1, "loop")
         current_future.set(fut)
         task = fut._task
         try:
@@ -431,9 +455,11 @@ class Scheduler:
             return
         fut._set_final(status, value, name)
         self._counts[status] += 1
+        pol = fut._policy
+        if self.events is not None:
+            self.events.final(fut, pol.attempt if pol is not None and pol.driven else 1)
         live = self._live
         live.discard(fut)
-        pol = fut._policy
         if pol is not None:
             if pol.resume is not None:
                 self.drop_reclaim(fut)
@@ -487,6 +513,8 @@ class Scheduler:
             err.__cause__ = cause._value
             fut._set_final(FAILED, err, "UpstreamFailed")
         self._counts[fut._status] += 1
+        if self.events is not None:
+            self.events.final(fut, 0)
         fut._release_inputs()
         self._live.discard(fut)
         if fut._task.driven:
@@ -519,6 +547,8 @@ class Scheduler:
         # its worker slot until it returns; its outcome is then ignored, its inputs freed).
         fut._set_final(CANCELLED, cancelled_error(fut._task.name))
         self._counts[CANCELLED] += 1
+        if self.events is not None:
+            self.events.final(fut, 1 if running else 0)
         if running:
             if not self.backend.interrupt(fut):  # a thread: it cannot be stopped, only left
                 self._abandoned.add(fut)

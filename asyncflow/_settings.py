@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .exceptions import SettingsError
@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     default_retries: int = Field(default=0, ge=0)
     default_retry_delay: float = Field(default=0.0, ge=0)
     cache_dir: Path | None = None
+    # Level of the ``asyncflow`` loggers (task run loggers included), set when a runner starts.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 def get_settings() -> Settings:

@@ -45,7 +45,9 @@ class ThreadWorkers:
         self._parked = 0  # threads blocked in .result() (or waiting for a slot back)
         self._regrants: deque[threading.Event] = deque()
         self._threads: list[threading.Thread] = []
-        self._done: deque[tuple[Any, bool, Any]] = deque()
+        # Outcomes (item, ok, value) in the order bodies ended; while someone listens to events,
+        # also (item, None, worker name) when a thread takes an item, ahead of its outcome.
+        self._done: deque[tuple[Any, bool | None, Any]] = deque()
         self._done_scheduled = False
         self._quiet: asyncio.Event | None = None
         self._abandon = False
@@ -97,6 +99,9 @@ class ThreadWorkers:
         on_outcome = self._sched.on_outcome
         while done:
             item, ok, value = done.popleft()
+            if ok is None:  # not an outcome: a worker took ``item`` (``value`` names it)
+                self._sched.worker_took(item, value)
+                continue
             # The slot is free before the outcome is handled: a run it makes ready may take it
             # (in queue order) instead of a new thread being started.
             self._active -= 1
@@ -175,14 +180,19 @@ class ThreadWorkers:
         blocking_hooks.slot = self
         get = self._queue.get
         done = self._done
+        sched = self._sched
+        worker = f"thread {threading.current_thread().name}"
         while True:
             item = get()
             if item is None:
                 return
             ctx = item._ctx
             if ctx is None or item._status >= COMPLETED:
-                outcome: tuple[Any, bool, Any] = (item, False, None)
+                outcome: tuple[Any, bool | None, Any] = (item, False, None)
             else:
+                if sched.events is not None:
+                    done.append((item, None, worker))
+                    self._schedule_flush()
                 try:
                     outcome = (item, True, ctx.run(call_sync, item))
                 except BaseException as exc:  # reported to the scheduler, never lost
@@ -193,3 +203,8 @@ class ThreadWorkers:
             if not self._done_scheduled:
                 self._done_scheduled = True
                 self._call_soon(self._flush)
+
+    def _schedule_flush(self) -> None:
+        if not self._done_scheduled:
+            self._done_scheduled = True
+            self._call_soon(self._flush)
