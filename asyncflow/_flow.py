@@ -37,8 +37,13 @@ class Flow(Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def _runner(self) -> TaskRunner:
-        # A fresh copy per call: the same flow may run several times at once.
-        return self.task_runner.duplicate() if self.task_runner else ThreadPoolTaskRunner()
+        # A fresh copy per call: the same flow may run several times at once. The copy
+        # reports its events to the subscribers of the runner given to the flow.
+        if self.task_runner is None:
+            return ThreadPoolTaskRunner()
+        runner = self.task_runner.duplicate()
+        runner._hub = self.task_runner._hub
+        return runner
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.is_async:

@@ -1,7 +1,9 @@
 """B1: no-op coroutine tasks submitted to ``async with ThreadPoolTaskRunner()``, then awaited.
 
 Baseline: the same coroutines through ``asyncio.create_task`` and one ``gather``, on the same
-loop. Both sides run on the default asyncio loop and again on uvloop (one row each).
+loop. Both sides run on the default asyncio loop and again on uvloop (one row each). A second
+row per loop measures the runner with one no-op event subscriber attached (three ``TaskEvent``
+records built and delivered per task), against the same baseline.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from asyncflow import ThreadPoolTaskRunner, task
+from asyncflow import TaskEvent, ThreadPoolTaskRunner, task
 
 from ._config import Config
 from ._report import Goal, Row, time_row
@@ -37,14 +39,24 @@ async def baseline(n: int = TASKS) -> Sample:
     return {"run": time.perf_counter() - start}
 
 
-async def with_asyncflow(n: int = TASKS) -> Sample:
+def _ignore(event: TaskEvent) -> None:
+    return None
+
+
+async def with_asyncflow(n: int = TASKS, listened: bool = False) -> Sample:
     runner = ThreadPoolTaskRunner()  # reads settings: not part of the per-task cost
+    if listened:
+        runner.subscribe(_ignore)
     start = time.perf_counter()
     async with runner:
         futures = [runner.submit(noop_task) for _ in range(n)]
         for future in futures:
             await future
     return {"run": time.perf_counter() - start}
+
+
+async def with_asyncflow_listened(n: int = TASKS) -> Sample:
+    return await with_asyncflow(n, listened=True)
 
 
 def _loops() -> list[tuple[str, Callable[[], asyncio.AbstractEventLoop]]]:
@@ -68,9 +80,25 @@ def run(config: Config) -> list[Row]:
             pairs = alternate(
                 on_loop(loop, baseline), on_loop(loop, with_asyncflow), config.runs, config.warmup
             )
+            listened = alternate(
+                on_loop(loop, baseline),
+                on_loop(loop, with_asyncflow_listened),
+                config.runs,
+                config.warmup,
+            )
         finally:
             loop.close()
         rows.append(
             time_row("B1 async no-op tasks", system, tasks=TASKS, pair=pairs["run"], goal=GOAL)
+        )
+        rows.append(
+            time_row(
+                "B1 async no-op tasks, one no-op event subscriber",
+                system,
+                tasks=TASKS,
+                pair=listened["run"],
+                goal=None,
+                note="3 events per task",
+            )
         )
     return rows

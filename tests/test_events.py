@@ -18,6 +18,7 @@ from asyncflow import (
     StateType,
     TaskEvent,
     ThreadPoolTaskRunner,
+    flow,
     get_run_context,
     task,
 )
@@ -368,3 +369,17 @@ async def test_event_stream_arguments_and_misuse_are_refused() -> None:
     async with stream:
         with pytest.raises(RuntimeError, match="entered once"):
             await stream.__aenter__()
+
+
+def test_a_flow_reports_to_the_subscribers_of_the_runner_it_was_given() -> None:
+    events: list[TaskEvent] = []
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    runner.subscribe(events.append)
+
+    @flow(task_runner=runner)
+    def twice() -> Any:
+        return [task(lambda: 1).submit() for _ in range(2)]
+
+    assert twice() == [1, 1]
+    assert twice() == [1, 1]
+    assert [e.kind for e in events].count("finished") == 4
