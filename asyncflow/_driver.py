@@ -304,8 +304,8 @@ async def _attempts(
             if task.is_async and not sched.coroutines_in_backend:
                 fut._status = RUNNING
                 fut._timestamp = time.time()
-                if sched.events is not None:
-                    sched.events.started(fut, attempt, "loop")
+                if (events := sched.events) is not None:
+                    events.started(fut, attempt, "loop")
                 value = await _attempt_async(task, params, attempt, task.timeout)
             else:
                 value = await _attempt_sync(sched, fut, params, attempt, task.timeout)
@@ -328,8 +328,8 @@ async def _attempts(
             sched.retried += 1
             fut._status = RETRYING
             fut._timestamp = time.time()
-            if sched.events is not None:
-                sched.events.retrying(fut, attempt, exc)
+            if (events := sched.events) is not None:
+                events.retrying(fut, attempt, exc)
             await sched.sleep(delay)
             continue
         except asyncio.CancelledError:

@@ -304,8 +304,8 @@ class Scheduler:
             self._register(fut)
 
     def _register(self, fut: Future[Any]) -> None:
-        if self.events is not None:
-            self.events.submitted(fut)
+        if (events := self.events) is not None:
+            events.submitted(fut)
         self._live.add(fut)
         self._submitted += 1
         if self._cancel_pending and fut in self._cancel_pending:
@@ -394,20 +394,20 @@ class Scheduler:
         else:
             item._status = RUNNING
             item._timestamp = time.time()
-        if worker is not None and self.events is not None:
-            self.events.took(item, worker)
+        if worker is not None and (events := self.events) is not None:
+            events.took(item, worker)
 
     def worker_took(self, item: Any, worker: str) -> None:
         """Backend hook, while someone listens: ``worker`` took ``item`` (for backends that
         do not know the worker when they hand an item over)."""
-        if self.events is not None:
-            self.events.took(item, worker)
+        if (events := self.events) is not None:
+            events.took(item, worker)
 
     async def _run_async(self, fut: Future[Any]) -> None:
         fut._status = RUNNING
         fut._timestamp = time.time()
-        if self.events is not None:
-            self.events.started(fut, 1, "loop")
+        if (events := self.events) is not None:
+            events.started(fut, 1, "loop")
         current_future.set(fut)
         task = fut._task
         try:
@@ -456,8 +456,8 @@ class Scheduler:
         fut._set_final(status, value, name)
         self._counts[status] += 1
         pol = fut._policy
-        if self.events is not None:
-            self.events.final(fut, pol.attempt if pol is not None and pol.driven else 1)
+        if (events := self.events) is not None:
+            events.final(fut, pol.attempt if pol is not None and pol.driven else 1)
         live = self._live
         live.discard(fut)
         if pol is not None:
@@ -513,8 +513,8 @@ class Scheduler:
             err.__cause__ = cause._value
             fut._set_final(FAILED, err, "UpstreamFailed")
         self._counts[fut._status] += 1
-        if self.events is not None:
-            self.events.final(fut, 0)
+        if (events := self.events) is not None:
+            events.final(fut, 0)
         fut._release_inputs()
         self._live.discard(fut)
         if fut._task.driven:
@@ -547,8 +547,8 @@ class Scheduler:
         # its worker slot until it returns; its outcome is then ignored, its inputs freed).
         fut._set_final(CANCELLED, cancelled_error(fut._task.name))
         self._counts[CANCELLED] += 1
-        if self.events is not None:
-            self.events.final(fut, 1 if running else 0)
+        if (events := self.events) is not None:
+            events.final(fut, 1 if running else 0)
         if running:
             if not self.backend.interrupt(fut):  # a thread: it cannot be stopped, only left
                 self._abandoned.add(fut)
