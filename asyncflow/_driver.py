@@ -273,6 +273,19 @@ async def _take_back_limits(sched: Scheduler, fut: Future[Any], pol: RunPolicy) 
         pol.resume = None
 
 
+def _mark(
+    sched: Scheduler, fut: Future[Any], status: int, attempt: int, exc: Exception | None = None
+) -> None:
+    """The run's attempt starts on the loop (RUNNING), or failed and is retried (RETRYING)."""
+    fut._status = status
+    fut._timestamp = time.time()
+    if (events := sched.events) is not None:
+        if exc is None:
+            events.started(fut, attempt, "loop")
+        else:
+            events.retrying(fut, attempt, exc)
+
+
 async def _attempts(
     sched: Scheduler, fut: Future[Any], pol: RunPolicy
 ) -> tuple[int, Any, str | None]:
@@ -302,10 +315,7 @@ async def _attempts(
             await _take_back_limits(sched, fut, pol)
         try:
             if task.is_async and not sched.coroutines_in_backend:
-                fut._status = RUNNING
-                fut._timestamp = time.time()
-                if (events := sched.events) is not None:
-                    events.started(fut, attempt, "loop")
+                _mark(sched, fut, RUNNING, attempt)
                 value = await _attempt_async(task, params, attempt, task.timeout)
             else:
                 value = await _attempt_sync(sched, fut, params, attempt, task.timeout)
@@ -326,10 +336,7 @@ async def _attempts(
                 bad.__cause__ = exc
                 return FAILED, bad, None
             sched.retried += 1
-            fut._status = RETRYING
-            fut._timestamp = time.time()
-            if (events := sched.events) is not None:
-                events.retrying(fut, attempt, exc)
+            _mark(sched, fut, RETRYING, attempt, exc)
             await sched.sleep(delay)
             continue
         except asyncio.CancelledError:
