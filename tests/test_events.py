@@ -383,3 +383,24 @@ def test_a_flow_reports_to_the_subscribers_of_the_runner_it_was_given() -> None:
     assert twice() == [1, 1]
     assert twice() == [1, 1]
     assert [e.kind for e in events].count("finished") == 4
+
+
+def test_every_run_of_a_process_map_has_its_full_sequence() -> None:
+    events: list[TaskEvent] = []
+    runner = ProcessPoolTaskRunner(max_workers=1)
+    runner.subscribe(events.append)
+    with runner:
+        futures = runner.map(task(name="square")(lambda x: x * x), {"x": range(40)})
+        assert futures.result(timeout=TIMEOUT) == [x * x for x in range(40)]
+    labels = set()
+    for f in futures:
+        mine = [e for e in events if e.run_id == f.task_run_id]
+        assert [(e.kind, e.attempt) for e in mine] == [
+            ("submitted", 0),
+            ("started", 1),
+            ("finished", 1),
+        ]
+        labels.add(mine[1].worker)
+    (label,) = labels  # one worker ran them all
+    assert label is not None
+    assert label.startswith("process ")

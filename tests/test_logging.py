@@ -187,3 +187,17 @@ def test_task_run_records_show_once_whether_or_not_the_application_configured_lo
         assert lines[0].startswith("app: [hello ")  # the application's handler, not one of ours
     else:
         assert " INFO asyncflow.task_runs: [hello " in lines[0]  # the stderr handler added
+
+
+def test_records_of_batched_process_calls_each_name_their_own_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncflow")
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        futures = runner.map(report, {"n": range(40)})  # cheap calls: sent in batches
+        futures.result(timeout=TIMEOUT)
+    records = run_records(caplog)
+    assert len(records) == 40
+    by_run = {r.task_run_id: r for r in records}  # type: ignore[attr-defined]
+    for n, f in enumerate(futures):
+        check_record(by_run[str(f.task_run_id)], f, n)
