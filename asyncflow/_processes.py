@@ -434,12 +434,16 @@ class ProcessWorkers:
             worker = self._idle.pop() if self._idle else await self._spawn(calls[0][1].name)
             busy = self._busy
             mark_running = self._sched.mark_running
+            label: str | None = worker.label
             for item, *_ in calls:
                 if item._status >= COMPLETED:  # cancelled while the worker started
                     continue
                 busy[item] = worker
-                # A timeout counts from here, not from the spawn.
-                mark_running(item, worker.label)
+                # A timeout counts from here, not from the spawn. The worker runs a batch one
+                # call after another: each call after the first is reported started (to event
+                # subscribers) when the reply of the call before it arrives.
+                mark_running(item, label)
+                label = None
             await worker.send(message)
             calls.reverse()  # popped from the end, in order
             await self._replies(worker, calls)
@@ -473,6 +477,7 @@ class ProcessWorkers:
         task = calls[-1][1]
         name = task.name
         report = self._report
+        took = self._sched.worker_took
         clock = time.perf_counter()
         while calls:
             frames = await worker.receive()
@@ -491,6 +496,8 @@ class ProcessWorkers:
                 if kind == _OK:
                     ok, value = _result(name, frame[1:])
                     report(item, ok, value)
+                    if calls:
+                        took(calls[-1][0], worker.label)
                     continue
                 reply = pickle.loads(frame[1:])  # our own pipe from our own worker
                 if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
@@ -506,6 +513,8 @@ class ProcessWorkers:
                 report(item, ok, value)
                 if reply[0] == "crash":
                     raise _Died  # the worker exits after a SystemExit in the body
+                if calls:
+                    took(calls[-1][0], worker.label)
             now = time.perf_counter()
             if answered:
                 worker.calls += answered

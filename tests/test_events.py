@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
@@ -393,6 +394,7 @@ def test_every_run_of_a_process_map_has_its_full_sequence() -> None:
         futures = runner.map(task(name="square")(lambda x: x * x), {"x": range(40)})
         assert futures.result(timeout=TIMEOUT) == [x * x for x in range(40)]
     labels = set()
+    spans = []
     for f in futures:
         mine = [e for e in events if e.run_id == f.task_run_id]
         assert [(e.kind, e.attempt) for e in mine] == [
@@ -401,6 +403,10 @@ def test_every_run_of_a_process_map_has_its_full_sequence() -> None:
             ("finished", 1),
         ]
         labels.add(mine[1].worker)
+        spans.append((mine[1].timestamp, mine[2].timestamp))
+    # One worker ran them one after the other, batched or not: their spans do not overlap.
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end
     (label,) = labels  # one worker ran them all
     assert label is not None
     assert label.startswith("process ")
