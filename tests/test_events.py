@@ -16,6 +16,7 @@ from helpers import TIMEOUT, ahold, noop
 
 from asyncflow import (
     ProcessPoolTaskRunner,
+    RunRecorder,
     StateType,
     TaskEvent,
     ThreadPoolTaskRunner,
@@ -410,3 +411,28 @@ def test_every_run_of_a_process_map_has_its_full_sequence() -> None:
     (label,) = labels  # one worker ran them all
     assert label is not None
     assert label.startswith("process ")
+
+
+async def test_a_run_recorder_reads_real_events_into_run_summaries() -> None:
+    recorder = RunRecorder()
+    runner = ThreadPoolTaskRunner(max_workers=2)
+    runner._sleep = FakeSleep()
+    runner.subscribe(recorder)
+    async with runner:
+        retried = runner.submit(task(retries=2)(flaky), {"failures": 1})
+        failed = runner.submit(afail)
+        skipped = runner.submit(noop, wait_for=[failed])
+        await retried
+    runs = {run.run_id: run for run in recorder.runs()}
+    one, two, three = (runs[f.task_run_id] for f in (retried, failed, skipped))
+    assert (one.state_name, one.attempts, one.worker) == (
+        "Completed",
+        2,
+        "thread asyncflow-threadpool-0",
+    )
+    assert (two.state_name, two.attempts, two.worker) == ("Failed", 1, "loop")
+    assert (three.state_name, three.attempts, three.upstream) == (
+        "UpstreamFailed",
+        0,
+        (failed.task_run_id,),
+    )
