@@ -36,7 +36,8 @@ class TaskEvent:
     """One thing that happened to one task run.
 
     ``timestamp`` is wall-clock time (``time.time()``) taken when it happened. ``attempt`` counts
-    from 1 (0 on ``submitted``). ``upstream`` holds the run ids of the runs this one waits on
+    from 1 (0 on ``submitted``, and on the last event of a run that made no attempt: it never
+    started, or its result came from the cache). ``upstream`` holds the run ids of the runs this one waits on
     (on ``submitted``). ``state`` and ``error`` (``"TypeName: message"``) are set on
     ``retrying``, ``finished`` and ``cancelled``. ``worker`` names where an attempt runs, on
     ``started``: ``"loop"``, ``"thread <name>"`` or ``"process <pid>"``.
