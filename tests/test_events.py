@@ -15,6 +15,7 @@ import pytest
 from helpers import TIMEOUT, ahold, noop
 
 from asyncflow import (
+    MemoryCacheStore,
     ProcessPoolTaskRunner,
     RunRecorder,
     StateType,
@@ -436,3 +437,24 @@ async def test_a_run_recorder_reads_real_events_into_run_summaries() -> None:
         0,
         (failed.task_run_id,),
     )
+
+
+async def test_a_cached_run_finishes_without_starting() -> None:
+    events: list[TaskEvent] = []
+    runner = ThreadPoolTaskRunner(max_workers=1, cache_store=MemoryCacheStore())
+    runner.subscribe(events.append)
+    cached = task(cache_key=lambda ctx, params: "same")(lambda: 5)
+    async with runner:
+        first = runner.submit(cached)
+        assert await first == 5
+        second = runner.submit(cached)
+        assert await second == 5
+    assert [k[:3] for k in steps(events, first.task_run_id)] == [
+        ("submitted", 0, None),
+        ("started", 1, None),
+        ("finished", 1, "Completed"),
+    ]
+    assert [k[:3] for k in steps(events, second.task_run_id)] == [
+        ("submitted", 0, None),
+        ("finished", 0, "Cached"),
+    ]
