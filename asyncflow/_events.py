@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -37,10 +37,10 @@ class TaskEvent:
 
     ``timestamp`` is wall-clock time (``time.time()``) taken when it happened. ``attempt`` counts
     from 1 (0 on ``submitted``, and on the last event of a run that made no attempt: it never
-    started, or its result came from the cache). ``upstream`` holds the run ids of the runs this one waits on
-    (on ``submitted``). ``state`` and ``error`` (``"TypeName: message"``) are set on
-    ``retrying``, ``finished`` and ``cancelled``. ``worker`` names where an attempt runs, on
-    ``started``: ``"loop"``, ``"thread <name>"`` or ``"process <pid>"``.
+    started, or its result came from the cache). ``upstream`` holds the run ids of the runs
+    this one waits on (on ``submitted``). ``state`` and ``error`` (``"TypeName: message"``) are
+    set on ``retrying``, ``finished`` and ``cancelled``. ``worker`` names where an attempt runs,
+    on ``started``: ``"loop"``, ``"thread <name>"`` or ``"process <pid>"``.
     """
 
     kind: EventKind
@@ -57,6 +57,55 @@ class TaskEvent:
 
 
 # -- emitting ----------------------------------------------------------------------------------
+# Why records are not built through ``TaskEvent(...)`` here: the ``__init__`` of a frozen
+# dataclass sets each of the 11 fields through ``object.__setattr__`` (~1.7 µs a record on the
+# benchmark machine); setting the slots through their descriptors makes the same record in about
+# half that, and a runner with a subscriber builds three records per run.
+_new = object.__new__
+(
+    _set_kind,
+    _set_task_name,
+    _set_run_id,
+    _set_timestamp,
+    _set_attempt,
+    _set_upstream,
+    _set_tags,
+    _set_state,
+    _set_state_name,
+    _set_error,
+    _set_worker,
+) = (getattr(TaskEvent, f.name).__set__ for f in fields(TaskEvent))
+
+
+def _event(  # noqa: PLR0917 - one argument per field, on the emission path
+    kind: EventKind,
+    task_name: str,
+    run_id: uuid.UUID,
+    timestamp: float,
+    attempt: int,
+    upstream: tuple[uuid.UUID, ...],
+    tags: frozenset[str],
+    state: StateType | None,
+    state_name: str | None,
+    error: str | None,
+    worker: str | None,
+) -> TaskEvent:
+    """``TaskEvent(...)`` with every field given, in field order, made faster (see above)."""
+    event: TaskEvent = _new(TaskEvent)
+    _set_kind(event, kind)
+    _set_task_name(event, task_name)
+    _set_run_id(event, run_id)
+    _set_timestamp(event, timestamp)
+    _set_attempt(event, attempt)
+    _set_upstream(event, upstream)
+    _set_tags(event, tags)
+    _set_state(event, state)
+    _set_state_name(event, state_name)
+    _set_error(event, error)
+    _set_worker(event, worker)
+    return event
+
+
 # Final status codes of ``_futures`` (COMPLETED..CRASHED) in order; this module sits below it.
 _FINAL_TYPES = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED)
 _FINAL_NAMES = ("Completed", "Failed", "Cancelled", "Crashed")
@@ -158,8 +207,18 @@ class EventHub:
             upstream = tuple(dict.fromkeys(up.task_run_id for up in deps))
         task = fut._task
         self.emit(
-            TaskEvent(
-                "submitted", task.name, fut.task_run_id, fut._timestamp, 0, upstream, task.tags
+            _event(
+                "submitted",
+                task.name,
+                fut.task_run_id,
+                fut._timestamp,
+                0,
+                upstream,
+                task.tags,
+                None,
+                None,
+                None,
+                None,
             )
         )
 
@@ -168,14 +227,18 @@ class EventHub:
             return
         task = fut._task
         self.emit(
-            TaskEvent(
+            _event(
                 "started",
                 task.name,
                 fut.task_run_id,
                 time.time(),
                 attempt,
-                tags=task.tags,
-                worker=worker,
+                (),
+                task.tags,
+                None,
+                None,
+                None,
+                worker,
             )
         )
 
@@ -190,16 +253,18 @@ class EventHub:
     def retrying(self, fut: Any, attempt: int, exc: BaseException) -> None:
         task = fut._task
         self.emit(
-            TaskEvent(
+            _event(
                 "retrying",
                 task.name,
                 fut.task_run_id,
                 time.time(),
                 attempt,
-                tags=task.tags,
-                state=StateType.RETRYING,
-                state_name="Retrying",
-                error=_error_text(exc),
+                (),
+                task.tags,
+                StateType.RETRYING,
+                "Retrying",
+                _error_text(exc),
+                None,
             )
         )
 
@@ -209,16 +274,18 @@ class EventHub:
         task = fut._task
         index = status - _FIRST_FINAL
         self.emit(
-            TaskEvent(
+            _event(
                 "cancelled" if status == _CANCELLED else "finished",
                 task.name,
                 fut.task_run_id,
                 fut._timestamp,
                 attempt,
-                tags=task.tags,
-                state=_FINAL_TYPES[index],
-                state_name=fut._state_name or _FINAL_NAMES[index],
-                error=None if index == 0 else _error_text(fut._value),
+                (),
+                task.tags,
+                _FINAL_TYPES[index],
+                fut._state_name or _FINAL_NAMES[index],
+                None if index == 0 else _error_text(fut._value),
+                None,
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -25,6 +26,7 @@ from asyncflow import (
     get_run_context,
     task,
 )
+from asyncflow._events import _event
 from asyncflow.exceptions import UpstreamFailedError
 
 pytestmark = pytest.mark.anyio
@@ -458,3 +460,26 @@ async def test_a_cached_run_finishes_without_starting() -> None:
         ("submitted", 0, None),
         ("finished", 0, "Cached"),
     ]
+
+
+def test_records_built_on_the_emission_path_equal_records_built_by_their_class() -> None:
+    values = (
+        "finished",
+        "t",
+        uuid.uuid4(),
+        1.5,
+        2,
+        (uuid.uuid4(),),
+        frozenset({"a"}),
+        StateType.FAILED,
+        "Failed",
+        "ValueError: x",
+        "loop",
+    )
+    fast = _event(*values)  # type: ignore[arg-type]
+    slow = TaskEvent(*values)  # type: ignore[arg-type]
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert [getattr(fast, f.name) for f in dataclasses.fields(TaskEvent)] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.attempt = 3  # type: ignore[misc]
