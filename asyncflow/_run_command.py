@@ -18,6 +18,7 @@ from ._flow import Flow
 from ._flowfile import FlowFileError, check_call, load_flow, parse_flow_args, split_target
 from ._futures import Future
 from ._progress import ProgressDisplay
+from ._recorder import RunRecorder
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from ._states import StateType
@@ -85,31 +86,16 @@ def observe(
     runner: TaskRunner,
     subscribers: Sequence[Callable[[TaskEvent], None]],
     want_recorder: bool,
-) -> tuple[bool, Any, str | None]:
-    """Subscribe ``subscribers`` (plus a new ``RunRecorder`` when ``want_recorder``) to the
-    events of the runner's next session; the only code here that touches either.
-
-    Returns whether the subscribers are attached, the recorder (None when not wanted or not
-    available) and, when a wanted recorder is not available, a note saying so.
-    """
-    subscribe = getattr(runner, "subscribe", None)
-    if subscribe is None:
-        missing = "task run events are not available in this asyncflow: no trace or report"
-        return False, None, missing if want_recorder else None
-    recorder = None
-    note = None
-    if want_recorder:
-        import asyncflow
-
-        recorder_type = getattr(asyncflow, "RunRecorder", None)
-        if recorder_type is None:
-            note = "RunRecorder is not available in this asyncflow: no trace or report"
-        else:
-            recorder = recorder_type()
-            subscribers = [*subscribers, recorder]
+) -> RunRecorder | None:
+    """Subscribe ``subscribers`` (plus a new ``RunRecorder`` when ``want_recorder``, returned)
+    to the events of the runner's next session."""
     for subscriber in subscribers:
-        subscribe(subscriber)
-    return True, recorder, note
+        runner.subscribe(subscriber)
+    if not want_recorder:
+        return None
+    recorder = RunRecorder()
+    runner.subscribe(recorder)
+    return recorder
 
 
 class _Failures:
@@ -247,11 +233,7 @@ def run_command(args: argparse.Namespace) -> int:
     subscribers: list[Callable[[TaskEvent], None]] = [failures]
     if progress is not None and progress.enabled:
         subscribers.append(progress)
-    attached, recorder, note = observe(call.runner, subscribers, bool(args.trace or args.report))
-    if note:
-        _say(note)
-    if not attached:
-        progress = None  # nothing would ever move on it
+    recorder = observe(call.runner, subscribers, bool(args.trace or args.report))
 
     status, message = EXIT_OK, ""
     if progress is not None:
@@ -281,7 +263,7 @@ def run_command(args: argparse.Namespace) -> int:
     return status
 
 
-def _write_outputs(recorder: Any, trace: str | None, report: str | None) -> int:
+def _write_outputs(recorder: RunRecorder, trace: str | None, report: str | None) -> int:
     status = EXIT_OK
     for kind, path, write in (
         ("trace", trace, recorder.write_trace),

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import asyncflow
-from asyncflow import ThreadPoolTaskRunner
-from asyncflow._events import TaskEvent
-from asyncflow._run_command import observe
 from asyncflow.cli import main
 
 SUBPROCESS_TIMEOUT = 40.0  # seconds; a process-runner flow starts worker processes
@@ -281,42 +277,10 @@ def test_demo_still_runs(tmp_path: Path) -> None:
 
 
 # -- the glue to runner events (in process) -------------------------------------------------------
-class FakeRecorder:
-    def __init__(self) -> None:
-        self.events: list[TaskEvent] = []
-
-    def __call__(self, event: TaskEvent) -> None:
-        self.events.append(event)
-
-    def write_trace(self, path: str) -> None:
-        Path(path).write_text(f"trace of {len(self.events)} events")
-
-    def write_report(self, path: str) -> None:
-        Path(path).write_text("report")
-
-
-def test_observe_without_runner_events_attaches_nothing_and_says_so() -> None:
-    runner = ThreadPoolTaskRunner(max_workers=1)
-    if hasattr(runner, "subscribe"):
-        pytest.skip("runners emit events")
-    assert observe(runner, [print], want_recorder=False) == (False, None, None)
-    attached, recorder, note = observe(runner, [print], want_recorder=True)
-    assert (attached, recorder) == (False, None)
-    assert note is not None
-    assert "no trace or report" in note
-
-
-def test_trace_and_report_are_written_by_the_recorder(
+def test_trace_and_report_are_written_from_the_runs_events(
     flows: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    subscribed: list[Callable[[TaskEvent], None]] = []
-
-    def subscribe(self: Any, callback: Callable[[TaskEvent], None]) -> None:
-        subscribed.append(callback)
-
     monkeypatch.setattr(sys, "path", list(sys.path))  # loading the file adds its directory
-    monkeypatch.setattr(ThreadPoolTaskRunner, "subscribe", subscribe, raising=False)
-    monkeypatch.setattr(asyncflow, "RunRecorder", FakeRecorder, raising=False)
     trace, report = flows.parent / "trace.json", flows.parent / "report.html"
     status = main(
         ["run", f"{flows}:pipeline", "--trace", str(trace), "--report", str(report), "--", "n=2"]
@@ -324,8 +288,8 @@ def test_trace_and_report_are_written_by_the_recorder(
     out, err = capsys.readouterr()
     assert status == 0
     assert out == "[0, 2]\n"
-    assert any(isinstance(s, FakeRecorder) for s in subscribed)
-    assert trace.read_text() == "trace of 0 events"  # the fake subscribe never calls back
-    assert report.read_text() == "report"
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert sorted(e["name"] for e in spans) == ["double", "double"]
+    assert report.read_text().count("double") >= 2
     assert f"trace written to {trace}" in err
     assert f"report written to {report}" in err
