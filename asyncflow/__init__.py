@@ -24,6 +24,7 @@ from ._futures import Future as Future
 from ._futures import FutureList as FutureList
 from ._logging import get_run_logger as get_run_logger
 from ._options import exponential_backoff as exponential_backoff
+from ._progress import ProgressDisplay as ProgressDisplay
 from ._recorder import RunRecorder as RunRecorder
 from ._resolve import resolve_futures_to_results as resolve_futures_to_results
 from ._resolve import resolve_futures_to_states as resolve_futures_to_states
@@ -58,6 +59,7 @@ __all__ = (
     "FutureList",
     "MemoryCacheStore",
     "ProcessPoolTaskRunner",
+    "ProgressDisplay",
     "RunContext",
     "RunRecorder",
     "RunSummary",

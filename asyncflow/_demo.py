@@ -1,84 +1,198 @@
-"""``asyncflow demo``: a small pipeline mixing async and sync tasks, a map and dependencies."""
+"""``asyncflow demo``: an example pipeline that needs no network and no set-up.
+
+An index is fetched (a flaky coroutine, retried once), its pages are fetched on the event loop
+(a mapped stage), parsed in worker threads, scored by CPU-heavy work in worker processes, and
+a check fails on purpose; the summary absorbs that failure with ``allow_failure``. A live
+progress display runs while it works (when rich is installed and the output is a terminal);
+then a table of what ran is printed and a trace, an HTML report and a Mermaid graph are
+written.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ._annotations import allow_failure
+import cloudpickle
+
+from ._annotations import allow_failure, unmapped
+from ._context import get_run_context
 from ._futures import Future
-from ._runners import ThreadPoolTaskRunner
+from ._progress import ProgressDisplay
+from ._recorder import RunRecorder
+from ._runlog import RunSummary
+from ._runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from ._task import task
+
+__all__ = ("run_demo",)
+
+PAGES = 8
+TRACE = "asyncflow-demo-trace.json"
+REPORT = "asyncflow-demo-report.html"
+GRAPH = "asyncflow-demo-graph.mmd"
+
+
+@task(retries=2, retry_delay=0.05)
+async def fetch_index() -> list[int]:
+    """A flaky coroutine: its first attempt fails, the retry succeeds."""
+    attempt = get_run_context().attempt
+    await asyncio.sleep(0.02)
+    if attempt == 1:
+        raise ConnectionError("the index server is busy (attempt 1 of at most 3)")
+    return list(range(PAGES))
 
 
 @task
 async def fetch(page: int) -> bytes:
-    """An I/O-like coroutine: runs on the event loop."""
-    await asyncio.sleep(0.01 * (page % 3))
-    return f"page {page}: {'lorem ipsum dolor ' * (page + 1)}".encode()
+    """An I/O-like coroutine: runs on the event loop, many at once."""
+    await asyncio.sleep(0.03 + 0.02 * (page % 4))
+    return f"page {page}: {'lorem ipsum dolor sit amet ' * (page + 2)}".encode()
 
 
 @task
-def digest(raw: bytes) -> str:
+def parse(raw: bytes) -> list[str]:
     """A blocking function: runs in a worker thread."""
-    return hashlib.sha256(raw).hexdigest()[:12]
+    time.sleep(0.01)  # stands for blocking I/O
+    return raw.decode().split()
+
+
+def crunch(words: list[str], rounds: int) -> int:
+    """CPU-heavy pure Python: runs in a worker process."""
+    digest = " ".join(words).encode()
+    for _ in range(rounds):
+        digest = hashlib.sha256(digest).digest()
+    return digest[0] + len(words)
+
+
+BUDGET = 200
 
 
 @task
-def word_count(raw: bytes) -> int:
-    return len(raw.split())
-
-
-@task
-def check_total(counts: list[int]) -> int:
-    total = sum(counts)
-    if total % 2:
-        raise ValueError(f"the total, {total}, is odd")
+def check_total(scores: list[int]) -> int:
+    total = sum(scores)
+    if total > BUDGET:
+        raise ValueError(f"the total score, {total}, is over the budget of {BUDGET} (on purpose)")
     return total
 
 
 @task
-def report(digests: list[str], total: int | BaseException) -> str:
-    status = f"total words {total}" if isinstance(total, int) else f"no total ({total})"
-    return f"{len(digests)} pages digested; {status}"
+def summarize(scores: list[int], total: int | BaseException) -> str:
+    status = f"total {total}" if isinstance(total, int) else f"no total ({total})"
+    return f"{len(scores)} pages scored (best {max(scores)}); {status}"
 
 
-async def _pipeline() -> tuple[dict[str, Any], float]:
+@dataclass
+class _Outcome:
+    summary: Future[str]
+    runs: list[Future[Any]]
+    seconds: float
+
+
+# This module's functions travel to worker processes by value, so the workers need not import
+# asyncflow (they start faster).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+async def _pipeline(io: ThreadPoolTaskRunner, cpu: ProcessPoolTaskRunner, rounds: int) -> _Outcome:
     start = time.perf_counter()
-    async with ThreadPoolTaskRunner(max_workers=4) as runner:
-        pages = runner.map(fetch, {"page": range(5)})  # 5 coroutines on the loop
-        digests = runner.map(digest, {"raw": pages})  # each starts when its page is fetched
-        counts = runner.map(word_count, {"raw": pages})
-        total = runner.submit(check_total, {"counts": counts})  # fails: the total is odd
-        # allow_failure: the report runs anyway and gets the failure as a value
-        summary = runner.submit(report, {"digests": digests, "total": allow_failure(total)})
+    async with io, cpu:
+        index = io.submit(fetch_index)
+        pages = io.map(fetch, {"page": await index})
+        texts = io.map(parse, {"raw": pages})
+        # A future of one runner can be the input of another's task.
+        scores = cpu.map(task(crunch), {"words": texts, "rounds": unmapped(rounds)})
+        total = io.submit(check_total, {"scores": scores})
+        summary = io.submit(summarize, {"scores": scores, "total": allow_failure(total)})
         await summary
-    runs = {"pages": pages, "digests": digests, "counts": counts, "total": total}
-    return {**runs, "summary": summary}, time.perf_counter() - start
+    runs = [index, *pages, *texts, *scores, total, summary]
+    return _Outcome(summary, runs, time.perf_counter() - start)
 
 
-def run_demo() -> int:
-    runs, elapsed = asyncio.run(_pipeline())
-    print("asyncflow demo: 5 async fetches -> 10 sync tasks in threads -> a check -> a report")
-    for page, dig, count in zip(runs["pages"], runs["digests"], runs["counts"], strict=True):
-        print(
-            f"  fetch {page.state.name:<9} -> digest {dig.result()} | "
-            f"word_count {count.result():>2} words"
+def _table(recorder: RunRecorder) -> list[tuple[str, ...]]:
+    """Per task, in order of first appearance: runs, final states, attempts, longest run."""
+    tasks: dict[str, list[RunSummary]] = {}
+    for run in recorder.runs():
+        tasks.setdefault(run.task_name, []).append(run)
+    rows: list[tuple[str, ...]] = []
+    for name, runs in tasks.items():
+        states: dict[str, int] = {}
+        for run in runs:
+            states[run.state_name] = states.get(run.state_name, 0) + 1
+        longest = max((run.duration or 0.0 for run in runs), default=0.0)
+        rows.append(
+            (
+                name,
+                str(len(runs)),
+                ", ".join(f"{state} {n}" for state, n in states.items()),
+                str(sum(run.attempts for run in runs)),
+                f"{longest * 1000:.0f} ms",
+            )
         )
-    total: Future[int] = runs["total"]
-    print(f"  check_total {total.state.name}: {total.exception()} (a failure on purpose)")
-    summary: Future[str] = runs["summary"]
-    print(f"  report {summary.state.name}: {summary.result()}")
-    futures = [
-        f for group in runs.values() for f in (group if isinstance(group, list) else [group])
-    ]
-    states: dict[str, int] = {}
-    for f in futures:
-        states[f.state.name] = states.get(f.state.name, 0) + 1
+    return rows
+
+
+_HEADERS = ("task", "runs", "final states", "attempts", "longest")
+
+
+def _print_summary(recorder: RunRecorder) -> None:
+    rows = _table(recorder)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(r[i]) for r in [_HEADERS, *rows]) for i in range(len(_HEADERS))]
+        for row in [_HEADERS, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        return
+    table = Table(title="what ran")
+    for header in _HEADERS:
+        table.add_column(header, justify="right" if header in ("runs", "attempts") else "left")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def run_demo(out_dir: str | Path = ".", rounds: int = 20_000, progress: bool = True) -> int:
+    """Run the pipeline; print what ran; write the trace, report and graph to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    io = ThreadPoolTaskRunner(max_workers=4)
+    cpu = ProcessPoolTaskRunner(max_workers=2)
+    recorder = RunRecorder()
+    display = ProgressDisplay(title="asyncflow demo") if progress else None
+    for runner in (io, cpu):
+        runner.subscribe(recorder)
+        if display is not None and display.enabled:
+            runner.subscribe(display)
     print(
-        f"{len(futures)} runs in {elapsed * 1000:.1f} ms: {states}; all final: "
-        f"{all(f.done() for f in futures)}"
+        "asyncflow demo: a flaky index fetch (retried) -> 8 page fetches on the loop -> parsed "
+        "in threads -> scored in 2 worker processes -> a check that fails on purpose -> a "
+        "summary that absorbs the failure"
     )
-    return 0
+    if display is not None:
+        display.start()
+    try:
+        outcome = asyncio.run(_pipeline(io, cpu, rounds))
+    finally:
+        if display is not None:
+            display.stop()
+    _print_summary(recorder)
+    for run in recorder.runs():
+        if run.error and run.state_name != "Completed":
+            print(f"{run.task_name} {run.state_name}: {run.error}")
+    print(f"summary: {outcome.summary.result()}")
+    finals = sum(f.done() for f in outcome.runs)
+    print(f"{len(outcome.runs)} runs, {finals} final, in {outcome.seconds:.2f} s")
+    trace = recorder.write_trace(out / TRACE)
+    report = recorder.write_report(out / REPORT, title="asyncflow demo")
+    graph = out / GRAPH
+    graph.write_text(recorder.mermaid() + "\n", encoding="utf-8")
+    print(f"trace (open in https://ui.perfetto.dev or chrome://tracing): {trace.resolve()}")
+    print(f"report (open in a browser): {report.resolve()}")
+    print(f"graph (Mermaid): {graph.resolve()}")
+    return 0 if finals == len(outcome.runs) else 1

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 __all__ = ("main",)
 
 
-def _demo(_args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo()
+    return run_demo(args.out, progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="run a small example pipeline and print what happened",
-        description="Run a small example pipeline (async fetches, sync tasks in threads, a "
-        "map, dependencies and a failure on purpose) and print what happened to each run.",
+        help="run an example pipeline, show its progress, write its trace, report and graph",
+        description="Run an example pipeline that needs no network: a flaky fetch that is "
+        "retried, a mapped stage of async fetches, parsing in threads, CPU work in worker "
+        "processes, and a failure on purpose absorbed with allow_failure. Shows live "
+        "progress (with rich, on a terminal), prints a table of what ran, and writes "
+        "asyncflow-demo-trace.json, asyncflow-demo-report.html and asyncflow-demo-graph.mmd.",
     )
+    demo.add_argument(
+        "--out", default=".", metavar="DIR", help="where to write the files (default: here)"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no live progress display")
     demo.set_defaults(handler=_demo)
     add_run_command(commands)
     return parser

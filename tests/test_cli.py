@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pty
 import re
 import shlex
 import subprocess
@@ -270,10 +271,68 @@ def test_the_readme_example_of_the_command(tmp_path: Path) -> None:
     assert done.stdout == session.group(2) + "\n"
 
 
-def test_demo_still_runs(tmp_path: Path) -> None:
-    done = asyncflow_cli("demo", cwd=tmp_path)
+def test_the_demo_runs_its_pipeline_and_writes_trace_report_and_graph(tmp_path: Path) -> None:
+    done = asyncflow_cli("demo", "--out", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "asyncflow demo" in done.stdout
+    out = tmp_path / "out"
+    for name in (
+        "asyncflow-demo-trace.json",
+        "asyncflow-demo-report.html",
+        "asyncflow-demo-graph.mmd",
+    ):
+        assert str((out / name).resolve()) in done.stdout  # it says where each file is
+    assert "check_total Failed: ValueError" in done.stdout  # the failure on purpose
+    assert "summary: 8 pages scored" in done.stdout  # absorbed with allow_failure
+    assert "27 runs, 27 final" in done.stdout
+    spans = [
+        e
+        for e in json.loads((out / "asyncflow-demo-trace.json").read_text())["traceEvents"]
+        if e["ph"] == "X"
+    ]
+    names = sorted({e["name"].split(" ")[0] for e in spans})
+    assert names == ["check_total", "crunch", "fetch", "fetch_index", "parse", "summarize"]
+    assert len(spans) == 28  # 27 runs, the flaky fetch twice
+    crunch_pids = {e["pid"] for e in spans if e["name"].startswith("crunch")}
+    assert 1 not in crunch_pids  # pid 1 stands for this process: crunch ran in workers
+    assert 1 <= len(crunch_pids) <= 2  # on at most the 2 worker processes
+    graph = (out / "asyncflow-demo-graph.mmd").read_text()
+    assert graph.startswith("flowchart TD")
+    assert graph.count("-->") >= 8 * 3 + 2  # fetch->parse->crunch per page, crunch->check...
+    assert "check_total" in (out / "asyncflow-demo-report.html").read_text()
+
+
+def test_the_demo_shows_live_progress_on_a_terminal(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    parent, child = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncflow", "demo"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=child,
+    )
+    os.close(child)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:  # the child side closed: the demo has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(SUBPROCESS_TIMEOUT) == 0, seen.decode(errors="replace")
+    finally:
+        os.close(parent)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = seen.decode(errors="replace")
+    assert "asyncflow demo: 27 submitted, 26 done, 1 failed" in text  # the final progress line
+    assert "runs/s" in text
 
 
 # -- the glue to runner events (in process) -------------------------------------------------------

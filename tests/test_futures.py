@@ -385,7 +385,9 @@ def test_future_list_result_fails_fast(runner: ThreadPoolTaskRunner) -> None:
 
 def test_future_list_result_timeout_says_how_many(runner: ThreadPoolTaskRunner) -> None:
     held = Held(runner, value=1).wait_started()
-    futures = FutureList([held.future, runner.submit(double, {"x": 1})])
+    finished = runner.submit(double, {"x": 1})
+    assert finished.result(TIMEOUT) == 2  # so exactly one of the two is unfinished
+    futures = FutureList([held.future, finished])
     with pytest.raises(TimeoutError, match="1 of 2 futures did not finish"):
         futures.result(timeout=SHORT)
     held.release()
