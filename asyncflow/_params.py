@@ -192,8 +192,11 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
 
     out = {}
     for name, value in params.items():
-        if type(value) is Future and value in known:  # the common case: a future as is
+        cls = type(value)
+        if cls is Future and value in known:  # the common case: a future as is
             out[name] = value._value if value._status == COMPLETED else _result_of(value, False)
+        elif cls in ATOMIC:
+            out[name] = value
         else:
             out[name] = resolve_value(value, False, on_future)
     return out

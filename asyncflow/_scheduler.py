@@ -417,7 +417,8 @@ class Scheduler:
             deps = fut._deps
             if deps is not None:
                 params = resolve_parameters(params, deps)
-            value = await task.spec.call(task.fn, params)
+            spec = task.spec
+            value = await (task.fn(**params) if spec.simple else spec.call(task.fn, params))
         except asyncio.CancelledError:
             self._finish(fut, CANCELLED, cancelled_error(task.name))
         except Exception as exc:
@@ -469,8 +470,14 @@ class Scheduler:
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
-        for child in ready:
-            self._start(child)
+        if ready:
+            loop = self.loop
+            on_loop = not self.coroutines_in_backend
+            for child in ready:
+                if on_loop and child._policy is None and child._task.is_async:  # _start, inlined
+                    child._handle = _create_task(loop, self._run_async(child), child._ctx)
+                else:
+                    self._start(child)
         if not live and self._idle is not None and not self._side:
             self._idle.set()
 
