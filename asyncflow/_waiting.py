@@ -159,8 +159,16 @@ class _AllDone:
                 f.remove_done_callback(self)
 
 
-def _first_failure(futures: list[Future[Any]]) -> Future[Any] | None:
-    return next((f for f in futures if f._status > COMPLETED), None)
+def _unfinished(
+    unique: list[Future[Any]], stop_on_failure: bool
+) -> tuple[Future[Any] | None, list[Future[Any]]]:
+    """Before a whole-list wait: a failure already there (with ``stop_on_failure``: nothing
+    to wait for then), else the futures still to wait for."""
+    if stop_on_failure:
+        failed = next((f for f in unique if f._status > COMPLETED), None)
+        if failed is not None:
+            return failed, []
+    return None, [f for f in unique if f._status < COMPLETED]
 
 
 def _wait_all(
@@ -169,11 +177,9 @@ def _wait_all(
     """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
     first future that failed as soon as it is final (None otherwise)."""
     deadline = _check_timeout(timeout)
-    if stop_on_failure and (failed := _first_failure(unique)) is not None:
-        return failed
-    pending = [f for f in unique if f._status < COMPLETED]
+    failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
-        return None
+        return failed
     _check_blocking_allowed(pending)
     event = threading.Event()
     waiter = _AllDone(len(pending), stop_on_failure, event.set)
@@ -225,11 +231,9 @@ async def _wait_all_async(
 ) -> Future[Any] | None:
     """Async form of ``_wait_all``."""
     deadline = _check_timeout(timeout)
-    if stop_on_failure and (failed := _first_failure(unique)) is not None:
-        return failed
-    pending = [f for f in unique if f._status < COMPLETED]
+    failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
-        return None
+        return failed
     for f in pending:
         f._check_not_self()
     loop = asyncio.get_running_loop()
