@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -46,6 +47,7 @@ logger = logging.getLogger("asyncflow")
 __all__ = ("Backend", "Scheduler", "SchedulerOptions")
 
 # Indexed by status code (only final ones are used).
+_START_BATCH = 1000  # coroutine runs made tasks per loop turn (see Scheduler._start_some)
 _OUTCOMES = (
     Outcome.COMPLETED,
     Outcome.COMPLETED,
@@ -165,6 +167,8 @@ class Scheduler:
         self._inbox_scheduled = False
         self._accepting = True
         self._idle: asyncio.Event | None = None
+        self._starts: deque[Future[Any]] = deque()  # coroutine runs waiting for their task
+        self._starting = False  # a _start_some call is scheduled
         # The runner's event hub while it has subscribers, else None: every emission point
         # checks only this attribute (the hub switches it from any thread).
         self.events: EventHub | None = None
@@ -349,7 +353,7 @@ class Scheduler:
         pol = fut._policy
         if pol is None:
             if fut._task.is_async and not self.coroutines_in_backend:
-                fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
+                self._start_soon(fut)
             else:
                 self.backend.submit(fut)
         elif not pol.limits or self._acquire(fut, pol):
@@ -402,6 +406,32 @@ class Scheduler:
         do not know the worker when they hand an item over)."""
         if (events := self.events) is not None:
             events.took(item, worker)
+
+    def _start_soon(self, fut: Future[Any]) -> None:
+        """Queue a plain coroutine run; its task is made by ``_start_some``, soon."""
+        self._starts.append(fut)
+        if not self._starting:
+            self._starting = True
+            self.loop.call_soon(self._start_some)
+
+    def _start_some(self) -> None:
+        """Make the tasks of queued coroutine runs, at most ``_START_BATCH`` per loop turn.
+
+        Why not at once: a coroutine run holds far more memory as a task (the task, its
+        coroutine and frame) than as a queued run; a million submitted in one go would all be
+        tasks before the first one runs, and the loop would make them all in one turn. In
+        batches, early runs finish (and are freed) while later ones wait as small records.
+        """
+        starts = self._starts
+        loop = self.loop
+        for _ in range(min(len(starts), _START_BATCH)):
+            fut = starts.popleft()
+            if fut._status < COMPLETED:  # else: cancelled while it waited here
+                fut._handle = _create_task(loop, self._run_async(fut), fut._ctx)
+        if starts:
+            loop.call_soon(self._start_some)
+        else:
+            self._starting = False
 
     async def _run_async(self, fut: Future[Any]) -> None:
         fut._status = RUNNING
@@ -470,14 +500,8 @@ class Scheduler:
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
-        if ready:
-            loop = self.loop
-            on_loop = not self.coroutines_in_backend
-            for child in ready:
-                if on_loop and child._policy is None and child._task.is_async:  # _start, inlined
-                    child._handle = _create_task(loop, self._run_async(child), child._ctx)
-                else:
-                    self._start(child)
+        for child in ready:
+            self._start(child)
         if not live and self._idle is not None and not self._side:
             self._idle.set()
 

@@ -649,3 +649,23 @@ def test_a_future_put_into_a_parameter_after_submit_is_not_an_input(with_upstrea
         holder.append(f)
         gate.set()
         assert f.result(timeout=TIMEOUT) == (True, False)
+
+
+# -- many coroutine runs at once: made tasks in batches (bounded memory) ------------------------
+async def count_tasks(i: int) -> int:
+    await asyncio.sleep(0)
+    return len(asyncio.all_tasks())
+
+
+@pytest.mark.anyio
+async def test_many_coroutine_runs_become_tasks_in_batches_not_all_at_once() -> None:
+    async with ThreadPoolTaskRunner() as runner:
+        futures = [runner.submit(count_tasks, {"i": i}) for i in range(5000)]
+        cancelled = futures[4999]
+        assert cancelled.cancel()  # cancelled while it waits to become a task
+        seen = [await f for f in futures[:4999]]
+    assert cancelled.cancelled()
+    # Each body saw how many tasks existed: never all 5,000 at once, but up to one batch of
+    # 1,000 plus those of the batch before (still finishing) and this test's own.
+    assert max(seen) <= 2100, max(seen)
+    assert min(seen) >= 1
