@@ -13,46 +13,56 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import (
-    b1_async_tasks,
-    b2_sync_tasks,
-    b3_dag,
     b4_memory,
-    b5_process_noop,
-    b6_process_cpu,
     b7_process_crash,
+    w1_async_tasks,
+    w2_sync_tasks,
+    w3_process_noop,
+    w4_dag,
+    w5_sleep,
+    w6_process_cpu,
+    w7_scaling,
+    w8_sync_script,
 )
 from ._config import Config
 from ._report import Row, environment, markdown_table, write_json
 
 WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
-    "B1": b1_async_tasks.run,
-    "B2": b2_sync_tasks.run,
-    "B3": b3_dag.run,
+    "W1": w1_async_tasks.run,
+    "W2": w2_sync_tasks.run,
+    "W3": w3_process_noop.run,
+    "W4": w4_dag.run,
+    "W5": w5_sleep.run,
+    "W6": w6_process_cpu.run,
+    "W7": w7_scaling.run,
+    "W8": w8_sync_script.run,
     "B4": b4_memory.run,
-    "B5": b5_process_noop.run,
-    "B6": b6_process_cpu.run,
     "B7": b7_process_crash.run,
 }
 
 FULL = Config(runs=11, warmup=2, quick=False)
-QUICK = Config(runs=3, warmup=1, quick=True)
+QUICK = Config(runs=5, warmup=1, quick=True)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="asyncflow's per-task cost next to plain asyncio / concurrent.futures.",
+        description="asyncflow's cost per task next to asyncio, anyio, concurrent.futures, Dask "
+        "and Prefect.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="fewer timed rounds and a shorter memory soak"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row as JSON")
     parser.add_argument(
-        "--runs", type=int, metavar="N", help="timed rounds per side (default 11, quick 3)"
+        "--runs",
+        type=int,
+        metavar="N",
+        help="timed rounds per system (default 11, quick 5; Dask and Prefect: at most 5)",
     )
     parser.add_argument(
         "--only",
-        metavar="B1,B3",
+        metavar="W1,B4",
         help=f"run only these workloads (of {', '.join(WORKLOADS)})",
     )
     args = parser.parse_args(argv)
