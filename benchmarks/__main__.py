@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import (
+# Absolute imports: anyio's worker processes run this file by its path (as multiprocessing's
+# spawn does), where a relative import has no package to be relative to.
+from benchmarks import (
     b4_memory,
     b7_process_crash,
     w1_async_tasks,
@@ -24,8 +26,8 @@ from . import (
     w7_scaling,
     w8_sync_script,
 )
-from ._config import Config
-from ._report import Row, environment, markdown_table, write_json
+from benchmarks._config import Config
+from benchmarks._report import Row, environment, markdown_table, write_json
 
 WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "W1": w1_async_tasks.run,

@@ -72,7 +72,7 @@ class System:
     note: str = ""
     family: str = ""  # systems of one family share child processes (Prefect's server)
     runs: int | None = None  # at most this many timed rounds, after one warm-up round
-    memory: bool = True  # False: nothing runs (a floor), so there is no memory to report
+    floor: bool = False  # a computed floor: nothing runs, so no memory and no "faster" note
 
     @property
     def owner(self) -> str:
@@ -174,7 +174,7 @@ def _row(workload: str, result: _Result, versus: _Result | None, unit: Unit) -> 
     notes = [system.note] if system.note else []
     if versus is not None and versus is not result and not versus.system.asyncflow:
         notes.append(f"ratio: {versus.system.name} over this")
-    if ratio is not None and not system.asyncflow and ratio.median < 1:
+    if ratio is not None and not (system.asyncflow or system.floor) and ratio.median < 1:
         notes.append(f"asyncflow {1 / ratio.median:.3g}x faster")
     if result.wrong:
         notes.append(f"WRONG: {result.wrong}")
@@ -188,7 +188,7 @@ def _row(workload: str, result: _Result, versus: _Result | None, unit: Unit) -> 
         value,
         ratio,
         system.goal,
-        Stats.of([float(b) for b in result.rss]) if result.rss and system.memory else None,
+        Stats.of([float(b) for b in result.rss]) if result.rss and not system.floor else None,
         "; ".join(notes),
         correct=not (result.wrong or result.error) and value is not None,
     )

@@ -22,7 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:  # then only this process is measured, not its workers
+    psutil = None
 
 __all__ = ("PEAKS", "Peaks", "supported")
 
@@ -68,6 +71,8 @@ _malloc_trim = _trim()
 
 
 def _children() -> set[int]:
+    if psutil is None:
+        return set()
     try:
         return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
     except psutil.Error:
@@ -118,6 +123,8 @@ class Peaks:
     def quiet(self, owner: str, timeout: float = 60.0) -> None:
         """Wait (up to ``timeout`` seconds) until the live children of ``owner`` use less than
         a tenth of a core: a server still busy with a backlog would slow the next system."""
+        if psutil is None:
+            return
         procs = []
         for pid in self._owned.get(owner, ()):
             with contextlib.suppress(psutil.Error):

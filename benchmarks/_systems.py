@@ -97,7 +97,18 @@ def loop_run(
     try:
         yield lambda: loop.run_until_complete(make())
     finally:
-        loop.close()
+        _close(loop)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on ``loop`` (anyio's process pool keeps a task that stops its
+    workers when cancelled), wait for it, then close the loop."""
+    left = asyncio.all_tasks(loop)
+    for t in left:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 @contextlib.contextmanager
@@ -116,7 +127,7 @@ def loop_session(
         finally:
             loop.run_until_complete(runner.__aexit__(None, None, None))
     finally:
-        loop.close()
+        _close(loop)
 
 
 # -- Dask -----------------------------------------------------------------------------------------

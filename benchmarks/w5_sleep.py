@@ -183,7 +183,7 @@ def systems(limit: int | None) -> list[System | Skip]:
             lambda: _floor(floor),
             goal=FLOOR_GOAL,
             note="ratio: asyncflow over the floor",
-            memory=False,
+            floor=True,
         )
     ]
     for name, make, is_flow in kinds:

@@ -169,7 +169,7 @@ def systems(loops: int) -> list[System | Skip]:
             ideal,
             goal=GOAL,
             note=f"ratio: asyncflow over the floor; {loops:,} loop turns per call",
-            memory=False,
+            floor=True,
         ),
         System("ProcessPoolExecutor(2) (spawn), map", TASKS, executor),
         Skip(anyio_name, no_uvloop)
