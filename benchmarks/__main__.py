@@ -42,7 +42,7 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "B7": b7_process_crash.run,
 }
 
-FULL = Config(runs=11, warmup=2, quick=False)
+FULL = Config(runs=7, warmup=2, quick=False)
 QUICK = Config(runs=5, warmup=1, quick=True)
 
 
@@ -60,7 +60,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--runs",
         type=int,
         metavar="N",
-        help="timed rounds per system (default 11, quick 5; Dask and Prefect: at most 5)",
+        help="timed rounds per system (default 7, quick 5; Dask and Prefect: at most 5)",
     )
     parser.add_argument(
         "--only",

@@ -100,13 +100,18 @@ def loop_run(
         _close(loop)
 
 
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _close(loop: asyncio.AbstractEventLoop) -> None:
     """Cancel what is left on ``loop`` (anyio's process pool keeps a task that stops its
     workers when cancelled), wait for it, then close the loop."""
     left = asyncio.all_tasks(loop)
     for t in left:
         t.cancel()
-    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    if left:
+        loop.run_until_complete(_settle(left))
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
 

@@ -8,7 +8,9 @@ graph is alive at once: memory per live node is the run's peak resident memory (
 this process, see ``_memory.py``) divided by the number of tasks. It includes the benchmark's
 own list of futures and of results (16 bytes per task). The 1,000,000 size runs only in a full
 run (without ``--quick``), at most 5 timed rounds. Goals, at the largest size: time per task
-within 1.5 times the time per task at 10,000, and at most 1 kB per live node.
+within 1.5 times the time per task at 10,000, and at most 1 kB per live node. The same graphs
+in plain asyncio (as in W1 and W4), on uvloop, at every size, show what growth is the
+interpreter's (its cyclic garbage collector walks every live object) and not asyncflow's.
 """
 
 from __future__ import annotations
@@ -53,30 +55,54 @@ async def _w4(n: int) -> float:
     return seconds
 
 
+async def _w1_raw(n: int) -> float:
+    return await w1_async_tasks.raw_asyncio(n)
+
+
+async def _w4_raw(n: int) -> float:
+    return await w4_dag.hand_written(n // w4_dag.WIDTH, w4_dag.WIDTH)
+
+
 def _scaled(
-    shape: str, make: Callable[[int], Coroutine[Any, Any, float]], sizes: tuple[int, ...]
+    shape: str,
+    make: Callable[[int], Coroutine[Any, Any, float]],
+    raw: tuple[str, Callable[[int], Coroutine[Any, Any, float]]],
+    sizes: tuple[int, ...],
 ) -> list[System | Skip]:
     no_uvloop = uvloop_missing()
     field: list[System | Skip] = []
     for n in sizes:
         name = f"asyncflow, {shape}, {n:,} tasks"
+        raw_name = f"{raw[0]}, {n:,} tasks"
         if no_uvloop is not None:
-            field.append(Skip(name, no_uvloop))
+            field += [Skip(name, no_uvloop), Skip(raw_name, no_uvloop)]
             continue
-        field.append(
+        runs = LARGEST_RUNS if n >= 1_000_000 else None
+        field += [
             System(
                 name,
                 n,
                 partial(loop_run, new_uvloop, partial(make, n)),
                 asyncflow=True,
-                runs=LARGEST_RUNS if n >= 1_000_000 else None,
-            )
-        )
+                runs=runs,
+            ),
+            System(
+                raw_name,
+                n,
+                partial(loop_run, new_uvloop, partial(raw[1], n)),
+                versus=name,
+                runs=runs,
+            ),
+        ]
     return field
 
 
 def _goals(workload: str, rows: list[Row], sizes: tuple[int, ...]) -> list[Row]:
-    by_size = {row.tasks: row for row in rows if row.value is not None}
+    by_size = {
+        row.tasks: row
+        for row in rows
+        if row.value is not None and row.system.startswith("asyncflow")
+    }
     largest, reference = sizes[-1], 10_000
     if largest not in by_size or reference not in by_size:
         return []
@@ -130,11 +156,11 @@ def _per_node(rows: list[Row]) -> list[Row]:
 def run(config: Config) -> list[Row]:
     sizes = QUICK_SIZES if config.quick else SIZES
     rows: list[Row] = []
-    for label, shape, make in (
-        ("W7 scaling of W1", "async no-op tasks", _w1),
-        ("W7 scaling of W4", "DAG 100 wide", _w4),
+    for label, shape, make, raw in (
+        ("W7 scaling of W1", "async no-op tasks", _w1, ("asyncio create_task + gather", _w1_raw)),
+        ("W7 scaling of W4", "DAG 100 wide", _w4, ("hand-written asyncio DAG", _w4_raw)),
     ):
-        found = measure(label, _scaled(shape, make, sizes), config)
+        found = measure(label, _scaled(shape, make, raw, sizes), config)
         rows += _per_node(found) + _goals(label, found, sizes)
     return rows
 
