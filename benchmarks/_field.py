@@ -71,7 +71,8 @@ class System:
     goal: Goal | None = None
     note: str = ""
     family: str = ""  # systems of one family share child processes (Prefect's server)
-    runs: int | None = None  # at most this many timed rounds, after one warm-up round
+    runs: int | None = None  # at most this many timed rounds, after ``warmups`` rounds
+    warmups: int = 1  # warm-up rounds of a system with ``runs`` set
     floor: bool = False  # a computed floor: nothing runs, so no memory and no "faster" note
 
     @property
