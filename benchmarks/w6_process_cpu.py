@@ -1,7 +1,7 @@
 """W6: 16 CPU-bound tasks of about 50 ms each on 2 worker processes: how close to the floor.
 
 ``burn`` is a pure-Python arithmetic loop whose loop count is calibrated once, in this process,
-for about 50 ms per call (the best of three probes), so the floor is about 16 x 50 ms / 2 =
+for about 50 ms per call (the best of five probes), so the floor is about 16 x 50 ms / 2 =
 400 ms. The floor row measures it again in every round: one call timed here, in this process,
 while the workers are idle, times 16 / 2; a slow patch on the machine moves it with the rest.
 Every system is started and warmed up outside the timer, and every run checks every result.
@@ -55,8 +55,9 @@ def _timed(loops: int) -> float:
 
 
 def calibrate() -> int:
-    """The loop count for one ``TARGET``-second call (best of three probes)."""
-    best = min(_timed(_PROBE) for _ in range(3))
+    """The loop count for one ``TARGET``-second call (the best of five probes: a probe that
+    another process slowed down does not count)."""
+    best = min(_timed(_PROBE) for _ in range(5))
     return max(1, round(_PROBE * TARGET / best))
 
 
