@@ -42,6 +42,11 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "B7": b7_process_crash.run,
 }
 
+# Run before the others: the workloads that compare asyncflow with itself over time (sizes,
+# batches), so that no server of another system is still busy in the background meanwhile
+# (Prefect's keeps working through what it was sent for a while after its rounds).
+FIRST = frozenset({"W7", "B4", "B7"})
+
 FULL = Config(runs=7, warmup=2, quick=False)
 QUICK = Config(runs=5, warmup=1, quick=True)
 
@@ -93,13 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"after {config.warmup} warm-up{' (quick)' if config.quick else ''}",
         flush=True,
     )
-    rows: list[Row] = []
+    found: dict[str, list[Row]] = {}
     began = time.perf_counter()
-    for name in names:
+    for name in sorted(names, key=lambda n: n not in FIRST):
         start = time.perf_counter()
-        rows.extend(WORKLOADS[name](config))
+        found[name] = WORKLOADS[name](config)
         print(f"{name} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - began
+    rows = [row for name in names for row in found[name]]
     print()
     print(markdown_table(rows))
     print()
