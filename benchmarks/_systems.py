@@ -31,6 +31,7 @@ from ._field import FASTER, Run, Skip, System
 from ._report import Goal
 
 __all__ = (
+    "NO_DASK_RUNNER",
     "SLOW_RUNS",
     "Job",
     "dask_client",
@@ -253,6 +254,9 @@ def prefect_flow(make_runner: Callable[[], Any]) -> Iterator[Callable[[Job], flo
 SLOW_RUNS = 5
 """Timed rounds of Dask and Prefect (after one warm-up): they are orders of magnitude slower,
 so more rounds would only make the run longer."""
+
+
+NO_DASK_RUNNER = Skip("asyncflow on Dask", "asyncflow has no Dask task runner yet")
 
 
 def dask_system(

@@ -21,6 +21,7 @@ from ._config import Config
 from ._field import Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -175,6 +176,7 @@ def systems() -> list[System | Skip]:
     ]
     return [
         *field,
+        NO_DASK_RUNNER,
         dask_system("threads", DASK_TASKS, _dask_job, processes=False, workers=1, threads=1),
         dask_system("2 processes", DASK_TASKS, _dask_job, processes=True, workers=2, threads=1),
         prefect_system("ThreadPoolTaskRunner", PREFECT_TASKS, prefect_threads(), _prefect_job),

@@ -22,6 +22,7 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -157,6 +158,7 @@ def systems() -> list[System | Skip]:
             "asyncflow ProcessPoolTaskRunner",
             "its sync bodies run in processes, not on threads: that is W3",
         ),
+        NO_DASK_RUNNER,
         dask_system("8 threads", DASK_TASKS, _dask_job, processes=False, workers=1, threads=8),
         prefect_system(
             "ThreadPoolTaskRunner(8)", PREFECT_TASKS, prefect_threads(WORKERS), _prefect_job

@@ -26,6 +26,7 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -172,6 +173,7 @@ def systems() -> list[System | Skip]:
             "asyncflow ThreadPoolTaskRunner",
             "its sync bodies run on threads, not in processes: that is W2",
         ),
+        NO_DASK_RUNNER,
         dask_system("2 processes", DASK_TASKS, _dask_job, processes=True, workers=2, threads=1),
         prefect_system(
             "ProcessPoolTaskRunner(2)", PREFECT_TASKS, prefect_processes(WORKERS), _prefect_job

@@ -25,6 +25,7 @@ from ._config import Config
 from ._field import Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -232,6 +233,7 @@ def systems() -> list[System | Skip]:
             versus=FLOW_ASYNCIO,
             goal=ASYNCIO_GOAL,
         ),
+        NO_DASK_RUNNER,
         dask(label="threads", processes=False, workers=1, threads=2),
         dask(label="2 processes", processes=True, workers=2, threads=1),
         prefect_system(

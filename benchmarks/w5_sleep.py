@@ -26,6 +26,7 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -201,6 +202,7 @@ def systems(limit: int | None) -> list[System | Skip]:
             "asyncflow ProcessPoolTaskRunner",
             "it runs coroutine bodies in worker processes; this workload is about one loop",
         ),
+        NO_DASK_RUNNER,
         dask_system(
             f"1 worker, {slots} task slots",
             TASKS,

@@ -25,6 +25,7 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     loop_run,
@@ -176,6 +177,7 @@ def systems(loops: int) -> list[System | Skip]:
         Skip(anyio_name, no_uvloop)
         if no_uvloop is not None
         else System(anyio_name, TASKS, lambda: loop_run(new_uvloop, make_anyio)),
+        NO_DASK_RUNNER,
         dask_system("2 processes", TASKS, dask_job, processes=True, workers=2, threads=1),
         prefect_system("ProcessPoolTaskRunner(2)", TASKS, prefect_processes(WORKERS), prefect_job),
     ]

@@ -28,6 +28,7 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Row
 from ._systems import (
+    NO_DASK_RUNNER,
     Job,
     dask_system,
     new_uvloop,
@@ -169,6 +170,7 @@ def systems() -> list[System | Skip]:
             TASKS,
             _executor,
         ),
+        NO_DASK_RUNNER,
         dask(label="threads", processes=False, workers=1, threads=1),
         dask(label="2 processes", processes=True, workers=2, threads=1),
         prefect_system("ThreadPoolTaskRunner", PREFECT_TASKS, prefect_threads(), _prefect_job),
