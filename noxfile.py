@@ -31,6 +31,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (``python -m benchmarks``) against this checkout."""
-    session.install("-e", ".")
+    """Run the benchmarks (``python -m benchmarks``) against this checkout, next to the
+    systems of the ``bench`` extra (Dask, Prefect)."""
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -12,47 +12,64 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import (
-    b1_async_tasks,
-    b2_sync_tasks,
-    b3_dag,
+# Absolute imports: anyio's worker processes run this file by its path (as multiprocessing's
+# spawn does), where a relative import has no package to be relative to.
+from benchmarks import (
     b4_memory,
-    b5_process_noop,
-    b6_process_cpu,
     b7_process_crash,
+    w1_async_tasks,
+    w2_sync_tasks,
+    w3_process_noop,
+    w4_dag,
+    w5_sleep,
+    w6_process_cpu,
+    w7_scaling,
+    w8_sync_script,
 )
-from ._config import Config
-from ._report import Row, environment, markdown_table, write_json
+from benchmarks._config import Config
+from benchmarks._report import Row, environment, markdown_table, write_json
 
 WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
-    "B1": b1_async_tasks.run,
-    "B2": b2_sync_tasks.run,
-    "B3": b3_dag.run,
+    "W1": w1_async_tasks.run,
+    "W2": w2_sync_tasks.run,
+    "W3": w3_process_noop.run,
+    "W4": w4_dag.run,
+    "W5": w5_sleep.run,
+    "W6": w6_process_cpu.run,
+    "W7": w7_scaling.run,
+    "W8": w8_sync_script.run,
     "B4": b4_memory.run,
-    "B5": b5_process_noop.run,
-    "B6": b6_process_cpu.run,
     "B7": b7_process_crash.run,
 }
 
-FULL = Config(runs=11, warmup=2, quick=False)
-QUICK = Config(runs=3, warmup=1, quick=True)
+# Run before the others: the workloads that compare asyncflow with itself over time (sizes,
+# batches), so that no server of another system is still busy in the background meanwhile
+# (Prefect's keeps working through what it was sent for a while after its rounds).
+FIRST = frozenset({"W7", "B4", "B7"})
+
+FULL = Config(runs=7, warmup=2, quick=False)
+QUICK = Config(runs=5, warmup=1, quick=True)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="asyncflow's per-task cost next to plain asyncio / concurrent.futures.",
+        description="asyncflow's cost per task next to asyncio, anyio, concurrent.futures, Dask "
+        "and Prefect.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="fewer timed rounds and a shorter memory soak"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row as JSON")
     parser.add_argument(
-        "--runs", type=int, metavar="N", help="timed rounds per side (default 11, quick 3)"
+        "--runs",
+        type=int,
+        metavar="N",
+        help="timed rounds per system (default 7, quick 5; Dask and Prefect: at most 5)",
     )
     parser.add_argument(
         "--only",
-        metavar="B1,B3",
+        metavar="W1,B4",
         help=f"run only these workloads (of {', '.join(WORKLOADS)})",
     )
     args = parser.parse_args(argv)
@@ -81,13 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"after {config.warmup} warm-up{' (quick)' if config.quick else ''}",
         flush=True,
     )
-    rows: list[Row] = []
+    found: dict[str, list[Row]] = {}
     began = time.perf_counter()
-    for name in names:
+    for name in sorted(names, key=lambda n: n not in FIRST):
         start = time.perf_counter()
-        rows.extend(WORKLOADS[name](config))
+        found[name] = WORKLOADS[name](config)
         print(f"{name} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - began
+    rows = [row for name in names for row in found[name]]
     print()
     print(markdown_table(rows))
     print()

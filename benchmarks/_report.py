@@ -27,13 +27,14 @@ __all__ = (
     "write_json",
 )
 
-Unit = Literal["s/task", "s", "bytes", "count"]
-"""Seconds per task (timings), seconds (one duration), bytes, or a count."""
+Unit = Literal["s/task", "s", "bytes", "count", "ratio"]
+"""Seconds per task (timings), seconds (one duration), bytes, a count, or a ratio."""
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     "<": operator.lt,
     "==": operator.eq,
+    ">=": operator.ge,
 }
 
 
@@ -41,7 +42,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 class Goal:
     """``ratio <= 3`` (on the ratio) or ``< 1 MB`` / ``== 0`` (on the measured value)."""
 
-    op: Literal["<=", "<", "=="]
+    op: Literal["<=", "<", "==", ">="]
     limit: float
     on: Literal["ratio", "value"] = "ratio"
 
@@ -55,56 +56,59 @@ class Goal:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the report. ``value`` is asyncflow's side: per-task seconds for timings."""
+    """One line of the report: one system's measurement of one workload (or one quantity).
+
+    ``value`` is what this row's system measured (seconds per task for timings). ``ratio`` is
+    asyncflow's median over this system's median, with the lowest and highest ratio of a single
+    round as its range; rows that compare something else say so in their note. A row with
+    ``skipped`` set measured nothing, and says why.
+    """
 
     workload: str
     system: str
     tasks: int
     unit: Unit
-    value: Stats
-    baseline: Stats | None = None
+    value: Stats | None
+    ratio: Stats | None = None
     goal: Goal | None = None
-    rounds: Stats | None = None  # each round's asyncflow time / that round's baseline time
+    rss: Stats | None = None  # bytes: peak resident memory of a run (see _memory.py)
     note: str = ""
     correct: bool = True  # False when the workload computed a wrong answer: the row fails
-
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline is None:
-            return None
-        return self.value.median / self.baseline.median
+    skipped: str = ""
 
     @property
     def ok(self) -> bool | None:
-        """Whether the goal is met; None for informational rows."""
+        """Whether the goal is met; None for informational and skipped rows."""
+        if self.skipped:
+            return None
         if not self.correct:
             return False
         if self.goal is None:
             return None
-        measured = self.ratio if self.goal.on == "ratio" else self.value.median
-        assert measured is not None, "a ratio goal needs a baseline"
-        return self.goal.met(measured)
+        stats = self.ratio if self.goal.on == "ratio" else self.value
+        if stats is None:  # nothing to compare with: the asyncflow row says why
+            return None
+        return self.goal.met(stats.median)
 
     def as_json(self) -> dict[str, Any]:
-        base = self.baseline
+        value, ratio, rss = self.value, self.ratio, self.rss
         return {
             "workload": self.workload,
             "system": self.system,
             "tasks": self.tasks,
             "unit": self.unit,
-            "median": self.value.median,
-            "min": self.value.min,
-            "max": self.value.max,
-            "baseline_median": None if base is None else base.median,
-            "baseline_min": None if base is None else base.min,
-            "baseline_max": None if base is None else base.max,
-            "ratio": self.ratio,
-            "round_ratio_min": None if self.rounds is None else self.rounds.min,
-            "round_ratio_max": None if self.rounds is None else self.rounds.max,
+            "median": None if value is None else value.median,
+            "min": None if value is None else value.min,
+            "max": None if value is None else value.max,
+            "peak_rss_bytes": None if rss is None else rss.median,
+            "ratio": None if ratio is None else ratio.median,
+            "round_ratio_min": None if ratio is None else ratio.min,
+            "round_ratio_max": None if ratio is None else ratio.max,
             "goal": None if self.goal is None else self.goal.text(self.unit),
             "ok": self.ok,
             "note": self.note,
             "correct": self.correct,
+            "skipped": self.skipped or None,
         }
 
 
@@ -118,19 +122,19 @@ def time_row(
     note: str = "",
     correct: bool = True,
 ) -> Row:
-    """A timing row from whole-run seconds: both sides are reported per task."""
-    per_task = 1.0 / tasks
+    """A timing row from whole-run seconds of a pair: asyncflow's side per task, and the
+    ratio of asyncflow's side to the pair's baseline."""
+    ratio = Stats(pair.asyncflow.median / pair.baseline.median, pair.rounds.min, pair.rounds.max)
     return Row(
         workload,
         system,
         tasks,
         "s/task",
-        pair.asyncflow.scaled(per_task),
-        pair.baseline.scaled(per_task),
+        pair.asyncflow.scaled(1.0 / tasks),
+        ratio,
         goal,
-        pair.rounds,
-        note,
-        correct,
+        note=note,
+        correct=correct,
     )
 
 
@@ -145,7 +149,7 @@ def value_row(
     note: str = "",
     correct: bool = True,
 ) -> Row:
-    """A row for one measured quantity, or its spread over rounds (no baseline)."""
+    """A row for one measured quantity, or its spread over rounds (no ratio)."""
     stats = value if isinstance(value, Stats) else Stats(value, value, value)
     return Row(workload, system, tasks, unit, stats, goal=goal, note=note, correct=correct)
 
@@ -171,6 +175,8 @@ def _format(x: float, unit: Unit, digits: int = 2) -> str:
             if size >= limit:
                 return f"{sign}{size / limit:.{digits}f} {suffix}"
         return f"{sign}{size:.0f} B"
+    if unit == "ratio":
+        return f"{x:.3g}"
     return f"{x:.0f}"
 
 
@@ -191,39 +197,45 @@ def _ratio_cell(row: Row) -> str:
     ratio = row.ratio
     if ratio is None:
         return "—"
-    rounds = row.rounds
-    if rounds is None:
-        return f"{ratio:.2f}"
-    return f"{ratio:.2f} ({rounds.min:.2f}-{rounds.max:.2f})"
+    if ratio.min == ratio.max:
+        return f"{ratio.median:.3g}"
+    return f"{ratio.median:.3g} ({ratio.min:.3g}-{ratio.max:.3g})"
 
 
 def _result(row: Row) -> str:
+    if row.skipped:
+        return "skipped"
     ok = row.ok
     if ok is None:
         return "info"
     return "PASS" if ok else "**FAIL**"
 
 
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
-    """The report. Time cells read "median (min-max)" per task; the ratio cell reads
-    "median / median (lowest-highest ratio of one round)"."""
+    """The report. The measured cell reads "median (min-max)" (per task for timings); the ratio
+    cell reads "asyncflow's median / this row's median (lowest-highest ratio of one round)"."""
     header = (
-        "| Workload | System | Tasks | asyncflow | baseline | Ratio | Goal | Result |",
+        "| Workload | System | Tasks | Measured | Peak RSS | Ratio | Goal | Result |",
         "|---|---|---:|---:|---:|---:|---|---|",
     )
     lines = list(header)
     for row in rows:
+        note = row.skipped or row.note
         cells = (
-            row.workload + (f" ({row.note})" if row.note else ""),
-            row.system,
-            f"{row.tasks:,}",
+            row.workload,
+            row.system + (f" ({note})" if note else ""),
+            f"{row.tasks:,}" if row.tasks else "—",
             _cell(row.value, row.unit),
-            _cell(row.baseline, row.unit),
+            "—" if row.rss is None else _format(row.rss.median, "bytes", 1),
             _ratio_cell(row),
             "—" if row.goal is None else row.goal.text(row.unit),
             _result(row),
         )
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,329 @@
+"""The field: which systems are installed, and how to start the ones that need more than a call.
+
+Each ``*_missing()`` returns why a system cannot run here (a ``Skip`` reason), or ``None``. The
+libraries are imported only when a system is started, so a missing one never stops the rest.
+
+Prefect runs offline, on its local ephemeral backend: ``PREFECT_API_URL`` is removed from this
+process's environment and ``PREFECT_HOME`` points to a temporary directory, so Prefect starts
+its own API server as a local subprocess (SQLite database, loopback port) the first time a flow
+runs, and keeps it until this process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import importlib.util
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from asyncflow import TaskRunner
+
+from ._field import FASTER, Run, Skip, System
+from ._report import Goal
+
+__all__ = (
+    "NO_DASK_RUNNER",
+    "SLOW_RUNS",
+    "Job",
+    "dask_client",
+    "dask_missing",
+    "dask_system",
+    "loop_run",
+    "loop_session",
+    "missing",
+    "new_uvloop",
+    "prefect_flow",
+    "prefect_missing",
+    "prefect_processes",
+    "prefect_system",
+    "prefect_task",
+    "prefect_threads",
+    "uvloop_missing",
+)
+
+Job = Callable[[], float]
+"""A timed batch of work that must run inside a Prefect flow: returns its seconds."""
+
+
+def missing(module: str, extra: str = "bench") -> str | None:
+    """Why ``module`` cannot be used (not installed), or None."""
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install 'asyncflow[{extra}]')"
+    return None
+
+
+def uvloop_missing() -> str | None:
+    return missing("uvloop")
+
+
+def new_uvloop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def dask_missing() -> str | None:
+    return missing("distributed")
+
+
+def prefect_missing() -> str | None:
+    reason = missing("prefect")
+    if reason is not None:
+        return reason
+    from importlib.metadata import version
+
+    major = version("prefect").partition(".")[0]
+    if not major.isdigit() or int(major) < 3:
+        return f"prefect {version('prefect')} is installed; these workloads need Prefect 3"
+    return None
+
+
+@contextlib.contextmanager
+def loop_run(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    make: Callable[[], Coroutine[Any, Any, float]],
+) -> Iterator[Run]:
+    """A system whose runs are coroutines, each run on the same fresh event loop."""
+    loop = new_loop()
+    try:
+        yield lambda: loop.run_until_complete(make())
+    finally:
+        _close(loop)
+
+
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on ``loop`` (anyio's process pool keeps a task that stops its
+    workers when cancelled), wait for it, then close the loop."""
+    left = asyncio.all_tasks(loop)
+    for t in left:
+        t.cancel()
+    if left:
+        loop.run_until_complete(_settle(left))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+@contextlib.contextmanager
+def loop_session(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    runner: TaskRunner,
+    body: Callable[[TaskRunner], Coroutine[Any, Any, float]],
+) -> Iterator[Run]:
+    """A system whose runs are ``body(runner)`` inside one ``async with runner`` session, kept
+    open on one event loop across runs: starting it (and its workers) is not timed."""
+    loop = new_loop()
+    try:
+        loop.run_until_complete(runner.__aenter__())
+        try:
+            yield lambda: loop.run_until_complete(body(runner))
+        finally:
+            loop.run_until_complete(runner.__aexit__(None, None, None))
+    finally:
+        _close(loop)
+
+
+# -- Dask -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def dask_client(*, processes: bool, workers: int, threads: int) -> Iterator[Any]:
+    """A ``distributed.Client`` on a fresh ``LocalCluster`` (no dashboard), closed on exit."""
+    from distributed import Client, LocalCluster
+
+    # Dask reports a closing cluster's heartbeats and comms as errors: noise for a benchmark.
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=processes,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        yield client
+
+
+# -- Prefect --------------------------------------------------------------------------------------
+_prefect_home: str | None = None
+
+
+def _prefect_offline() -> None:
+    """Point Prefect at its own ephemeral local server, before it is first imported."""
+    global _prefect_home
+    if _prefect_home is not None:
+        return
+    _prefect_home = tempfile.mkdtemp(prefix="asyncflow-bench-prefect-")
+    atexit.register(shutil.rmtree, _prefect_home, ignore_errors=True)
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ.update(
+        {
+            "PREFECT_HOME": _prefect_home,
+            "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            # Prefect's loggers keep their levels (and send their records to its server, as
+            # by default); only the console stays quiet.
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "CRITICAL",
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "CRITICAL",
+            "PREFECT_LOGGING_SERVER_LEVEL": "CRITICAL",
+        }
+    )
+
+
+def prefect_task(fn: Callable[..., Any]) -> Any:
+    """``prefect.task(fn)``, after Prefect was pointed at its local server."""
+    _prefect_offline()
+    from prefect import task
+
+    return task(fn)
+
+
+# The flow's body and its mailboxes live at module level: Prefect's process runner sends the
+# flow run's context (the flow with its function) to its workers, and cloudpickle sends a
+# module-level function by name, where a closure would take its queues (and their locks) along.
+_inbox: queue.Queue[Job | None] = queue.Queue()
+_outbox: queue.Queue[tuple[float, BaseException | None]] = queue.Queue()
+
+
+def _do(job: Job) -> None:
+    try:
+        _outbox.put((job(), None))
+    except BaseException as exc:
+        _outbox.put((0.0, exc))
+
+
+def _host() -> None:
+    """The flow: run each job it is handed until it is handed None."""
+    while (job := _inbox.get()) is not None:
+        _do(job)
+
+
+@contextlib.contextmanager
+def prefect_flow(make_runner: Callable[[], Any]) -> Iterator[Callable[[Job], float]]:
+    """A Prefect flow running in a thread, with the task runner ``make_runner()``, that runs
+    each job it is handed inside the flow: ``call(job)`` returns the job's seconds.
+
+    One flow serves every round, so starting a flow run (and Prefect's bookkeeping after it)
+    is paid once, outside the timer; the timer inside each job covers the tasks only.
+    """
+    _prefect_offline()
+    from prefect import flow
+
+    host = flow(name="asyncflow-bench", task_runner=make_runner(), persist_result=False)(_host)
+
+    def serve() -> None:
+        try:
+            host()
+        except BaseException as exc:  # the flow could not start: tell the waiting caller
+            _outbox.put((0.0, exc))
+
+    def call(job: Job) -> float:
+        _inbox.put(job)
+        seconds, exc = _outbox.get()
+        if exc is not None:
+            raise exc
+        return seconds
+
+    thread = threading.Thread(target=serve, name="prefect-flow", daemon=True)
+    thread.start()
+    try:
+        call(time.perf_counter)  # the flow is running once this returns
+        yield call
+    finally:
+        _inbox.put(None)
+        thread.join(timeout=120)
+
+
+# -- the slow systems, as rows --------------------------------------------------------------------
+SLOW_RUNS = 5
+"""Timed rounds of Dask and Prefect (after one warm-up): they are orders of magnitude slower,
+so more rounds would only make the run longer."""
+
+
+NO_DASK_RUNNER = Skip("asyncflow on Dask", "asyncflow has no Dask task runner yet")
+
+
+def dask_system(
+    label: str,
+    tasks: int,
+    job: Callable[[Any], float],
+    *,
+    processes: bool,
+    workers: int,
+    threads: int,
+    goal: Goal | None = FASTER,
+    note: str = "",
+) -> System | Skip:
+    """``job(client)`` on a fresh ``LocalCluster`` of ``workers`` x ``threads``."""
+    name = f"Dask distributed LocalCluster, {label}"
+    reason = dask_missing()
+    if reason is not None:
+        return Skip(name, reason)
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Run]:
+        with dask_client(processes=processes, workers=workers, threads=threads) as client:
+            yield lambda: job(client)
+
+    return System(name, tasks, start, alone=True, goal=goal, note=note, runs=SLOW_RUNS)
+
+
+def prefect_threads(max_workers: int | None = None) -> Callable[[], Any]:
+    def make() -> Any:
+        from prefect.task_runners import ThreadPoolTaskRunner as PrefectThreads
+
+        return PrefectThreads(max_workers=max_workers)
+
+    return make
+
+
+def prefect_processes(max_workers: int) -> Callable[[], Any]:
+    def make() -> Any:
+        from prefect.task_runners import ProcessPoolTaskRunner as PrefectProcesses
+
+        return PrefectProcesses(max_workers=max_workers)
+
+    return make
+
+
+def prefect_system(
+    label: str,
+    tasks: int,
+    make_runner: Callable[[], Any],
+    make_job: Callable[[], Job],
+    *,
+    goal: Goal | None = FASTER,
+    note: str = "",
+) -> System | Skip:
+    """The job ``make_job()`` (it builds its Prefect tasks) inside one flow on ``make_runner()``."""
+    name = f"Prefect 3 {label}"
+    reason = prefect_missing()
+    if reason is not None:
+        return Skip(name, reason)
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Run]:
+        _prefect_offline()
+        job = make_job()
+        with prefect_flow(make_runner) as call:
+            yield lambda: call(job)
+
+    return System(
+        name, tasks, start, alone=True, goal=goal, note=note, family="Prefect", runs=SLOW_RUNS
+    )

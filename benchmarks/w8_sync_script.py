@@ -1,0 +1,181 @@
+"""W8: 10,000 submits from a plain sync script, each followed later by ``.result()``.
+
+The script submits every call, then calls ``.result()`` on each future in order; every run
+checks that call ``i`` returned ``i``. asyncflow: ``with ThreadPoolTaskRunner()`` and a no-op
+coroutine task, which runs on the runner's own loop thread: this measures the bridge from sync
+code to that loop and back (the timer covers the submits and the results, not starting and
+stopping the runner). Its floor, written by hand: ``asyncio.run_coroutine_threadsafe`` onto a
+uvloop loop running in a thread, then ``.result()`` on each ``concurrent.futures.Future``.
+``ThreadPoolExecutor(8)`` with a sync no-op is there for scale. Dask (``client.submit`` then
+``.result()``, the coroutine on its workers' loop) and Prefect (``.submit`` then ``.result()``
+in a sync flow) run fewer calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task
+
+from ._config import Config
+from ._field import Run, Skip, System, WrongAnswerError, measure
+from ._report import Row
+from ._systems import (
+    NO_DASK_RUNNER,
+    Job,
+    dask_system,
+    new_uvloop,
+    prefect_system,
+    prefect_task,
+    prefect_threads,
+    uvloop_missing,
+)
+from ._work import noop
+
+__all__ = ("TASKS", "run")
+
+TASKS = 10_000
+DASK_TASKS = 500
+PREFECT_TASKS = 25
+NAME = "W8 submits from a sync script, .result() later"
+
+
+async def echo(x: int) -> int:
+    return x
+
+
+echo_task = task(echo)
+
+
+def check(results: list[Any], n: int) -> None:
+    if results != list(range(n)):
+        raise WrongAnswerError("call i did not return i")
+
+
+def _flow_run() -> float:
+    with ThreadPoolTaskRunner() as runner:
+        start = time.perf_counter()
+        futures = [runner.submit(echo_task, {"x": i}) for i in range(TASKS)]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+        del futures
+    check(results, TASKS)
+    return seconds
+
+
+@contextlib.contextmanager
+def _asyncflow() -> Iterator[Run]:
+    yield _flow_run
+
+
+@contextlib.contextmanager
+def _asyncflow_processes() -> Iterator[Run]:
+    with ProcessPoolTaskRunner(2) as runner:
+
+        def run() -> float:
+            start = time.perf_counter()
+            futures = [runner.submit(echo_task, {"x": i}) for i in range(TASKS)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            check(results, TASKS)
+            return seconds
+
+        run()  # start both workers
+        yield run
+
+
+@contextlib.contextmanager
+def _threadsafe() -> Iterator[Run]:
+    loop = new_uvloop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-loop", daemon=True)
+    thread.start()
+    try:
+
+        def run() -> float:
+            start = time.perf_counter()
+            futures = [asyncio.run_coroutine_threadsafe(echo(i), loop) for i in range(TASKS)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            check(results, TASKS)
+            return seconds
+
+        yield run
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+@contextlib.contextmanager
+def _executor() -> Iterator[Run]:
+    with ThreadPoolExecutor(8) as executor:
+
+        def run() -> float:
+            start = time.perf_counter()
+            futures = [executor.submit(noop, i) for i in range(TASKS)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            check(results, TASKS)
+            return seconds
+
+        yield run
+
+
+def _dask_job(client: Any) -> float:
+    start = time.perf_counter()
+    futures = [client.submit(echo, i, pure=False) for i in range(DASK_TASKS)]
+    results = [f.result() for f in futures]
+    seconds = time.perf_counter() - start
+    check(results, DASK_TASKS)
+    return seconds
+
+
+def _prefect_job() -> Job:
+    echo_p = prefect_task(echo)
+
+    def job() -> float:
+        start = time.perf_counter()
+        futures = [echo_p.submit(i) for i in range(PREFECT_TASKS)]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+        check(results, PREFECT_TASKS)
+        return seconds
+
+    return job
+
+
+def systems() -> list[System | Skip]:
+    no_uvloop = uvloop_missing()
+    bridge = "asyncio.run_coroutine_threadsafe to a uvloop thread"
+    dask = partial(dask_system, tasks=DASK_TASKS, job=_dask_job)
+    return [
+        System("asyncflow ThreadPoolTaskRunner", TASKS, _asyncflow, asyncflow=True),
+        System(
+            "asyncflow ProcessPoolTaskRunner(2)",
+            TASKS,
+            _asyncflow_processes,
+            asyncflow=True,
+            note="bodies run in 2 worker processes; started outside the timer",
+        ),
+        Skip(bridge, no_uvloop) if no_uvloop else System(bridge, TASKS, _threadsafe),
+        System(
+            "concurrent.futures ThreadPoolExecutor(8), sync no-op",
+            TASKS,
+            _executor,
+        ),
+        NO_DASK_RUNNER,
+        dask(label="threads", processes=False, workers=1, threads=1),
+        dask(label="2 processes", processes=True, workers=2, threads=1),
+        prefect_system("ThreadPoolTaskRunner", PREFECT_TASKS, prefect_threads(), _prefect_job),
+    ]
+
+
+def run(config: Config) -> list[Row]:
+    return measure(NAME, systems(), config)
