@@ -43,11 +43,10 @@ def get_run_context() -> RunContext:
         worker = sys.modules.get("__main__")
         call = getattr(worker, "asyncflow_run_context", None)
         if call is not None:  # a body running in a process worker
-            name, run_id, attempt, tags, key = call
-            if run_id is None:  # the run's id is made on first use; the worker sends it back
-                run_id = str(uuid.uuid4())
-                setattr(worker, "asyncflow_run_context", (name, run_id, attempt, tags, key))  # noqa: B010
-            return RunContext(name, uuid.UUID(run_id), attempt, tags, key)
+            name, run_number, attempt, tags, key = call
+            # The same UUID the run's future makes from this number (Future.task_run_id).
+            run_id = uuid.UUID(int=run_number, version=4)
+            return RunContext(name, run_id, attempt, tags, key)
         raise RuntimeError("get_run_context() is only available inside a task body")
     task = fut._task
     return RunContext(task.name, fut.task_run_id, current_attempt.get(), task.tags, task.key)

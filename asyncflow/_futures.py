@@ -8,7 +8,9 @@ take the waiters" atomic with respect to each other. It is held for a few attrib
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -50,6 +52,18 @@ _lock = threading.Lock()
 
 # Set by a worker-thread pool on its threads: how a blocked ``.result()`` gives its slot back.
 blocking_hooks = threading.local()
+
+
+# Run ids: a random 64-bit prefix per process plus a counter, made a UUID (version 4 layout)
+# only when someone asks. The number is there from the start at no cost, and a worker process
+# given it makes the same UUID, so a body and its future always agree on the id.
+_RUN_ID_BASE = secrets.randbits(64) << 64
+_next_run_number = itertools.count(1).__next__
+
+
+def run_uuid(number: int) -> uuid.UUID:
+    """The UUID of a run from its number (idempotent on a UUID's own ``int``)."""
+    return uuid.UUID(int=number, version=4)
 
 
 class _Owner(Protocol):
@@ -181,16 +195,18 @@ class Future(Generic[R]):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._event: threading.Event | None = None
         self._handle: Any = None
-        self._id: uuid.UUID | None = None
+        self._id: int | uuid.UUID = _RUN_ID_BASE | _next_run_number()
         self._policy = policy  # None on the plain path: no limits, retries, timeout, cache, hooks
 
     # -- read-only views -------------------------------------------------------------------
     @property
     def task_run_id(self) -> uuid.UUID:
         """A unique id for this run (made on first use: it costs nothing until asked for)."""
-        if self._id is None:
-            self._id = uuid.uuid4()
-        return self._id
+        run_id = self._id
+        if type(run_id) is int:
+            run_id = self._id = run_uuid(run_id)
+        assert isinstance(run_id, uuid.UUID)
+        return run_id
 
     @property
     def task_name(self) -> str:

@@ -8,15 +8,14 @@ In, each body is a pickle:
 - first: ``(sys_path, cwd, initializer_bytes, log_level)``; answered ``ready`` once the
   initializer ran;
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
-  [(run_id, attempt), ...])``, ``args_bytes`` a cloudpickle of the list of ``(args, kwargs)``,
-  one per call, and the rest what ``get_run_context()`` says in the body (``run_id`` None: not
-  made yet; made here if the body asks, and sent back);
+  [(run_number, attempt), ...])``, ``args_bytes`` a cloudpickle of the list of ``(args,
+  kwargs)``, one per call, and the rest what ``get_run_context()`` says in the body (it makes
+  the run's UUID from ``run_number``, as the parent's future does);
 - ``"bye"``: exit. End of input without it means the parent died: exit and kill this worker's
   process group.
 Out, each body is one kind byte and its data, one reply per call, in order, written as each
 call ends (unbuffered, so the replies of the calls before a crash are never lost):
 - ``o`` + the pickled result;
-- ``i`` + the run id made in this worker for the call in progress (before its reply);
 - ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
   at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
@@ -86,8 +85,8 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
-# (task name, run id or None until the body asks for it, attempt, tags, task key).
-asyncflow_run_context: tuple[str, str | None, int, frozenset[str], str] | None = None
+# (task name, run number, attempt, tags, task key).
+asyncflow_run_context: tuple[str, int, int, frozenset[str], str] | None = None
 # Read by asyncflow's task run loggers here: the parent's level, and how records go back.
 asyncflow_log_level = 20
 _outbox = -1
@@ -158,16 +157,16 @@ def _serve() -> str:
             reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
             _write(outbox, reply)
             continue
-        for (args, kwargs), (run_id, attempt) in zip(calls, contexts, strict=True):
-            asyncflow_run_context = (name, run_id, attempt, tags, key)
-            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle, run_id is None):
+        for (args, kwargs), (run_number, attempt) in zip(calls, contexts, strict=True):
+            asyncflow_run_context = (name, run_number, attempt, tags, key)
+            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle):
                 return "crash"  # the body raised SystemExit or KeyboardInterrupt
             asyncflow_run_context = None
         del fn, calls
 
 
 def _call(  # noqa: PLR0917 - a private helper of this script
-    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: int, cloudpickle: Any, no_id: bool
+    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: int, cloudpickle: Any
 ) -> bool:
     """Run one call and write its reply; False if this worker must exit."""
     try:
@@ -178,15 +177,12 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         else:
             result = fn(*args, **kwargs)
     except Exception as exc:
-        _made_id(outbox, no_id)
         _write(outbox, _exception_reply(exc, cloudpickle))
         return True
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
-        _made_id(outbox, no_id)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
         return False
-    _made_id(outbox, no_id)
     try:
         # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects of
         # classes made by cloudpickle here, lambdas...), which then goes by value.
@@ -199,14 +195,6 @@ def _call(  # noqa: PLR0917 - a private helper of this script
             return True
     _send(outbox, b"o", data)
     return True
-
-
-def _made_id(outbox: int, no_id: bool) -> None:
-    """If the run had no id yet and the body asked for one (so one was made here), tell the
-    parent, so the run keeps the id the body saw."""
-    context = asyncflow_run_context
-    if no_id and context is not None and context[1] is not None:
-        _send(outbox, b"i", context[1].encode())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 import weakref
 from collections import deque
 from pathlib import Path
@@ -52,7 +51,7 @@ _BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
-_OK, _ID, _LOG = ord("o"), ord("i"), ord("l")
+_OK, _LOG = ord("o"), ord("l")  # reply kinds: a result; a log record from the body
 
 
 def _plain(item: Any) -> bool:
@@ -487,11 +486,7 @@ class ProcessWorkers:
                 if kind == _LOG:
                     handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
                     continue
-                item, _, (args, kwargs) = calls[-1]
-                if kind == _ID:
-                    getattr(item, "fut", item)._id = uuid.UUID(frame[1:].decode())
-                    continue
-                calls.pop()
+                item, _, (args, kwargs) = calls.pop()
                 answered += 1
                 if kind == _OK:
                     ok, value = _result(name, frame[1:])
@@ -595,8 +590,9 @@ class ProcessWorkers:
         retiring.add_done_callback(self._tasks.discard)
 
 
-def _context_of(item: Any) -> tuple[str | None, int]:
-    """The run id (None if not made yet: made in the worker if the body asks) and attempt
-    that ``get_run_context()`` says inside the body."""
+def _context_of(item: Any) -> tuple[int, int]:
+    """The run number (the worker makes the run's UUID from it) and the attempt that
+    ``get_run_context()`` says inside the body."""
     fut = getattr(item, "fut", item)
-    return (None if fut._id is None else str(fut._id), getattr(item, "number", 1))
+    run_id = fut._id
+    return (run_id if type(run_id) is int else run_id.int, getattr(item, "number", 1))
