@@ -146,13 +146,13 @@ def dask_client(*, processes: bool, workers: int, threads: int) -> Iterator[Any]
     for name in ("distributed", "tornado"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     with (
-        LocalCluster(  # type: ignore[no-untyped-call]
+        LocalCluster(  # type: ignore[no-untyped-call, unused-ignore]
             n_workers=workers,
             threads_per_worker=threads,
             processes=processes,
             dashboard_address=None,
         ) as cluster,
-        Client(cluster) as client,  # type: ignore[no-untyped-call]
+        Client(cluster) as client,  # type: ignore[no-untyped-call, unused-ignore]
     ):
         yield client
 
