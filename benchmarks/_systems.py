@@ -327,3 +327,41 @@ def prefect_system(
     return System(
         name, tasks, start, alone=True, goal=goal, note=note, family="Prefect", runs=SLOW_RUNS
     )
+
+
+# -- the same job for Dask and Prefect: call ``fn(i)`` for i in range(n), check the results ------
+Check = Callable[[list[Any], int], None]
+
+
+def dask_each(fn: Callable[[int], Any], n: int, check: Check) -> Callable[[Any], float]:
+    """A Dask job: submit ``fn(i)`` for each ``i``, gather, check; returns the seconds."""
+
+    def job(client: Any) -> float:
+        start = time.perf_counter()
+        futures = [client.submit(fn, i, pure=False) for i in range(n)]
+        results = client.gather(futures)
+        seconds = time.perf_counter() - start
+        check(results, n)
+        return seconds
+
+    return job
+
+
+def prefect_each(fn: Callable[[int], Any], n: int, check: Check) -> Callable[[], Job]:
+    """A Prefect job factory: submit ``fn(i)`` as a Prefect task for each ``i``, take each
+    result, check; the job returns the seconds."""
+
+    def make() -> Job:
+        task_p = prefect_task(fn)
+
+        def job() -> float:
+            start = time.perf_counter()
+            futures = [task_p.submit(i) for i in range(n)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            check(results, n)
+            return seconds
+
+        return job
+
+    return make

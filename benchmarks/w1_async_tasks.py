@@ -22,13 +22,13 @@ from ._field import Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
-    Job,
+    dask_each,
     dask_system,
     loop_run,
     loop_session,
     new_uvloop,
+    prefect_each,
     prefect_system,
-    prefect_task,
     prefect_threads,
     uvloop_missing,
 )
@@ -119,27 +119,10 @@ async def in_session(runner: TaskRunner, n: int = TASKS) -> float:
     return seconds
 
 
-def _dask_job(client: Any) -> float:
-    start = time.perf_counter()
-    futures = [client.submit(echo, i, pure=False) for i in range(DASK_TASKS)]
-    results = client.gather(futures)
-    seconds = time.perf_counter() - start
-    check(results, DASK_TASKS)
-    return seconds
+_dask_job = dask_each(echo, DASK_TASKS, check)
 
 
-def _prefect_job() -> Job:
-    echo_p = prefect_task(echo)
-
-    def job() -> float:
-        start = time.perf_counter()
-        futures = [echo_p.submit(i) for i in range(PREFECT_TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        check(results, PREFECT_TASKS)
-        return seconds
-
-    return job
+_prefect_job = prefect_each(echo, PREFECT_TASKS, check)
 
 
 def systems() -> list[System | Skip]:

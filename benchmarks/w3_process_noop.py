@@ -27,13 +27,13 @@ from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
-    Job,
+    dask_each,
     dask_system,
     loop_run,
     new_uvloop,
+    prefect_each,
     prefect_processes,
     prefect_system,
-    prefect_task,
     uvloop_missing,
 )
 from ._work import noop
@@ -115,27 +115,10 @@ async def _anyio() -> float:
     return seconds
 
 
-def _dask_job(client: Any) -> float:
-    start = time.perf_counter()
-    futures = [client.submit(noop, i, pure=False) for i in range(DASK_TASKS)]
-    results = client.gather(futures)
-    seconds = time.perf_counter() - start
-    check(results, DASK_TASKS)
-    return seconds
+_dask_job = dask_each(noop, DASK_TASKS, check)
 
 
-def _prefect_job() -> Job:
-    noop_p = prefect_task(noop)
-
-    def job() -> float:
-        start = time.perf_counter()
-        futures = [noop_p.submit(i) for i in range(PREFECT_TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        check(results, PREFECT_TASKS)
-        return seconds
-
-    return job
+_prefect_job = prefect_each(noop, PREFECT_TASKS, check)
 
 
 def systems() -> list[System | Skip]:

@@ -29,11 +29,10 @@ from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Row
 from ._systems import (
     NO_DASK_RUNNER,
-    Job,
     dask_system,
     new_uvloop,
+    prefect_each,
     prefect_system,
-    prefect_task,
     prefect_threads,
     uvloop_missing,
 )
@@ -137,18 +136,7 @@ def _dask_job(client: Any) -> float:
     return seconds
 
 
-def _prefect_job() -> Job:
-    echo_p = prefect_task(echo)
-
-    def job() -> float:
-        start = time.perf_counter()
-        futures = [echo_p.submit(i) for i in range(PREFECT_TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        check(results, PREFECT_TASKS)
-        return seconds
-
-    return job
+_prefect_job = prefect_each(echo, PREFECT_TASKS, check)
 
 
 def systems() -> list[System | Skip]:
