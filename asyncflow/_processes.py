@@ -27,7 +27,7 @@ import anyio
 import cloudpickle
 from anyio.abc import Process
 
-from ._futures import COMPLETED
+from ._futures import COMPLETED, PENDING, RUNNING, Future
 from ._logging import TASK_RUNS, handle_remote_record
 from .exceptions import (
     RemoteError,
@@ -60,7 +60,9 @@ def _plain(item: Any) -> bool:
 
 
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
-    pass
+    def __init__(self, blamed: bool = False) -> None:
+        super().__init__()
+        self.blamed = blamed  # the call that took the worker down was already reported
 
 
 class _Worker:
@@ -419,7 +421,7 @@ class ProcessWorkers:
 
     async def _run(self, batch: list[Any]) -> None:
         worker = None
-        calls: list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = []
+        calls: deque[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = deque()
         try:
             for item in batch:
                 try:
@@ -427,16 +429,23 @@ class ProcessWorkers:
                     calls.append((item, task, task.spec.split(params)))
                 except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
                     self._report(item, False, exc)
-            message, calls = self._pack(calls)
+            message, packed = self._pack(list(calls))  # (an argument that fails: no spawn)
+            calls = deque(packed)
             if not calls:
                 return
-            worker = self._idle.pop() if self._idle else await self._spawn(calls[0][1].name)
+            worker = self._idle_worker()
+            if worker is None:
+                worker = await self._spawn(calls[0][1].name)
+                if any(call[0]._status >= COMPLETED for call in calls):
+                    # Cancelled while the worker started: it must not run. Pack the rest again.
+                    message, packed = self._pack(list(calls))
+                    calls = deque(packed)
+                    if not calls:
+                        return
             busy = self._busy
             mark_running = self._sched.mark_running
             label: str | None = worker.label
             for item, *_ in calls:
-                if item._status >= COMPLETED:  # cancelled while the worker started
-                    continue
                 busy[item] = worker
                 # A timeout counts from here, not from the spawn. The worker runs a batch one
                 # call after another: each call after the first is reported started (to event
@@ -444,15 +453,13 @@ class ProcessWorkers:
                 mark_running(item, label)
                 label = None
             await worker.send(message)
-            calls.reverse()  # popped from the end, in order
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
                 self._workers.discard(retired)
                 self._retire(retired)
-        except _Died:
-            calls.reverse()
-            await self._buried(worker, calls)
+        except _Died as died:
+            await self._buried(worker, calls, died.blamed)
             worker = None
         except Exception as exc:  # a worker that could not start: the whole batch fails
             for item, *_ in calls:
@@ -470,10 +477,24 @@ class ProcessWorkers:
             self._active -= 1
             self._pump()
 
-    async def _replies(self, worker: _Worker, calls: list[Any]) -> None:
-        """Take the replies of a batch as they come, in order (``calls`` reversed: the next one
-        last); each ends its run. The time per call is remembered (cheap tasks are batched)."""
-        task = calls[-1][1]
+    def _idle_worker(self) -> _Worker | None:
+        """An idle worker that is still alive (one killed while idle, by the OOM killer or a
+        signal, is put to rest: the next call must not be blamed for its death)."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.returncode is None:
+                return worker
+            self._workers.discard(worker)
+            reaping = asyncio.get_running_loop().create_task(worker.reap())
+            self._tasks.add(reaping)
+            reaping.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _replies(self, worker: _Worker, calls: deque[Any]) -> None:
+        """Take the replies of a batch as they come, in order (``calls``: those still to
+        answer); each ends its run. The time per call is remembered (cheap tasks are
+        batched)."""
+        task = calls[0][1]
         name = task.name
         report = self._report
         took = self._sched.worker_took
@@ -486,51 +507,53 @@ class ProcessWorkers:
                 if kind == _LOG:
                     handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
                     continue
-                item, _, (args, kwargs) = calls.pop()
+                item, _, (args, kwargs) = calls.popleft()
                 answered += 1
                 if kind == _OK:
                     ok, value = _result(name, frame[1:])
                     report(item, ok, value)
                     if calls:
-                        took(calls[-1][0], worker.label)
+                        took(calls[0][0], worker.label)
                     continue
                 reply = pickle.loads(frame[1:])  # our own pipe from our own worker
                 if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
                     self._unbatchable.add(task)
-                    self._ready.extendleft(rest for rest, *_ in calls)
-                    self._ready.appendleft(item)
-                    for rest, *_ in calls:
-                        self._busy.pop(rest, None)
-                    self._busy.pop(item, None)
-                    calls.clear()
+                    calls.appendleft((item, task, (args, kwargs)))
+                    self._requeue(calls)
                     return
                 ok, value = _decode(name, reply, args, kwargs)
                 report(item, ok, value)
                 if reply[0] == "crash":
-                    raise _Died  # the worker exits after a SystemExit in the body
+                    raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
                 if calls:
-                    took(calls[-1][0], worker.label)
+                    took(calls[0][0], worker.label)
             now = time.perf_counter()
             if answered:
                 worker.calls += answered
                 self._cost[task] = (now - clock) / answered  # round trip included
             clock = now
 
-    async def _buried(self, worker: _Worker | None, calls: list[Any]) -> None:
-        """The worker died: blame the call it was running; the rest of its batch never started
-        and goes back to the front of the queue."""
+    async def _buried(self, worker: _Worker | None, calls: deque[Any], blamed: bool) -> None:
+        """The worker died: blame the call it was running (unless that call already told us
+        why); the rest of its batch never started and goes back to the front of the queue."""
         if worker is None:
             return
         await worker.process.wait()
         await worker.reap()
         self._workers.discard(worker)
-        if not calls:
-            return
-        item, task, _ = calls.pop(0)
-        self._report(item, False, worker.crash_error(task.name))
-        for rest, *_ in reversed(calls):
-            self._busy.pop(rest, None)
-            self._ready.appendleft(rest)
+        if calls and not blamed:
+            item, task, _ = calls.popleft()
+            self._report(item, False, worker.crash_error(task.name))
+        self._requeue(calls)
+
+    def _requeue(self, calls: deque[Any]) -> None:
+        """Calls that never ran go back to the front of the queue, in order, as not started."""
+        for item, *_ in reversed(calls):
+            self._busy.pop(item, None)
+            if type(item) is Future and item._status == RUNNING:
+                item._status = PENDING
+            self._ready.appendleft(item)
+        calls.clear()
 
     def _pack(self, calls: list[Any]) -> tuple[Any, list[Any]]:
         """One message for a batch of calls of one task: its function pickled once, each call's

@@ -189,8 +189,9 @@ def _wait_all(
         try:
             finished = event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
         finally:
-            if not event.is_set():
-                waiter.detach(pending)
+            # Ended early (a timeout, a failure, an interrupt): leave no callback behind on the
+            # futures still running.
+            waiter.detach(pending)
         lent.done = finished
     return waiter.failed
 
@@ -260,9 +261,8 @@ async def _wait_all_async(
         else:
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
     finally:
-        if not waiter.fired:
-            waiter.detach(pending)
-            done.cancel()
+        waiter.detach(pending)  # those still running keep no callback of a finished wait
+        done.cancel()
     return waiter.failed
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -620,3 +621,47 @@ def test_cancel_from_a_script_takes_effect_before_it_returns(stuck: Stuck) -> No
         assert busy.result(timeout=TIMEOUT) == "late"
         assert not busy.cancelled()
         assert not busy.running()
+
+
+def release_once_waited_on(future: Future[Any], gate: threading.Event) -> threading.Thread:
+    """A thread that opens ``gate`` once someone has put a done-callback on ``future`` (a
+    bounded wait on that condition)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while future._callbacks is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling a condition with a deadline
+        gate.set()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def test_whole_list_waits_that_stop_early_leave_no_callback_behind(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    held = Held(runner, value=1).wait_started()
+    for _ in range(3):  # the wait is under way when a run fails: it stops, and tidies up
+        gate = threading.Event()
+        bad = runner.submit(fail_after_gate, {"gate": gate})
+        watcher = release_once_waited_on(bad, gate)
+        with pytest.raises(ValueError, match="late failure"):
+            FutureList([held.future, bad]).result(timeout=TIMEOUT)
+        watcher.join(TIMEOUT)
+    FutureList([held.future]).wait(0)  # stops on its timeout
+    assert held.future._callbacks is None  # none of the waits left its callback
+
+    async def waits() -> None:
+        for _ in range(3):
+            gate = threading.Event()
+            bad = runner.submit(fail_after_gate, {"gate": gate})
+            watcher = release_once_waited_on(bad, gate)
+            with pytest.raises(ValueError, match="late failure"):
+                await FutureList([held.future, bad])
+            watcher.join(TIMEOUT)
+
+    asyncio.run(waits())
+    assert held.future._callbacks is None
+    held.release()
+    assert held.future.result(TIMEOUT) == 1

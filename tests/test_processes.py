@@ -983,3 +983,65 @@ def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
 def test_a_bad_worker_env_is_refused_naming_it(bad: Any, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         ProcessPoolTaskRunner(worker_env=bad)
+
+
+# -- a batch, a worker's death and a cancel: only the run at fault is touched --------------------
+def exit_at(i: int, stop: int) -> int:
+    if i == stop:
+        raise SystemExit(3)
+    return i
+
+
+def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(exit_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0  # cheap: batched
+        futures = runner.map(exit_at, {"i": range(1, 300), "stop": unmapped(100)})
+        futures.wait(TIMEOUT)
+    failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+    assert failed == [100], f"runs {failed} failed; only run 100 raised SystemExit"
+    err = futures[99].exception()
+    assert isinstance(err, TaskCrashedError)
+    assert not isinstance(err, WorkerCrashedError)  # its own SystemExit, not a dead worker
+
+
+def wait_reaped(pid_: int) -> None:
+    """Wait (bounded) until a killed child of this process has been reaped by its runner."""
+    deadline = time.monotonic() + TIMEOUT
+    while os.path.exists(f"/proc/{pid_}"):
+        assert time.monotonic() < deadline, f"process {pid_} was not reaped"
+        time.sleep(0.005)  # polling a condition with a deadline, not waiting for an effect
+
+
+def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        first = runner.submit(pid).result(TIMEOUT)
+        os.kill(first, signal.SIGKILL)  # as the OOM killer would, while the worker is idle
+        wait_reaped(first)
+        second = runner.submit(pid)
+        assert second.result(TIMEOUT) != first  # ran on a fresh worker; nothing was blamed
+    assert runner.statistics().failed == 0
+
+
+def gate_init(hub: Address, label: str) -> None:
+    with check_in(hub, label) as conn:
+        conn.recv(1)
+
+
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def test_a_run_cancelled_while_its_worker_starts_never_runs(hub: Hub, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    runner = ProcessPoolTaskRunner(
+        max_workers=1, initializer=gate_init, initargs=(hub.address, "init")
+    )
+    with runner:
+        fut = runner.submit(touch, {"path": str(marker)})
+        hub.arrivals(1)  # its worker is starting: the initializer waits for the word
+        assert fut.cancel()
+        hub.release("init")
+        assert runner.submit(pid).result(TIMEOUT) > 0  # the same worker serves on
+    assert fut.cancelled()
+    assert not marker.exists()
