@@ -121,6 +121,16 @@ class _Worker:
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _Died from None
 
+    def alive(self) -> bool:
+        """Whether the process is still running, checked now: an exited worker is seen even
+        before the loop has reaped it (``WNOWAIT`` leaves the reaping to the loop)."""
+        if self.process.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # reaped already
+            return False
+
     def kill(self) -> None:
         """Stop the worker and every process it started (its whole process group)."""
         self.killed = True
@@ -478,11 +488,11 @@ class ProcessWorkers:
             self._pump()
 
     def _idle_worker(self) -> _Worker | None:
-        """An idle worker that is still alive (one killed while idle, by the OOM killer or a
+        """An idle worker that is still alive (one that died while idle, by the OOM killer or a
         signal, is put to rest: the next call must not be blamed for its death)."""
         while self._idle:
             worker = self._idle.pop()
-            if worker.process.returncode is None:
+            if worker.alive():
                 return worker
             self._workers.discard(worker)
             reaping = asyncio.get_running_loop().create_task(worker.reap())

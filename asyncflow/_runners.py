@@ -258,8 +258,6 @@ class TaskRunner(abc.ABC):
                 f"not {type(parameters).__name__}"
             )
         children = expand(t.name, dict(parameters))
-        if children:
-            t.spec.check(children[0], t.name)
         waits = None if wait_for is None else list(wait_for)
         futures = FutureList(self._future(sched, t, p, waits, None, limit) for p in children)
         sched.submit_many(futures)  # one hand-over to the loop for the whole map

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._config import Config
 from ._memory import PEAKS, Peaks
@@ -42,6 +43,12 @@ FASTER = Goal("<", 1.0)
 
 class WrongAnswerError(Exception):
     """A run computed a wrong answer: its system's row fails, whatever its time."""
+
+
+def check_echo(results: list[Any], n: int) -> None:
+    """The check of workloads whose call ``i`` returns ``i``."""
+    if results != list(range(n)):
+        raise WrongAnswerError("call i did not return i")
 
 
 @dataclass(frozen=True)

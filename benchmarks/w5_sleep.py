@@ -23,7 +23,7 @@ from typing import Any
 from asyncflow import TaskRunner, ThreadPoolTaskRunner, task
 
 from ._config import Config
-from ._field import Run, Skip, System, WrongAnswerError, measure
+from ._field import Run, Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
@@ -55,9 +55,7 @@ async def nap(x: int) -> int:
 nap_task = task(nap)
 
 
-def check(results: list[Any], n: int) -> None:
-    if results != list(range(n)):
-        raise WrongAnswerError("task i did not return i")
+check = check_echo
 
 
 @contextlib.contextmanager

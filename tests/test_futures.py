@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -623,43 +622,39 @@ def test_cancel_from_a_script_takes_effect_before_it_returns(stuck: Stuck) -> No
         assert not busy.running()
 
 
-def release_once_waited_on(future: Future[Any], gate: threading.Event) -> threading.Thread:
-    """A thread that opens ``gate`` once someone has put a done-callback on ``future`` (a
-    bounded wait on that condition)."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while future._callbacks is None and time.monotonic() < deadline:
-            time.sleep(0.001)  # polling a condition with a deadline
-        gate.set()
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    return thread
-
-
 def test_whole_list_waits_that_stop_early_leave_no_callback_behind(
-    runner: ThreadPoolTaskRunner,
+    runner: ThreadPoolTaskRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = Held(runner, value=1).wait_started()
-    for _ in range(3):  # the wait is under way when a run fails: it stops, and tidies up
+    # Each failing run is let go by the wait itself, as it puts its callback on it: the wait
+    # is under way when the run fails, stops on that failure, and must tidy up.
+    gates: dict[int, threading.Event] = {}
+    add_done_callback = Future.add_done_callback
+
+    def open_gate_once_waited_on(self: Future[Any], fn: Callable[[Future[Any]], object]) -> None:
+        add_done_callback(self, fn)
+        gate = gates.pop(id(self), None)
+        if gate is not None:
+            gate.set()
+
+    monkeypatch.setattr(Future, "add_done_callback", open_gate_once_waited_on)
+
+    def failing() -> Future[int]:
         gate = threading.Event()
         bad = runner.submit(fail_after_gate, {"gate": gate})
-        watcher = release_once_waited_on(bad, gate)
+        gates[id(bad)] = gate
+        return bad
+
+    held = Held(runner, value=1).wait_started()
+    for _ in range(3):
         with pytest.raises(ValueError, match="late failure"):
-            FutureList([held.future, bad]).result(timeout=TIMEOUT)
-        watcher.join(TIMEOUT)
+            FutureList([held.future, failing()]).result(timeout=TIMEOUT)
     FutureList([held.future]).wait(0)  # stops on its timeout
     assert held.future._callbacks is None  # none of the waits left its callback
 
     async def waits() -> None:
         for _ in range(3):
-            gate = threading.Event()
-            bad = runner.submit(fail_after_gate, {"gate": gate})
-            watcher = release_once_waited_on(bad, gate)
             with pytest.raises(ValueError, match="late failure"):
-                await FutureList([held.future, bad])
-            watcher.join(TIMEOUT)
+                await FutureList([held.future, failing()])
 
     asyncio.run(waits())
     assert held.future._callbacks is None

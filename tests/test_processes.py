@@ -1004,19 +1004,12 @@ def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
     assert not isinstance(err, WorkerCrashedError)  # its own SystemExit, not a dead worker
 
 
-def wait_reaped(pid_: int) -> None:
-    """Wait (bounded) until a killed child of this process has been reaped by its runner."""
-    deadline = time.monotonic() + TIMEOUT
-    while os.path.exists(f"/proc/{pid_}"):
-        assert time.monotonic() < deadline, f"process {pid_} was not reaped"
-        time.sleep(0.005)  # polling a condition with a deadline, not waiting for an effect
-
-
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
+        idle = psutil.Process(first)
         os.kill(first, signal.SIGKILL)  # as the OOM killer would, while the worker is idle
-        wait_reaped(first)
+        assert not still_running_after([idle], TIMEOUT)  # it exited (reaped or not)
         second = runner.submit(pid)
         assert second.result(TIMEOUT) != first  # ran on a fresh worker; nothing was blamed
     assert runner.statistics().failed == 0
