@@ -56,5 +56,9 @@ def expand(task_name: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         raise MappingLengthMismatch(
             f"map of task {task_name!r} got iterables of different lengths ({detail})"
         )
-    count = next(iter(lengths.values()))
-    return [{**static, **{name: seq[i] for name, seq in sequences.items()}} for i in range(count)]
+    if len(sequences) == 1:  # the common case, built without a dict per child to merge
+        ((name, seq),) = sequences.items()
+        return [{**static, name: value} for value in seq]
+    names = list(sequences)
+    rows = zip(*sequences.values(), strict=True)
+    return [{**static, **dict(zip(names, values, strict=True))} for values in rows]

@@ -203,6 +203,18 @@ class TaskRunner(abc.ABC):
                 f"not {type(parameters).__name__}"
             )
         t.spec.check(params, t.name)
+        return self._make(sched, t, params, wait_for, dependencies, map_limit)
+
+    def _make(  # noqa: PLR0917 - private, per run
+        self,
+        sched: Scheduler,
+        t: Task[..., Any],
+        params: dict[str, Any],
+        wait_for: Iterable[Any] | None,
+        dependencies: Mapping[str, Iterable[Any]] | None,
+        map_limit: Limit | None,
+    ) -> Future[Any]:
+        """A new run of ``t`` with ``params`` (its own dict, already checked)."""
         strict: list[Future[Any]] = []
         allowed: list[Future[Any]] = []
         annotated = False
@@ -259,7 +271,15 @@ class TaskRunner(abc.ABC):
             )
         children = expand(t.name, dict(parameters))
         waits = None if wait_for is None else list(wait_for)
-        futures = FutureList(self._future(sched, t, p, waits, None, limit) for p in children)
+        spec = t.spec
+        if children and spec.varpos is None:
+            # The children differ only in their values: one check holds for all of them.
+            spec.check(children[0], t.name)
+        else:
+            for p in children:
+                spec.check(p, t.name)
+        make = self._make
+        futures = FutureList([make(sched, t, p, waits, None, limit) for p in children])
         sched.submit_many(futures)  # one hand-over to the loop for the whole map
         return futures
 

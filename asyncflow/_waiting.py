@@ -10,7 +10,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-from ._futures import COMPLETED, Future, Lending
+from ._context import current_future
+from ._futures import COMPLETED, Future, Lending, add_done_callback_to_all
 
 __all__ = (
     "DoneAndNotDone",
@@ -44,14 +45,20 @@ def _check_timeout(timeout: float | None) -> float | None:
 
 def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
     me = threading.get_ident()
+    current = current_future.get()
+    checked: set[int] = set()  # scheduler thread ids already compared (a list has few)
     for f in pending:
-        if f._scheduler.thread_id == me:
-            raise RuntimeError(
-                f"cannot block on unfinished futures (task {f._task.name!r} among them) from "
-                "the runner's own event loop thread (it would deadlock): use the async form "
-                "(`await future_list`, wait_async, as_completed_async)"
-            )
-        f._check_not_self()
+        thread_id = f._scheduler.thread_id
+        if thread_id not in checked:
+            if thread_id == me:
+                raise RuntimeError(
+                    f"cannot block on unfinished futures (task {f._task.name!r} among them) "
+                    "from the runner's own event loop thread (it would deadlock): use the async "
+                    "form (`await future_list`, wait_async, as_completed_async)"
+                )
+            checked.add(thread_id)
+        if f is current:
+            f._check_not_self()
 
 
 def _get(
@@ -83,8 +90,7 @@ def _sync_completions(
         return
     _check_blocking_allowed(pending)
     q: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-    for f in pending:
-        f.add_done_callback(q.put)
+    add_done_callback_to_all(pending, q.put)
     try:
         for _ in range(len(pending)):
             got = _get(q, deadline, lend_slot)
@@ -183,8 +189,7 @@ def _wait_all(
     _check_blocking_allowed(pending)
     event = threading.Event()
     waiter = _AllDone(len(pending), stop_on_failure, event.set)
-    for f in pending:
-        f.add_done_callback(waiter)
+    add_done_callback_to_all(pending, waiter)
     with _LentSlot(pending) as lent:
         try:
             finished = event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
@@ -253,8 +258,7 @@ async def _wait_all_async(
 
     loop_thread = threading.get_ident()
     waiter = _AllDone(len(pending), stop_on_failure, signal)
-    for f in pending:
-        f.add_done_callback(waiter)
+    add_done_callback_to_all(pending, waiter)
     try:
         if deadline is None:
             await done

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 from helpers import Stuck, adouble, ahold, double, hold
 
+import asyncflow._waiting as waiting_module
 from asyncflow import (
     DoneAndNotDone,
     Future,
@@ -30,6 +31,7 @@ from asyncflow import (
     wait,
     wait_async,
 )
+from asyncflow._futures import add_done_callback_to_all
 from asyncflow.exceptions import TaskCancelledError, TaskCrashedError, UpstreamFailedError
 
 TIMEOUT = 5.0
@@ -628,15 +630,18 @@ def test_whole_list_waits_that_stop_early_leave_no_callback_behind(
     # Each failing run is let go by the wait itself, as it puts its callback on it: the wait
     # is under way when the run fails, stops on that failure, and must tidy up.
     gates: dict[int, threading.Event] = {}
-    add_done_callback = Future.add_done_callback
+    register = add_done_callback_to_all
 
-    def open_gate_once_waited_on(self: Future[Any], fn: Callable[[Future[Any]], object]) -> None:
-        add_done_callback(self, fn)
-        gate = gates.pop(id(self), None)
-        if gate is not None:
-            gate.set()
+    def open_gates_once_waited_on(
+        futures: list[Future[Any]], fn: Callable[[Future[Any]], object]
+    ) -> None:
+        register(futures, fn)
+        for f in futures:
+            gate = gates.pop(id(f), None)
+            if gate is not None:
+                gate.set()
 
-    monkeypatch.setattr(Future, "add_done_callback", open_gate_once_waited_on)
+    monkeypatch.setattr(waiting_module, "add_done_callback_to_all", open_gates_once_waited_on)
 
     def failing() -> Future[int]:
         gate = threading.Event()

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import os
+import pickle
 import re
 import resource
 import select
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -519,6 +521,7 @@ def test_lambdas_closures_and_local_functions_run_in_workers() -> None:
 
 MAIN_SCRIPT = """
 import os
+import pickle
 
 from asyncflow import ProcessPoolTaskRunner
 
@@ -703,6 +706,7 @@ def test_a_timeout_counts_from_the_body_start_not_from_the_worker_start(hub: Hub
 # -- row 28: the parent is killed --------------------------------------------------------------
 PARENT_SCRIPT = """
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -1038,3 +1042,42 @@ def test_a_run_cancelled_while_its_worker_starts_never_runs(hub: Hub, tmp_path: 
         assert runner.submit(pid).result(TIMEOUT) > 0  # the same worker serves on
     assert fut.cancelled()
     assert not marker.exists()
+
+
+def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same() -> None:
+    from asyncflow._processes import _dumps
+
+    plain = [([1, "two"], {"x": 3.0}), (Path("p"), None)]
+    assert _dumps(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+    assert cloudpickle.loads(_dumps(lambda: 7))() == 7  # plain pickle refuses: cloudpickle
+
+    # A module registered to pickle by value: plain pickle would send a reference the worker
+    # cannot resolve, so its objects must go by value.
+    name = "asyncflow_test_by_value_module"
+    module = types.ModuleType(name)
+    exec("class Point:\n    def __init__(self, x):\n        self.x = x\n", module.__dict__)
+    sys.modules[name] = module
+    try:
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            data = _dumps([module.Point(5)])
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        del sys.modules[name]
+    (point,) = pickle.loads(data)  # loads where the module does not exist: it went by value
+    assert point.x == 5
+
+    # The same for objects of __main__ (here: a class that claims to live there).
+    class Local:
+        pass
+
+    Local.__module__ = "__main__"
+    Local.__qualname__ = "Local"
+    sys.modules["__main__"].Local = Local  # type: ignore[attr-defined]
+    try:
+        assert b"__main__" in pickle.dumps(Local())  # plain pickle: by reference
+        data = _dumps(Local())
+    finally:
+        del sys.modules["__main__"].Local
+    assert type(pickle.loads(data)).__name__ == "Local"  # by value: no __main__.Local needed
