@@ -410,9 +410,12 @@ class Future(Generic[R]):
         try:
             fn(self)
         except BaseException:  # even SystemExit: it must not kill the scheduler's loop
-            logger.exception(
-                "done-callback %r of task %r (run %s) raised", fn, self._task.name, self.task_run_id
-            )
+            self._callback_failed(fn)
+
+    def _callback_failed(self, fn: Callable[[Future[R]], object]) -> None:
+        logger.exception(
+            "done-callback %r of task %r (run %s) raised", fn, self._task.name, self.task_run_id
+        )
 
     def cancel(self) -> bool:
         """Cancel the run; its unstarted dependents end Cancelled too.
@@ -474,7 +477,10 @@ class Future(Generic[R]):
                         pass
         if callbacks is not None:
             for fn in callbacks:
-                self._run_callback(fn)
+                try:
+                    fn(self)
+                except BaseException:  # noqa: PERF203 - even SystemExit: the loop must go on
+                    self._callback_failed(fn)
 
 
 def _clear_frames(exc: BaseException) -> None:

@@ -331,6 +331,7 @@ class ProcessWorkers:
         self._idle: list[_Worker] = []
         self._busy: dict[Any, _Worker | None] = {}  # items handed out -> their worker
         self._active = 0  # workers busy (or being started) with a batch
+        self._pump_due = False  # a _pump is scheduled for this loop turn
         # Seconds the last call of each task took: cheap ones are sent in batches.
         self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
@@ -341,7 +342,11 @@ class ProcessWorkers:
     # -- the backend contract ------------------------------------------------------------------
     def submit(self, item: Any) -> None:
         self._ready.append(item)
-        self._pump()
+        if self._active < self._max and not self._pump_due:
+            # Later in this loop turn, once: the items submitted with this one (a whole map)
+            # are queued by then, so the first batches are as big as the rest.
+            self._pump_due = True
+            self._sched.loop.call_soon(self._pump)
 
     def interrupt(self, item: Any) -> bool:
         """Stop ``item``'s body now by killing its worker. True: it will not run on."""
@@ -370,6 +375,7 @@ class ProcessWorkers:
 
     # -- loop side -----------------------------------------------------------------------------
     def _pump(self) -> None:
+        self._pump_due = False
         while self._ready and self._active < self._max:
             batch = self._take_batch()
             if not batch:
@@ -473,16 +479,7 @@ class ProcessWorkers:
                     calls = deque(packed)
                     if not calls:
                         return
-            busy = self._busy
-            mark_running = self._sched.mark_running
-            label: str | None = worker.label
-            for item, *_ in calls:
-                busy[item] = worker
-                # A timeout counts from here, not from the spawn. The worker runs a batch one
-                # call after another: each call after the first is reported started (to event
-                # subscribers) when the reply of the call before it arrives.
-                mark_running(item, label)
-                label = None
+            self._mark_running(worker, calls)
             await worker.send(message)
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
@@ -508,6 +505,26 @@ class ProcessWorkers:
             self._active -= 1
             self._pump()
 
+    def _mark_running(self, worker: _Worker, calls: deque[Any]) -> None:
+        """The calls of a batch go to ``worker``: they are running from now on.
+
+        A timeout counts from here, not from the spawn. The worker runs a batch one call after
+        another: each call after the first is reported started (to event subscribers) when the
+        reply of the call before it arrives.
+        """
+        busy = self._busy
+        mark_running = self._sched.mark_running
+        label: str | None = worker.label
+        now = time.time()
+        for item, *_ in calls:
+            busy[item] = worker
+            if type(item) is Future and label is None:
+                item._status = RUNNING  # mark_running's work, inlined for the rest of a batch
+                item._timestamp = now
+            else:
+                mark_running(item, label)
+                label = None
+
     def _idle_worker(self) -> _Worker | None:
         """An idle worker that is still alive (one that died while idle, by the OOM killer or a
         signal, is put to rest: the next call must not be blamed for its death)."""
@@ -528,7 +545,8 @@ class ProcessWorkers:
         task = calls[0][1]
         name = task.name
         report = self._report
-        took = self._sched.worker_took
+        sched = self._sched
+        took = sched.worker_took
         clock = time.perf_counter()
         while calls:
             frames = await worker.receive()
@@ -543,7 +561,7 @@ class ProcessWorkers:
                 if kind == _OK:
                     ok, value = _result(name, frame[1:])
                     report(item, ok, value)
-                    if calls:
+                    if calls and sched.events is not None:
                         took(calls[0][0], worker.label)
                     continue
                 reply = pickle.loads(frame[1:])  # our own pipe from our own worker
