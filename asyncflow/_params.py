@@ -186,10 +186,6 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
 
     # A list scan is cheapest for a few inputs; a wide fan-in uses a set to stay O(1).
     known: Any = inputs if len(inputs) <= _FEW else set(inputs)
-
-    def on_future(f: Future[Any], allow: bool) -> Any:
-        return _result_of(f, allow) if f in known else f
-
     out = {}
     for name, value in params.items():
         cls = type(value)
@@ -198,5 +194,14 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
         elif cls in ATOMIC:
             out[name] = value
         else:
-            out[name] = resolve_value(value, False, on_future)
+            out[name] = resolve_value(value, False, _known_results(known))
     return out
+
+
+def _known_results(known: Any) -> Callable[[Future[Any], bool], Any]:
+    """How ``resolve_value`` treats a future: its result if it is one of the run's inputs."""
+
+    def on_future(f: Future[Any], allow: bool) -> Any:
+        return _result_of(f, allow) if f in known else f
+
+    return on_future

@@ -176,8 +176,11 @@ class TaskRunner(abc.ABC):
         gets their results. ``wait_for`` futures are waited for without passing data;
         ``dependencies`` (parameter name -> futures) are ordering edges like ``wait_for``.
         """
-        sched = self._require_started()
-        fut = self._future(sched, as_task(task), parameters, wait_for, dependencies, None)
+        sched = self._scheduler
+        if sched is None:
+            sched = self._require_started()  # raises
+        t = task if type(task) is Task else as_task(task)
+        fut = self._future(sched, t, parameters, wait_for, dependencies, None)
         sched.submit(fut)
         return fut
 
