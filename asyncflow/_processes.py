@@ -10,6 +10,8 @@ own pipes; a timeout or cancel kills the worker's process group and a fresh work
 from __future__ import annotations
 
 import asyncio
+import copyreg
+import io
 import logging
 import os
 import pickle
@@ -54,24 +56,43 @@ _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop
 _OK, _LOG = ord("o"), ord("l")  # reply kinds: a result; a log record from the body
 
 
-def _dumps(obj: Any) -> bytes:
-    """``obj`` pickled for a worker: by plain pickle when that gives what cloudpickle would
-    (several times faster for plain data and importable functions), else by cloudpickle.
+class _PlainPickler(pickle.Pickler):
+    """Plain pickle with cloudpickle's reducers for the types it treats its own way (bound
+    methods, properties, loggers, dataclass field sentinels...), looked up in C: no Python call
+    per object, unlike cloudpickle's ``reducer_override``."""
 
-    cloudpickle differs from plain pickle only for what it sends by value: objects plain pickle
-    refuses (lambdas, closures, dynamic classes: the first attempt raises), and those of
-    ``__main__`` or of modules registered to pickle by value, which plain pickle would send by
-    a reference the worker cannot resolve. Their module names are in the bytes of a by-reference
-    pickle, so a search for them finds every such case (a string that merely contains one only
-    costs the slower path). Without cloudpickle's registry to read, cloudpickle always.
+
+def _dumps(obj: Any) -> bytes:
+    """``obj`` pickled for a worker: plainly when that gives what cloudpickle would (several
+    times faster for plain data and importable functions), else by cloudpickle.
+
+    With cloudpickle's reducer table, plain pickle differs from cloudpickle only for what
+    cloudpickle sends by value: objects plain pickle refuses (lambdas, closures, dynamic
+    classes: the first attempt raises), and those of ``__main__`` or of modules registered to
+    pickle by value, which plain pickle would send by a reference the worker cannot resolve.
+    Their module names are in the bytes of a by-reference pickle, so a search for them finds
+    every such case (a string that merely contains one only costs the slower path). Extension
+    codes (``copyreg.add_extension``) would hide a name: with any registered, and without
+    cloudpickle's registry to read, cloudpickle always.
     """
-    try:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        data = b"__main__"  # not by plain pickle: by cloudpickle
     by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    if by_value is None or b"__main__" in data or any(name.encode() in data for name in by_value):
-        data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if by_value is None or copyreg._extension_registry:  # type: ignore[attr-defined]
+        return _cloudpickle_dumps(obj)
+    buffer = io.BytesIO()
+    pickler = _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = dict(cloudpickle.Pickler.dispatch_table)  # as registered now
+    try:
+        pickler.dump(obj)
+    except Exception:
+        return _cloudpickle_dumps(obj)
+    data = buffer.getvalue()
+    if b"__main__" in data or any(name.encode() in data for name in tuple(by_value)):
+        return _cloudpickle_dumps(obj)
+    return data
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return data
 
 

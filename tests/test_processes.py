@@ -1044,8 +1044,46 @@ def test_a_run_cancelled_while_its_worker_starts_never_runs(hub: Hub, tmp_path: 
     assert not marker.exists()
 
 
+_METHODS = """
+class Base:
+    def step(self, x):
+        return ("base", x)
+
+class Child(Base):
+    def step(self, x):
+        return ("child", x)
+
+    def base_step(self):
+        return super().step  # Base.step, bound to a Child
+
+    def __private(self, x):
+        return ("private", x)
+
+    def private_step(self):
+        return self.__private  # a name-mangled method
+
+def free(self, x):
+    return ("free", x)
+"""
+
+
 def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same() -> None:
     from asyncflow._processes import _dumps
+
+    # Bound methods of an importable module (not one pickled by value, as this one is): plain
+    # pickle alone would look them up by name on the instance (the wrong method for super(),
+    # none at all for a mangled or attached one); cloudpickle's way must hold.
+    name = "asyncflow_test_methods_module"
+    methods = types.ModuleType(name)
+    exec(_METHODS, methods.__dict__)
+    sys.modules[name] = methods
+    try:
+        child = methods.Child()
+        assert pickle.loads(_dumps(child.base_step()))(1) == ("base", 1)
+        assert pickle.loads(_dumps(child.private_step()))(2) == ("private", 2)
+        assert pickle.loads(_dumps(types.MethodType(methods.free, child)))(3) == ("free", 3)
+    finally:
+        del sys.modules[name]
 
     plain = [([1, "two"], {"x": 3.0}), (Path("p"), None)]
     assert _dumps(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
