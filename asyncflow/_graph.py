@@ -92,9 +92,22 @@ class Graph(Generic[K]):
         if edges is None:  # nothing waits on it: the common case, no allocation
             return _NOTHING
         ready: list[K] = []
-        skipped: list[tuple[K, K, Outcome]] = []
         waiting = self._waiting
         allow_map = self._allow
+        if outcome is Outcome.COMPLETED:  # no node is skipped: one pass, no stack
+            for child in edges:
+                pending = waiting.get(child)
+                if pending is None:  # skipped or cancelled earlier
+                    continue
+                if pending == 1:
+                    del waiting[child]
+                    if allow_map:
+                        allow_map.pop(child, None)
+                    ready.append(child)
+                else:
+                    waiting[child] = pending - 1
+            return ready, []
+        skipped: list[tuple[K, K, Outcome]] = []
         # An explicit stack, not recursion: a 100,000-long chain must not hit the recursion limit.
         stack = [(key, outcome, edges)]
         while stack:
@@ -103,9 +116,8 @@ class Graph(Generic[K]):
                 pending = waiting.get(child)
                 if pending is None:  # skipped or cancelled earlier
                     continue
-                if out is Outcome.COMPLETED or (
-                    out is Outcome.FAILED and allow_map and src in allow_map.get(child, ())
-                ):
+                # (Here every outcome is a failure or a cancel: the stack holds no success.)
+                if out is Outcome.FAILED and allow_map and src in allow_map.get(child, ()):
                     if pending == 1:
                         del waiting[child]
                         if allow_map:

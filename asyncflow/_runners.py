@@ -33,6 +33,9 @@ __all__ = ("ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner")
 Self = TypeVar("Self", bound="TaskRunner")
 
 
+_NO_FUTURES: list[Any] = []  # never appended to: a run's inputs that allow failure, if none
+
+
 class TaskRunner(abc.ABC):
     """Runs submitted tasks concurrently, in dependency order, and hands back futures.
 
@@ -219,14 +222,18 @@ class TaskRunner(abc.ABC):
     ) -> Future[Any]:
         """A new run of ``t`` with ``params`` (its own dict, already checked)."""
         strict: list[Future[Any]] = []
-        allowed: list[Future[Any]] = []
+        allowed: list[Future[Any]] = _NO_FUTURES  # replaced by a list of its own when needed
         annotated = False
         for value in params.values():
             cls = type(value)
             if cls is Future:  # the common cases first: a future as is, or a plain value
                 strict.append(value)
             elif cls not in ATOMIC:
+                if allowed is _NO_FUTURES:
+                    allowed = []
                 annotated |= find_futures(value, strict, allowed)
+        if allowed is _NO_FUTURES and (wait_for is not None or dependencies is not None):
+            allowed = []
         if wait_for is not None:
             wait_for_edges(wait_for, strict, allowed)
         if dependencies is not None:
