@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
@@ -512,22 +512,27 @@ def cancelled_error(task_name: str, why: str = "") -> TaskCancelledError:
     return TaskCancelledError(f"task {task_name!r} was cancelled" + (f" ({why})" if why else ""))
 
 
-def add_done_callback_to_all(futures: Iterable[Future[Any]], fn: Callable[[Any], object]) -> None:
-    """``fn`` as a done-callback of every future, taking the callbacks' lock once for all (a
-    wait on a big map registers one per run). Those already final get their call at once."""
+def add_done_callback_to_all(futures: Sequence[Future[Any]], fn: Callable[[Any], object]) -> None:
+    """``fn`` as a done-callback of every future, taking the callbacks' lock once per slice of
+    them, not once per future (a wait on a big map registers one per run); the slices keep
+    other threads from waiting long for the lock. Those already final get their call at once."""
     final = []
-    with _lock:
-        for f in futures:
-            if f._status < COMPLETED:
-                callbacks = f._callbacks
-                if callbacks is None:
-                    f._callbacks = [fn]
+    for start in range(0, len(futures), _LOCKED_SLICE):
+        with _lock:
+            for f in futures[start : start + _LOCKED_SLICE]:
+                if f._status < COMPLETED:
+                    callbacks = f._callbacks
+                    if callbacks is None:
+                        f._callbacks = [fn]
+                    else:
+                        callbacks.append(fn)
                 else:
-                    callbacks.append(fn)
-            else:
-                final.append(f)
+                    final.append(f)
     for f in final:
         f._run_callback(fn)
+
+
+_LOCKED_SLICE = 1024
 
 
 class FutureList(list[Future[R]]):

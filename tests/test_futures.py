@@ -665,3 +665,20 @@ def test_whole_list_waits_that_stop_early_leave_no_callback_behind(
     assert held.future._callbacks is None
     held.release()
     assert held.future.result(TIMEOUT) == 1
+
+
+def test_a_callback_put_on_many_futures_at_once_runs_once_for_each(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    # More futures than one locked slice, final and not final mixed.
+    final = runner.map(double, {"x": range(2500)})
+    assert final.result(timeout=TIMEOUT) == [2 * i for i in range(2500)]
+    held = Held(runner, value=1).wait_started()
+    seen: list[Future[Any]] = []
+    add_done_callback_to_all([*final[:1500], held.future, *final[1500:]], seen.append)
+    assert seen == list(final)  # the final ones at once, in order; the held one not yet
+    last = threading.Event()
+    held.future.add_done_callback(lambda _: last.set())  # runs after seen.append
+    held.release()
+    assert last.wait(TIMEOUT)
+    assert seen == [*final, held.future]
