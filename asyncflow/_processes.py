@@ -356,6 +356,8 @@ class ProcessWorkers:
         # Seconds the last call of each task took: cheap ones are sent in batches.
         self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
+        # Runs reported started (to event subscribers) whose batch then never ran: not again.
+        self._announced: weakref.WeakSet[Any] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()  # one per run being sent to a worker
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
@@ -543,6 +545,9 @@ class ProcessWorkers:
                 item._status = RUNNING  # mark_running's work, inlined for the rest of a batch
                 item._timestamp = now
             else:
+                if label is not None and item in self._announced:
+                    self._announced.discard(item)
+                    label = None
                 mark_running(item, label)
                 label = None
 
@@ -588,6 +593,8 @@ class ProcessWorkers:
                 reply = pickle.loads(frame[1:])  # our own pipe from our own worker
                 if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
                     self._unbatchable.add(task)
+                    if sched.events is not None:
+                        self._announced.add(item)  # the batch's first run: "started" is out
                     calls.appendleft((item, task, (args, kwargs)))
                     self._requeue(calls)
                     return

@@ -1119,3 +1119,23 @@ def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same()
     finally:
         del sys.modules["__main__"].Local
     assert type(pickle.loads(data)).__name__ == "Local"  # by value: no __main__.Local needed
+
+
+def test_runs_resent_one_by_one_after_a_batch_failed_to_load_start_once_each() -> None:
+    # A batch whose arguments do not load in the worker never ran: its runs go again one by
+    # one, and each says "started" once, when it really starts.
+    events: list[Any] = []
+    runner = ProcessPoolTaskRunner(max_workers=1)
+    with runner.subscribe(events.append), runner:
+        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
+        events.clear()
+        payloads: list[object] = [None] * 12
+        payloads[5] = LoadFails()
+        futures = runner.map(take, {"x": range(12), "payload": payloads})
+        futures.wait(TIMEOUT)
+    started: dict[Any, int] = {}
+    for event in events:
+        if event.kind == "started":
+            started[event.run_id] = started.get(event.run_id, 0) + 1
+    assert started == {f.task_run_id: 1 for f in futures}  # run 5 too: it failed in a worker
+    assert [i for i, f in enumerate(futures) if f.exception() is not None] == [5]
