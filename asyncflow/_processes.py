@@ -80,7 +80,7 @@ def _dumps(obj: Any) -> bytes:
         return _cloudpickle_dumps(obj)
     buffer = io.BytesIO()
     pickler = _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = dict(cloudpickle.Pickler.dispatch_table)  # as registered now
+    pickler.dispatch_table = _reducers()
     try:
         pickler.dump(obj)
     except Exception:
@@ -89,6 +89,24 @@ def _dumps(obj: Any) -> bytes:
     if b"__main__" in data or any(name.encode() in data for name in tuple(by_value)):
         return _cloudpickle_dumps(obj)
     return data
+
+
+_reducer_cache: tuple[tuple[int, ...], dict[Any, Any]] = ((), {})
+
+
+def _reducers() -> dict[Any, Any]:
+    """cloudpickle's reducer table (its own reducers over ``copyreg``'s) as one plain dict, for
+    lookups in C. Made again only when a table grows: with big libraries imported ``copyreg``
+    holds hundreds of entries, too many to copy for every message."""
+    global _reducer_cache
+    maps = cloudpickle.Pickler.dispatch_table.maps  # a ChainMap: the first map wins
+    sizes = tuple(len(m) for m in maps)
+    if sizes != _reducer_cache[0]:
+        table: dict[Any, Any] = {}
+        for m in reversed(maps):
+            table.update(m)
+        _reducer_cache = (sizes, table)
+    return _reducer_cache[1]
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:

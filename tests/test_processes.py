@@ -8,6 +8,7 @@ contract suite; nothing here sleeps to let something happen.
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import functools
 import json
 import os
@@ -1082,6 +1083,12 @@ def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same()
         assert pickle.loads(_dumps(child.base_step()))(1) == ("base", 1)
         assert pickle.loads(_dumps(child.private_step()))(2) == ("private", 2)
         assert pickle.loads(_dumps(types.MethodType(methods.free, child)))(3) == ("free", 3)
+        # A reducer registered after a first message counts from the next one on.
+        copyreg.pickle(methods.Base, lambda _: (str, ("reduced",)))
+        try:
+            assert pickle.loads(_dumps(methods.Base())) == "reduced"
+        finally:
+            del copyreg.dispatch_table[methods.Base]
     finally:
         del sys.modules[name]
 
