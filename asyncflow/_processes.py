@@ -91,22 +91,15 @@ def _dumps(obj: Any) -> bytes:
     return data
 
 
-_reducer_cache: tuple[tuple[int, ...], dict[Any, Any]] = ((), {})
-
-
 def _reducers() -> dict[Any, Any]:
     """cloudpickle's reducer table (its own reducers over ``copyreg``'s) as one plain dict, for
-    lookups in C. Made again only when a table grows: with big libraries imported ``copyreg``
-    holds hundreds of entries, too many to copy for every message."""
-    global _reducer_cache
-    maps = cloudpickle.Pickler.dispatch_table.maps  # a ChainMap: the first map wins
-    sizes = tuple(len(m) for m in maps)
-    if sizes != _reducer_cache[0]:
-        table: dict[Any, Any] = {}
-        for m in reversed(maps):
-            table.update(m)
-        _reducer_cache = (sizes, table)
-    return _reducer_cache[1]
+    lookups in C, as the tables are now. Built with dict updates, in C: with big libraries
+    imported ``copyreg`` holds hundreds of entries, too many for the ChainMap's own copy, in
+    Python, for every message (a few µs a batch this way, against a few µs a call)."""
+    table: dict[Any, Any] = {}
+    for reducers in reversed(cloudpickle.Pickler.dispatch_table.maps):  # the first map wins
+        table.update(reducers)
+    return table
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
@@ -138,6 +131,7 @@ class _Worker:
         self.calls = 0  # calls answered
         self.drain: asyncio.Task[None] | None = None  # reads its stderr
         self.idle_since = 0.0
+        self.announced: Any = None  # the last run it was sent that subscribers saw start
 
     async def drain_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -564,9 +558,10 @@ class ProcessWorkers:
                 item._timestamp = now
             else:
                 if label is not None and item in self._announced:
-                    self._announced.discard(item)
+                    self._announced.discard(item)  # told when its batch went out, unrun
                     label = None
-                mark_running(item, label)
+                if mark_running(item, label):
+                    worker.announced = item
                 label = None
 
     def _idle_worker(self) -> _Worker | None:
@@ -611,8 +606,8 @@ class ProcessWorkers:
                 reply = pickle.loads(frame[1:])  # our own pipe from our own worker
                 if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
                     self._unbatchable.add(task)
-                    if sched.events is not None:
-                        self._announced.add(item)  # the batch's first run: "started" is out
+                    if worker.announced is item:  # subscribers were told it started
+                        self._announced.add(item)
                     calls.appendleft((item, task, (args, kwargs)))
                     self._requeue(calls)
                     return

@@ -391,8 +391,9 @@ class Scheduler:
         """Loop thread: see ``_limits.drop_reclaim``."""
         limits.drop_reclaim(run)
 
-    def mark_running(self, item: Any, worker: str | None = None) -> None:
-        """Backend hook: a worker takes this item (``worker`` names it, if known here)."""
+    def mark_running(self, item: Any, worker: str | None = None) -> bool:
+        """Backend hook: a worker takes this item (``worker`` names it, if known here).
+        Returns whether subscribers were told (a "started" event)."""
         if type(item) is not Future:
             item.started()
         else:
@@ -400,6 +401,8 @@ class Scheduler:
             item._timestamp = time.time()
         if worker is not None and (events := self.events) is not None:
             events.took(item, worker)
+            return True
+        return False
 
     def worker_took(self, item: Any, worker: str) -> None:
         """Backend hook, while someone listens: ``worker`` took ``item`` (for backends that

@@ -8,6 +8,7 @@ contract suite; nothing here sleeps to let something happen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copyreg
 import functools
 import json
@@ -34,6 +35,7 @@ from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
 from asyncflow import ProcessPoolTaskRunner, task, unmapped
+from asyncflow._processes import ProcessWorkers
 from asyncflow.exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -1068,29 +1070,49 @@ def free(self, x):
 """
 
 
+@contextlib.contextmanager
+def _methods_module() -> Iterator[Any]:
+    """A module of ``_METHODS``, importable while the block runs (not pickled by value)."""
+    name = "asyncflow_test_methods_module"
+    methods = types.ModuleType(name)
+    exec(_METHODS, methods.__dict__)
+    sys.modules[name] = methods
+    try:
+        yield methods
+    finally:
+        del sys.modules[name]
+
+
+def test_reducers_registered_replaced_or_removed_count_from_the_next_payload() -> None:
+    from asyncflow._processes import _dumps
+
+    with _methods_module() as methods:
+        copyreg.pickle(methods.Base, lambda _: (str, ("reduced",)))
+        try:
+            assert pickle.loads(_dumps(methods.Base())) == "reduced"
+            copyreg.pickle(methods.Base, lambda _: (str, ("again",)))  # the same table size
+            assert pickle.loads(_dumps(methods.Base())) == "again"
+        finally:
+            del copyreg.dispatch_table[methods.Base]
+        copyreg.pickle(methods.Child, lambda _: (str, ("child",)))  # one out, one in
+        try:
+            assert type(pickle.loads(_dumps(methods.Base()))).__name__ == "Base"
+            assert pickle.loads(_dumps(methods.Child())) == "child"
+        finally:
+            del copyreg.dispatch_table[methods.Child]
+
+
 def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same() -> None:
     from asyncflow._processes import _dumps
 
     # Bound methods of an importable module (not one pickled by value, as this one is): plain
     # pickle alone would look them up by name on the instance (the wrong method for super(),
     # none at all for a mangled or attached one); cloudpickle's way must hold.
-    name = "asyncflow_test_methods_module"
-    methods = types.ModuleType(name)
-    exec(_METHODS, methods.__dict__)
-    sys.modules[name] = methods
-    try:
+    with _methods_module() as methods:
         child = methods.Child()
         assert pickle.loads(_dumps(child.base_step()))(1) == ("base", 1)
         assert pickle.loads(_dumps(child.private_step()))(2) == ("private", 2)
         assert pickle.loads(_dumps(types.MethodType(methods.free, child)))(3) == ("free", 3)
-        # A reducer registered after a first message counts from the next one on.
-        copyreg.pickle(methods.Base, lambda _: (str, ("reduced",)))
-        try:
-            assert pickle.loads(_dumps(methods.Base())) == "reduced"
-        finally:
-            del copyreg.dispatch_table[methods.Base]
-    finally:
-        del sys.modules[name]
 
     plain = [([1, "two"], {"x": 3.0}), (Path("p"), None)]
     assert _dumps(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
@@ -1146,3 +1168,36 @@ def test_runs_resent_one_by_one_after_a_batch_failed_to_load_start_once_each() -
             started[event.run_id] = started.get(event.run_id, 0) + 1
     assert started == {f.task_run_id: 1 for f in futures}  # run 5 too: it failed in a worker
     assert [i for i, f in enumerate(futures) if f.exception() is not None] == [5]
+
+
+def test_a_subscriber_that_joins_while_a_batch_is_out_sees_each_run_start_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch goes out with no one listening; then someone subscribes; the batch does not
+    # load in the worker and its runs go again one by one: each is reported started once.
+    events: list[Any] = []
+    runner = ProcessPoolTaskRunner(max_workers=1)
+    mark_running = ProcessWorkers._mark_running
+    armed = threading.Event()
+
+    def subscribe_once_the_batch_is_out(self: Any, worker: Any, calls: Any) -> None:
+        mark_running(self, worker, calls)
+        if armed.is_set() and len(calls) > 1:
+            armed.clear()
+            runner.subscribe(events.append)
+
+    monkeypatch.setattr(ProcessWorkers, "_mark_running", subscribe_once_the_batch_is_out)
+    with runner:
+        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
+        armed.set()
+        payloads: list[object] = [None] * 12
+        payloads[5] = LoadFails()
+        futures = runner.map(take, {"x": range(12), "payload": payloads})
+        futures.wait(TIMEOUT)
+    assert not armed.is_set()  # a batch went out, and the subscriber joined then
+    seen: dict[Any, int] = {}  # run -> its "started" events, for the runs the subscriber saw
+    for event in events:
+        seen[event.run_id] = seen.get(event.run_id, 0) + (event.kind == "started")
+    # (A run sent on its own before that batch may have ended before anyone listened.)
+    assert len(seen) >= 10
+    assert set(seen.values()) == {1}
