@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import weakref
 from collections import deque
 from pathlib import Path
@@ -76,7 +77,11 @@ def _dumps(obj: Any) -> bytes:
     cloudpickle's registry to read, cloudpickle always.
     """
     by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    if by_value is None or copyreg._extension_registry:  # type: ignore[attr-defined]
+    if (
+        by_value is None
+        or copyreg._extension_registry  # type: ignore[attr-defined]
+        or (type(obj) is types.FunctionType and obj.__module__ == "__main__")  # by value
+    ):
         return _cloudpickle_dumps(obj)
     buffer = io.BytesIO()
     pickler = _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
