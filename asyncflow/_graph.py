@@ -92,32 +92,21 @@ class Graph(Generic[K]):
         if edges is None:  # nothing waits on it: the common case, no allocation
             return _NOTHING
         ready: list[K] = []
+        skipped: list[tuple[K, K, Outcome]] = []
         waiting = self._waiting
         allow_map = self._allow
-        if outcome is Outcome.COMPLETED:  # no node is skipped: one pass, no stack
-            for child in edges:
-                pending = waiting.get(child)
-                if pending is None:  # skipped or cancelled earlier
-                    continue
-                if pending == 1:
-                    del waiting[child]
-                    if allow_map:
-                        allow_map.pop(child, None)
-                    ready.append(child)
-                else:
-                    waiting[child] = pending - 1
-            return ready, []
-        skipped: list[tuple[K, K, Outcome]] = []
-        # An explicit stack, not recursion: a 100,000-long chain must not hit the recursion limit.
-        stack = [(key, outcome, edges)]
-        while stack:
-            src, out, lst = stack.pop()
+        # The children of skipped nodes still to visit: an explicit stack, not recursion (a
+        # 100,000-long chain must not hit the recursion limit), made only once one is skipped.
+        stack: list[tuple[K, Outcome, list[K]]] | None = None
+        src, out, lst = key, outcome, edges
+        while True:
             for child in lst:
                 pending = waiting.get(child)
                 if pending is None:  # skipped or cancelled earlier
                     continue
-                # (Here every outcome is a failure or a cancel: the stack holds no success.)
-                if out is Outcome.FAILED and allow_map and src in allow_map.get(child, ()):
+                if out is Outcome.COMPLETED or (
+                    out is Outcome.FAILED and allow_map and src in allow_map.get(child, ())
+                ):
                     if pending == 1:
                         del waiting[child]
                         if allow_map:
@@ -132,8 +121,12 @@ class Graph(Generic[K]):
                     skipped.append((child, src, out))
                     below = self._down.pop(child, None)
                     if below is not None:
+                        if stack is None:
+                            stack = []
                         stack.append((child, out, below))
-        return ready, skipped
+            if not stack:
+                return ready, skipped
+            src, out, lst = stack.pop()
 
     def cancel(self, key: K) -> tuple[Sequence[K], Sequence[tuple[K, K, Outcome]]]:
         """Cancel ``key`` (waiting, ready or running): it finishes as CANCELLED."""

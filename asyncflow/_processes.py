@@ -57,15 +57,12 @@ _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop
 _OK, _LOG = ord("o"), ord("l")  # reply kinds: a result; a log record from the body
 
 
-class _PlainPickler(pickle.Pickler):
-    """Plain pickle with cloudpickle's reducers for the types it treats its own way (bound
-    methods, properties, loggers, dataclass field sentinels...), looked up in C: no Python call
-    per object, unlike cloudpickle's ``reducer_override``."""
-
-
 def _dumps(obj: Any) -> bytes:
     """``obj`` pickled for a worker: plainly when that gives what cloudpickle would (several
-    times faster for plain data and importable functions), else by cloudpickle.
+    times faster for plain data and importable functions), else by cloudpickle. The plain
+    pickler gets cloudpickle's reducers for the types it treats its own way (bound methods,
+    properties, loggers, dataclass field sentinels...) as a dict, looked up in C: no Python call
+    per object, unlike cloudpickle's ``reducer_override``.
 
     With cloudpickle's reducer table, plain pickle differs from cloudpickle only for what
     cloudpickle sends by value: objects plain pickle refuses (lambdas, closures, dynamic
@@ -84,7 +81,7 @@ def _dumps(obj: Any) -> bytes:
     ):
         return _cloudpickle_dumps(obj)
     buffer = io.BytesIO()
-    pickler = _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _reducers()
     try:
         pickler.dump(obj)

@@ -34,6 +34,8 @@ __all__ = (
     "NO_DASK_RUNNER",
     "SLOW_RUNS",
     "Job",
+    "anyio_each",
+    "asyncflow_each",
     "dask_client",
     "dask_missing",
     "dask_system",
@@ -331,6 +333,55 @@ def prefect_system(
 
 # -- the same job for Dask and Prefect: call ``fn(i)`` for i in range(n), check the results ------
 Check = Callable[[list[Any], int], None]
+
+
+def asyncflow_each(
+    make_runner: Callable[[], TaskRunner], flow_task: Any, n: int, check: Check
+) -> Callable[[], float]:
+    """asyncflow from sync code: in one session (started outside the timer), submit
+    ``flow_task(x=i)`` for each ``i``, then take each result, check; returns the seconds."""
+
+    def run() -> float:
+        with make_runner() as runner:
+            start = time.perf_counter()
+            futures = [runner.submit(flow_task, {"x": i}) for i in range(n)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            del futures
+        check(results, n)
+        return seconds
+
+    return run
+
+
+def anyio_each(
+    offload: str, fn: Callable[[int], Any], n: int, limit: int, check: Check
+) -> Callable[[], Coroutine[Any, Any, float]]:
+    """anyio: ``fn(i)`` for each ``i`` through ``anyio.to_thread`` or ``anyio.to_process``
+    (``offload``: "thread" or "process"), at most ``limit`` at once, from one task group;
+    the coroutine checks the results and returns the seconds."""
+
+    async def run() -> float:
+        import anyio
+        import anyio.to_process
+        import anyio.to_thread
+
+        run_sync = anyio.to_thread.run_sync if offload == "thread" else anyio.to_process.run_sync
+        limiter = anyio.CapacityLimiter(limit)
+        results: list[Any] = [None] * n
+
+        async def one(i: int) -> None:
+            results[i] = await run_sync(fn, i, limiter=limiter)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, i)
+        seconds = time.perf_counter() - start
+        check(results, n)
+        return seconds
+
+    return run
 
 
 def dask_each(fn: Callable[[int], Any], n: int, check: Check) -> Callable[[Any], float]:

@@ -22,6 +22,8 @@ from ._field import Run, Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
+    anyio_each,
+    asyncflow_each,
     dask_each,
     dask_system,
     loop_run,
@@ -49,15 +51,9 @@ noop_task = task(noop)
 check = check_echo
 
 
-def _flow_run() -> float:
-    with ThreadPoolTaskRunner(max_workers=WORKERS) as runner:
-        start = time.perf_counter()
-        futures = [runner.submit(noop_task, {"x": i}) for i in range(TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        del futures
-    check(results, TASKS)
-    return seconds
+_flow_run = asyncflow_each(
+    lambda: ThreadPoolTaskRunner(max_workers=WORKERS), noop_task, TASKS, check
+)
 
 
 @contextlib.contextmanager
@@ -91,23 +87,7 @@ def _executor() -> Iterator[Run]:
         yield run
 
 
-async def _anyio() -> float:
-    import anyio
-    import anyio.to_thread
-
-    limiter = anyio.CapacityLimiter(WORKERS)
-    results: list[int | None] = [None] * TASKS
-
-    async def one(i: int) -> None:
-        results[i] = await anyio.to_thread.run_sync(noop, i, limiter=limiter)
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(TASKS):
-            tg.start_soon(one, i)
-    seconds = time.perf_counter() - start
-    check(results, TASKS)
-    return seconds
+_anyio = anyio_each("thread", noop, TASKS, WORKERS, check)
 
 
 _dask_job = dask_each(noop, DASK_TASKS, check)

@@ -27,6 +27,7 @@ from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
+    anyio_each,
     dask_each,
     dask_system,
     loop_run,
@@ -96,23 +97,7 @@ def _executor(chunksize: int | None) -> Iterator[Run]:
         yield run
 
 
-async def _anyio() -> float:
-    import anyio
-    import anyio.to_process
-
-    limiter = anyio.CapacityLimiter(WORKERS)
-    results: list[int | None] = [None] * TASKS
-
-    async def one(i: int) -> None:
-        results[i] = await anyio.to_process.run_sync(noop, i, limiter=limiter)
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(TASKS):
-            tg.start_soon(one, i)
-    seconds = time.perf_counter() - start
-    check(results, TASKS)
-    return seconds
+_anyio = anyio_each("process", noop, TASKS, WORKERS, check)
 
 
 _dask_job = dask_each(noop, DASK_TASKS, check)

@@ -29,6 +29,7 @@ from ._field import Run, Skip, System, check_echo, measure
 from ._report import Row
 from ._systems import (
     NO_DASK_RUNNER,
+    asyncflow_each,
     dask_system,
     new_uvloop,
     prefect_each,
@@ -56,15 +57,7 @@ echo_task = task(echo)
 check = check_echo
 
 
-def _flow_run() -> float:
-    with ThreadPoolTaskRunner() as runner:
-        start = time.perf_counter()
-        futures = [runner.submit(echo_task, {"x": i}) for i in range(TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        del futures
-    check(results, TASKS)
-    return seconds
+_flow_run = asyncflow_each(ThreadPoolTaskRunner, echo_task, TASKS, check)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -434,14 +434,24 @@ def test_an_argument_that_cannot_be_loaded_in_the_worker_fails_the_run_naming_it
         assert "payload" in str(err)  # which argument could not be loaded
 
 
+def _map_where_run_5_does_not_load(
+    runner: ProcessPoolTaskRunner, between: Callable[[], object] = lambda: None
+) -> list[Any]:
+    """Many quick calls of one task queued at once (they may travel in batches), after a
+    first map that shows the task is quick (then ``between()``); run 5's argument does not
+    load in the worker. Returns the futures, all final."""
+    assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
+    between()
+    payloads: list[object] = [None] * 12
+    payloads[5] = LoadFails()
+    futures = runner.map(take, {"x": range(12), "payload": payloads})
+    futures.wait(TIMEOUT)
+    return futures
+
+
 def test_an_argument_that_cannot_be_loaded_fails_only_its_own_run_among_many() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
-        # Many quick calls of one task queued at once (they may travel in batches).
-        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
-        payloads: list[object] = [None] * 12
-        payloads[5] = LoadFails()
-        futures = runner.map(take, {"x": range(12), "payload": payloads})
-        futures.wait(TIMEOUT)
+        futures = _map_where_run_5_does_not_load(runner)
     failed = [i for i, f in enumerate(futures) if f.exception() is not None]
     assert failed == [5], f"runs {failed} failed; only run 5 has an argument that cannot load"
     assert isinstance(futures[5].exception(), SerializationError)
@@ -1156,12 +1166,7 @@ def test_runs_resent_one_by_one_after_a_batch_failed_to_load_start_once_each() -
     events: list[Any] = []
     runner = ProcessPoolTaskRunner(max_workers=1)
     with runner.subscribe(events.append), runner:
-        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
-        events.clear()
-        payloads: list[object] = [None] * 12
-        payloads[5] = LoadFails()
-        futures = runner.map(take, {"x": range(12), "payload": payloads})
-        futures.wait(TIMEOUT)
+        futures = _map_where_run_5_does_not_load(runner, events.clear)
     started: dict[Any, int] = {}
     for event in events:
         if event.kind == "started":
@@ -1188,12 +1193,7 @@ def test_a_subscriber_that_joins_while_a_batch_is_out_sees_each_run_start_once(
 
     monkeypatch.setattr(ProcessWorkers, "_mark_running", subscribe_once_the_batch_is_out)
     with runner:
-        assert runner.map(take, {"x": range(4), "payload": unmapped(None)}).result(TIMEOUT)
-        armed.set()
-        payloads: list[object] = [None] * 12
-        payloads[5] = LoadFails()
-        futures = runner.map(take, {"x": range(12), "payload": payloads})
-        futures.wait(TIMEOUT)
+        _map_where_run_5_does_not_load(runner, armed.set)
     assert not armed.is_set()  # a batch went out, and the subscriber joined then
     seen: dict[Any, int] = {}  # run -> its "started" events, for the runs the subscriber saw
     for event in events:
