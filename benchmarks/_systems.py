@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asyncflow import TaskRunner
@@ -37,18 +38,21 @@ __all__ = (
     "anyio_each",
     "asyncflow_each",
     "dask_client",
+    "dask_each",
     "dask_missing",
     "dask_system",
     "loop_run",
     "loop_session",
     "missing",
     "new_uvloop",
+    "prefect_each",
     "prefect_flow",
     "prefect_missing",
     "prefect_processes",
     "prefect_system",
     "prefect_task",
     "prefect_threads",
+    "thread_pool_each",
     "uvloop_missing",
 )
 
@@ -352,6 +356,23 @@ def asyncflow_each(
         return seconds
 
     return run
+
+
+@contextlib.contextmanager
+def thread_pool_each(workers: int, fn: Callable[[int], Any], n: int, check: Check) -> Iterator[Run]:
+    """``ThreadPoolExecutor(workers)``, started outside the timer: each run submits ``fn(i)``
+    for each ``i``, takes each result, checks; returns the seconds."""
+    with ThreadPoolExecutor(workers) as executor:
+
+        def run() -> float:
+            start = time.perf_counter()
+            futures = [executor.submit(fn, i) for i in range(n)]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - start
+            check(results, n)
+            return seconds
+
+        yield run
 
 
 def anyio_each(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from asyncflow import ThreadPoolTaskRunner, task
 
@@ -31,6 +30,7 @@ from ._systems import (
     prefect_each,
     prefect_system,
     prefect_threads,
+    thread_pool_each,
     uvloop_missing,
 )
 from ._work import noop
@@ -72,19 +72,8 @@ async def _flow_async() -> float:
     return seconds
 
 
-@contextlib.contextmanager
-def _executor() -> Iterator[Run]:
-    with ThreadPoolExecutor(WORKERS) as executor:
-
-        def run() -> float:
-            start = time.perf_counter()
-            futures = [executor.submit(noop, i) for i in range(TASKS)]
-            results = [f.result() for f in futures]
-            seconds = time.perf_counter() - start
-            check(results, TASKS)
-            return seconds
-
-        yield run
+def _executor() -> contextlib.AbstractContextManager[Run]:
+    return thread_pool_each(WORKERS, noop, TASKS, check)
 
 
 _anyio = anyio_each("thread", noop, TASKS, WORKERS, check)

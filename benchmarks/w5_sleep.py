@@ -27,12 +27,11 @@ from ._field import Run, Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
-    Job,
     dask_system,
     loop_run,
     new_uvloop,
+    prefect_each,
     prefect_system,
-    prefect_task,
     prefect_threads,
     uvloop_missing,
 )
@@ -135,18 +134,7 @@ def _dask_job(client: Any) -> float:
     return seconds
 
 
-def _prefect_job() -> Job:
-    nap_p = prefect_task(nap)
-
-    def job() -> float:
-        start = time.perf_counter()
-        futures = [nap_p.submit(i) for i in range(PREFECT_TASKS)]
-        results = [f.result() for f in futures]
-        seconds = time.perf_counter() - start
-        check(results, PREFECT_TASKS)
-        return seconds
-
-    return job
+_prefect_job = prefect_each(nap, PREFECT_TASKS, check)
 
 
 def systems(limit: int | None) -> list[System | Skip]:

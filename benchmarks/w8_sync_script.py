@@ -18,7 +18,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -35,6 +34,7 @@ from ._systems import (
     prefect_each,
     prefect_system,
     prefect_threads,
+    thread_pool_each,
     uvloop_missing,
 )
 from ._work import noop
@@ -103,19 +103,8 @@ def _threadsafe() -> Iterator[Run]:
         loop.close()
 
 
-@contextlib.contextmanager
-def _executor() -> Iterator[Run]:
-    with ThreadPoolExecutor(8) as executor:
-
-        def run() -> float:
-            start = time.perf_counter()
-            futures = [executor.submit(noop, i) for i in range(TASKS)]
-            results = [f.result() for f in futures]
-            seconds = time.perf_counter() - start
-            check(results, TASKS)
-            return seconds
-
-        yield run
+def _executor() -> contextlib.AbstractContextManager[Run]:
+    return thread_pool_each(8, noop, TASKS, check)
 
 
 def _dask_job(client: Any) -> float:
