@@ -5,17 +5,28 @@ first call arrives.
 Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
 ``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a body.
 In, each body is a pickle:
-- first: ``(sys_path, cwd, initializer_bytes, log_level)``; answered ``ready`` once the
-  initializer ran;
+- first: ``(sys_path, cwd, initializer_bytes, log_level, ledger_fd)``; answered ``ready``
+  once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
-  [(run_number, attempt), ...])``, ``args_bytes`` a cloudpickle of the list of ``(args,
-  kwargs)``, one per call, and the rest what ``get_run_context()`` says in the body (it makes
-  the run's UUID from ``run_number``, as the parent's future does);
+  [(run_number, attempt), ...], batch_number)``, ``args_bytes`` a cloudpickle of the list of
+  ``(args, kwargs)``, one per call, the list what ``get_run_context()`` says in the body (it
+  makes the run's UUID from ``run_number``, as the parent's future does), and ``batch_number``
+  None for replies written as each call ends, else the number under which they are held;
 - ``"bye"``: exit. End of input without it means the parent died: exit and kill this worker's
   process group.
-Out, each body is one kind byte and its data, one reply per call, in order, written as each
-call ends (unbuffered, so the replies of the calls before a crash are never lost):
+Out, each body is one kind byte and its data, one reply per call, in order. A call sent alone
+has its reply written to the pipe as it ends. A batch sent with a batch number has its replies
+held in a buffer the parent shares (the reply ledger: a file in memory, its descriptor given in
+the setup) and written to the pipe together, when the batch ends, when the buffer is full or
+``_FLUSH_AFTER`` seconds after the first one was held: one write and one wake-up of the parent
+per batch, not per call. A reply is in the pipe or in the ledger from the moment its call ended,
+so when a worker dies the parent still gets every reply before the call that killed it. The
+ledger holds a 4-byte count of the bytes in use (written after the reply itself), then the held
+replies, each a 4-byte length, the batch number and the call's index in its batch (4 bytes
+each), the kind byte and the data; the parent ignores those of another batch and those it
+already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
+- ``h`` + replies held in the ledger, as they were there (after its count of bytes in use);
 - ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
   at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
@@ -27,16 +38,21 @@ call ends (unbuffered, so the replies of the calls before a crash are never lost
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
+_USED = struct.Struct("<I")  # the ledger's count of bytes in use
+_HELD = struct.Struct("<III")  # a held reply: its size (from the kind byte on), batch, index
+_FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
 
 
 def _read(stream: BinaryIO) -> Any:
@@ -53,16 +69,81 @@ def _read(stream: BinaryIO) -> Any:
 _send_lock = threading.Lock()  # a body's own threads may log while a reply is written
 
 
-def _send(fd: int, kind: bytes, data: bytes) -> None:
-    """One reply, written straight to the pipe (no buffer a crash could lose)."""
+def _send(fd: int, kind: bytes, data: bytes | memoryview) -> None:
+    """One reply, written straight to the pipe."""
     view = memoryview(_HEADER.pack(len(data) + 1) + kind + data)
     with _send_lock:
         while view:
             view = view[os.write(fd, view) :]
 
 
-def _write(fd: int, message: Any) -> None:
-    _send(fd, b"m", pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+class _Replies:
+    """Where the replies of calls go: straight to the pipe, or held in the ledger during a
+    batch sent with a number (see the module's docstring)."""
+
+    def __init__(self, fd: int, ledger_fd: int | None) -> None:
+        self.fd = fd
+        self.ledger: mmap.mmap | None = None
+        if ledger_fd is not None:
+            self.ledger = mmap.mmap(ledger_fd, 0)
+            os.close(ledger_fd)
+        self.batch: int | None = None  # the number of the batch whose replies are held
+        self.index = 0  # the index in its batch of the next reply
+        self.held = 0  # replies held
+        self.used = _USED.size  # ledger bytes in use, count included
+        self.since = 0.0  # when the first reply held now was held
+
+    def start(self, batch: int | None) -> None:
+        self.batch = batch if self.ledger is not None else None
+        self.index = 0
+
+    def send(self, kind: bytes, data: bytes) -> None:
+        ledger = self.ledger
+        if self.batch is None or ledger is None:
+            _send(self.fd, kind, data)
+            return
+        end = self.used + _HELD.size + 1 + len(data)
+        if end > len(ledger):
+            self.flush()
+            end = self.used + _HELD.size + 1 + len(data)
+            if end > len(ledger):  # too big to hold: straight to the pipe
+                _send(self.fd, kind, data)
+                self.index += 1
+                return
+        start = self.used
+        _HELD.pack_into(ledger, start, len(data) + 1, self.batch, self.index)
+        start += _HELD.size
+        ledger[start] = kind[0]
+        ledger[start + 1 : end] = data
+        _USED.pack_into(ledger, 0, end)  # last: only whole replies count
+        self.used = end
+        self.index += 1
+        if self.held:
+            self.held += 1
+            if time.monotonic() - self.since > _FLUSH_AFTER:
+                self.flush()
+        else:
+            self.held = 1
+            self.since = time.monotonic()
+
+    def flush(self) -> None:
+        """Write the held replies to the pipe (one message), then empty the ledger."""
+        ledger = self.ledger
+        if not self.held or ledger is None:
+            return
+        with memoryview(ledger) as view:
+            _send(self.fd, b"h", view[_USED.size : self.used])
+        _USED.pack_into(ledger, 0, _USED.size)  # (replies the pipe got are not taken twice)
+        self.used = _USED.size
+        self.held = 0
+
+    def stop(self) -> None:
+        self.flush()
+        self.batch = None
+
+
+def _write(replies: _Replies, message: Any) -> None:
+    replies.send(b"m", pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _watch_parent(parent: int) -> None:
@@ -128,7 +209,8 @@ def _serve() -> str:
     setup = _read(inbox)
     if setup is None:
         return "eof"
-    sys_path, cwd, initializer, asyncflow_log_level = setup
+    sys_path, cwd, initializer, asyncflow_log_level, ledger_fd = setup
+    replies = _Replies(outbox, ledger_fd)
     sys.path[:] = sys_path
     os.chdir(cwd)
     import cloudpickle
@@ -136,37 +218,58 @@ def _serve() -> str:
     if initializer is not None:
         init, initargs = cloudpickle.loads(initializer)
         init(*initargs)  # if it raises, the worker dies and the parent reports its stderr
-    _write(outbox, ("ready", None))
+    _write(replies, ("ready", None))
     while True:
         message = _read(inbox)
         if message is None:
             return "eof"
         if message == "bye":
             return "bye"
-        payload, is_async, (name, tags, key), blob, contexts = message
+        payload, is_async, (name, tags, key), blob, contexts, batch = message
+        replies.start(batch)
         try:
-            fn = cloudpickle.loads(payload)
-        except Exception as exc:
-            for _ in contexts:
-                _write(outbox, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
-            continue
-        try:
-            calls = cloudpickle.loads(blob)
-        except Exception as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
-            _write(outbox, reply)
-            continue
-        for (args, kwargs), (run_number, attempt) in zip(calls, contexts, strict=True):
-            asyncflow_run_context = (name, run_number, attempt, tags, key)
-            if not _call(fn, args, kwargs, is_async, outbox, cloudpickle):
-                return "crash"  # the body raised SystemExit or KeyboardInterrupt
+            if not _batch(payload, is_async, (name, tags, key), blob, contexts, replies):
+                return "crash"  # a body raised SystemExit or KeyboardInterrupt
+        finally:
+            replies.stop()  # every reply is in the pipe before this worker reads on or exits
             asyncflow_run_context = None
-        del fn, calls
+
+
+def _batch(  # noqa: PLR0917 - a private helper of this script
+    payload: bytes,
+    is_async: bool,
+    ident: tuple[str, frozenset[str], str],
+    blob: bytes,
+    contexts: list[tuple[int, int]],
+    replies: _Replies,
+) -> bool:
+    """Run the calls of one message and send their replies; False if this worker must exit."""
+    global asyncflow_run_context  # read by asyncflow in the body
+    import cloudpickle
+
+    name, tags, key = ident
+    try:
+        fn = cloudpickle.loads(payload)
+    except Exception as exc:
+        for _ in contexts:
+            _write(replies, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
+        return True
+    try:
+        calls = cloudpickle.loads(blob)
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
+        _write(replies, reply)
+        return True
+    for (args, kwargs), (run_number, attempt) in zip(calls, contexts, strict=True):
+        asyncflow_run_context = (name, run_number, attempt, tags, key)
+        if not _call(fn, args, kwargs, is_async, replies, cloudpickle):
+            return False
+    return True
 
 
 def _call(  # noqa: PLR0917 - a private helper of this script
-    fn: Any, args: Any, kwargs: Any, is_async: bool, outbox: int, cloudpickle: Any
+    fn: Any, args: Any, kwargs: Any, is_async: bool, replies: _Replies, cloudpickle: Any
 ) -> bool:
     """Run one call and write its reply; False if this worker must exit."""
     try:
@@ -177,11 +280,11 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         else:
             result = fn(*args, **kwargs)
     except Exception as exc:
-        _write(outbox, _exception_reply(exc, cloudpickle))
+        _write(replies, _exception_reply(exc, cloudpickle))
         return True
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        _write(outbox, ("crash", (type(exc).__qualname__, str(exc), text)))
+        _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
         return False
     try:
         # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects of
@@ -191,9 +294,9 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         try:
             data = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            _write(outbox, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+            _write(replies, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
             return True
-    _send(outbox, b"o", data)
+    replies.send(b"o", data)
     return True
 
 

@@ -13,12 +13,14 @@ import asyncio
 import copyreg
 import io
 import logging
+import mmap
 import os
 import pickle
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import weakref
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
+_USED = struct.Struct("<I")  # the reply ledger's count of bytes in use (see _process_worker)
+_HELD = struct.Struct("<III")  # a reply held in the ledger: its size, batch number, index
+_LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
@@ -54,7 +59,7 @@ _BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
-_OK, _LOG = ord("o"), ord("l")  # reply kinds: a result; a log record from the body
+_OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
 
 
 def _dumps(obj: Any) -> bytes:
@@ -120,11 +125,52 @@ class _Died(Exception):  # noqa: N818 - internal signal, never escapes
         self.blamed = blamed  # the call that took the worker down was already reported
 
 
+def _ledger() -> tuple[int, mmap.mmap] | None:
+    """A file in memory that a worker holds the replies of a batch in (its descriptor, to pass
+    to the worker, and this side's map of it), or None if the system cannot make one."""
+    try:
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("asyncflow-replies", os.MFD_CLOEXEC)
+        else:  # pragma: no cover - systems without memfd: an unlinked temporary file
+            with tempfile.TemporaryFile() as file:
+                fd = os.dup(file.fileno())
+        try:
+            os.ftruncate(fd, _LEDGER_SIZE)
+            return fd, mmap.mmap(fd, _LEDGER_SIZE)
+        except BaseException:
+            os.close(fd)
+            raise
+    except OSError:  # pragma: no cover - replies then go one by one
+        return None
+
+
+def _held_replies(data: Any, start: int, end: int, batch: int = -1, first: int = 0) -> list[bytes]:
+    """The replies held in ``data[start:end]`` (as in the ledger), each its kind and data.
+    With ``batch``: only those of that batch, from index ``first`` on, in an unbroken run."""
+    replies: list[bytes] = []
+    while start < end:
+        size, number, index = _HELD.unpack_from(data, start)
+        start += _HELD.size
+        if batch >= 0:
+            if number != batch or index < first:
+                start += size
+                continue
+            if index != first + len(replies):
+                break
+        replies.append(bytes(data[start : start + size]))
+        start += size
+    return replies
+
+
 class _Worker:
     """One worker process and its pipes; runs one call at a time."""
 
-    def __init__(self, process: Process) -> None:
+    def __init__(self, process: Process, ledger: mmap.mmap | None = None) -> None:
         self.process = process
+        self.ledger = ledger  # where it holds the replies of a numbered batch
+        self.batches = 0  # numbered batches sent to it
+        self.holding = -1  # the number of the batch it runs now, if numbered
+        self.batch_size = 0  # the calls in that batch
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
@@ -166,7 +212,10 @@ class _Worker:
                 if end - start < _HEADER.size + size:
                     break
                 start += _HEADER.size
-                frames.append(bytes(buffer[start : start + size]))
+                if buffer[start] == _HELD_KIND:
+                    frames += _held_replies(buffer, start + 1, start + size)
+                else:
+                    frames.append(bytes(buffer[start : start + size]))
                 start += size
             if start:
                 del buffer[:start]
@@ -176,6 +225,15 @@ class _Worker:
                 buffer += await stdout.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _Died from None
+
+    def held(self, answered: int) -> list[bytes]:
+        """After it died: the replies of its batch it held and did not write out, from the
+        ``answered``-th on (those before came through the pipe)."""
+        ledger = self.ledger
+        if ledger is None or self.holding < 0:
+            return []
+        (used,) = _USED.unpack_from(ledger, 0)
+        return _held_replies(ledger, _USED.size, min(used, len(ledger)), self.holding, answered)
 
     def alive(self) -> bool:
         """Whether the process is still running, checked now: an exited worker is seen even
@@ -203,12 +261,15 @@ class _Worker:
             pass
 
     async def reap(self) -> None:
-        """After the worker exited: end whatever it left behind in its process group, and read
-        the rest of its stderr (for the error message)."""
+        """After the worker exited: end whatever it left behind in its process group, let its
+        ledger go, and read the rest of its stderr (for the error message)."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
         if self.drain is not None:
             with anyio.move_on_after(1):
                 await asyncio.shield(self.drain)
@@ -459,21 +520,32 @@ class ProcessWorkers:
                 None,
                 self._last_start_error,
             )
-        process = await anyio.open_process(
-            [sys.executable, "-u", _WORKER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: killed as a whole
-            env=self._env,
-        )
-        worker = _Worker(process)
+        ledger = _ledger()
+        fd = None if ledger is None else ledger[0]
+        try:
+            process = await anyio.open_process(
+                [sys.executable, "-u", _WORKER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: killed as a whole
+                env=self._env,
+                pass_fds=() if fd is None else (fd,),
+            )
+        except BaseException:
+            if ledger is not None:
+                ledger[1].close()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)  # the worker has its own; the map here keeps the file
+        worker = _Worker(process, None if ledger is None else ledger[1])
         self._workers.add(worker)
         drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
         try:
-            await worker.send(self._setup)
+            await worker.send((*self._setup, fd))
             ready = await worker.receive()
         except _Died:
             await worker.process.wait()
@@ -517,7 +589,13 @@ class ProcessWorkers:
                     if not calls:
                         return
             self._mark_running(worker, calls)
-            await worker.send(message)
+            worker.holding = -1
+            if len(calls) > 1 and worker.ledger is not None and self._sched.events is None:
+                # No one watches each call start: the worker may hold the replies.
+                worker.batches += 1
+                worker.holding = worker.batches
+                worker.batch_size = len(calls)
+            await worker.send((*message, None if worker.holding < 0 else worker.holding))
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
@@ -584,55 +662,66 @@ class ProcessWorkers:
         answer); each ends its run. The time per call is remembered (cheap tasks are
         batched)."""
         task = calls[0][1]
-        name = task.name
-        report = self._report
-        sched = self._sched
-        took = sched.worker_took
         clock = time.perf_counter()
         while calls:
-            frames = await worker.receive()
-            answered = 0
-            for frame in frames:
-                kind = frame[0]
-                if kind == _LOG:
-                    handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
-                    continue
-                item, _, (args, kwargs) = calls.popleft()
-                answered += 1
-                if kind == _OK:
-                    ok, value = _result(name, frame[1:])
-                    report(item, ok, value)
-                    if calls and sched.events is not None:
-                        took(calls[0][0], worker.label)
-                    continue
-                reply = pickle.loads(frame[1:])  # our own pipe from our own worker
-                if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
-                    self._unbatchable.add(task)
-                    if worker.announced is item:  # subscribers were told it started
-                        self._announced.add(item)
-                    calls.appendleft((item, task, (args, kwargs)))
-                    self._requeue(calls)
-                    return
-                ok, value = _decode(name, reply, args, kwargs)
-                report(item, ok, value)
-                if reply[0] == "crash":
-                    raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
-                if calls:
-                    took(calls[0][0], worker.label)
+            answered = self._answer(worker, task, await worker.receive(), calls)
             now = time.perf_counter()
             if answered:
                 worker.calls += answered
                 self._cost[task] = (now - clock) / answered  # round trip included
             clock = now
 
+    def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: deque[Any]) -> int:
+        """End the runs of ``calls`` that ``frames`` answer, in order; return how many."""
+        name = task.name
+        report = self._report
+        sched = self._sched
+        took = sched.worker_took
+        answered = 0
+        for frame in frames:
+            kind = frame[0]
+            if kind == _LOG:
+                handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
+                continue
+            item, _, (args, kwargs) = calls.popleft()
+            answered += 1
+            if kind == _OK:
+                ok, value = _result(name, frame[1:])
+                report(item, ok, value)
+                if calls and sched.events is not None:
+                    took(calls[0][0], worker.label)
+                continue
+            reply = pickle.loads(frame[1:])  # our own pipe from our own worker
+            if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
+                self._unbatchable.add(task)
+                if worker.announced is item:  # subscribers were told it started
+                    self._announced.add(item)
+                calls.appendleft((item, task, (args, kwargs)))
+                self._requeue(calls)
+                return answered - 1
+            ok, value = _decode(name, reply, args, kwargs)
+            report(item, ok, value)
+            if reply[0] == "crash":
+                raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
+            if calls:
+                took(calls[0][0], worker.label)
+        return answered
+
     async def _buried(self, worker: _Worker | None, calls: deque[Any], blamed: bool) -> None:
         """The worker died: blame the call it was running (unless that call already told us
-        why); the rest of its batch never started and goes back to the front of the queue."""
+        why); the rest of its batch never started and goes back to the front of the queue.
+        Replies it held and did not write out end their runs first."""
         if worker is None:
             return
         await worker.process.wait()
+        held = worker.held(worker.batch_size - len(calls)) if calls and not blamed else []
         await worker.reap()
         self._workers.discard(worker)
+        if held:
+            try:
+                self._answer(worker, calls[0][1], held, calls)
+            except _Died as died:
+                blamed = died.blamed
         if calls and not blamed:
             item, task, _ = calls.popleft()
             self._report(item, False, worker.crash_error(task.name))

@@ -1021,6 +1021,58 @@ def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
     assert not isinstance(err, WorkerCrashedError)  # its own SystemExit, not a dead worker
 
 
+def exit_hard_at(i: int, stop: int) -> int:
+    if i == stop:
+        os._exit(7)
+    return i
+
+
+def count_batch_replies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The replies of each batch whose worker held them (a list that fills as batches end)."""
+    held: list[int] = []
+    send = asyncflow._processes._Worker.send
+
+    async def counting_send(self: Any, message: Any) -> None:
+        if isinstance(message, tuple) and len(message) == 6 and message[5] is not None:
+            held.append(len(message[4]))
+        await send(self, message)
+
+    monkeypatch.setattr(asyncflow._processes._Worker, "send", counting_send)
+    return held
+
+
+def test_a_worker_dying_in_a_batch_blames_only_the_run_that_killed_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch's earlier replies were held by the worker, not yet written to the pipe: they
+    # still end their runs, and the run after them is the one blamed.
+    held = count_batch_replies(monkeypatch)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(exit_hard_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0
+        futures = runner.map(exit_hard_at, {"i": range(1, 300), "stop": unmapped(150)})
+        futures.wait(TIMEOUT)
+    assert held, "no batch was sent for its worker to hold the replies"
+    failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+    assert failed == [150], f"runs {failed} failed; only run 150 killed its worker"
+    err = futures[149].exception()
+    assert isinstance(err, WorkerCrashedError)
+    assert err.exitcode == 7
+    assert [f.result() for f in futures[150:]] == list(range(151, 300))
+
+
+def big(i: int) -> str:
+    return str(i) * 50_000
+
+
+def test_replies_too_big_to_hold_arrive_whole_and_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    held = count_batch_replies(monkeypatch)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(big, {"i": 0}).result(TIMEOUT) == big(0)
+        results = runner.map(big, {"i": range(1, 200)}).result(TIMEOUT)
+    assert held
+    assert results == [str(i) * 50_000 for i in range(1, 200)]
+
+
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
