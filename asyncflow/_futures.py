@@ -462,6 +462,16 @@ class Future(Generic[R]):
             waiters = self._waiters
             callbacks = self._callbacks
             self._waiters = self._callbacks = None
+        if event is not None or waiters is not None or callbacks is not None:
+            self._wake(event, waiters, callbacks)
+
+    def _wake(
+        self,
+        event: threading.Event | None,
+        waiters: list[asyncio.Future[None]] | None,
+        callbacks: list[Callable[[Future[R]], object]] | None,
+    ) -> None:
+        """Producer only, once final: wake those who waited and run the done-callbacks."""
         if event is not None:
             event.set()
         if waiters is not None:
@@ -481,6 +491,32 @@ class Future(Generic[R]):
                     fn(self)
                 except BaseException:  # noqa: PERF203 - even SystemExit: the loop must go on
                     self._callback_failed(fn)
+
+
+def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[Future[Any]]:
+    """Producer only: ``_set_final(COMPLETED, value)`` for each future and its value, with
+    the lock taken once for all of them; their inputs are let go. Returns those made final
+    (one final already, cancelled while its body ran, is left as it is)."""
+    now = time.time()
+    done = []
+    woken = []
+    with _lock:
+        for fut, value in zip(futures, values, strict=True):
+            fut._params = fut._ctx = fut._deps = fut._allowed = fut._handle = None
+            if fut._status >= COMPLETED:
+                continue
+            fut._value = value
+            fut._timestamp = now
+            fut._status = COMPLETED  # last, as in _set_final
+            done.append(fut)
+            waiters = fut._waiters
+            callbacks = fut._callbacks
+            if fut._event is not None or waiters is not None or callbacks is not None:
+                woken.append((fut, fut._event, waiters, callbacks))
+                fut._waiters = fut._callbacks = None
+    for fut, event, waiters, callbacks in woken:
+        fut._wake(event, waiters, callbacks)
+    return done
 
 
 def _clear_frames(exc: BaseException) -> None:

@@ -48,6 +48,10 @@ class Graph(Generic[K]):
         """How many keys the graph holds state for (waiting nodes and watched upstreams)."""
         return len(self._waiting.keys() | self._down.keys() | self._allow.keys())
 
+    def watches_any(self) -> bool:
+        """Whether some node waits on an unfinished key (else ``finish`` has nothing to do)."""
+        return bool(self._down)
+
     def is_waiting(self, key: K) -> bool:
         return key in self._waiting
 

@@ -345,14 +345,10 @@ def _unloadable(args: list[Any], kwargs: dict[str, Any]) -> str:
     return "an argument"
 
 
-def _result(task_name: str, data: bytes) -> tuple[bool, Any]:
-    try:
-        return True, pickle.loads(data)  # our own pipe from our own worker
-    except Exception as exc:
-        err = SerializationError(
-            f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
-        )
-        return False, err
+def _unloaded_result(task_name: str, exc: Exception) -> SerializationError:
+    return SerializationError(
+        f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
+    )
 
 
 def _decode(
@@ -441,10 +437,18 @@ class ProcessWorkers:
     def submit(self, item: Any) -> None:
         self._ready.append(item)
         if self._active < self._max and not self._pump_due:
-            # Later in this loop turn, once: the items submitted with this one (a whole map)
-            # are queued by then, so the first batches are as big as the rest.
-            self._pump_due = True
-            self._sched.loop.call_soon(self._pump)
+            self._pump_soon()
+
+    def submit_many(self, items: list[Any]) -> None:
+        self._ready.extend(items)
+        if self._active < self._max and not self._pump_due:
+            self._pump_soon()
+
+    def _pump_soon(self) -> None:
+        # Later in this loop turn, once: the items submitted with this one (a whole map) are
+        # queued by then, so the first batches are as big as the rest.
+        self._pump_due = True
+        self._sched.loop.call_soon(self._pump)
 
     def interrupt(self, item: Any) -> bool:
         """Stop ``item``'s body now by killing its worker. True: it will not run on."""
@@ -569,13 +573,8 @@ class ProcessWorkers:
         worker = None
         calls: deque[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = deque()
         try:
-            for item in batch:
-                try:
-                    task, params = self._sched.call_parts(item)
-                    calls.append((item, task, task.spec.split(params)))
-                except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
-                    self._report(item, False, exc)
-            message, packed = self._pack(list(calls))  # (an argument that fails: no spawn)
+            # (An argument that cannot be sent fails its run here: no worker is started.)
+            message, packed = self._pack(self._calls(batch))
             calls = deque(packed)
             if not calls:
                 return
@@ -619,6 +618,24 @@ class ProcessWorkers:
                     )
             self._active -= 1
             self._pump()
+
+    def _calls(self, batch: list[Any]) -> list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]]:
+        """Each item of ``batch`` with its task and the arguments of its call. One cancelled
+        meanwhile is reported (and dropped)."""
+        calls = []
+        call_parts = self._sched.call_parts
+        for item in batch:
+            params = item._params if type(item) is Future and item._deps is None else None
+            if params is not None:  # a run with no inputs to resolve: the common case
+                task = item._task
+                calls.append((item, task, task.spec.split(params)))
+                continue
+            try:
+                task, params = call_parts(item)
+                calls.append((item, task, task.spec.split(params)))
+            except Exception as exc:  # cancelled meanwhile: dropped
+                self._report(item, False, exc)
+        return calls
 
     def _mark_running(self, worker: _Worker, calls: deque[Any]) -> None:
         """The calls of a batch go to ``worker``: they are running from now on.
@@ -673,39 +690,65 @@ class ProcessWorkers:
 
     def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: deque[Any]) -> int:
         """End the runs of ``calls`` that ``frames`` answer, in order; return how many."""
-        name = task.name
-        report = self._report
         sched = self._sched
-        took = sched.worker_took
         answered = 0
+        # Plain runs whose bodies returned, ended together (before any other outcome).
+        items: list[Any] = []
+        values: list[Any] = []
         for frame in frames:
             kind = frame[0]
             if kind == _LOG:
                 handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
                 continue
-            item, _, (args, kwargs) = calls.popleft()
+            call = calls.popleft()
             answered += 1
-            if kind == _OK:
-                ok, value = _result(name, frame[1:])
-                report(item, ok, value)
-                if calls and sched.events is not None:
-                    took(calls[0][0], worker.label)
-                continue
-            reply = pickle.loads(frame[1:])  # our own pipe from our own worker
-            if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
-                self._unbatchable.add(task)
-                if worker.announced is item:  # subscribers were told it started
-                    self._announced.add(item)
-                calls.appendleft((item, task, (args, kwargs)))
-                self._requeue(calls)
+            if kind == _OK and type(call[0]) is Future and sched.events is None:
+                try:
+                    values.append(pickle.loads(frame[1:]))  # our own pipe from our own worker
+                except Exception:  # _reply loads it again and says why it fails
+                    pass
+                else:
+                    items.append(call[0])
+                    continue
+            if items:
+                sched.complete_many(items, values)
+                items, values = [], []
+            if not self._reply(worker, task, call, frame, calls):
                 return answered - 1
-            ok, value = _decode(name, reply, args, kwargs)
-            report(item, ok, value)
-            if reply[0] == "crash":
-                raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
-            if calls:
-                took(calls[0][0], worker.label)
+        if items:
+            sched.complete_many(items, values)
         return answered
+
+    def _reply(
+        self, worker: _Worker, task: Any, call: Any, frame: bytes, calls: deque[Any]
+    ) -> bool:
+        """End the run of ``call`` as ``frame`` says; False: the batch never ran, and its calls
+        are queued again (``calls`` is empty then)."""
+        item = call[0]
+        if frame[0] == _OK:
+            try:
+                ok, value = True, pickle.loads(frame[1:])  # our own pipe from our own worker
+            except Exception as exc:
+                ok, value = False, _unloaded_result(task.name, exc)
+            self._report(item, ok, value)
+            if calls and self._sched.events is not None:
+                self._sched.worker_took(calls[0][0], worker.label)
+            return True
+        reply = pickle.loads(frame[1:])  # our own pipe from our own worker
+        if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
+            self._unbatchable.add(task)
+            if worker.announced is item:  # subscribers were told it started
+                self._announced.add(item)
+            calls.appendleft(call)
+            self._requeue(calls)
+            return False
+        ok, value = _decode(task.name, reply, *call[2])
+        self._report(item, ok, value)
+        if reply[0] == "crash":
+            raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
+        if calls:
+            self._sched.worker_took(calls[0][0], worker.label)
+        return True
 
     async def _buried(self, worker: _Worker | None, calls: deque[Any], blamed: bool) -> None:
         """The worker died: blame the call it was running (unless that call already told us

@@ -288,10 +288,16 @@ class TaskRunner(abc.ABC):
         else:
             for p in children:
                 spec.check(p, t.name)
-        make = self._make
-        futures = FutureList([make(sched, t, p, waits, None, limit) for p in children])
-        sched.submit_many(futures)  # one hand-over to the loop for the whole map
-        return futures
+        runs = None
+        if waits is None and limit is None and not (t.driven or sched.any_policy):
+            runs = _plain_runs(sched, t, children)
+        if runs is None:
+            make = self._make
+            runs = [make(sched, t, p, waits, None, limit) for p in children]
+            sched.submit_many(runs)  # one hand-over to the loop for the whole map
+        else:
+            sched.submit_many(runs, plain=True)  # ... and registered as one
+        return FutureList(runs)
 
     def cancel_all(self) -> None:
         """Cancel every run of this session that has not finished."""
@@ -432,6 +438,23 @@ class TaskRunner(abc.ABC):
             loop_thread.run(_call(self._keep_stats, sched)).result()
         except RuntimeError:  # the loop is gone: keep what was last seen
             pass
+
+
+def _plain_runs(
+    sched: Scheduler, t: Task[..., Any], children: list[dict[str, Any]]
+) -> list[Future[Any]] | None:
+    """The runs of a map whose every value is of a type that cannot hold a future (and whose
+    task has no policy): no inputs to look for, built as they are. None if a value needs the
+    search for futures."""
+    runs: list[Future[Any]] = []
+    append = runs.append
+    copy_context = contextvars.copy_context
+    for p in children:
+        for value in p.values():
+            if type(value) not in ATOMIC:
+                return None
+        append(Future(sched, t, p, None, None, copy_context(), None))
+    return runs
 
 
 async def _call(fn: Callable[..., None], *args: Any) -> None:

@@ -33,6 +33,7 @@ from ._futures import (
     RUNNING,
     Future,
     cancelled_error,
+    complete_all,
     crashed_error,
 )
 from ._graph import Graph, Outcome
@@ -73,6 +74,10 @@ class Backend(Protocol):
     loop once the worker took it (before that item's outcome)."""
 
     def submit(self, item: Any) -> None: ...
+
+    def submit_many(self, items: list[Any]) -> None:
+        """``submit`` each of ``items``, in order."""
+        ...
 
     async def aclose(self, abandon: bool = False) -> None:
         """Stop the workers; with ``abandon``, do not wait for bodies still running."""
@@ -163,7 +168,7 @@ class Scheduler:
         self._live: set[Future[Any]] = set()
         self._external: set[Future[Any]] = set()
         self._lock = threading.Lock()  # guards the inbox hand-over from other threads only
-        self._inbox: list[Future[Any]] = []
+        self._inbox: list[Future[Any] | list[Future[Any]]] = []
         self._inbox_scheduled = False
         self._accepting = True
         self._idle: asyncio.Event | None = None
@@ -197,17 +202,32 @@ class Scheduler:
             self._inbox_scheduled = True
         self._call_soon(self._drain_inbox)
 
-    def submit_many(self, futures: list[Future[Any]]) -> None:
-        """Submit runs in order, with one hand-over to the loop from another thread."""
+    def submit_many(self, futures: list[Future[Any]], plain: bool = False) -> None:
+        """Submit runs in order, with one hand-over to the loop from another thread.
+
+        ``plain``: runs of one task with no inputs and no policy, registered together (the
+        list is the scheduler's from now on)."""
+        if not futures:
+            return
         if threading.get_ident() == self.thread_id:
-            for fut in futures:
-                self.submit(fut)
+            if not plain:
+                for fut in futures:
+                    self.submit(fut)
+                return
+            if not self._accepting:
+                raise RuntimeError(f"runner {self.runner.name!r} is closed")
+            if self._inbox:
+                self._drain_inbox()  # keep submission order across threads
+            self._register_plain(futures)
             return
         with self._lock:
             if not self._accepting:
                 raise RuntimeError(f"runner {self.runner.name!r} is closed")
-            self._inbox.extend(futures)
-            if self._inbox_scheduled or not futures:
+            if plain:
+                self._inbox.append(futures)  # a list in the inbox: plain runs, in order
+            else:
+                self._inbox.extend(futures)
+            if self._inbox_scheduled:
                 return
             self._inbox_scheduled = True
         self._call_soon(self._drain_inbox)
@@ -237,7 +257,11 @@ class Scheduler:
     @property
     def live_count(self) -> int:
         """Runs submitted and not final (including ones still in the inbox)."""
-        return len(self._live) + len(self._inbox)
+        return len(self._live) + self._in_inbox()
+
+    def _in_inbox(self) -> int:
+        """Runs in the inbox (a list there holds plain runs submitted together)."""
+        return sum(len(x) if type(x) is list else 1 for x in list(self._inbox))
 
     @property
     def graph_size(self) -> int:
@@ -285,10 +309,11 @@ class Scheduler:
         """Loop thread only (see ``call_in_loop``)."""
         running = sum(1 for f in self._live if f._status in (RUNNING, RETRYING))
         counts = self._counts
+        inbox = self._in_inbox()
         return RunnerStatistics(
-            submitted=self._submitted + len(self._inbox),
+            submitted=self._submitted + inbox,
             running=running,
-            queued=len(self._live) + len(self._inbox) - running,
+            queued=len(self._live) + inbox - running,
             completed=counts[COMPLETED],
             failed=counts[FAILED] + counts[CRASHED],
             cancelled=counts[CANCELLED],
@@ -305,7 +330,24 @@ class Scheduler:
                 return
             self._inbox = []
         for fut in items:
-            self._register(fut)
+            if isinstance(fut, list):
+                self._register_plain(fut)
+            else:
+                self._register(fut)
+
+    def _register_plain(self, futures: list[Future[Any]]) -> None:
+        """Register runs of one task that have no inputs and no policy, all at once."""
+        if self.events is not None or self._cancel_pending:
+            for fut in futures:
+                self._register(fut)
+            return
+        self._live.update(futures)
+        self._submitted += len(futures)
+        if futures[0]._task.is_async and not self.coroutines_in_backend:
+            for fut in futures:
+                self._start_soon(fut)
+        else:
+            self.backend.submit_many(futures)
 
     def _register(self, fut: Future[Any]) -> None:
         if (events := self.events) is not None:
@@ -481,6 +523,26 @@ class Scheduler:
             self._finish(fut, CRASHED, value)
         else:
             self._finish(fut, CRASHED, crashed_error(fut._task.name, value))
+
+    def complete_many(self, futures: list[Future[Any]], values: list[Any]) -> None:
+        """Backend hook: the bodies of plain runs (no policy) returned ``values``; the same as
+        ``on_outcome(fut, True, value)`` for each, in one pass."""
+        if self.events is not None:
+            for fut, value in zip(futures, values, strict=True):
+                self.on_outcome(fut, True, value)
+            return
+        done = complete_all(futures, values)
+        self._counts[COMPLETED] += len(done)
+        live = self._live
+        live.difference_update(done)
+        graph = self._graph
+        if graph.watches_any():
+            for fut in done:
+                ready, skipped = graph.finish(fut, Outcome.COMPLETED)
+                if ready or skipped:
+                    self._after(ready, skipped)
+        if not live and self._idle is not None and not self._side:
+            self._idle.set()
 
     def _finish(self, fut: Future[Any], status: int, value: Any, name: str | None = None) -> None:
         # Inlined _release_inputs: this runs once per task.

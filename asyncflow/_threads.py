@@ -58,6 +58,11 @@ class ThreadWorkers:
         if self._active < self._max:
             self._pump()
 
+    def submit_many(self, items: list[Any]) -> None:
+        self._ready.extend(items)
+        if self._active < self._max:
+            self._pump()
+
     def _pump(self) -> None:
         while self._active < self._max:
             if self._regrants:

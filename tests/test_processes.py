@@ -1073,6 +1073,30 @@ def test_replies_too_big_to_hold_arrive_whole_and_in_order(monkeypatch: pytest.M
     assert results == [str(i) * 50_000 for i in range(1, 200)]
 
 
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+def test_runs_waiting_on_a_batched_map_start_with_its_results(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = count_batch_replies(monkeypatch)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # cheap: batched from now
+        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
+        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
+        mapped = runner.map(double, {"x": range(300)})
+        each = [runner.submit(double, {"x": f}) for f in mapped[::7]]
+        whole = runner.submit(total, {"values": list(mapped)})
+        hub.release("blocker")
+        assert blocker.result(TIMEOUT) == 0
+        assert [f.result(TIMEOUT) for f in each] == [4 * x for x in range(0, 300, 7)]
+        assert whole.result(TIMEOUT) == 2 * sum(range(300))
+    assert held, "the map did not go out in batches whose replies the worker held"
+    stats = runner.statistics()
+    assert (stats.submitted, stats.completed) == (2 + 300 + len(each) + 1, stats.submitted)
+
+
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
