@@ -804,7 +804,10 @@ class ProcessWorkers:
             calls, blob = self._pack_one_by_one(task, calls)
             if not calls:
                 return None, calls
-        contexts = [_context_of(call[0]) for call in calls]
+        contexts = [
+            (c[0]._id, 1) if type(c[0]) is Future and type(c[0]._id) is int else _context_of(c[0])
+            for c in calls
+        ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
 
     def _pack_one_by_one(self, task: Any, calls: list[Any]) -> tuple[list[Any], bytes]:
