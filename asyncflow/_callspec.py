@@ -59,6 +59,8 @@ class CallSpec:
     def check(self, parameters: Mapping[str, Any], task_name: str) -> None:
         """Raise ``TypeError`` naming the task and the parameter when ``parameters`` cannot bind."""
         keys = parameters.keys()
+        if self.varpos is None and keys == self.names:  # every parameter named: the common case
+            return
         if not self.varkw and not keys <= self.names:
             unknown = keys - self.names
             if unknown:

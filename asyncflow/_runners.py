@@ -183,7 +183,12 @@ class TaskRunner(abc.ABC):
         if sched is None:
             sched = self._require_started()  # raises
         t = task if type(task) is Task else as_task(task)
-        fut = self._future(sched, t, parameters, wait_for, dependencies, None)
+        if type(parameters) is dict:  # _future, inlined for the common case: once per run
+            params = parameters.copy()
+            t.spec.check(params, t.name)
+            fut = self._make(sched, t, params, wait_for, dependencies, None)
+        else:
+            fut = self._future(sched, t, parameters, wait_for, dependencies, None)
         sched.submit(fut)
         return fut
 

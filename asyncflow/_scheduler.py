@@ -469,10 +469,14 @@ class Scheduler:
         """
         starts = self._starts
         loop = self.loop
+        run_async = self._run_async
         for _ in range(min(len(starts), _START_BATCH)):
             fut = starts.popleft()
             if fut._status < COMPLETED:  # else: cancelled while it waited here
-                fut._handle = _create_task(loop, self._run_async(fut), fut._ctx)
+                if _TASK_CONTEXT:  # _create_task, inlined: once per run
+                    fut._handle = asyncio.Task(run_async(fut), loop=loop, context=fut._ctx)  # type: ignore[call-arg]
+                else:  # pragma: no cover - Python 3.10
+                    fut._handle = _create_task(loop, run_async(fut), fut._ctx)
         if starts:
             loop.call_soon(self._start_some)
         else:
@@ -566,7 +570,13 @@ class Scheduler:
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
         for child in ready:
-            self._start(child)
+            if child._policy is None and child._task.is_async and not self.coroutines_in_backend:
+                self._starts.append(child)  # _start_soon, inlined: once per run
+                if not self._starting:
+                    self._starting = True
+                    self.loop.call_soon(self._start_some)
+            else:
+                self._start(child)
         if not live and self._idle is not None and not self._side:
             self._idle.set()
 
@@ -736,6 +746,9 @@ class Scheduler:
             if pol is not None and pol.finishing and fut._handle is not None:
                 fut._handle.cancel()
         self.backend.abandon()
+
+
+_TASK_CONTEXT = sys.version_info >= (3, 11)  # asyncio.Task takes context=
 
 
 # Tasks are built directly, not through ``loop.create_task``: a loop's task factory may start
