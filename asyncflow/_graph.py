@@ -96,7 +96,7 @@ class Graph(Generic[K]):
         if edges is None:  # nothing waits on it: the common case, no allocation
             return _NOTHING
         ready: list[K] = []
-        skipped: list[tuple[K, K, Outcome]] = []
+        skipped: list[tuple[K, K, Outcome]] | tuple[()] = ()  # a list once one is skipped
         waiting = self._waiting
         allow_map = self._allow
         # The children of skipped nodes still to visit: an explicit stack, not recursion (a
@@ -122,6 +122,8 @@ class Graph(Generic[K]):
                     del waiting[child]
                     if allow_map:
                         allow_map.pop(child, None)
+                    if not skipped:
+                        skipped = []
                     skipped.append((child, src, out))
                     below = self._down.pop(child, None)
                     if below is not None:

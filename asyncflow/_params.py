@@ -184,16 +184,18 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
     it is: it was never waited for.
     """
 
-    # A list scan is cheapest for a few inputs; a wide fan-in uses a set to stay O(1).
-    known: Any = inputs if len(inputs) <= _FEW else set(inputs)
+    known: Any = None
     out = {}
     for name, value in params.items():
         cls = type(value)
-        if cls is Future and value in known:  # the common case: a future as is
+        if cls is Future:  # the common case: a future as is (always one of the inputs)
             out[name] = value._value if value._status == COMPLETED else _result_of(value, False)
         elif cls in ATOMIC:
             out[name] = value
         else:
+            if known is None:
+                # A list scan is cheapest for a few inputs; a wide fan-in uses a set (O(1)).
+                known = inputs if len(inputs) <= _FEW else set(inputs)
             out[name] = resolve_value(value, False, _known_results(known))
     return out
 

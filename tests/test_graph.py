@@ -51,7 +51,7 @@ def test_diamond() -> None:
     ready, skipped = g.finish("a", C)
     assert sorted(ready) == ["b", "c"]
     assert list(skipped) == []
-    assert g.finish("b", C) == ([], [])  # "d" still waits for "c"
+    assert g.finish("b", C) == ([], ())  # "d" still waits for "c"
     assert g.is_waiting("d")
     ready, skipped = g.finish("c", C)
     assert list(ready) == ["d"]
@@ -86,7 +86,7 @@ def test_failed_upstream_skips_downstream_and_names_the_cause() -> None:
     assert list(skipped) == [("c", "a", F)]
     assert not g.is_waiting("c")
     # The other upstream finishing later changes nothing for the skipped node.
-    assert g.finish("b", C) == ([], [])
+    assert g.finish("b", C) == ([], ())
     assert len(g) == 0
 
 
@@ -296,7 +296,7 @@ def test_wide_fan_in() -> None:
         assert g.add(i, [])
     assert not g.add(-1, [(i, False) for i in range(n)])
     for i in range(n - 1):
-        assert g.finish(i, C) == ([], [])
+        assert g.finish(i, C) == ([], ())
     ready, skipped = g.finish(n - 1, C)
     assert list(ready) == [-1]
     assert list(skipped) == []
