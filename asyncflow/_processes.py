@@ -114,6 +114,10 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
     return data
 
 
+def _plain_unfinished(item: Any) -> bool:
+    return type(item) is Future and item._policy is None and item._status < COMPLETED
+
+
 def _plain(item: Any) -> bool:
     """A run with no policy (no timeout, retries, limits...): safe to send in a batch."""
     return getattr(item, "_policy", True) is None
@@ -170,7 +174,7 @@ class _Worker:
         self.ledger = ledger  # where it holds the replies of a numbered batch
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
-        self.batch_size = 0  # the calls in that batch
+        self.batch_size = 0  # the calls of the batch it was sent last
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
@@ -589,11 +593,11 @@ class ProcessWorkers:
                         return
             self._mark_running(worker, calls)
             worker.holding = -1
+            worker.batch_size = len(calls)
             if len(calls) > 1 and worker.ledger is not None and self._sched.events is None:
                 # No one watches each call start: the worker may hold the replies.
                 worker.batches += 1
                 worker.holding = worker.batches
-                worker.batch_size = len(calls)
             await worker.send((*message, None if worker.holding < 0 else worker.holding))
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
@@ -766,8 +770,12 @@ class ProcessWorkers:
             except _Died as died:
                 blamed = died.blamed
         if calls and not blamed:
-            item, task, _ = calls.popleft()
-            self._report(item, False, worker.crash_error(task.name))
+            item, task, _ = calls[0]
+            if not (worker.killed and worker.batch_size > 1 and _plain_unfinished(item)):
+                calls.popleft()
+                self._report(item, False, worker.crash_error(task.name))
+            # Else the worker was stopped here to end another run of its batch (a cancel):
+            # the run it was running did nothing wrong and goes back to the queue with the rest.
         self._requeue(calls)
 
     def _requeue(self, calls: deque[Any]) -> None:

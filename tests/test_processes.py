@@ -1097,6 +1097,36 @@ def test_runs_waiting_on_a_batched_map_start_with_its_results(
     assert (stats.submitted, stats.completed) == (2 + 300 + len(each) + 1, stats.submitted)
 
 
+def gated_at(i: int, hub: Address, stop: int) -> int:
+    if i == stop:
+        gated(hub, f"run{i}-in-{os.getpid()}")
+    return i
+
+
+def test_cancelling_a_run_of_a_batch_under_way_fails_no_other_run(hub: Hub) -> None:
+    # The batch's worker is stopped to cancel one of its runs: the run the worker was running
+    # then did nothing wrong. It runs again on a fresh worker; no run is blamed for a crash.
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        assert (
+            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
+        )
+        futures = runner.map(
+            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
+        )
+        (first,) = hub.arrivals(1)  # run 10 is running, in a batch with runs after it
+        assert futures[29].cancel()  # run 30: in the same batch, not started
+        (again,) = hub.arrivals(1)  # run 10 once more, on a fresh worker
+        assert first.startswith("run10-in-")
+        assert again.startswith("run10-in-")
+        assert again != first
+        hub.release(again)
+        futures.wait(TIMEOUT)
+    assert futures[29].cancelled()
+    others = futures[:29] + futures[30:]
+    assert [f.result() for f in others] == [i for i in range(1, 100) if i != 30]
+    assert runner.statistics().failed == 0
+
+
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
