@@ -706,7 +706,7 @@ class ProcessWorkers:
                 continue
             call = calls.popleft()
             answered += 1
-            if kind == _OK and type(call[0]) is Future and sched.events is None:
+            if kind == _OK and _plain_unfinished(call[0]) and sched.events is None:
                 try:
                     values.append(pickle.loads(frame[1:]))  # our own pipe from our own worker
                 except Exception:  # _reply loads it again and says why it fails

@@ -531,7 +531,7 @@ class Scheduler:
     def complete_many(self, futures: list[Future[Any]], values: list[Any]) -> None:
         """Backend hook: the bodies of plain runs (no policy) returned ``values``; the same as
         ``on_outcome(fut, True, value)`` for each, in one pass."""
-        if self.events is not None:
+        if self.events is not None or any(fut._policy is not None for fut in futures):
             for fut, value in zip(futures, values, strict=True):
                 self.on_outcome(fut, True, value)
             return

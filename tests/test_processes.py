@@ -1127,6 +1127,22 @@ def test_cancelling_a_run_of_a_batch_under_way_fails_no_other_run(hub: Hub) -> N
     assert runner.statistics().failed == 0
 
 
+def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
+    # A run with a limit completes through the same replies as a plain one: its slot must be
+    # given back, or the runs after it would wait forever.
+    with ProcessPoolTaskRunner(max_workers=2, max_concurrency=1) as runner:
+        assert [runner.submit(double, {"x": x}).result(TIMEOUT) for x in range(4)] == [0, 2, 4, 6]
+    with ProcessPoolTaskRunner(max_workers=2) as runner:
+        assert runner.map(double, {"x": range(6)}, max_in_flight=1).result(TIMEOUT) == [
+            0,
+            2,
+            4,
+            6,
+            8,
+            10,
+        ]
+
+
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
