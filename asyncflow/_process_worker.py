@@ -18,12 +18,13 @@ Out, each body is one kind byte and its data, one reply per call, in order. A ca
 has its reply written to the pipe as it ends. A batch sent with a batch number has its replies
 held in a buffer the parent shares (the reply ledger: a file in memory, its descriptor given in
 the setup) and written to the pipe together, when the batch ends, when the buffer is full or
-``_FLUSH_AFTER`` seconds after the first one was held: one write and one wake-up of the parent
-per batch, not per call. A reply is in the pipe or in the ledger from the moment its call ended,
-so when a worker dies the parent still gets every reply before the call that killed it. The
-ledger holds a 4-byte count of the bytes in use (written after the reply itself), then the held
-replies, each a 4-byte length, the batch number and the call's index in its batch (4 bytes
-each), the kind byte and the data; the parent ignores those of another batch and those it
+``_FLUSH_AFTER`` seconds after the first one was held (by a thread, so a long call does not
+keep the replies before it): one write and one wake-up of the parent per batch, not per call.
+A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
+the parent still gets every reply before the call that killed it. The ledger holds a 4-byte
+count of the bytes in use (written after the reply itself), then the held replies, each a
+4-byte length, the batch number and the call's index in its batch (4 bytes each), the kind
+byte and the data; the parent ignores those of another batch and those it
 already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
 - ``h`` + replies held in the ledger, as they were there (after its count of bytes in use);
@@ -79,19 +80,25 @@ def _send(fd: int, kind: bytes, data: bytes | memoryview) -> None:
 
 class _Replies:
     """Where the replies of calls go: straight to the pipe, or held in the ledger during a
-    batch sent with a number (see the module's docstring)."""
+    batch sent with a number (see the module's docstring). A thread of its own writes held
+    replies out once the first has waited ``_FLUSH_AFTER`` seconds, even while a long call
+    runs."""
 
     def __init__(self, fd: int, ledger_fd: int | None) -> None:
         self.fd = fd
         self.ledger: mmap.mmap | None = None
-        if ledger_fd is not None:
-            self.ledger = mmap.mmap(ledger_fd, 0)
-            os.close(ledger_fd)
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
         self.held = 0  # replies held
         self.used = _USED.size  # ledger bytes in use, count included
         self.since = 0.0  # when the first reply held now was held
+        self.lock = threading.Lock()  # the ledger's state: this thread and the flusher
+        self.due = threading.Condition(self.lock)
+        self.armed = False  # the flusher waits for a deadline (else for a first held reply)
+        if ledger_fd is not None:
+            self.ledger = mmap.mmap(ledger_fd, 0)
+            os.close(ledger_fd)
+            threading.Thread(target=self._flush_when_due, daemon=True).start()
 
     def start(self, batch: int | None) -> None:
         self.batch = batch if self.ledger is not None else None
@@ -102,31 +109,35 @@ class _Replies:
         if self.batch is None or ledger is None:
             _send(self.fd, kind, data)
             return
-        end = self.used + _HELD.size + 1 + len(data)
-        if end > len(ledger):
-            self.flush()
+        with self.lock:
             end = self.used + _HELD.size + 1 + len(data)
-            if end > len(ledger):  # too big to hold: straight to the pipe
-                _send(self.fd, kind, data)
-                self.index += 1
-                return
-        start = self.used
-        _HELD.pack_into(ledger, start, len(data) + 1, self.batch, self.index)
-        start += _HELD.size
-        ledger[start] = kind[0]
-        ledger[start + 1 : end] = data
-        _USED.pack_into(ledger, 0, end)  # last: only whole replies count
-        self.used = end
-        self.index += 1
-        if self.held:
+            if end > len(ledger):
+                self._flush()
+                end = self.used + _HELD.size + 1 + len(data)
+                if end > len(ledger):  # too big to hold: straight to the pipe
+                    _send(self.fd, kind, data)
+                    self.index += 1
+                    return
+            start = self.used
+            _HELD.pack_into(ledger, start, len(data) + 1, self.batch, self.index)
+            start += _HELD.size
+            ledger[start] = kind[0]
+            ledger[start + 1 : end] = data
+            _USED.pack_into(ledger, 0, end)  # last: only whole replies count
+            self.used = end
+            self.index += 1
             self.held += 1
-            if time.monotonic() - self.since > _FLUSH_AFTER:
-                self.flush()
-        else:
-            self.held = 1
-            self.since = time.monotonic()
+            if self.held == 1:
+                self.since = time.monotonic()
+                if not self.armed:
+                    self.armed = True
+                    self.due.notify()
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         """Write the held replies to the pipe (one message), then empty the ledger."""
         ledger = self.ledger
         if not self.held or ledger is None:
@@ -136,6 +147,21 @@ class _Replies:
         _USED.pack_into(ledger, 0, _USED.size)  # (replies the pipe got are not taken twice)
         self.used = _USED.size
         self.held = 0
+
+    def _flush_when_due(self) -> None:
+        """The flusher: wakes at most once per ``_FLUSH_AFTER`` while replies are held."""
+        with self.lock:
+            while True:
+                if not self.armed:
+                    self.due.wait()
+                elif not self.held:
+                    self.armed = False  # idle until a reply is held again
+                else:
+                    left = self.since + _FLUSH_AFTER - time.monotonic()
+                    if left > 0:
+                        self.due.wait(left)
+                    else:
+                        self._flush()
 
     def stop(self) -> None:
         self.flush()

@@ -1143,6 +1143,21 @@ def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
         ]
 
 
+def test_replies_held_in_a_batch_arrive_while_a_later_call_of_it_runs_on(hub: Hub) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        assert (
+            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
+        )
+        futures = runner.map(
+            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
+        )
+        (label,) = hub.arrivals(1)  # run 10 runs on and on, in a batch with runs 1 to 9
+        assert [f.result(TIMEOUT) for f in futures[:9]] == list(range(1, 10))
+        assert futures[9].running()
+        hub.release(label)
+        assert futures.result(TIMEOUT) == list(range(1, 100))
+
+
 def test_a_worker_killed_while_idle_is_replaced_and_no_run_is_blamed() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         first = runner.submit(pid).result(TIMEOUT)
