@@ -258,7 +258,12 @@ class TaskRunner(abc.ABC):
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
+        ctx = contextvars.copy_context()
+        if ctx == sched.last_context:  # unchanged since the last submit: share that snapshot
+            ctx = sched.last_context
+        else:
+            sched.last_context = ctx
+        return Future(sched, t, params, deps, allow_only, ctx, policy)
 
     def map(
         self,
@@ -453,12 +458,12 @@ def _plain_runs(
     search for futures."""
     runs: list[Future[Any]] = []
     append = runs.append
-    copy_context = contextvars.copy_context
+    ctx = contextvars.copy_context()  # one snapshot for all (each run copies it as it starts)
     for p in children:
         for value in p.values():
             if type(value) not in ATOMIC:
                 return None
-        append(Future(sched, t, p, None, None, copy_context(), None))
+        append(Future(sched, t, p, None, None, ctx, None))
     return runs
 
 

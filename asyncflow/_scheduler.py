@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import sys
 import threading
@@ -174,6 +175,9 @@ class Scheduler:
         self._idle: asyncio.Event | None = None
         self._starts: deque[Future[Any]] = deque()  # coroutine runs waiting for their task
         self._starting = False  # a _start_some call is scheduled
+        # The context snapshot of the last submit: runs submitted in an unchanged context share
+        # it (one object, not one per waiting run); each run starts in a copy of its own.
+        self.last_context: contextvars.Context | None = None
         # The runner's event hub while it has subscribers, else None: every emission point
         # checks only this attribute (the hub switches it from any thread).
         self.events: EventHub | None = None
@@ -402,10 +406,12 @@ class Scheduler:
             self._launch(fut, pol)
 
     def _launch(self, fut: Future[Any], pol: RunPolicy) -> None:
+        ctx = fut._ctx
+        assert ctx is not None
         if pol.driven:
-            fut._handle = _create_task(self.loop, drive(self, fut, pol), fut._ctx)
+            fut._handle = _create_task(self.loop, drive(self, fut, pol), ctx.copy())
         elif fut._task.is_async and not self.coroutines_in_backend:
-            fut._handle = _create_task(self.loop, self._run_async(fut), fut._ctx)
+            fut._handle = _create_task(self.loop, self._run_async(fut), ctx.copy())
         else:
             self.backend.submit(fut)
 
@@ -473,10 +479,11 @@ class Scheduler:
         for _ in range(min(len(starts), _START_BATCH)):
             fut = starts.popleft()
             if fut._status < COMPLETED:  # else: cancelled while it waited here
+                ctx = fut._ctx.copy()  # type: ignore[union-attr]  # (None only once final)
                 if _TASK_CONTEXT:  # _create_task, inlined: once per run
-                    fut._handle = asyncio.Task(run_async(fut), loop=loop, context=fut._ctx)  # type: ignore[call-arg]
+                    fut._handle = asyncio.Task(run_async(fut), loop=loop, context=ctx)  # type: ignore[call-arg]
                 else:  # pragma: no cover - Python 3.10
-                    fut._handle = _create_task(loop, run_async(fut), fut._ctx)
+                    fut._handle = _create_task(loop, run_async(fut), ctx)
         if starts:
             loop.call_soon(self._start_some)
         else:

@@ -199,7 +199,8 @@ class ThreadWorkers:
                     done.append((item, None, worker))
                     self._schedule_flush()
                 try:
-                    outcome = (item, True, ctx.run(call_sync, item))
+                    # A copy: runs waiting together may share one context snapshot.
+                    outcome = (item, True, ctx.copy().run(call_sync, item))
                 except BaseException as exc:  # reported to the scheduler, never lost
                     outcome = (item, False, exc)
             del item, ctx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import threading
@@ -669,3 +670,38 @@ async def test_many_coroutine_runs_become_tasks_in_batches_not_all_at_once() -> 
     # 1,000 plus those of the batch before (still finishing) and this test's own.
     assert max(seen) <= 2100, max(seen)
     assert min(seen) >= 1
+
+
+# -- context variables: each run sees the submitter's context as it was at submit ---------------
+where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
+
+
+def set_and_read(value: str) -> tuple[str, str]:
+    before = where.get()
+    where.set(value)
+    return before, where.get()
+
+
+async def aset_and_read(value: str) -> tuple[str, str]:
+    return set_and_read(value)
+
+
+@pytest.mark.parametrize("body", [set_and_read, aset_and_read], ids=["thread", "coroutine"])
+def test_runs_submitted_in_one_context_never_see_each_others_changes(body: Any) -> None:
+    # Runs submitted one after another in an unchanged context may share one snapshot of it:
+    # each still runs in a copy of its own, so what one body sets the next does not see.
+    token = where.set("submitter")
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            first = [runner.submit(body, {"value": f"run {i}"}) for i in range(3)]
+            mapped = runner.map(body, {"value": ["map 0", "map 1", "map 2"]})
+            where.set("changed after submit")
+            later = runner.submit(body, {"value": "later"})
+            results = [f.result(TIMEOUT) for f in first] + mapped.result(TIMEOUT)
+            assert later.result(TIMEOUT) == ("changed after submit", "later")
+        assert results == [("submitter", f"run {i}") for i in range(3)] + [
+            ("submitter", f"map {i}") for i in range(3)
+        ]
+        assert where.get() == "changed after submit"  # no body's change came back here
+    finally:
+        where.reset(token)
