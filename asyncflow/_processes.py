@@ -55,7 +55,8 @@ _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes th
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
-_BATCH_MAX = 64  # items sent to a worker in one message when the queue is deep
+_BATCH_MAX = 256  # items sent to a worker in one message when the queue is deep
+_BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
@@ -511,7 +512,9 @@ class ProcessWorkers:
         if cost is None or cost > _BATCH_COST:
             # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
             return batch
-        size = min(_BATCH_MAX, len(ready) // self._max)
+        # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
+        # one reply per batch, so bigger batches cost less per call.
+        size = min(_BATCH_MAX, len(ready) // self._max, int(_BATCH_TIME / max(cost, 1e-6)))
         while len(batch) < size and ready and _plain(ready[0]) and ready[0]._task is task:
             item = ready.popleft()
             if item._status < COMPLETED:
