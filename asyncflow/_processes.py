@@ -55,6 +55,7 @@ _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes th
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
+_OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 256  # items sent to a worker in one message when the queue is deep
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
@@ -616,6 +617,12 @@ class ProcessWorkers:
         finally:
             for item in batch:
                 self._busy.pop(item, None)
+            if worker is not None and worker.killed:  # a cancel came after its last reply
+                self._workers.discard(worker)
+                reaping = asyncio.get_running_loop().create_task(worker.reap())
+                self._tasks.add(reaping)
+                reaping.add_done_callback(self._tasks.discard)
+                worker = None
             if worker is not None:
                 self._idle.append(worker)
                 if self._idle_timeout is not None:
@@ -774,7 +781,8 @@ class ProcessWorkers:
                 blamed = died.blamed
         if calls and not blamed:
             item, task, _ = calls[0]
-            if not (worker.killed and worker.batch_size > 1 and _plain_unfinished(item)):
+            stopped_here = worker.killed and worker.process.returncode in _OUR_SIGNALS
+            if not (stopped_here and worker.batch_size > 1 and _plain_unfinished(item)):
                 calls.popleft()
                 self._report(item, False, worker.crash_error(task.name))
             # Else the worker was stopped here to end another run of its batch (a cancel):

@@ -258,12 +258,7 @@ class TaskRunner(abc.ABC):
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        ctx = contextvars.copy_context()
-        if ctx == sched.last_context:  # unchanged since the last submit: share that snapshot
-            ctx = sched.last_context
-        else:
-            sched.last_context = ctx
-        return Future(sched, t, params, deps, allow_only, ctx, policy)
+        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
 
     def map(
         self,
@@ -572,7 +567,9 @@ class ProcessPoolTaskRunner(TaskRunner):
     Functions, arguments, results and exceptions travel as cloudpickle bytes, so lambdas,
     closures and functions defined in ``__main__`` work. Each worker runs one body at a time:
     a worker that dies fails only the run it was running (``WorkerCrashedError``) and is
-    replaced; a timeout or cancel kills the worker (and its children) and replaces it.
+    replaced; a timeout or cancel kills the worker (and its children) and replaces it. Cheap
+    calls without a policy may go to a worker in batches: cancelling one of those then stops
+    its worker too, and the call it was running, if another, starts again on a fresh worker.
     ``initializer(*initargs)`` runs once in each worker before its first task. A worker exits
     after ``max_tasks_per_worker`` calls, or after ``idle_timeout`` seconds without work; a
     new one starts when needed. ``worker_env``: None (workers inherit this environment), a

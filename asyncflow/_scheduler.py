@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import sys
 import threading
@@ -64,10 +63,11 @@ assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 
 class Backend(Protocol):
     """Where sync task bodies run. It knows nothing of graphs or futures' meaning: for each work
-    item (a run's future, or an attempt of a driven run) it calls ``call_sync(item)`` inside
-    ``item._ctx`` somewhere, and reports ``scheduler.on_outcome(item, ok, value)`` on the
-    scheduler's loop. Items whose ``_status`` is final when their turn comes are dropped (still
-    reported, so their slot is accounted for).
+    item (a run's future, or an attempt of a driven run) it calls ``call_sync(item)`` inside a
+    copy of ``item._ctx`` (the runs of one map share one snapshot) somewhere, and reports
+    ``scheduler.on_outcome(item, ok, value)`` on the scheduler's loop. Items whose ``_status``
+    is final when their turn comes are dropped (still reported, so their slot is accounted
+    for).
 
     When it hands an item to a worker it calls ``scheduler.mark_running(item, worker)``, naming
     the worker (``"process <pid>"``) if it knows it then; otherwise, while
@@ -175,9 +175,6 @@ class Scheduler:
         self._idle: asyncio.Event | None = None
         self._starts: deque[Future[Any]] = deque()  # coroutine runs waiting for their task
         self._starting = False  # a _start_some call is scheduled
-        # The context snapshot of the last submit: runs submitted in an unchanged context share
-        # it (one object, not one per waiting run); each run starts in a copy of its own.
-        self.last_context: contextvars.Context | None = None
         # The runner's event hub while it has subscribers, else None: every emission point
         # checks only this attribute (the hub switches it from any thread).
         self.events: EventHub | None = None

@@ -688,8 +688,8 @@ async def aset_and_read(value: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("body", [set_and_read, aset_and_read], ids=["thread", "coroutine"])
 def test_runs_submitted_in_one_context_never_see_each_others_changes(body: Any) -> None:
-    # Runs submitted one after another in an unchanged context may share one snapshot of it:
-    # each still runs in a copy of its own, so what one body sets the next does not see.
+    # The runs of one map share one snapshot of the context: each still runs in a copy of its
+    # own, so what one body sets the next does not see.
     token = where.set("submitter")
     try:
         with ThreadPoolTaskRunner(max_workers=1) as runner:
