@@ -22,7 +22,9 @@ the setup) and written to the pipe together, when the batch ends, when the buffe
 keep the replies before it): one write and one wake-up of the parent per batch, not per call.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
 the parent still gets every reply before the call that killed it. The ledger holds a 4-byte
-count of the bytes in use (written after the reply itself), then the held replies, each a
+count of the bytes in use (written after the reply itself), 256 skip marks (the parent sets
+mark i to cancel call i of a batch of several before it starts: it is answered ``skipped``
+instead of run), then the held replies, each a
 4-byte length, the batch number and the call's index in its batch (4 bytes each), the kind
 byte and the data; the parent ignores those of another batch and those it
 already got from the pipe. Body kinds:
@@ -32,7 +34,8 @@ already got from the pipe. Body kinds:
   at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
   None, type name, message, traceback text))``, ``("ser", (direction, message))``,
-  ``("crash", (type name, message, traceback text))`` (the worker then exits), or
+  ``("crash", (type name, message, traceback text))`` (the worker then exits),
+  ``("skipped", None)`` (a call cancelled before it started), or
   ``("unbatch", message)``: the arguments of a batch of several calls would not load here, none
   of them ran (the parent sends them again one by one, to say which one is at fault).
 """
@@ -52,6 +55,8 @@ from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
 _USED = struct.Struct("<I")  # the ledger's count of bytes in use
+_SKIPS = 4  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
+_START = _SKIPS + 256  # offset of the held replies (a batch has at most 256 calls)
 _HELD = struct.Struct("<III")  # a held reply: its size (from the kind byte on), batch, index
 _FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
 
@@ -90,7 +95,7 @@ class _Replies:
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
         self.held = 0  # replies held
-        self.used = _USED.size  # ledger bytes in use, count included
+        self.used = _START  # ledger bytes in use, up to the end of the last reply held
         self.since = 0.0  # when the first reply held now was held
         self.lock = threading.Lock()  # the ledger's state: this thread and the flusher
         self.due = threading.Condition(self.lock)
@@ -143,9 +148,9 @@ class _Replies:
         if not self.held or ledger is None:
             return
         with memoryview(ledger) as view:
-            _send(self.fd, b"h", view[_USED.size : self.used])
-        _USED.pack_into(ledger, 0, _USED.size)  # (replies the pipe got are not taken twice)
-        self.used = _USED.size
+            _send(self.fd, b"h", view[_START : self.used])
+        _USED.pack_into(ledger, 0, _START)  # (replies the pipe got are not taken twice)
+        self.used = _START
         self.held = 0
 
     def _flush_when_due(self) -> None:
@@ -162,6 +167,10 @@ class _Replies:
                         self.due.wait(left)
                     else:
                         self._flush()
+
+    def skipped(self, index: int) -> bool:
+        """Whether the parent cancelled call ``index`` of this batch before it started."""
+        return self.ledger is not None and self.ledger[_SKIPS + index] != 0
 
     def stop(self) -> None:
         self.flush()
@@ -287,7 +296,13 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
         reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
         _write(replies, reply)
         return True
-    for (args, kwargs), (run_number, attempt) in zip(calls, contexts, strict=True):
+    several = len(contexts) > 1
+    for index, ((args, kwargs), (run_number, attempt)) in enumerate(
+        zip(calls, contexts, strict=True)
+    ):
+        if several and replies.skipped(index):
+            _write(replies, ("skipped", None))
+            continue
         asyncflow_run_context = (name, run_number, attempt, tags, key)
         if not _call(fn, args, kwargs, is_async, replies, cloudpickle):
             return False

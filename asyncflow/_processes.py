@@ -32,7 +32,7 @@ import anyio
 import cloudpickle
 from anyio.abc import Process
 
-from ._futures import COMPLETED, PENDING, RUNNING, Future
+from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error
 from ._logging import TASK_RUNS, handle_remote_record
 from .exceptions import (
     RemoteError,
@@ -50,6 +50,8 @@ __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
 _USED = struct.Struct("<I")  # the reply ledger's count of bytes in use (see _process_worker)
+_SKIPS = 4  # offset of the ledger's skip marks, one byte per call of a batch
+_START = _SKIPS + 256  # offset of the held replies
 _HELD = struct.Struct("<III")  # a reply held in the ledger: its size, batch number, index
 _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
@@ -58,6 +60,7 @@ _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 256  # items sent to a worker in one message when the queue is deep
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
+assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
@@ -177,6 +180,7 @@ class _Worker:
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
+        self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
@@ -232,6 +236,21 @@ class _Worker:
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _Died from None
 
+    def take(self, calls: deque[Any], may_hold: bool) -> int | None:
+        """The worker is sent the batch ``calls``: its skip marks cleared, and, if it
+        ``may_hold`` the replies (no one watches each call start), the batch's number."""
+        self.holding = -1
+        self.batch_size = len(calls)
+        if len(calls) <= 1 or self.ledger is None:
+            return None
+        self.ledger[_SKIPS : _SKIPS + len(calls)] = bytes(len(calls))
+        self.unanswered = calls
+        if not may_hold:
+            return None
+        self.batches += 1
+        self.holding = self.batches
+        return self.holding
+
     def held(self, answered: int) -> list[bytes]:
         """After it died: the replies of its batch it held and did not write out, from the
         ``answered``-th on (those before came through the pipe)."""
@@ -239,7 +258,7 @@ class _Worker:
         if ledger is None or self.holding < 0:
             return []
         (used,) = _USED.unpack_from(ledger, 0)
-        return _held_replies(ledger, _USED.size, min(used, len(ledger)), self.holding, answered)
+        return _held_replies(ledger, _START, min(used, len(ledger)), self.holding, answered)
 
     def alive(self) -> bool:
         """Whether the process is still running, checked now: an exited worker is seen even
@@ -386,6 +405,8 @@ def _decode(
             text = f"its function cannot be loaded in the worker ({message})"
             direction = "arguments"
         return False, SerializationError(f"task {task_name!r}: {text}", direction)
+    if kind == "skipped":  # cancelled before it started: the outcome is dropped
+        return False, cancelled_error(task_name)
     type_name, message, text = payload  # "crash": SystemExit / KeyboardInterrupt in the body
     crash = TaskCrashedError(f"task {task_name!r} crashed: its body raised {type_name}: {message}")
     crash.__cause__ = RemoteTraceback(text)
@@ -457,12 +478,27 @@ class ProcessWorkers:
         self._sched.loop.call_soon(self._pump)
 
     def interrupt(self, item: Any) -> bool:
-        """Stop ``item``'s body now by killing its worker. True: it will not run on."""
+        """Stop ``item``'s body now by killing its worker. True: it will not run on.
+
+        A call of a batch that has not started yet is marked to be skipped instead (if its
+        worker reaches it at that very moment, it runs to its end and its outcome is dropped),
+        and one whose body returned already is left alone: its worker serves on."""
         if item not in self._busy:
             return True  # queued: it will be dropped when its turn comes
         worker = self._busy[item]
-        if worker is not None:
-            worker.kill()
+        if worker is None:
+            return True  # its worker is starting: it is left out of the message
+        calls = worker.unanswered
+        if worker.batch_size > 1 and calls is not None and worker.ledger is not None:
+            index = next((i for i, call in enumerate(calls) if call[0] is item), None)
+            answered = worker.batch_size - len(calls)
+            running = answered + len(worker.held(answered))
+            if index is None or answered + index < running:
+                return True  # its body returned: its reply is on its way, and dropped
+            if answered + index > running:
+                worker.ledger[_SKIPS + answered + index] = 1
+                return True
+        worker.kill()
         return True
 
     def abandon(self) -> None:
@@ -596,13 +632,7 @@ class ProcessWorkers:
                     if not calls:
                         return
             self._mark_running(worker, calls)
-            worker.holding = -1
-            worker.batch_size = len(calls)
-            if len(calls) > 1 and worker.ledger is not None and self._sched.events is None:
-                # No one watches each call start: the worker may hold the replies.
-                worker.batches += 1
-                worker.holding = worker.batches
-            await worker.send((*message, None if worker.holding < 0 else worker.holding))
+            await worker.send((*message, worker.take(calls, self._sched.events is None)))
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
@@ -624,6 +654,7 @@ class ProcessWorkers:
                 reaping.add_done_callback(self._tasks.discard)
                 worker = None
             if worker is not None:
+                worker.unanswered = None
                 self._idle.append(worker)
                 if self._idle_timeout is not None:
                     worker.idle_since = time.monotonic()

@@ -568,8 +568,8 @@ class ProcessPoolTaskRunner(TaskRunner):
     closures and functions defined in ``__main__`` work. Each worker runs one body at a time:
     a worker that dies fails only the run it was running (``WorkerCrashedError``) and is
     replaced; a timeout or cancel kills the worker (and its children) and replaces it. Cheap
-    calls without a policy may go to a worker in batches: cancelling one of those then stops
-    its worker too, and the call it was running, if another, starts again on a fresh worker.
+    calls without a policy may go to a worker in batches: cancelling one of those that has not
+    started marks it to be skipped, and the worker serves on.
     ``initializer(*initargs)`` runs once in each worker before its first task. A worker exits
     after ``max_tasks_per_worker`` calls, or after ``idle_timeout`` seconds without work; a
     new one starts when needed. ``worker_env``: None (workers inherit this environment), a

@@ -1103,9 +1103,44 @@ def gated_at(i: int, hub: Address, stop: int) -> int:
     return i
 
 
-def test_cancelling_a_run_of_a_batch_under_way_fails_no_other_run(hub: Hub) -> None:
-    # The batch's worker is stopped to cancel one of its runs: the run the worker was running
-    # then did nothing wrong. It runs again on a fresh worker; no run is blamed for a crash.
+def gated_at_noting(i: int, hub: Address, stop: int, path: str) -> tuple[int, int]:
+    with Path(path).open("a") as notes:
+        notes.write(f"{i}\n")
+    return gated_at(i, hub, stop), os.getpid()
+
+
+def test_cancelling_a_run_of_a_batch_that_has_not_started_skips_it(
+    hub: Hub, tmp_path: Path
+) -> None:
+    # Run 30 waits in the batch its worker is running (run 10 is under way): cancelling it
+    # marks it to be skipped. The worker is not stopped, and no other run is touched.
+    notes = tmp_path / "ran"
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        params = {"hub": hub.address, "stop": -1, "path": str(notes)}
+        assert runner.submit(gated_at_noting, {"i": 0, **params}).result(TIMEOUT)[0] == 0
+        futures = runner.map(
+            gated_at_noting,
+            {
+                "i": range(1, 100),
+                **{k: unmapped(v) for k, v in params.items()},
+                "stop": unmapped(10),
+            },
+        )
+        (label,) = hub.arrivals(1)  # run 10 is running, in a batch with runs after it
+        assert futures[29].cancel()  # run 30: in the same batch, not started
+        hub.release(label)
+        futures.wait(TIMEOUT)
+    assert futures[29].cancelled()
+    others = [f.result() for f in futures[:29] + futures[30:]]
+    assert [i for i, _ in others] == [i for i in range(1, 100) if i != 30]
+    assert len({pid for _, pid in others}) == 1, "the worker was stopped and replaced"
+    ran = [int(line) for line in notes.read_text().split()]
+    assert 30 not in ran
+    assert sorted(ran) == [i for i in range(100) if i != 30]  # each of the others once
+    assert runner.statistics().failed == 0
+
+
+def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
         assert (
             runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
@@ -1113,17 +1148,12 @@ def test_cancelling_a_run_of_a_batch_under_way_fails_no_other_run(hub: Hub) -> N
         futures = runner.map(
             gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
         )
-        (first,) = hub.arrivals(1)  # run 10 is running, in a batch with runs after it
-        assert futures[29].cancel()  # run 30: in the same batch, not started
-        (again,) = hub.arrivals(1)  # run 10 once more, on a fresh worker
-        assert first.startswith("run10-in-")
-        assert again.startswith("run10-in-")
-        assert again != first
-        hub.release(again)
+        hub.arrivals(1)  # run 10 is running, in a batch with runs after it
+        assert futures[9].cancel()  # its worker is stopped; the rest of the batch goes on
         futures.wait(TIMEOUT)
-    assert futures[29].cancelled()
-    others = futures[:29] + futures[30:]
-    assert [f.result() for f in others] == [i for i in range(1, 100) if i != 30]
+    assert futures[9].cancelled()
+    others = futures[:9] + futures[10:]
+    assert [f.result() for f in others] == [i for i in range(1, 100) if i != 10]
     assert runner.statistics().failed == 0
 
 
