@@ -22,9 +22,10 @@ the setup) and written to the pipe together, when the batch ends, when the buffe
 keep the replies before it): one write and one wake-up of the parent per batch, not per call.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
 the parent still gets every reply before the call that killed it. The ledger holds a 4-byte
-count of the bytes in use (written after the reply itself), 256 skip marks (the parent sets
-mark i to cancel call i of a batch of several before it starts: it is answered ``skipped``
-instead of run), then the held replies, each a
+count of the bytes in use (written after the reply itself), the 4-byte index of the call of a
+batch of several starting or running (written before its skip mark is read), 256 skip marks
+(the parent sets mark i to cancel call i before it starts: it is answered ``skipped`` instead
+of run), then the held replies, each a
 4-byte length, the batch number and the call's index in its batch (4 bytes each), the kind
 byte and the data; the parent ignores those of another batch and those it
 already got from the pipe. Body kinds:
@@ -55,7 +56,8 @@ from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
 _USED = struct.Struct("<I")  # the ledger's count of bytes in use
-_SKIPS = 4  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
+_AT = 4  # offset of the ledger's u32: the index in its batch of the call starting or running
+_SKIPS = 8  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
 _START = _SKIPS + 256  # offset of the held replies (a batch has at most 256 calls)
 _HELD = struct.Struct("<III")  # a held reply: its size (from the kind byte on), batch, index
 _FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
@@ -168,9 +170,15 @@ class _Replies:
                     else:
                         self._flush()
 
-    def skipped(self, index: int) -> bool:
-        """Whether the parent cancelled call ``index`` of this batch before it started."""
-        return self.ledger is not None and self.ledger[_SKIPS + index] != 0
+    def starting(self, index: int) -> bool:
+        """Call ``index`` of this batch starts, unless the parent cancelled it before (False).
+        The call's index is written first, then its mark read (the parent does the reverse:
+        one of the two sees the other's write)."""
+        ledger = self.ledger
+        if ledger is None:
+            return True
+        _USED.pack_into(ledger, _AT, index)
+        return ledger[_SKIPS + index] == 0
 
     def stop(self) -> None:
         self.flush()
@@ -300,7 +308,7 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
     for index, ((args, kwargs), (run_number, attempt)) in enumerate(
         zip(calls, contexts, strict=True)
     ):
-        if several and replies.skipped(index):
+        if several and not replies.starting(index):
             _write(replies, ("skipped", None))
             continue
         asyncflow_run_context = (name, run_number, attempt, tags, key)

@@ -50,7 +50,8 @@ __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
 _USED = struct.Struct("<I")  # the reply ledger's count of bytes in use (see _process_worker)
-_SKIPS = 4  # offset of the ledger's skip marks, one byte per call of a batch
+_AT = 4  # offset of the ledger's u32: the index of the call of the batch starting or running
+_SKIPS = 8  # offset of the ledger's skip marks, one byte per call of a batch
 _START = _SKIPS + 256  # offset of the held replies
 _HELD = struct.Struct("<III")  # a reply held in the ledger: its size, batch number, index
 _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
@@ -181,6 +182,7 @@ class _Worker:
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
         self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
+        self.skipped = 0  # calls it was told to skip (cancelled before they started)
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
@@ -243,13 +245,23 @@ class _Worker:
         self.batch_size = len(calls)
         if len(calls) <= 1 or self.ledger is None:
             return None
-        self.ledger[_SKIPS : _SKIPS + len(calls)] = bytes(len(calls))
+        self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
         self.unanswered = calls
         if not may_hold:
             return None
         self.batches += 1
         self.holding = self.batches
         return self.holding
+
+    def index_of(self, item: Any) -> int | None:
+        """The index of ``item``'s call in the batch of several calls this worker runs."""
+        calls = self.unanswered
+        if calls is None:
+            return None
+        for i, call in enumerate(calls):
+            if call[0] is item:
+                return self.batch_size - len(calls) + i
+        return None  # answered
 
     def held(self, answered: int) -> list[bytes]:
         """After it died: the replies of its batch it held and did not write out, from the
@@ -480,24 +492,27 @@ class ProcessWorkers:
     def interrupt(self, item: Any) -> bool:
         """Stop ``item``'s body now by killing its worker. True: it will not run on.
 
-        A call of a batch that has not started yet is marked to be skipped instead (if its
-        worker reaches it at that very moment, it runs to its end and its outcome is dropped),
-        and one whose body returned already is left alone: its worker serves on."""
+        In a batch of several calls, the worker says in its ledger which call it is on: one
+        before it returned already and is left alone (its reply is dropped), one after it is
+        marked to be skipped, and the worker serves on."""
         if item not in self._busy:
             return True  # queued: it will be dropped when its turn comes
         worker = self._busy[item]
-        if worker is None:
-            return True  # its worker is starting: it is left out of the message
-        calls = worker.unanswered
-        if worker.batch_size > 1 and calls is not None and worker.ledger is not None:
-            index = next((i for i, call in enumerate(calls) if call[0] is item), None)
-            answered = worker.batch_size - len(calls)
-            running = answered + len(worker.held(answered))
-            if index is None or answered + index < running:
+        if worker is None or worker.killed:
+            return True  # its worker is starting (it is left out of the message), or stopping
+        ledger = worker.ledger
+        if worker.unanswered is not None and ledger is not None:  # a batch of several
+            index = worker.index_of(item)
+            if index is None:
+                return True  # answered already
+            (at,) = _USED.unpack_from(ledger, _AT)
+            if index < at:
                 return True  # its body returned: its reply is on its way, and dropped
-            if answered + index > running:
-                worker.ledger[_SKIPS + answered + index] = 1
-                return True
+            if index > at:
+                ledger[_SKIPS + index] = 1
+                (at,) = _USED.unpack_from(ledger, _AT)  # read again: it may have reached it
+                if index != at:
+                    return True  # skipped when it gets there, or returned already
         worker.kill()
         return True
 
@@ -726,11 +741,13 @@ class ProcessWorkers:
         task = calls[0][1]
         clock = time.perf_counter()
         while calls:
+            skipped = worker.skipped
             answered = self._answer(worker, task, await worker.receive(), calls)
+            ran = answered - (worker.skipped - skipped)  # (a skipped call costs nothing)
             now = time.perf_counter()
-            if answered:
-                worker.calls += answered
-                self._cost[task] = (now - clock) / answered  # round trip included
+            if ran:
+                worker.calls += ran
+                self._cost[task] = (now - clock) / ran  # round trip included
             clock = now
 
     def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: deque[Any]) -> int:
@@ -789,7 +806,9 @@ class ProcessWorkers:
             return False
         ok, value = _decode(task.name, reply, *call[2])
         self._report(item, ok, value)
-        if reply[0] == "crash":
+        if reply[0] == "skipped":
+            worker.skipped += 1
+        elif reply[0] == "crash":
             raise _Died(blamed=True)  # the worker exits after a SystemExit in the body
         if calls:
             self._sched.worker_took(calls[0][0], worker.label)

@@ -1151,6 +1151,7 @@ def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> 
         hub.arrivals(1)  # run 10 is running, in a batch with runs after it
         assert futures[9].cancel()  # its worker is stopped; the rest of the batch goes on
         futures.wait(TIMEOUT)
+        assert all(f.done() for f in futures), "run 10 was not stopped: the batch is stuck"
     assert futures[9].cancelled()
     others = futures[:9] + futures[10:]
     assert [f.result() for f in others] == [i for i in range(1, 100) if i != 10]
