@@ -1140,6 +1140,39 @@ def test_cancelling_a_run_of_a_batch_that_has_not_started_skips_it(
     assert runner.statistics().failed == 0
 
 
+def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker may move on between the parent's look at the ledger and its kill: then the
+    # call it was running did nothing wrong. Forced here by a cancel that always kills.
+    def always_kill(self: ProcessWorkers, item: Any) -> bool:
+        worker = self._busy.get(item)
+        if worker is not None:
+            worker.kill()
+        return True
+
+    monkeypatch.setattr(ProcessWorkers, "interrupt", always_kill)
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        assert (
+            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
+        )
+        futures = runner.map(
+            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
+        )
+        (first,) = hub.arrivals(1)  # run 10 is running, in a batch with runs after it
+        assert futures[29].cancel()  # run 30: its worker is stopped (while it runs run 10)
+        (again,) = hub.arrivals(1)  # run 10 once more, on a fresh worker: not blamed
+        assert first.startswith("run10-in-")
+        assert again.startswith("run10-in-")
+        assert again != first
+        hub.release(again)
+        futures.wait(TIMEOUT)
+    assert futures[29].cancelled()
+    others = futures[:29] + futures[30:]
+    assert [f.result() for f in others] == [i for i in range(1, 100) if i != 30]
+    assert runner.statistics().failed == 0
+
+
 def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
         assert (
