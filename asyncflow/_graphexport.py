@@ -1,6 +1,6 @@
 """The task graph of recorded runs as Mermaid and Graphviz DOT text.
 
-Nodes are runs (label: the task name and the run id's first 8 hex digits, so two runs of one
+Nodes are runs (label: the task name and the run id's last 8 hex digits, so two runs of one
 task stay apart); edges go from each upstream run to the run that waited on it, as recorded on
 ``submitted`` events. An upstream run that is not in the events (a run of another runner, or one
 submitted before recording began) is drawn as an ``external`` node. Runs are styled by how they

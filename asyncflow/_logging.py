@@ -61,7 +61,7 @@ class TaskRunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().__init__(
             logging.getLogger(TASK_RUNS), {"task_name": task_name, "task_run_id": task_run_id}
         )
-        self._prefix = f"[{task_name} {task_run_id[:8]}] "
+        self._prefix = f"[{task_name} {task_run_id[-8:]}] "  # as _runlog.short_id
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}

@@ -91,8 +91,10 @@ _FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, 
 
 
 def short_id(run_id: uuid.UUID) -> str:
-    """The first 8 hex digits of a run id: enough to tell the runs of one session apart."""
-    return run_id.hex[:8]
+    """The last 8 hex digits of a run id: its run number in the process that made it, so
+    they tell the runs of one process apart (its first digits are the same for all of them).
+    """
+    return run_id.hex[-8:]
 
 
 def state_label(state: StateType) -> str:

@@ -180,3 +180,13 @@ def test_graphviz_reads_the_dot_text() -> None:
     assert f"{second} ({short_id(parent)}) [Failed]" in texts
     assert f"child ({short_id(child)}) [UpstreamFailed]" in texts
     assert done.stdout.count('class="edge"') == 1
+
+
+def test_the_short_ids_of_the_runs_of_one_process_differ() -> None:
+    from asyncflow import ThreadPoolTaskRunner
+
+    with ThreadPoolTaskRunner() as runner:
+        futures = [runner.submit(abs, {"x": -i}) for i in range(300)]
+        ids = [f.task_run_id for f in futures]
+    assert len({short_id(run_id) for run_id in ids}) == len(ids)
+    assert all(short_id(run_id) in run_id.hex for run_id in ids)  # a part of the id: greppable

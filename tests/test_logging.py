@@ -54,7 +54,7 @@ def run_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def check_record(record: logging.LogRecord, fut: Any, n: int) -> None:
     run_id = str(fut.task_run_id)
     assert record.levelno == logging.INFO
-    assert record.getMessage() == f"[{fut.task_name} {run_id[:8]}] working on {n}"
+    assert record.getMessage() == f"[{fut.task_name} {run_id[-8:]}] working on {n}"
     assert record.task_name == fut.task_name  # type: ignore[attr-defined]
     assert record.task_run_id == run_id  # type: ignore[attr-defined]
     assert record.item == n  # type: ignore[attr-defined]
