@@ -449,6 +449,7 @@ def _map_where_run_5_does_not_load(
     return futures
 
 
+@pytest.mark.usefixtures("batches")
 def test_an_argument_that_cannot_be_loaded_fails_only_its_own_run_among_many() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         futures = _map_where_run_5_does_not_load(runner)
@@ -1002,6 +1003,14 @@ def test_a_bad_worker_env_is_refused_naming_it(bad: Any, message: str) -> None:
         ProcessPoolTaskRunner(worker_env=bad)
 
 
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quick calls go in batches whatever this machine's timing: the time of a task's last call
+    (which decides) always counts as cheap, and a batch may take a whole queue."""
+    monkeypatch.setattr(asyncflow._processes, "_BATCH_COST", 1.0)
+    monkeypatch.setattr(asyncflow._processes, "_BATCH_TIME", 1000.0)
+
+
 # -- a batch, a worker's death and a cancel: only the run at fault is touched --------------------
 def exit_at(i: int, stop: int) -> int:
     if i == stop:
@@ -1009,6 +1018,7 @@ def exit_at(i: int, stop: int) -> int:
     return i
 
 
+@pytest.mark.usefixtures("batches")
 def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(exit_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0  # cheap: batched
@@ -1041,6 +1051,7 @@ def count_batch_replies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return held
 
 
+@pytest.mark.usefixtures("batches")
 def test_a_worker_dying_in_a_batch_blames_only_the_run_that_killed_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1064,6 +1075,7 @@ def big(i: int) -> str:
     return str(i) * 50_000
 
 
+@pytest.mark.usefixtures("batches")
 def test_replies_too_big_to_hold_arrive_whole_and_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     held = count_batch_replies(monkeypatch)
     with ProcessPoolTaskRunner(max_workers=1) as runner:
@@ -1077,6 +1089,7 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
+@pytest.mark.usefixtures("batches")
 def test_runs_waiting_on_a_batched_map_start_with_its_results(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1109,6 +1122,7 @@ def gated_at_noting(i: int, hub: Address, stop: int, path: str) -> tuple[int, in
     return gated_at(i, hub, stop), os.getpid()
 
 
+@pytest.mark.usefixtures("batches")
 def test_cancelling_a_run_of_a_batch_that_has_not_started_skips_it(
     hub: Hub, tmp_path: Path
 ) -> None:
@@ -1140,6 +1154,7 @@ def test_cancelling_a_run_of_a_batch_that_has_not_started_skips_it(
     assert runner.statistics().failed == 0
 
 
+@pytest.mark.usefixtures("batches")
 def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1173,6 +1188,7 @@ def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
     assert runner.statistics().failed == 0
 
 
+@pytest.mark.usefixtures("batches")
 def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
         assert (
@@ -1207,6 +1223,7 @@ def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
         ]
 
 
+@pytest.mark.usefixtures("batches")
 def test_replies_held_in_a_batch_arrive_while_a_later_call_of_it_runs_on(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
         assert (
@@ -1361,6 +1378,7 @@ def test_payloads_go_by_plain_pickle_only_when_cloudpickle_would_send_the_same()
     assert type(pickle.loads(data)).__name__ == "Local"  # by value: no __main__.Local needed
 
 
+@pytest.mark.usefixtures("batches")
 def test_runs_resent_one_by_one_after_a_batch_failed_to_load_start_once_each() -> None:
     # A batch whose arguments do not load in the worker never ran: its runs go again one by
     # one, and each says "started" once, when it really starts.
@@ -1376,6 +1394,7 @@ def test_runs_resent_one_by_one_after_a_batch_failed_to_load_start_once_each() -
     assert [i for i, f in enumerate(futures) if f.exception() is not None] == [5]
 
 
+@pytest.mark.usefixtures("batches")
 def test_a_subscriber_that_joins_while_a_batch_is_out_sees_each_run_start_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
