@@ -168,7 +168,10 @@ class _Replies:
                     if left > 0:
                         self.due.wait(left)
                     else:
-                        self._flush()
+                        try:
+                            self._flush()
+                        except OSError:  # the pipe is gone, and so is the parent: stop here
+                            return
 
     def starting(self, index: int) -> bool:
         """Call ``index`` of this batch starts, unless the parent cancelled it before (False).
