@@ -22,8 +22,9 @@ the setup) and written to the pipe together, when the batch ends, when the buffe
 keep the replies before it): one write and one wake-up of the parent per batch, not per call.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
 the parent still gets every reply before the call that killed it. The ledger holds a 4-byte
-count of the bytes in use (written after the reply itself), the 4-byte index of the call of a
-batch of several starting or running (written before its skip mark is read), 256 skip marks
+count of the bytes in use (written after the reply itself), the 4-byte position of the worker
+in a batch of several (0: no call started; ``2 * i + 1``: call i runs, written before its
+skip mark is read; ``2 * i + 2``: its body returned), 256 skip marks
 (the parent sets mark i to cancel call i before it starts: it is answered ``skipped`` instead
 of run), then the held replies, each a
 4-byte length, the batch number and the call's index in its batch (4 bytes each), the kind
@@ -102,6 +103,7 @@ class _Replies:
         self.lock = threading.Lock()  # the ledger's state: this thread and the flusher
         self.due = threading.Condition(self.lock)
         self.armed = False  # the flusher waits for a deadline (else for a first held reply)
+        self.running = -1  # the index of the call of a batch of several whose body runs
         if ledger_fd is not None:
             self.ledger = mmap.mmap(ledger_fd, 0)
             os.close(ledger_fd)
@@ -175,13 +177,20 @@ class _Replies:
 
     def starting(self, index: int) -> bool:
         """Call ``index`` of this batch starts, unless the parent cancelled it before (False).
-        The call's index is written first, then its mark read (the parent does the reverse:
-        one of the two sees the other's write)."""
+        Its position (``2 * index + 1``: running) is written first, then its mark read (the
+        parent does the reverse, and checks again a little later)."""
         ledger = self.ledger
         if ledger is None:
             return True
-        _USED.pack_into(ledger, _AT, index)
+        self.running = index
+        _USED.pack_into(ledger, _AT, 2 * index + 1)
         return ledger[_SKIPS + index] == 0
+
+    def returned(self) -> None:
+        """The body of the call running returned (or raised): ``2 * index + 2``."""
+        if self.ledger is not None and self.running >= 0:
+            _USED.pack_into(self.ledger, _AT, 2 * self.running + 2)
+            self.running = -1
 
     def stop(self) -> None:
         self.flush()
@@ -332,12 +341,14 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         else:
             result = fn(*args, **kwargs)
     except Exception as exc:
+        replies.returned()
         _write(replies, _exception_reply(exc, cloudpickle))
         return True
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
         return False
+    replies.returned()
     try:
         # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects of
         # classes made by cloudpickle here, lambdas...), which then goes by value.

@@ -50,7 +50,7 @@ __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
 _USED = struct.Struct("<I")  # the reply ledger's count of bytes in use (see _process_worker)
-_AT = 4  # offset of the ledger's u32: the index of the call of the batch starting or running
+_AT = 4  # offset of the ledger's u32: the worker's position in a batch (see _process_worker)
 _SKIPS = 8  # offset of the ledger's skip marks, one byte per call of a batch
 _START = _SKIPS + 256  # offset of the held replies
 _HELD = struct.Struct("<III")  # a reply held in the ledger: its size, batch number, index
@@ -61,6 +61,7 @@ _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 256  # items sent to a worker in one message when the queue is deep
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
+_RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
@@ -492,29 +493,48 @@ class ProcessWorkers:
     def interrupt(self, item: Any) -> bool:
         """Stop ``item``'s body now by killing its worker. True: it will not run on.
 
-        In a batch of several calls, the worker says in its ledger which call it is on: one
-        before it returned already and is left alone (its reply is dropped), one after it is
-        marked to be skipped, and the worker serves on."""
+        In a batch of several calls, the worker says in its ledger where it is: a call whose
+        body returned is left alone (its reply is dropped), one not started is marked to be
+        skipped (and the worker serves on); only the call whose body runs is stopped."""
         if item not in self._busy:
             return True  # queued: it will be dropped when its turn comes
         worker = self._busy[item]
-        if worker is None or worker.killed:
-            return True  # its worker is starting (it is left out of the message), or stopping
+        if worker is None or worker.process.returncode is not None:
+            return True  # its worker is starting (it is left out of the message), or is dead
         ledger = worker.ledger
         if worker.unanswered is not None and ledger is not None:  # a batch of several
             index = worker.index_of(item)
             if index is None:
                 return True  # answered already
-            (at,) = _USED.unpack_from(ledger, _AT)
-            if index < at:
-                return True  # its body returned: its reply is on its way, and dropped
-            if index > at:
-                ledger[_SKIPS + index] = 1
-                (at,) = _USED.unpack_from(ledger, _AT)  # read again: it may have reached it
-                if index != at:
-                    return True  # skipped when it gets there, or returned already
-        worker.kill()
+            if not self._runs(ledger, index, mark=True):
+                # Skipped when the worker gets there, or returned already. Look again soon:
+                # the worker may have read the mark before it was set.
+                loop = asyncio.get_running_loop()
+                loop.call_later(_RECHECK, self._interrupt_if_running, worker, item)
+                return True
+        if not worker.killed:
+            worker.kill()
         return True
+
+    @staticmethod
+    def _runs(ledger: mmap.mmap, index: int, mark: bool = False) -> bool:
+        """Whether the body of call ``index`` of the batch runs now (by the worker's position
+        in the ledger); with ``mark``, a call not started yet is first marked to be skipped."""
+        at: int = _USED.unpack_from(ledger, _AT)[0]
+        if at == 2 * index + 1:
+            return True
+        if not mark or at > 2 * index:
+            return False  # (returned already)
+        ledger[_SKIPS + index] = 1
+        at = _USED.unpack_from(ledger, _AT)[0]  # read again: it may have reached it meanwhile
+        return at == 2 * index + 1
+
+    def _interrupt_if_running(self, worker: _Worker, item: Any) -> None:
+        if worker.killed or worker.ledger is None or worker.process.returncode is not None:
+            return
+        index = worker.index_of(item)
+        if index is not None and self._runs(worker.ledger, index):
+            worker.kill()
 
     def abandon(self) -> None:
         for worker in list(self._workers):

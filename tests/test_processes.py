@@ -1188,6 +1188,83 @@ def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
     assert runner.statistics().failed == 0
 
 
+class SlowToSend:
+    """A result whose pickling, in the worker after its body returned, waits for the word."""
+
+    def __init__(self, i: int, hub: Address, gate: bool) -> None:
+        self.i, self.hub, self.gate = i, hub, gate
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.gate:
+            gated(self.hub, f"sending{self.i}")
+        return (int, (self.i,))
+
+
+def slow_to_send_at(i: int, hub: Address, stop: int) -> tuple[SlowToSend, int]:
+    return SlowToSend(i, hub, i == stop), os.getpid()
+
+
+@pytest.mark.usefixtures("batches")
+def test_cancelling_a_run_of_a_batch_whose_body_returned_leaves_its_worker_alone(
+    hub: Hub,
+) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        params = {"hub": hub.address, "stop": -1}
+        assert runner.submit(slow_to_send_at, {"i": 0, **params}).result(TIMEOUT)[0] == 0
+        futures = runner.map(
+            slow_to_send_at,
+            {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)},
+        )
+        (label,) = hub.arrivals(1)  # run 10's body returned; its result is being sent
+        assert futures[9].cancel()
+        hub.release(label)
+        futures.wait(TIMEOUT)
+    assert futures[9].cancelled()
+    others = [f.result() for f in futures[:9] + futures[10:]]
+    assert [i for i, _ in others] == [i for i in range(1, 100) if i != 10]
+    assert len({pid for _, pid in others}) == 1, "the worker was stopped and replaced"
+
+
+def killed_at(i: int, hub: Address, stop: int, path: str) -> int:
+    with Path(path).open("a") as notes:
+        notes.write(f"{i}\n")
+    if i == stop:
+        gated(hub, f"dying{i}")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_cancel_while_a_dead_worker_is_put_to_rest_does_not_clear_its_blame(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The worker died of a SIGKILL it was not sent by the runner; a cancel of another run of
+    # its batch arrives while the runner reaps it. The run that died is still blamed, once.
+    notes = tmp_path / "ran"
+    cancels: list[Any] = []
+    reap = asyncflow._processes._Worker.reap
+
+    async def reap_then_cancel(self: Any) -> None:
+        await reap(self)
+        while cancels:
+            cancels.pop().cancel()
+
+    monkeypatch.setattr(asyncflow._processes._Worker, "reap", reap_then_cancel)
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        params = {"hub": hub.address, "path": str(notes)}
+        assert runner.submit(killed_at, {"i": 0, "stop": -1, **params}).result(TIMEOUT) == 0
+        static = {k: unmapped(v) for k, v in params.items()}
+        futures = runner.map(killed_at, {"i": range(1, 100), "stop": unmapped(10), **static})
+        (label,) = hub.arrivals(1)  # run 10 is about to die
+        cancels.append(futures[29])
+        hub.release(label)
+        futures.wait(TIMEOUT)
+    assert not cancels, "the worker was not reaped"
+    assert isinstance(futures[9].exception(), WorkerCrashedError)
+    assert futures[29].cancelled()
+    assert [int(line) for line in notes.read_text().split()].count(10) == 1
+
+
 @pytest.mark.usefixtures("batches")
 def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
