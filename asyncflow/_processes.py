@@ -705,15 +705,10 @@ class ProcessWorkers:
         calls = []
         call_parts = self._sched.call_parts
         for item in batch:
-            params = item._params if type(item) is Future and item._deps is None else None
-            if params is not None:  # a run with no inputs to resolve: the common case
-                task = item._task
-                calls.append((item, task, task.spec.split(params)))
-                continue
             try:
                 task, params = call_parts(item)
                 calls.append((item, task, task.spec.split(params)))
-            except Exception as exc:  # cancelled meanwhile: dropped
+            except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
                 self._report(item, False, exc)
         return calls
 

@@ -345,8 +345,9 @@ class Scheduler:
         self._live.update(futures)
         self._submitted += len(futures)
         if futures[0]._task.is_async and not self.coroutines_in_backend:
-            for fut in futures:
-                self._start_soon(fut)
+            self._starts.extend(futures)
+            if not self._starting:
+                self._start_some_soon()
         else:
             self.backend.submit_many(futures)
 
@@ -459,8 +460,11 @@ class Scheduler:
         """Queue a plain coroutine run; its task is made by ``_start_some``, soon."""
         self._starts.append(fut)
         if not self._starting:
-            self._starting = True
-            self.loop.call_soon(self._start_some)
+            self._start_some_soon()
+
+    def _start_some_soon(self) -> None:
+        self._starting = True
+        self.loop.call_soon(self._start_some)
 
     def _start_some(self) -> None:
         """Make the tasks of queued coroutine runs, at most ``_START_BATCH`` per loop turn.
@@ -535,7 +539,7 @@ class Scheduler:
     def complete_many(self, futures: list[Future[Any]], values: list[Any]) -> None:
         """Backend hook: the bodies of plain runs (no policy) returned ``values``; the same as
         ``on_outcome(fut, True, value)`` for each, in one pass."""
-        if self.events is not None or any(fut._policy is not None for fut in futures):
+        if self.events is not None:
             for fut, value in zip(futures, values, strict=True):
                 self.on_outcome(fut, True, value)
             return
@@ -577,8 +581,7 @@ class Scheduler:
             if child._policy is None and child._task.is_async and not self.coroutines_in_backend:
                 self._starts.append(child)  # _start_soon, inlined: once per run
                 if not self._starting:
-                    self._starting = True
-                    self.loop.call_soon(self._start_some)
+                    self._start_some_soon()
             else:
                 self._start(child)
         if not live and self._idle is not None and not self._side:

@@ -24,6 +24,7 @@ from ._systems import (
     NO_DASK_RUNNER,
     dask_each,
     dask_system,
+    in_task_group,
     loop_run,
     loop_session,
     new_uvloop,
@@ -65,18 +66,12 @@ async def raw_asyncio(n: int = TASKS) -> float:
 
 
 async def anyio_group(n: int = TASKS) -> float:
-    import anyio
-
     results: list[int | None] = [None] * n
 
     async def one(i: int) -> None:
         results[i] = await echo(i)
 
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(n):
-            tg.start_soon(one, i)
-    seconds = time.perf_counter() - start
+    seconds = await in_task_group(one, n)
     check(results, n)
     return seconds
 

@@ -28,6 +28,7 @@ from ._report import Goal, Row
 from ._systems import (
     NO_DASK_RUNNER,
     dask_system,
+    in_task_group,
     loop_run,
     new_uvloop,
     prefect_each,
@@ -95,11 +96,7 @@ def _anyio(limit: int | None) -> Callable[[], Coroutine[Any, Any, float]]:
             async with limiter:
                 results[i] = await nap(i)
 
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for i in range(TASKS):
-                tg.start_soon(one, i)
-        seconds = time.perf_counter() - start
+        seconds = await in_task_group(one, TASKS)
         check(results, TASKS)
         return seconds
 

@@ -1116,6 +1116,15 @@ def gated_at(i: int, hub: Address, stop: int) -> int:
     return i
 
 
+def map_gated_at_run_10(runner: ProcessPoolTaskRunner, hub: Hub) -> Any:
+    """``gated_at`` mapped over runs 1 to 99, in batches (a first call shows the task is
+    cheap); run 10 waits for the word."""
+    assert runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
+    return runner.map(
+        gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
+    )
+
+
 def gated_at_noting(i: int, hub: Address, stop: int, path: str) -> tuple[int, int]:
     with Path(path).open("a") as notes:
         notes.write(f"{i}\n")
@@ -1168,12 +1177,7 @@ def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
 
     monkeypatch.setattr(ProcessWorkers, "interrupt", always_kill)
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
-        assert (
-            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
-        )
-        futures = runner.map(
-            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
-        )
+        futures = map_gated_at_run_10(runner, hub)
         (first,) = hub.arrivals(1)  # run 10 is running, in a batch with runs after it
         assert futures[29].cancel()  # run 30: its worker is stopped (while it runs run 10)
         (again,) = hub.arrivals(1)  # run 10 once more, on a fresh worker: not blamed
@@ -1268,12 +1272,7 @@ def test_a_cancel_while_a_dead_worker_is_put_to_rest_does_not_clear_its_blame(
 @pytest.mark.usefixtures("batches")
 def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
-        assert (
-            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
-        )
-        futures = runner.map(
-            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
-        )
+        futures = map_gated_at_run_10(runner, hub)
         hub.arrivals(1)  # run 10 is running, in a batch with runs after it
         assert futures[9].cancel()  # its worker is stopped; the rest of the batch goes on
         futures.wait(TIMEOUT)
@@ -1303,12 +1302,7 @@ def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
 @pytest.mark.usefixtures("batches")
 def test_replies_held_in_a_batch_arrive_while_a_later_call_of_it_runs_on(hub: Hub) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
-        assert (
-            runner.submit(gated_at, {"i": 0, "hub": hub.address, "stop": -1}).result(TIMEOUT) == 0
-        )
-        futures = runner.map(
-            gated_at, {"i": range(1, 100), "hub": unmapped(hub.address), "stop": unmapped(10)}
-        )
+        futures = map_gated_at_run_10(runner, hub)
         (label,) = hub.arrivals(1)  # run 10 runs on and on, in a batch with runs 1 to 9
         assert [f.result(TIMEOUT) for f in futures[:9]] == list(range(1, 10))
         assert futures[9].running()
