@@ -493,6 +493,16 @@ class Future(Generic[R]):
                     self._callback_failed(fn)
 
 
+class CountingCallback:
+    """A done-callback shared by many futures that can also be told of many Completed ones
+    at once (``complete_all`` does so: one call per batch, not one per future)."""
+
+    __slots__ = ()
+
+    def completed(self, count: int) -> None:
+        raise NotImplementedError
+
+
 def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[Future[Any]]:
     """Producer only: ``_set_final(COMPLETED, value)`` for each future and its value, with
     the lock taken once for all of them; their inputs are let go. Returns those made final
@@ -500,6 +510,7 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
     now = time.time()
     done = []
     woken = []
+    counted: dict[CountingCallback, int] = {}
     with _lock:
         for fut, value in zip(futures, values, strict=True):
             fut._params = fut._ctx = fut._deps = fut._allowed = fut._handle = None
@@ -511,11 +522,22 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
             done.append(fut)
             waiters = fut._waiters
             callbacks = fut._callbacks
-            if fut._event is not None or waiters is not None or callbacks is not None:
-                woken.append((fut, fut._event, waiters, callbacks))
+            event = fut._event
+            if event is not None or waiters is not None or callbacks is not None:
                 fut._waiters = fut._callbacks = None
+                if event is None and waiters is None and callbacks and len(callbacks) == 1:
+                    fn: object = callbacks[0]
+                    if isinstance(fn, CountingCallback):
+                        counted[fn] = counted.get(fn, 0) + 1
+                        continue
+                woken.append((fut, event, waiters, callbacks))
     for fut, event, waiters, callbacks in woken:
         fut._wake(event, waiters, callbacks)
+    for fn, count in counted.items():
+        try:
+            fn.completed(count)
+        except BaseException:  # noqa: PERF203 - even SystemExit: the loop must go on
+            logger.exception("a done-callback of %d futures raised", count)
     return done
 
 
@@ -585,6 +607,8 @@ class FutureList(list[Future[R]]):
         from ._waiting import wait_all_or_first_failure
 
         failed = wait_all_or_first_failure(self, timeout, raise_on_failure)
+        if failed is None and all(f._status == COMPLETED for f in self):  # the common case
+            return [f._value for f in self]
         if failed is not None:
             failed._outcome(True)  # raises the first failure seen, even if others still run
         if not all(f.done() for f in self):

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._annotations import allow_failure, quote, unmapped
 from ._futures import Future
+from ._params import ATOMIC
 from .exceptions import MappingLengthMismatch, MappingMissingIterable
 
 __all__ = ("expand",)
@@ -34,8 +35,10 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
     return None
 
 
-def expand(task_name: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-    """One parameters dict per child, in order. ``unmapped``/static values go to every child."""
+def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """One parameters dict per child, in order (``unmapped``/static values go to every
+    child), and whether every value is of a type that cannot hold a future (checked per
+    parameter, in C)."""
     sequences: dict[str, list[Any]] = {}
     static: dict[str, Any] = {}
     for name, value in parameters.items():
@@ -56,9 +59,12 @@ def expand(task_name: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         raise MappingLengthMismatch(
             f"map of task {task_name!r} got iterables of different lengths ({detail})"
         )
+    atomic = set(map(type, static.values())) <= ATOMIC and all(
+        set(map(type, seq)) <= ATOMIC for seq in sequences.values()
+    )
     if len(sequences) == 1:  # the common case, built without a dict per child to merge
         ((name, seq),) = sequences.items()
-        return [{**static, name: value} for value in seq]
+        return [{**static, name: value} for value in seq], atomic
     names = list(sequences)
     rows = zip(*sequences.values(), strict=True)
-    return [{**static, **dict(zip(names, values, strict=True))} for values in rows]
+    return [{**static, **dict(zip(names, values, strict=True))} for values in rows], atomic

@@ -17,21 +17,26 @@ In, each body is a pickle:
 Out, each body is one kind byte and its data, one reply per call, in order. A call sent alone
 has its reply written to the pipe as it ends. A batch sent with a batch number has its replies
 held in a buffer the parent shares (the reply ledger: a file in memory, its descriptor given in
-the setup) and written to the pipe together, when the batch ends, when the buffer is full or
+the setup) and written to the pipe together when the batch ends, when the buffer is full or
 ``_FLUSH_AFTER`` seconds after the first one was held (by a thread, so a long call does not
 keep the replies before it): one write and one wake-up of the parent per batch, not per call.
+When every reply of a batch is a result, they go as one pickle of the list of them (the
+parent loads them in one go); else as the held replies themselves.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
-the parent still gets every reply before the call that killed it. The ledger holds a 4-byte
-count of the bytes in use (written after the reply itself), the 4-byte position of the worker
-in a batch of several (0: no call started; ``2 * i + 1``: call i runs, written before its
-skip mark is read; ``2 * i + 2``: its body returned), 256 skip marks
-(the parent sets mark i to cancel call i before it starts: it is answered ``skipped`` instead
-of run), then the held replies, each a
-4-byte length, the batch number and the call's index in its batch (4 bytes each), the kind
-byte and the data; the parent ignores those of another batch and those it
-already got from the pipe. Body kinds:
+the parent still gets every reply before the call that killed it. The ledger holds, as 4-byte
+numbers: the count of the bytes in use (written after each reply held), the position of the
+worker in a batch of several (0: no call started; ``2 * i + 1``: call i runs, written before
+its skip mark is read; ``2 * i + 2``: its body returned), the index in its batch of the first
+reply held, and the batch's number; then 256 skip marks (the parent sets mark i to cancel call
+i before it starts: it is answered ``skipped`` instead of run), then the held replies, each a
+4-byte length, the kind byte and the data. The parent reads the ledger only after the worker
+died (or when the list of results does not load), and ignores replies of another batch and
+those it already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
-- ``h`` + replies held in the ledger, as they were there (after its count of bytes in use);
+- ``h`` + the index in its batch of the first reply held (4 bytes) and the replies held in
+  the ledger, as they were there;
+- ``r`` + a pickle of the list of the results of every call of the batch (they also stay in
+  the ledger until the next batch);
 - ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
   at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
@@ -56,11 +61,12 @@ import traceback
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
-_USED = struct.Struct("<I")  # the ledger's count of bytes in use
+_U32 = struct.Struct("<I")  # the ledger's numbers
 _AT = 4  # offset of the ledger's u32: the index in its batch of the call starting or running
-_SKIPS = 8  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
+_FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
+_BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
+_SKIPS = 16  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
 _START = _SKIPS + 256  # offset of the held replies (a batch has at most 256 calls)
-_HELD = struct.Struct("<III")  # a held reply: its size (from the kind byte on), batch, index
 _FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
 
 
@@ -97,8 +103,11 @@ class _Replies:
         self.ledger: mmap.mmap | None = None
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
-        self.held = 0  # replies held
+        self.held = 0  # replies held and not written out
         self.used = _START  # ledger bytes in use, up to the end of the last reply held
+        # The results of the batch, while every reply so far is a result held in the ledger
+        # (None once one is not): at its end they go out as one pickle.
+        self.results: list[Any] | None = None
         self.since = 0.0  # when the first reply held now was held
         self.lock = threading.Lock()  # the ledger's state: this thread and the flusher
         self.due = threading.Condition(self.lock)
@@ -110,8 +119,36 @@ class _Replies:
             threading.Thread(target=self._flush_when_due, daemon=True).start()
 
     def start(self, batch: int | None) -> None:
-        self.batch = batch if self.ledger is not None else None
+        ledger = self.ledger
         self.index = 0
+        if batch is None or ledger is None:
+            self.batch = self.results = None
+            return
+        with self.lock:
+            self.batch = batch
+            self.results = []
+            self.held = 0
+            self.used = _START
+            _U32.pack_into(ledger, 0, _START)  # the last batch's replies are gone
+            _U32.pack_into(ledger, _FIRST, 0)
+            _U32.pack_into(ledger, _BATCH, batch)
+
+    def result(self, value: Any, cloudpickle: Any) -> None:
+        """The reply of a call whose body returned ``value``."""
+        try:
+            # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects
+            # of classes made by cloudpickle here, lambdas...), which then goes by value.
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            try:
+                data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+                return
+            self.results = None  # not for plain pickle: the results cannot go as one
+        if self.results is not None:
+            self.results.append(value)
+        self.send(b"o", data)
 
     def send(self, kind: bytes, data: bytes) -> None:
         ledger = self.ledger
@@ -119,22 +156,26 @@ class _Replies:
             _send(self.fd, kind, data)
             return
         with self.lock:
-            end = self.used + _HELD.size + 1 + len(data)
+            index = self.index
+            self.index = index + 1
+            if kind != b"o":
+                self.results = None
+            end = self.used + 5 + len(data)
             if end > len(ledger):
                 self._flush()
-                end = self.used + _HELD.size + 1 + len(data)
+                end = self.used + 5 + len(data)
                 if end > len(ledger):  # too big to hold: straight to the pipe
+                    self.results = None
                     _send(self.fd, kind, data)
-                    self.index += 1
                     return
             start = self.used
-            _HELD.pack_into(ledger, start, len(data) + 1, self.batch, self.index)
-            start += _HELD.size
-            ledger[start] = kind[0]
-            ledger[start + 1 : end] = data
-            _USED.pack_into(ledger, 0, end)  # last: only whole replies count
+            if not self.held:
+                _U32.pack_into(ledger, _FIRST, index)
+            _U32.pack_into(ledger, start, len(data) + 1)
+            ledger[start + 4] = kind[0]
+            ledger[start + 5 : end] = data
+            _U32.pack_into(ledger, 0, end)  # last: only whole replies count
             self.used = end
-            self.index += 1
             self.held += 1
             if self.held == 1:
                 self.since = time.monotonic()
@@ -151,9 +192,10 @@ class _Replies:
         ledger = self.ledger
         if not self.held or ledger is None:
             return
+        self.results = None  # some replies go out before the end: so do the rest
         with memoryview(ledger) as view:
-            _send(self.fd, b"h", view[_START : self.used])
-        _USED.pack_into(ledger, 0, _START)  # (replies the pipe got are not taken twice)
+            _send(self.fd, b"h", view[_FIRST : _FIRST + 4].tobytes() + view[_START : self.used])
+        _U32.pack_into(ledger, 0, _START)  # (replies the pipe got are not taken twice)
         self.used = _START
         self.held = 0
 
@@ -183,18 +225,32 @@ class _Replies:
         if ledger is None:
             return True
         self.running = index
-        _USED.pack_into(ledger, _AT, 2 * index + 1)
+        _U32.pack_into(ledger, _AT, 2 * index + 1)
         return ledger[_SKIPS + index] == 0
 
     def returned(self) -> None:
         """The body of the call running returned (or raised): ``2 * index + 2``."""
         if self.ledger is not None and self.running >= 0:
-            _USED.pack_into(self.ledger, _AT, 2 * self.running + 2)
+            _U32.pack_into(self.ledger, _AT, 2 * self.running + 2)
             self.running = -1
 
     def stop(self) -> None:
-        self.flush()
-        self.batch = None
+        """The batch ended: its replies go out. When every one is a result held here, they
+        go as one pickle of the list of them (``r``), and stay in the ledger until the next
+        batch (the parent reads them there if it cannot load the list)."""
+        with self.lock:
+            results = self.results
+            if results is not None and self.held and self.held == self.index:
+                try:
+                    data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # (each went alone): they go as held
+                    self._flush()
+                else:
+                    _send(self.fd, b"r", data)
+                    self.held = 0  # out: the flusher has nothing to do
+            else:
+                self._flush()
+            self.batch = self.results = None
 
 
 def _write(replies: _Replies, message: Any) -> None:
@@ -349,17 +405,7 @@ def _call(  # noqa: PLR0917 - a private helper of this script
         _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
         return False
     replies.returned()
-    try:
-        # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects of
-        # classes made by cloudpickle here, lambdas...), which then goes by value.
-        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        try:
-            data = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            _write(replies, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
-            return True
-    replies.send(b"o", data)
+    replies.result(result, cloudpickle)
     return True
 
 

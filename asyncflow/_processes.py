@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copyreg
 import io
+import itertools
 import logging
 import mmap
 import os
@@ -49,11 +50,12 @@ if TYPE_CHECKING:
 __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
-_USED = struct.Struct("<I")  # the reply ledger's count of bytes in use (see _process_worker)
-_AT = 4  # offset of the ledger's u32: the worker's position in a batch (see _process_worker)
-_SKIPS = 8  # offset of the ledger's skip marks, one byte per call of a batch
+_U32 = struct.Struct("<I")  # the reply ledger's numbers (its layout: see _process_worker)
+_AT = 4  # offset of the ledger's u32: the worker's position in a batch
+_FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
+_BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
+_SKIPS = 16  # offset of the ledger's skip marks, one byte per call of a batch
 _START = _SKIPS + 256  # offset of the held replies
-_HELD = struct.Struct("<III")  # a reply held in the ledger: its size, batch number, index
 _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
@@ -67,6 +69,7 @@ _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
+_RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 
 
 def _dumps(obj: Any) -> bytes:
@@ -155,19 +158,12 @@ def _ledger() -> tuple[int, mmap.mmap] | None:
         return None
 
 
-def _held_replies(data: Any, start: int, end: int, batch: int = -1, first: int = 0) -> list[bytes]:
-    """The replies held in ``data[start:end]`` (as in the ledger), each its kind and data.
-    With ``batch``: only those of that batch, from index ``first`` on, in an unbroken run."""
+def _held_replies(data: Any, start: int, end: int) -> list[bytes]:
+    """The replies held in ``data[start:end]`` (as in the ledger), each its kind and data."""
     replies: list[bytes] = []
     while start < end:
-        size, number, index = _HELD.unpack_from(data, start)
-        start += _HELD.size
-        if batch >= 0:
-            if number != batch or index < first:
-                start += size
-                continue
-            if index != first + len(replies):
-                break
+        (size,) = _U32.unpack_from(data, start)
+        start += 4
         replies.append(bytes(data[start : start + size]))
         start += size
     return replies
@@ -225,8 +221,8 @@ class _Worker:
                 if end - start < _HEADER.size + size:
                     break
                 start += _HEADER.size
-                if buffer[start] == _HELD_KIND:
-                    frames += _held_replies(buffer, start + 1, start + size)
+                if buffer[start] == _HELD_KIND:  # (then the index of the first: in order)
+                    frames += _held_replies(buffer, start + 5, start + size)
                 else:
                     frames.append(bytes(buffer[start : start + size]))
                 start += size
@@ -270,8 +266,10 @@ class _Worker:
         ledger = self.ledger
         if ledger is None or self.holding < 0:
             return []
-        (used,) = _USED.unpack_from(ledger, 0)
-        return _held_replies(ledger, _START, min(used, len(ledger)), self.holding, answered)
+        used, _, first, batch = struct.unpack_from("<4I", ledger, 0)
+        if batch != self.holding or first > answered:
+            return []
+        return _held_replies(ledger, _START, min(used, len(ledger)))[answered - first :]
 
     def alive(self) -> bool:
         """Whether the process is still running, checked now: an exited worker is seen even
@@ -496,9 +494,12 @@ class ProcessWorkers:
         In a batch of several calls, the worker says in its ledger where it is: a call whose
         body returned is left alone (its reply is dropped), one not started is marked to be
         skipped (and the worker serves on); only the call whose body runs is stopped."""
-        if item not in self._busy:
-            return True  # queued: it will be dropped when its turn comes
-        worker = self._busy[item]
+        if item in self._busy:  # sent alone
+            worker = self._busy[item]
+        else:
+            worker = self._worker_of(item)
+            if worker is None:
+                return True  # queued (it will be dropped when its turn comes), or answered
         if worker is None or worker.process.returncode is not None:
             return True  # its worker is starting (it is left out of the message), or is dead
         ledger = worker.ledger
@@ -516,17 +517,23 @@ class ProcessWorkers:
             worker.kill()
         return True
 
+    def _worker_of(self, item: Any) -> _Worker | None:
+        """The worker running the batch of several calls that ``item`` is in, unanswered.
+        (Such calls are not in ``_busy``: one entry per call costs a map more than the
+        search costs a cancel.)"""
+        return next((w for w in self._workers if w.index_of(item) is not None), None)
+
     @staticmethod
     def _runs(ledger: mmap.mmap, index: int, mark: bool = False) -> bool:
         """Whether the body of call ``index`` of the batch runs now (by the worker's position
         in the ledger); with ``mark``, a call not started yet is first marked to be skipped."""
-        at: int = _USED.unpack_from(ledger, _AT)[0]
+        at: int = _U32.unpack_from(ledger, _AT)[0]
         if at == 2 * index + 1:
             return True
         if not mark or at > 2 * index:
             return False  # (returned already)
         ledger[_SKIPS + index] = 1
-        at = _USED.unpack_from(ledger, _AT)[0]  # read again: it may have reached it meanwhile
+        at = _U32.unpack_from(ledger, _AT)[0]  # read again: it may have reached it meanwhile
         return at == 2 * index + 1
 
     def _interrupt_if_running(self, worker: _Worker, item: Any) -> None:
@@ -560,8 +567,8 @@ class ProcessWorkers:
             if not batch:
                 return
             self._active += 1
-            for item in batch:
-                self._busy[item] = None
+            if len(batch) == 1:  # (the calls of a batch of several: see interrupt)
+                self._busy[batch[0]] = None
             run = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(run)
             run.add_done_callback(self._tasks.discard)
@@ -587,10 +594,14 @@ class ProcessWorkers:
         # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
         # one reply per batch, so bigger batches cost less per call.
         size = min(_BATCH_MAX, len(ready) // self._max, int(_BATCH_TIME / max(cost, 1e-6)))
-        while len(batch) < size and ready and _plain(ready[0]) and ready[0]._task is task:
-            item = ready.popleft()
+        append = batch.append
+        while len(batch) < size and ready:
+            item = ready[0]
+            if type(item) is not Future or item._policy is not None or item._task is not task:
+                break
+            ready.popleft()
             if item._status < COMPLETED:
-                batch.append(item)
+                append(item)
         return batch
 
     async def _spawn(self, task_name: str) -> _Worker:
@@ -680,8 +691,8 @@ class ProcessWorkers:
             for item, *_ in calls:
                 self._report(item, False, exc)
         finally:
-            for item in batch:
-                self._busy.pop(item, None)
+            if len(batch) == 1:
+                self._busy.pop(batch[0], None)
             if worker is not None and worker.killed:  # a cancel came after its last reply
                 self._workers.discard(worker)
                 reaping = asyncio.get_running_loop().create_task(worker.reap())
@@ -702,13 +713,20 @@ class ProcessWorkers:
     def _calls(self, batch: list[Any]) -> list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]]:
         """Each item of ``batch`` with its task and the arguments of its call. One cancelled
         meanwhile is reported (and dropped)."""
-        calls = []
+        calls: list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = []
+        append = calls.append
         call_parts = self._sched.call_parts
+        first = batch[0]
+        split = first._task.spec.split if type(first) is Future else None
         for item in batch:
+            if split is not None and item._deps is None and item._params is not None:
+                # The common case: a plain run (a batch holds runs of one task).
+                append((item, item._task, split(item._params)))
+                continue
             try:
                 task, params = call_parts(item)
-                calls.append((item, task, task.spec.split(params)))
-            except Exception as exc:  # noqa: PERF203 - cancelled meanwhile: dropped
+                append((item, task, task.spec.split(params)))
+            except Exception as exc:  # cancelled meanwhile: dropped
                 self._report(item, False, exc)
         return calls
 
@@ -719,12 +737,13 @@ class ProcessWorkers:
         another: each call after the first is reported started (to event subscribers) when the
         reply of the call before it arrives.
         """
-        busy = self._busy
         mark_running = self._sched.mark_running
         label: str | None = worker.label
         now = time.time()
-        for item, *_ in calls:
-            busy[item] = worker
+        if len(calls) == 1:
+            self._busy[calls[0][0]] = worker
+        for call in calls:
+            item = call[0]
             if type(item) is Future and label is None:
                 item._status = RUNNING  # mark_running's work, inlined for the rest of a batch
                 item._timestamp = now
@@ -776,6 +795,32 @@ class ProcessWorkers:
             kind = frame[0]
             if kind == _LOG:
                 handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
+                continue
+            if kind == _RESULTS:  # the results of the rest of the batch
+                try:
+                    results = pickle.loads(frame[1:])  # our own pipe from our own worker
+                except Exception as exc:  # each is still in the ledger: each says why
+                    if items:
+                        sched.complete_many(items, values)
+                    held = worker.held(worker.batch_size - len(calls))
+                    if len(held) == len(calls):
+                        return answered + self._answer(worker, task, held, calls)
+                    error = _unloaded_result(task.name, exc)  # pragma: no cover - (idle)
+                    answered += len(calls)  # pragma: no cover
+                    while calls:  # pragma: no cover
+                        self._report(calls.popleft()[0], False, error)
+                    return answered  # pragma: no cover
+                # A batch of several holds plain runs only: they end together (those
+                # cancelled meanwhile are left as they are).
+                n = len(results)
+                items += [call[0] for call in itertools.islice(calls, n)]
+                values += results
+                if n == len(calls):
+                    calls.clear()
+                else:
+                    for _ in range(n):
+                        calls.popleft()
+                answered += n
                 continue
             call = calls.popleft()
             answered += 1

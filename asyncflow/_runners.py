@@ -284,7 +284,7 @@ class TaskRunner(abc.ABC):
                 f"parameters of task {t.name!r} must be a dict of name -> value, "
                 f"not {type(parameters).__name__}"
             )
-        children = expand(t.name, dict(parameters))
+        children, atomic = expand(t.name, dict(parameters))
         waits = None if wait_for is None else list(wait_for)
         spec = t.spec
         if children and spec.varpos is None:
@@ -293,15 +293,15 @@ class TaskRunner(abc.ABC):
         else:
             for p in children:
                 spec.check(p, t.name)
-        runs = None
-        if waits is None and limit is None and not (t.driven or sched.any_policy):
-            runs = _plain_runs(sched, t, children)
-        if runs is None:
+        if atomic and waits is None and limit is None and not (t.driven or sched.any_policy):
+            # No value can hold a future, and there is no policy: no inputs to look for.
+            ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
+            runs = [Future(sched, t, p, None, None, ctx, None) for p in children]
+            sched.submit_many(runs, plain=True)  # one hand-over, registered as one
+        else:
             make = self._make
             runs = [make(sched, t, p, waits, None, limit) for p in children]
             sched.submit_many(runs)  # one hand-over to the loop for the whole map
-        else:
-            sched.submit_many(runs, plain=True)  # ... and registered as one
         return FutureList(runs)
 
     def cancel_all(self) -> None:
@@ -443,23 +443,6 @@ class TaskRunner(abc.ABC):
             loop_thread.run(_call(self._keep_stats, sched)).result()
         except RuntimeError:  # the loop is gone: keep what was last seen
             pass
-
-
-def _plain_runs(
-    sched: Scheduler, t: Task[..., Any], children: list[dict[str, Any]]
-) -> list[Future[Any]] | None:
-    """The runs of a map whose every value is of a type that cannot hold a future (and whose
-    task has no policy): no inputs to look for, built as they are. None if a value needs the
-    search for futures."""
-    runs: list[Future[Any]] = []
-    append = runs.append
-    ctx = contextvars.copy_context()  # one snapshot for all (each run copies it as it starts)
-    for p in children:
-        for value in p.values():
-            if type(value) not in ATOMIC:
-                return None
-        append(Future(sched, t, p, None, None, ctx, None))
-    return runs
 
 
 async def _call(fn: Callable[..., None], *args: Any) -> None:

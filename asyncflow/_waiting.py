@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import queue
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from typing import Any, NamedTuple
 
 from ._context import current_future
-from ._futures import COMPLETED, Future, Lending, add_done_callback_to_all
+from ._futures import COMPLETED, CountingCallback, Future, Lending, add_done_callback_to_all
 
 __all__ = (
     "DoneAndNotDone",
@@ -29,6 +30,10 @@ class DoneAndNotDone(NamedTuple):
 
 
 def _unique(futures: Iterable[Any]) -> list[Future[Any]]:
+    futures = list(futures)
+    # The common case, checked in C: futures only, each once (a map's list).
+    if set(map(type, futures)) <= {Future} and len(set(map(id, futures))) == len(futures):
+        return futures
     seen: dict[int, Future[Any]] = {}
     for f in futures:
         if not isinstance(f, Future):
@@ -43,22 +48,22 @@ def _check_timeout(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _check_blocking_allowed(pending: Iterable[Future[Any]]) -> None:
+def _check_blocking_allowed(pending: list[Future[Any]]) -> None:
     me = threading.get_ident()
+    for sched in set(map(_scheduler_of, pending)):  # (a list has few: checked in C)
+        if sched.thread_id == me:
+            f = next(f for f in pending if f._scheduler is sched)
+            raise RuntimeError(
+                f"cannot block on unfinished futures (task {f._task.name!r} among them) "
+                "from the runner's own event loop thread (it would deadlock): use the async "
+                "form (`await future_list`, wait_async, as_completed_async)"
+            )
     current = current_future.get()
-    checked: set[int] = set()  # scheduler thread ids already compared (a list has few)
-    for f in pending:
-        thread_id = f._scheduler.thread_id
-        if thread_id not in checked:
-            if thread_id == me:
-                raise RuntimeError(
-                    f"cannot block on unfinished futures (task {f._task.name!r} among them) "
-                    "from the runner's own event loop thread (it would deadlock): use the async "
-                    "form (`await future_list`, wait_async, as_completed_async)"
-                )
-            checked.add(thread_id)
-        if f is current:
-            f._check_not_self()
+    if current is not None and current in pending:
+        current._check_not_self()
+
+
+_scheduler_of = operator.attrgetter("_scheduler")
 
 
 def _get(
@@ -130,7 +135,7 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
     return DoneAndNotDone(done, {f for f in unique if f not in done})
 
 
-class _AllDone:
+class _AllDone(CountingCallback):
     """One done-callback shared by many futures. It signals once: when the last one is final,
     or, with ``stop_on_failure``, when one ends other than Completed. A waiter on a whole list
     is woken once, not once per future (per-future wake-ups make a big map's wait cost a
@@ -158,8 +163,21 @@ class _AllDone:
             self.fired = True
         self._signal()
 
+    def completed(self, count: int) -> None:
+        """``count`` of the futures ended Completed (one call for a batch of them)."""
+        with self._lock:
+            if self.fired:
+                return
+            self._left -= count
+            if self._left > 0:
+                return
+            self.fired = True
+        self._signal()
+
     def detach(self, pending: list[Future[Any]]) -> None:
         """A wait that ended early must not leave its callback behind."""
+        if self.fired and self.failed is None:
+            return  # every one is final: none holds it any more
         for f in pending:
             if f._status < COMPLETED:
                 f.remove_done_callback(self)

@@ -12,6 +12,7 @@ import contextlib
 import copyreg
 import functools
 import json
+import operator
 import os
 import pickle
 import re
@@ -481,6 +482,38 @@ def test_a_result_that_cannot_be_loaded_here_fails_the_run_and_the_worker_serves
         assert "task 'give_load_fails'" in str(err)
         assert "this object refuses to load" in str(err)
         assert runner.submit(pid).result(TIMEOUT) == before
+
+
+class DividesByZeroWhenLoaded:
+    """Pickles with plain pickle anywhere (as a call of ``operator.truediv``), which raises
+    when it is loaded."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int]]:
+        return (operator.truediv, (1, 0))
+
+
+def load_fails_at(i: int, stop: int) -> object:
+    return DividesByZeroWhenLoaded() if i == stop else i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_result_of_a_batch_that_cannot_be_loaded_here_fails_only_its_own_run() -> None:
+    # The results of a batch come as one list; when that list does not load, each result is
+    # read again from the worker's ledger, so only the run at fault fails.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(load_fails_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0
+        # A first map warms the worker up (a batch slower than 20 ms goes out in parts).
+        assert runner.map(load_fails_at, {"i": range(60), "stop": unmapped(-1)}).result(TIMEOUT)
+        futures = runner.map(load_fails_at, {"i": range(1, 60), "stop": unmapped(30)})
+        futures.wait(TIMEOUT)
+        failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+        assert failed == [30], f"runs {failed} failed; only run 30's result does not load"
+        err = futures[29].exception()
+        assert isinstance(err, SerializationError)
+        assert err.direction == "result"
+        assert "division by zero" in str(err)
+        assert [f.result() for f in futures[30:]] == list(range(31, 60))
+        assert runner.submit(load_fails_at, {"i": 7, "stop": -1}).result(TIMEOUT) == 7
 
 
 # -- row 5: an exception that cannot be unpickled -----------------------------------------------
@@ -1170,7 +1203,7 @@ def test_a_worker_stopped_for_another_run_of_its_batch_requeues_the_run_it_ran(
     # The worker may move on between the parent's look at the ledger and its kill: then the
     # call it was running did nothing wrong. Forced here by a cancel that always kills.
     def always_kill(self: ProcessWorkers, item: Any) -> bool:
-        worker = self._busy.get(item)
+        worker = self._worker_of(item)
         if worker is not None:
             worker.kill()
         return True
