@@ -9,8 +9,9 @@ In, each body is a pickle:
   once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
   [(run_number, attempt), ...], batch_number)``, ``args_bytes`` a cloudpickle of the list of
-  ``(args, kwargs)``, one per call, the list what ``get_run_context()`` says in the body (it
-  makes the run's UUID from ``run_number``, as the parent's future does), and ``batch_number``
+  ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``), the list
+  what ``get_run_context()`` says in the body (it makes the run's UUID from ``run_number``, as
+  the parent's future does; the run number alone for a first attempt), and ``batch_number``
   None for replies written as each call ends, else the number under which they are held;
 - ``"bye"``: exit. End of input without it means the parent died: exit and kill this worker's
   process group.
@@ -56,12 +57,12 @@ import signal
 import struct
 import sys
 import threading
-import time
 import traceback
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
 _U32 = struct.Struct("<I")  # the ledger's numbers
+_RECORD = struct.Struct("<IB")  # a reply held in the ledger: its size (from the kind on), kind
 _AT = 4  # offset of the ledger's u32: the index in its batch of the call starting or running
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
@@ -94,27 +95,32 @@ def _send(fd: int, kind: bytes, data: bytes | memoryview) -> None:
 
 class _Replies:
     """Where the replies of calls go: straight to the pipe, or held in the ledger during a
-    batch sent with a number (see the module's docstring). A thread of its own writes held
-    replies out once the first has waited ``_FLUSH_AFTER`` seconds, even while a long call
-    runs."""
+    batch sent with a number (see the module's docstring). A thread of its own writes the held
+    replies not yet out every ``_FLUSH_AFTER`` seconds while a batch runs, so a long call does
+    not keep the replies before it.
+
+    Only this thread appends to the ledger, without a lock: a reply is written, then the count
+    of bytes in use, then ``mark`` (that count and the index of the next reply, one object, so
+    the flusher reads both at once). The lock keeps the flusher and the rare moves of this
+    thread that send held replies (the end of a batch, a full ledger) apart."""
 
     def __init__(self, fd: int, ledger_fd: int | None) -> None:
         self.fd = fd
         self.ledger: mmap.mmap | None = None
+        self.size = 0  # of the ledger
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
-        self.held = 0  # replies held and not written out
         self.used = _START  # ledger bytes in use, up to the end of the last reply held
-        # The results of the batch, while every reply so far is a result held in the ledger
-        # (None once one is not): at its end they go out as one pickle.
+        self.mark = (_START, 0)  # (used, index of the next reply), as one object
+        self.sent = (_START, 0)  # the same, up to where the held replies went out
+        # The results of the batch, while every reply is a result held in the ledger and none
+        # went out (None once one did not): at its end they go out as one pickle.
         self.results: list[Any] | None = None
-        self.since = 0.0  # when the first reply held now was held
-        self.lock = threading.Lock()  # the ledger's state: this thread and the flusher
+        self.lock = threading.Lock()
         self.due = threading.Condition(self.lock)
-        self.armed = False  # the flusher waits for a deadline (else for a first held reply)
-        self.running = -1  # the index of the call of a batch of several whose body runs
         if ledger_fd is not None:
             self.ledger = mmap.mmap(ledger_fd, 0)
+            self.size = len(self.ledger)
             os.close(ledger_fd)
             threading.Thread(target=self._flush_when_due, daemon=True).start()
 
@@ -125,13 +131,14 @@ class _Replies:
             self.batch = self.results = None
             return
         with self.lock:
-            self.batch = batch
             self.results = []
-            self.held = 0
             self.used = _START
+            self.mark = self.sent = (_START, 0)
             _U32.pack_into(ledger, 0, _START)  # the last batch's replies are gone
             _U32.pack_into(ledger, _FIRST, 0)
             _U32.pack_into(ledger, _BATCH, batch)
+            self.batch = batch
+            self.due.notify()  # the flusher's clock starts
 
     def result(self, value: Any, cloudpickle: Any) -> None:
         """The reply of a call whose body returned ``value``."""
@@ -146,8 +153,9 @@ class _Replies:
                 _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
                 return
             self.results = None  # not for plain pickle: the results cannot go as one
-        if self.results is not None:
-            self.results.append(value)
+        results = self.results
+        if results is not None:
+            results.append(value)
         self.send(b"o", data)
 
     def send(self, kind: bytes, data: bytes) -> None:
@@ -155,84 +163,58 @@ class _Replies:
         if self.batch is None or ledger is None:
             _send(self.fd, kind, data)
             return
-        with self.lock:
-            index = self.index
-            self.index = index + 1
-            if kind != b"o":
-                self.results = None
-            end = self.used + 5 + len(data)
-            if end > len(ledger):
-                self._flush()
-                end = self.used + 5 + len(data)
-                if end > len(ledger):  # too big to hold: straight to the pipe
+        index = self.index
+        self.index = index + 1
+        if kind != b"o":
+            self.results = None
+        start = self.used
+        end = start + 5 + len(data)
+        if end > self.size:
+            with self.lock:
+                self._flush()  # the ledger starts again, from this reply
+                _U32.pack_into(ledger, 0, _START)
+                _U32.pack_into(ledger, _FIRST, index)  # before the count makes it count
+                self.used = start = _START
+                self.mark = self.sent = (_START, index)
+                end = start + 5 + len(data)
+                if end > self.size:  # too big to hold: straight to the pipe
                     self.results = None
                     _send(self.fd, kind, data)
+                    _U32.pack_into(ledger, _FIRST, index + 1)
+                    self.mark = self.sent = (_START, index + 1)
                     return
-            start = self.used
-            if not self.held:
-                _U32.pack_into(ledger, _FIRST, index)
-            _U32.pack_into(ledger, start, len(data) + 1)
-            ledger[start + 4] = kind[0]
-            ledger[start + 5 : end] = data
-            _U32.pack_into(ledger, 0, end)  # last: only whole replies count
-            self.used = end
-            self.held += 1
-            if self.held == 1:
-                self.since = time.monotonic()
-                if not self.armed:
-                    self.armed = True
-                    self.due.notify()
-
-    def flush(self) -> None:
-        with self.lock:
-            self._flush()
+        _RECORD.pack_into(ledger, start, len(data) + 1, kind[0])
+        ledger[start + 5 : end] = data
+        _U32.pack_into(ledger, 0, end)  # last: only whole replies count
+        self.used = end
+        self.mark = (end, index + 1)
 
     def _flush(self) -> None:
-        """Write the held replies to the pipe (one message), then empty the ledger."""
+        """Write the held replies not out yet to the pipe (one message). Under the lock."""
         ledger = self.ledger
-        if not self.held or ledger is None:
+        sent, first = self.sent
+        mark = self.mark
+        if ledger is None or self.batch is None or mark[0] == sent:
             return
         self.results = None  # some replies go out before the end: so do the rest
         with memoryview(ledger) as view:
-            _send(self.fd, b"h", view[_FIRST : _FIRST + 4].tobytes() + view[_START : self.used])
-        _U32.pack_into(ledger, 0, _START)  # (replies the pipe got are not taken twice)
-        self.used = _START
-        self.held = 0
+            _send(self.fd, b"h", _U32.pack(first) + view[sent : mark[0]])
+        self.sent = mark
 
     def _flush_when_due(self) -> None:
-        """The flusher: wakes at most once per ``_FLUSH_AFTER`` while replies are held."""
+        """The flusher: while a batch runs, sends what is held every ``_FLUSH_AFTER``."""
         with self.lock:
             while True:
-                if not self.armed:
+                if self.batch is None:
                     self.due.wait()
-                elif not self.held:
-                    self.armed = False  # idle until a reply is held again
-                else:
-                    left = self.since + _FLUSH_AFTER - time.monotonic()
-                    if left > 0:
-                        self.due.wait(left)
-                    else:
-                        try:
-                            self._flush()
-                        except OSError:  # the pipe is gone, and so is the parent: stop here
-                            return
-
-    def starting(self, index: int) -> bool:
-        """Call ``index`` of this batch starts, unless the parent cancelled it before (False).
-        Its position (``2 * index + 1``: running) is written first, then its mark read (the
-        parent does the reverse, and checks again a little later)."""
-        ledger = self.ledger
-        if ledger is None:
-            return True
-        self.running = index
-        _U32.pack_into(ledger, _AT, 2 * index + 1)
-        return ledger[_SKIPS + index] == 0
-
-    def returned(self) -> None:
-        """The body of the call running returned (or raised): ``2 * index + 2``."""
-        if self.ledger is not None and self.running >= 0:
-            _U32.pack_into(self.ledger, _AT, 2 * self.running + 2)
-            self.running = -1
+                    continue
+                batch = self.batch
+                self.due.wait(_FLUSH_AFTER)
+                if self.batch == batch:  # (else it ended, and its replies went out)
+                    try:
+                        self._flush()
+                    except OSError:  # the pipe is gone, and so is the parent: stop here
+                        return
 
     def stop(self) -> None:
         """The batch ended: its replies go out. When every one is a result held here, they
@@ -240,14 +222,14 @@ class _Replies:
         batch (the parent reads them there if it cannot load the list)."""
         with self.lock:
             results = self.results
-            if results is not None and self.held and self.held == self.index:
+            if self.batch is not None and results is not None and len(results) == self.index:
                 try:
                     data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception:  # (each went alone): they go as held
                     self._flush()
                 else:
                     _send(self.fd, b"r", data)
-                    self.held = 0  # out: the flusher has nothing to do
+                    self.sent = self.mark
             else:
                 self._flush()
             self.batch = self.results = None
@@ -351,7 +333,7 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
     is_async: bool,
     ident: tuple[str, frozenset[str], str],
     blob: bytes,
-    contexts: list[tuple[int, int]],
+    contexts: list[int | tuple[int, int]],
     replies: _Replies,
 ) -> bool:
     """Run the calls of one message and send their replies; False if this worker must exit."""
@@ -372,40 +354,43 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
         reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
         _write(replies, reply)
         return True
-    several = len(contexts) > 1
-    for index, ((args, kwargs), (run_number, attempt)) in enumerate(
-        zip(calls, contexts, strict=True)
-    ):
-        if several and not replies.starting(index):
-            _write(replies, ("skipped", None))
-            continue
-        asyncflow_run_context = (name, run_number, attempt, tags, key)
-        if not _call(fn, args, kwargs, is_async, replies, cloudpickle):
-            return False
-    return True
-
-
-def _call(  # noqa: PLR0917 - a private helper of this script
-    fn: Any, args: Any, kwargs: Any, is_async: bool, replies: _Replies, cloudpickle: Any
-) -> bool:
-    """Run one call and write its reply; False if this worker must exit."""
-    try:
-        if is_async:
-            import asyncio
-
-            result = asyncio.run(fn(*args, **kwargs))
+    # In a batch of several, the worker's position goes in the ledger (see the module's
+    # docstring): "call i runs" before its skip mark is read, "its body returned" after.
+    ledger = replies.ledger if len(contexts) > 1 else None
+    at = _U32.pack_into
+    result = replies.result
+    for index, (call, context) in enumerate(zip(calls, contexts, strict=True)):
+        if ledger is not None:
+            at(ledger, _AT, 2 * index + 1)
+            if ledger[_SKIPS + index]:
+                _write(replies, ("skipped", None))
+                continue
+        # A call is its keyword arguments alone, or (args, kwargs); its context the run
+        # number alone (a first attempt), or (run number, attempt).
+        if isinstance(context, int):
+            asyncflow_run_context = (name, context, 1, tags, key)
         else:
-            result = fn(*args, **kwargs)
-    except Exception as exc:
-        replies.returned()
-        _write(replies, _exception_reply(exc, cloudpickle))
-        return True
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
-        return False
-    replies.returned()
-    replies.result(result, cloudpickle)
+            asyncflow_run_context = (name, context[0], context[1], tags, key)
+        args, kwargs = ((), call) if type(call) is dict else call
+        try:
+            if is_async:
+                import asyncio
+
+                value = asyncio.run(fn(*args, **kwargs))
+            else:
+                value = fn(*args, **kwargs)
+        except Exception as exc:
+            if ledger is not None:
+                at(ledger, _AT, 2 * index + 2)
+            _write(replies, _exception_reply(exc, cloudpickle))
+            continue
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
+            return False
+        if ledger is not None:
+            at(ledger, _AT, 2 * index + 2)
+        result(value, cloudpickle)
     return True
 
 

@@ -928,13 +928,13 @@ class ProcessWorkers:
                 self._report(call[0], False, error)
             return None, []
         try:
-            blob = _dumps([call[2] for call in calls])
+            blob = _dumps(_arguments(calls))
         except Exception:
             calls, blob = self._pack_one_by_one(task, calls)
             if not calls:
                 return None, calls
         contexts = [
-            (c[0]._id, 1) if type(c[0]) is Future and type(c[0]._id) is int else _context_of(c[0])
+            c[0]._id if type(c[0]) is Future and type(c[0]._id) is int else _context_of(c[0])
             for c in calls
         ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
@@ -950,7 +950,7 @@ class ProcessWorkers:
                 self._report(item, False, _argument_error(task, args, kwargs, exc))
             else:
                 good.append(call)
-        return good, cloudpickle.dumps([call[2] for call in good])
+        return good, cloudpickle.dumps(_arguments(good))
 
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
@@ -967,6 +967,12 @@ class ProcessWorkers:
         retiring = asyncio.get_running_loop().create_task(worker.close())
         self._tasks.add(retiring)
         retiring.add_done_callback(self._tasks.discard)
+
+
+def _arguments(calls: list[Any]) -> list[Any]:
+    """What a worker is sent of each call: its keyword arguments alone when it has no
+    positional ones (the common case: smaller and faster to pickle), else ``(args, kwargs)``."""
+    return [kwargs if not args else (args, kwargs) for _, _, (args, kwargs) in calls]
 
 
 def _context_of(item: Any) -> tuple[int, int]:
