@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import secrets
 import sys
 import threading
@@ -155,6 +156,7 @@ class Future(Generic[R]):
         "_ctx",
         "_deps",
         "_event",
+        "_group",
         "_handle",
         "_id",
         "_params",
@@ -195,6 +197,7 @@ class Future(Generic[R]):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._event: threading.Event | None = None
         self._handle: Any = None
+        self._group: MapGroup | None = None  # set by map: the runs of one map, counted
         self._id: int | uuid.UUID = _RUN_ID_BASE | _next_run_number()
         self._policy = policy  # None on the plain path: no limits, retries, timeout, cache, hooks
 
@@ -464,6 +467,8 @@ class Future(Generic[R]):
             self._waiters = self._callbacks = None
         if event is not None or waiters is not None or callbacks is not None:
             self._wake(event, waiters, callbacks)
+        if self._group is not None:
+            self._group.ended(1, None if status == COMPLETED else self)
 
     def _wake(
         self,
@@ -499,8 +504,63 @@ class CountingCallback:
 
     __slots__ = ()
 
+    def __call__(self, f: Future[Any]) -> None:
+        raise NotImplementedError
+
     def completed(self, count: int) -> None:
         raise NotImplementedError
+
+
+class MapGroup:
+    """The runs of one ``map``, counted as they end: a wait on the whole list watches this one
+    object instead of putting a callback on each run (``FutureList`` knows its group)."""
+
+    __slots__ = ("_left", "_lock", "_watchers", "failed", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._left = size  # runs not final yet
+        self._lock = threading.Lock()
+        self._watchers: list[CountingCallback] = []
+        self.failed: Future[Any] | None = None  # the first run to end other than Completed
+
+    def ended(self, count: int, failed: Future[Any] | None) -> None:
+        """Producer side: ``count`` runs ended, Completed (``failed`` None) or not."""
+        with self._lock:
+            self._left -= count
+            if failed is not None and self.failed is None:
+                self.failed = failed
+            for watcher in self._watchers:
+                if failed is None:
+                    watcher.completed(count)
+                else:
+                    watcher(failed)
+
+    def watch(self, make: Callable[[int], CountingCallback]) -> CountingCallback | None:
+        """A watcher made by ``make(runs not final yet)``, told of each end from now on;
+        None if every run is final already."""
+        with self._lock:
+            if not self._left:
+                return None
+            watcher = make(self._left)
+            self._watchers.append(watcher)
+            return watcher
+
+    def unwatch(self, watcher: CountingCallback) -> None:
+        with self._lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+    def covers(self, futures: list[Future[Any]]) -> bool:
+        """Whether ``futures`` are this group's runs, each once (checked in C)."""
+        return (
+            len(futures) == self.size
+            and set(map(_group_of, futures)) == {self}
+            and len(set(map(id, futures))) == self.size
+        )
+
+
+_group_of = operator.attrgetter("_group")
 
 
 def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[Future[Any]]:
@@ -511,6 +571,9 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
     done = []
     woken = []
     counted: dict[CountingCallback, int] = {}
+    groups: dict[MapGroup, int] = {}
+    group = None
+    in_group = 0  # runs of ``group`` in a row
     with _lock:
         for fut, value in zip(futures, values, strict=True):
             fut._params = fut._ctx = fut._deps = fut._allowed = fut._handle = None
@@ -520,6 +583,13 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
             fut._timestamp = now
             fut._status = COMPLETED  # last, as in _set_final
             done.append(fut)
+            if fut._group is group:
+                in_group += 1
+            else:
+                if group is not None:
+                    groups[group] = groups.get(group, 0) + in_group
+                group = fut._group
+                in_group = 1
             waiters = fut._waiters
             callbacks = fut._callbacks
             event = fut._event
@@ -531,8 +601,12 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
                         counted[fn] = counted.get(fn, 0) + 1
                         continue
                 woken.append((fut, event, waiters, callbacks))
+        if group is not None:
+            groups[group] = groups.get(group, 0) + in_group
     for fut, event, waiters, callbacks in woken:
         fut._wake(event, waiters, callbacks)
+    for group, count in groups.items():
+        group.ended(count, None)
     for fn, count in counted.items():
         try:
             fn.completed(count)
@@ -596,17 +670,27 @@ _LOCKED_SLICE = 1024
 class FutureList(list[Future[R]]):
     """A list of futures (what ``map`` returns), with whole-list waiting."""
 
+    _group: MapGroup | None = None  # map's runs: while the list holds them all, it is watched
+
+    def _watched(self) -> MapGroup | None:
+        group = self._group
+        return group if group is not None and group.covers(self) else None
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until every future is final or ``timeout`` passed; never raises on timeout."""
-        from ._waiting import wait
+        from ._waiting import wait, wait_all_or_first_failure
 
-        wait(self, timeout=timeout)
+        group = self._watched()
+        if group is None:
+            wait(self, timeout=timeout)
+        else:
+            wait_all_or_first_failure(self, timeout, False, group)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         """All results in order. Fails fast on the first failure; ``timeout`` covers the call."""
         from ._waiting import wait_all_or_first_failure
 
-        failed = wait_all_or_first_failure(self, timeout, raise_on_failure)
+        failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._watched())
         if failed is None and all(f._status == COMPLETED for f in self):  # the common case
             return [f._value for f in self]
         if failed is not None:
@@ -624,4 +708,4 @@ class FutureList(list[Future[R]]):
     async def _gather(self) -> list[R]:
         from ._waiting import gather_fail_fast
 
-        return await gather_fail_fast(self)
+        return await gather_fail_fast(self, self._watched())

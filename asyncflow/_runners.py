@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ._cache import CacheStore
 from ._context import current_runner
 from ._events import EventHub, EventStream, Subscription, TaskEvent
-from ._futures import Future, FutureList
+from ._futures import Future, FutureList, MapGroup
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
 from ._loop import LoopThread
@@ -293,16 +293,21 @@ class TaskRunner(abc.ABC):
         else:
             for p in children:
                 spec.check(p, t.name)
-        if atomic and waits is None and limit is None and not (t.driven or sched.any_policy):
+        plain = atomic and waits is None and limit is None and not (t.driven or sched.any_policy)
+        if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
             ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
             runs = [Future(sched, t, p, None, None, ctx, None) for p in children]
-            sched.submit_many(runs, plain=True)  # one hand-over, registered as one
         else:
             make = self._make
             runs = [make(sched, t, p, waits, None, limit) for p in children]
-            sched.submit_many(runs)  # one hand-over to the loop for the whole map
-        return FutureList(runs)
+        group = MapGroup(len(runs))  # counts them as they end, for waits on the whole list
+        for run in runs:
+            run._group = group
+        sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
+        futures = FutureList(runs)
+        futures._group = group
+        return futures
 
     def cancel_all(self) -> None:
         """Cancel every run of this session that has not finished."""

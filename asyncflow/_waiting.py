@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import operator
 import queue
 import threading
@@ -12,7 +13,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from typing import Any, NamedTuple
 
 from ._context import current_future
-from ._futures import COMPLETED, CountingCallback, Future, Lending, add_done_callback_to_all
+from ._futures import (
+    COMPLETED,
+    CountingCallback,
+    Future,
+    Lending,
+    MapGroup,
+    add_done_callback_to_all,
+)
 
 __all__ = (
     "DoneAndNotDone",
@@ -195,26 +203,60 @@ def _unfinished(
     return None, [f for f in unique if f._status < COMPLETED]
 
 
+def _watch_all(
+    pending: list[Future[Any]],
+    stop_on_failure: bool,
+    signal: Callable[[], object],
+    group: MapGroup | None,
+) -> tuple[_AllDone, Callable[[], None]]:
+    """A waiter that ``signal``s once all of ``pending`` are final (or, with
+    ``stop_on_failure``, one failed), and how to take it off. With ``group`` (whose runs
+    ``pending`` are part of), the group is watched instead of each future."""
+    if group is None:
+        waiter = _AllDone(len(pending), stop_on_failure, signal)
+        add_done_callback_to_all(pending, waiter)
+        return waiter, functools.partial(waiter.detach, pending)
+    watched = group.watch(lambda left: _AllDone(left, stop_on_failure, signal))
+    if watched is None or (stop_on_failure and group.failed is not None):
+        # Every run ended, or one failed, since the list was looked at.
+        waiter = _AllDone(0, stop_on_failure, signal)
+        waiter.failed = group.failed if stop_on_failure else None
+        waiter.fired = True
+        signal()
+        if watched is not None:
+            group.unwatch(watched)
+        return waiter, _nothing
+    assert isinstance(watched, _AllDone)
+    return watched, functools.partial(group.unwatch, watched)
+
+
+def _nothing() -> None:
+    pass
+
+
 def _wait_all(
-    unique: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+    unique: list[Future[Any]],
+    timeout: float | None,
+    stop_on_failure: bool,
+    group: MapGroup | None = None,
 ) -> Future[Any] | None:
     """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
-    first future that failed as soon as it is final (None otherwise)."""
+    first future that failed as soon as it is final (None otherwise). ``group``: the map
+    whose runs ``unique`` are, all of them."""
     deadline = _check_timeout(timeout)
     failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
         return failed
     _check_blocking_allowed(pending)
     event = threading.Event()
-    waiter = _AllDone(len(pending), stop_on_failure, event.set)
-    add_done_callback_to_all(pending, waiter)
+    waiter, detach = _watch_all(pending, stop_on_failure, event.set, group)
     with _LentSlot(pending) as lent:
         try:
             finished = event.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
         finally:
             # Ended early (a timeout, a failure, an interrupt): leave no callback behind on the
             # futures still running.
-            waiter.detach(pending)
+            detach()
         lent.done = finished
     return waiter.failed
 
@@ -243,15 +285,24 @@ def _as_completed(unique: list[Future[Any]], timeout: float | None) -> Iterator[
 
 
 def wait_all_or_first_failure(
-    futures: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+    futures: list[Future[Any]],
+    timeout: float | None,
+    stop_on_failure: bool,
+    group: MapGroup | None = None,
 ) -> Future[Any] | None:
     """Block until all are final or the timeout passed; with ``stop_on_failure``, return the
-    first future seen to fail as soon as it is final (None otherwise)."""
+    first future seen to fail as soon as it is final (None otherwise). ``group``: the map
+    whose runs ``futures`` are, all of them, each once."""
+    if group is not None:
+        return _wait_all(list(futures), timeout, stop_on_failure, group)
     return _wait_all(_unique(futures), timeout, stop_on_failure)
 
 
 async def _wait_all_async(
-    unique: list[Future[Any]], timeout: float | None, stop_on_failure: bool
+    unique: list[Future[Any]],
+    timeout: float | None,
+    stop_on_failure: bool,
+    group: MapGroup | None = None,
 ) -> Future[Any] | None:
     """Async form of ``_wait_all``."""
     deadline = _check_timeout(timeout)
@@ -275,15 +326,14 @@ async def _wait_all_async(
                 loop.call_soon_threadsafe(wake)
 
     loop_thread = threading.get_ident()
-    waiter = _AllDone(len(pending), stop_on_failure, signal)
-    add_done_callback_to_all(pending, waiter)
+    waiter, detach = _watch_all(pending, stop_on_failure, signal, group)
     try:
         if deadline is None:
             await done
         else:
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
     finally:
-        waiter.detach(pending)  # those still running keep no callback of a finished wait
+        detach()  # those still running keep no callback of a finished wait
         done.cancel()
     return waiter.failed
 
@@ -371,9 +421,11 @@ async def _as_completed_async(
             yield f
 
 
-async def gather_fail_fast(futures: list[Future[Any]]) -> list[Any]:
-    """Await all futures; raise the first failure as soon as it happens."""
-    failed = await _wait_all_async(_unique(futures), None, stop_on_failure=True)
+async def gather_fail_fast(futures: list[Future[Any]], group: MapGroup | None = None) -> list[Any]:
+    """Await all futures; raise the first failure as soon as it happens. ``group``: the map
+    whose runs ``futures`` are, all of them, each once."""
+    unique = _unique(futures) if group is None else list(futures)
+    failed = await _wait_all_async(unique, None, stop_on_failure=True, group=group)
     if failed is not None:
         failed._outcome(True)
     return [f._outcome(True) for f in futures]

@@ -28,6 +28,7 @@ from asyncflow import (
     as_completed_async,
     resolve_futures_to_results,
     resolve_futures_to_states,
+    unmapped,
     wait,
     wait_async,
 )
@@ -420,6 +421,61 @@ async def test_await_future_list() -> None:
             assert not held.done()
             gate.set()
             assert await FutureList([held, runner.submit(double, {"x": 4})]) == [1, 8]
+
+
+def held_or_failing(i: int, started: threading.Event, gate: threading.Event) -> int:
+    if i == 0:
+        started.set()
+        assert gate.wait(TIMEOUT)
+    elif i == 1:
+        raise ValueError("run 1 failed")
+    return i
+
+
+def test_a_wait_on_a_whole_map_watches_the_map_and_leaves_nothing_behind(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    started, gate = threading.Event(), threading.Event()
+    futures = runner.map(
+        held_or_failing, {"i": range(4), "started": unmapped(started), "gate": unmapped(gate)}
+    )
+    group = futures._watched()
+    assert group is not None  # the map's own list: one watch on the map, not one per run
+    assert started.wait(TIMEOUT)
+    with pytest.raises(ValueError, match="run 1 failed"):
+        futures.result(timeout=TIMEOUT)  # fails fast: run 0 is still held
+    assert not futures[0].done()
+    futures.wait(SHORT)  # ends early: run 0 is held
+    assert not futures[0].done()
+    assert group._watchers == []  # neither wait left its watcher behind
+    gate.set()
+    futures.wait(TIMEOUT)
+    values = futures.result(timeout=TIMEOUT, raise_on_failure=False)
+    assert [values[0], values[2], values[3]] == [0, 2, 3]
+    assert isinstance(values[1], ValueError)
+    # A list that no longer holds the map's runs alone is waited on run by run.
+    futures[1] = runner.submit(double, {"x": 5})
+    assert futures._watched() is None
+    assert futures.result(timeout=TIMEOUT) == [0, 10, 2, 3]
+    assert FutureList([*futures, futures[0]])._watched() is None
+
+
+@pytest.mark.anyio
+async def test_await_a_whole_map_fails_fast() -> None:
+    started, gate = threading.Event(), threading.Event()
+    async with ThreadPoolTaskRunner() as runner:
+        with anyio.fail_after(TIMEOUT):
+            futures = runner.map(
+                held_or_failing,
+                {"i": range(4), "started": unmapped(started), "gate": unmapped(gate)},
+            )
+            assert futures._watched() is not None
+            with pytest.raises(ValueError, match="run 1 failed"):
+                await futures
+            assert not futures[0].done()
+            gate.set()
+            assert await runner.map(double, {"x": [1, 2, 3]}) == [2, 4, 6]
+            assert await futures[0] == 0
 
 
 # -- wait / as_completed ------------------------------------------------------------------------
