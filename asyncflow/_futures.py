@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import operator
 import secrets
 import sys
 import threading
@@ -551,17 +550,6 @@ class MapGroup:
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
 
-    def covers(self, futures: list[Future[Any]]) -> bool:
-        """Whether ``futures`` are this group's runs, each once (checked in C)."""
-        return (
-            len(futures) == self.size
-            and set(map(_group_of, futures)) == {self}
-            and len(set(map(id, futures))) == self.size
-        )
-
-
-_group_of = operator.attrgetter("_group")
-
 
 def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[Future[Any]]:
     """Producer only: ``_set_final(COMPLETED, value)`` for each future and its value, with
@@ -670,11 +658,16 @@ _LOCKED_SLICE = 1024
 class FutureList(list[Future[R]]):
     """A list of futures (what ``map`` returns), with whole-list waiting."""
 
-    _group: MapGroup | None = None  # map's runs: while the list holds them all, it is watched
+    # Set by map: its runs, counted as they end, and the list of them as it made it. While
+    # this list holds just them, in that order, a wait on it watches the group.
+    _group: MapGroup | None = None
+    _runs: list[Future[Any]] | None = None
 
     def _watched(self) -> MapGroup | None:
-        group = self._group
-        return group if group is not None and group.covers(self) else None
+        runs = self._runs
+        if runs is None or not list.__eq__(self, runs):  # (identity first, in C)
+            return None
+        return self._group
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every future is final or ``timeout`` passed; never raises on timeout."""

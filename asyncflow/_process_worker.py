@@ -28,7 +28,7 @@ the parent still gets every reply before the call that killed it. The ledger hol
 numbers: the count of the bytes in use (written after each reply held), the position of the
 worker in a batch of several (0: no call started; ``2 * i + 1``: call i runs, written before
 its skip mark is read; ``2 * i + 2``: its body returned), the index in its batch of the first
-reply held, and the batch's number; then 256 skip marks (the parent sets mark i to cancel call
+reply held, and the batch's number; then 1024 skip marks (the parent sets mark i to cancel call
 i before it starts: it is answered ``skipped`` instead of run), then the held replies, each a
 4-byte length, the kind byte and the data. The parent reads the ledger only after the worker
 died (or when the list of results does not load), and ignores replies of another batch and
@@ -67,7 +67,7 @@ _AT = 4  # offset of the ledger's u32: the index in its batch of the call starti
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
 _SKIPS = 16  # offset of the ledger's skip marks: byte i set, call i of the batch is cancelled
-_START = _SKIPS + 256  # offset of the held replies (a batch has at most 256 calls)
+_START = _SKIPS + 1024  # offset of the held replies (a batch has at most 1024 calls)
 _FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
 
 

@@ -55,13 +55,14 @@ _AT = 4  # offset of the ledger's u32: the worker's position in a batch
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
 _SKIPS = 16  # offset of the ledger's skip marks, one byte per call of a batch
-_START = _SKIPS + 256  # offset of the held replies
+_START = _SKIPS + 1024  # offset of the held replies
 _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
-_BATCH_MAX = 256  # items sent to a worker in one message when the queue is deep
+_BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
+_BATCH_MIN = 32  # calls a batch may take at least, if the queue holds them (and they are cheap)
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
@@ -69,6 +70,7 @@ _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
+_NO_ARGS: list[Any] = []  # the positional arguments of a call with none (read only)
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 
 
@@ -179,6 +181,7 @@ class _Worker:
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
         self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
+        self.items: list[Any] = []  # the runs of its batch, in order
         self.skipped = 0  # calls it was told to skip (cancelled before they started)
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
@@ -244,6 +247,7 @@ class _Worker:
             return None
         self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
         self.unanswered = calls
+        self.items = [call[0] for call in calls]
         if not may_hold:
             return None
         self.batches += 1
@@ -255,10 +259,11 @@ class _Worker:
         calls = self.unanswered
         if calls is None:
             return None
-        for i, call in enumerate(calls):
-            if call[0] is item:
-                return self.batch_size - len(calls) + i
-        return None  # answered
+        try:
+            index = self.items.index(item)  # (a search in C: futures compare by identity)
+        except ValueError:
+            return None
+        return index if index >= self.batch_size - len(calls) else None  # (else answered)
 
     def held(self, answered: int) -> list[bytes]:
         """After it died: the replies of its batch it held and did not write out, from the
@@ -593,7 +598,11 @@ class ProcessWorkers:
             return batch
         # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
         # one reply per batch, so bigger batches cost less per call.
-        size = min(_BATCH_MAX, len(ready) // self._max, int(_BATCH_TIME / max(cost, 1e-6)))
+        size = min(
+            _BATCH_MAX,
+            max(len(ready) // self._max, _BATCH_MIN),
+            int(_BATCH_TIME / max(cost, 1e-6)),
+        )
         append = batch.append
         while len(batch) < size and ready:
             item = ready[0]
@@ -701,6 +710,7 @@ class ProcessWorkers:
                 worker = None
             if worker is not None:
                 worker.unanswered = None
+                worker.items = []
                 self._idle.append(worker)
                 if self._idle_timeout is not None:
                     worker.idle_since = time.monotonic()
@@ -717,11 +727,13 @@ class ProcessWorkers:
         append = calls.append
         call_parts = self._sched.call_parts
         first = batch[0]
-        split = first._task.spec.split if type(first) is Future else None
+        spec = first._task.spec if type(first) is Future else None
+        split = None if spec is None else spec.split
+        simple = spec is not None and spec.simple  # keyword arguments only
         for item in batch:
-            if split is not None and item._deps is None and item._params is not None:
+            if split is not None and item._deps is None and (params := item._params) is not None:
                 # The common case: a plain run (a batch holds runs of one task).
-                append((item, item._task, split(item._params)))
+                append((item, item._task, (_NO_ARGS, params) if simple else split(params)))
                 continue
             try:
                 task, params = call_parts(item)
