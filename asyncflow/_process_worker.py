@@ -19,10 +19,11 @@ Out, each body is one kind byte and its data, one reply per call, in order. A ca
 has its reply written to the pipe as it ends. A batch sent with a batch number has its replies
 held in a buffer the parent shares (the reply ledger: a file in memory, its descriptor given in
 the setup) and written to the pipe together when the batch ends, when the buffer is full or
-``_FLUSH_AFTER`` seconds after the first one was held (by a thread, so a long call does not
-keep the replies before it): one write and one wake-up of the parent per batch, not per call.
-When every reply of a batch is a result, they go as one pickle of the list of them (the
-parent loads them in one go); else as the held replies themselves.
+every ``_FLUSH_AFTER`` seconds while the batch runs (by a thread, so a long call does not
+keep the replies before it): for a batch of quick calls, one write and one wake-up of the
+parent per batch, not per call. When every reply of a batch is a result and none went out
+before its end, they go as one list of the pickled results (each pickled when its body
+returned); else as the held replies themselves.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
 the parent still gets every reply before the call that killed it. The ledger holds, as 4-byte
 numbers: the count of the bytes in use (written after each reply held), the position of the
@@ -30,14 +31,13 @@ worker in a batch of several (0: no call started; ``2 * i + 1``: call i runs, wr
 its skip mark is read; ``2 * i + 2``: its body returned), the index in its batch of the first
 reply held, and the batch's number; then 1024 skip marks (the parent sets mark i to cancel call
 i before it starts: it is answered ``skipped`` instead of run), then the held replies, each a
-4-byte length, the kind byte and the data. The parent reads the ledger only after the worker
-died (or when the list of results does not load), and ignores replies of another batch and
-those it already got from the pipe. Body kinds:
+4-byte length, the kind byte and the data. While the worker lives, the parent reads its
+position and sets skip marks (a cancel); it reads the held replies only after the worker
+died, and ignores those of another batch and those it already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
 - ``h`` + the index in its batch of the first reply held (4 bytes) and the replies held in
   the ledger, as they were there;
-- ``r`` + a pickle of the list of the results of every call of the batch (they also stay in
-  the ledger until the next batch);
+- ``r`` + a pickle of the list of the pickled results of every call of the batch;
 - ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
   at or above ``log_level``), any number before a reply; the parent handles it;
 - ``m`` + a pickle of ``(kind, payload)``: ``("ready", None)``, ``("exc", (exception bytes or
@@ -113,9 +113,9 @@ class _Replies:
         self.used = _START  # ledger bytes in use, up to the end of the last reply held
         self.mark = (_START, 0)  # (used, index of the next reply), as one object
         self.sent = (_START, 0)  # the same, up to where the held replies went out
-        # The results of the batch, while every reply is a result held in the ledger and none
-        # went out (None once one did not): at its end they go out as one pickle.
-        self.results: list[Any] | None = None
+        # The pickled results of the batch, while every reply is a result held in the ledger
+        # and none went out (None once one did not): at its end they go out in one message.
+        self.results: list[bytes] | None = None
         self.lock = threading.Lock()
         self.due = threading.Condition(self.lock)
         if ledger_fd is not None:
@@ -152,10 +152,9 @@ class _Replies:
             except Exception as exc:
                 _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
                 return
-            self.results = None  # not for plain pickle: the results cannot go as one
         results = self.results
         if results is not None:
-            results.append(value)
+            results.append(data)
         self.send(b"o", data)
 
     def send(self, kind: bytes, data: bytes) -> None:
@@ -217,19 +216,16 @@ class _Replies:
                         return
 
     def stop(self) -> None:
-        """The batch ended: its replies go out. When every one is a result held here, they
-        go as one pickle of the list of them (``r``), and stay in the ledger until the next
-        batch (the parent reads them there if it cannot load the list)."""
+        """The batch ended: its replies go out. When every one is a result held here and none
+        went out yet, they go as one pickle of the list of their pickles (``r``: the parent
+        loads it in one go, in C, and each result on its own, as it was when its body
+        returned)."""
         with self.lock:
             results = self.results
             if self.batch is not None and results is not None and len(results) == self.index:
-                try:
-                    data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-                except Exception:  # (each went alone): they go as held
-                    self._flush()
-                else:
-                    _send(self.fd, b"r", data)
-                    self.sent = self.mark
+                data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+                _send(self.fd, b"r", data)
+                self.sent = self.mark
             else:
                 self._flush()
             self.batch = self.results = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copyreg
 import io
-import itertools
 import logging
 import mmap
 import os
@@ -181,7 +180,7 @@ class _Worker:
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
         self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
-        self.items: list[Any] = []  # the runs of its batch, in order
+        self.positions: dict[Any, int] = {}  # the runs of its batch -> their index in it
         self.skipped = 0  # calls it was told to skip (cancelled before they started)
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
@@ -239,15 +238,18 @@ class _Worker:
                 raise _Died from None
 
     def take(self, calls: deque[Any], may_hold: bool) -> int | None:
-        """The worker is sent the batch ``calls``: its skip marks cleared, and, if it
-        ``may_hold`` the replies (no one watches each call start), the batch's number."""
+        """The worker is sent the batch ``calls``: for a batch of several, its calls are
+        listed, and the ledger's numbers and skip marks cleared; if it ``may_hold`` the replies
+        (no one watches each call start), the batch's number."""
         self.holding = -1
         self.batch_size = len(calls)
-        if len(calls) <= 1 or self.ledger is None:
+        if len(calls) <= 1:
+            return None
+        self.unanswered = calls
+        self.positions = dict(zip([call[0] for call in calls], range(len(calls)), strict=True))
+        if self.ledger is None:
             return None
         self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
-        self.unanswered = calls
-        self.items = [call[0] for call in calls]
         if not may_hold:
             return None
         self.batches += 1
@@ -259,11 +261,10 @@ class _Worker:
         calls = self.unanswered
         if calls is None:
             return None
-        try:
-            index = self.items.index(item)  # (a search in C: futures compare by identity)
-        except ValueError:
-            return None
-        return index if index >= self.batch_size - len(calls) else None  # (else answered)
+        index = self.positions.get(item)
+        if index is None or index < self.batch_size - len(calls):
+            return None  # not in it, or answered
+        return index
 
     def held(self, answered: int) -> list[bytes]:
         """After it died: the replies of its batch it held and did not write out, from the
@@ -464,7 +465,8 @@ class ProcessWorkers:
         self._setup = (list(sys.path), os.getcwd(), init, log_level)
         self._ready: deque[Any] = deque()
         self._idle: list[_Worker] = []
-        self._busy: dict[Any, _Worker | None] = {}  # items handed out -> their worker
+        # Calls sent alone -> their worker (None while it starts); see _worker_of for the rest.
+        self._busy: dict[Any, _Worker | None] = {}
         self._active = 0  # workers busy (or being started) with a batch
         self._pump_due = False  # a _pump is scheduled for this loop turn
         # Seconds the last call of each task took: cheap ones are sent in batches.
@@ -670,6 +672,7 @@ class ProcessWorkers:
 
     async def _run(self, batch: list[Any]) -> None:
         worker = None
+        alone = None  # the call, if it went alone (then listed in _busy)
         calls: deque[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = deque()
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
@@ -687,6 +690,8 @@ class ProcessWorkers:
                     if not calls:
                         return
             self._mark_running(worker, calls)
+            if len(calls) == 1:  # (a batch of several may be down to one by now)
+                alone = calls[0][0]
             await worker.send((*message, worker.take(calls, self._sched.events is None)))
             await self._replies(worker, calls)
             if self._max_tasks is not None and worker.calls >= self._max_tasks:
@@ -702,6 +707,8 @@ class ProcessWorkers:
         finally:
             if len(batch) == 1:
                 self._busy.pop(batch[0], None)
+            if alone is not None:
+                self._busy.pop(alone, None)
             if worker is not None and worker.killed:  # a cancel came after its last reply
                 self._workers.discard(worker)
                 reaping = asyncio.get_running_loop().create_task(worker.reap())
@@ -710,7 +717,7 @@ class ProcessWorkers:
                 worker = None
             if worker is not None:
                 worker.unanswered = None
-                worker.items = []
+                worker.positions = {}
                 self._idle.append(worker)
                 if self._idle_timeout is not None:
                     worker.idle_since = time.monotonic()
@@ -808,30 +815,24 @@ class ProcessWorkers:
             if kind == _LOG:
                 handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
                 continue
-            if kind == _RESULTS:  # the results of the rest of the batch
+            if kind == _RESULTS:  # the results of the whole batch
+                blobs = pickle.loads(frame[1:])  # our own pipe from our own worker
+                n = len(blobs)
+                if n != len(calls):  # (the worker sends it only when all are answered here)
+                    raise RuntimeError(f"{n} results came for a batch of {len(calls)} calls")
                 try:
-                    results = pickle.loads(frame[1:])  # our own pipe from our own worker
-                except Exception as exc:  # each is still in the ledger: each says why
+                    results = list(map(pickle.loads, blobs))  # each on its own, in C
+                except Exception:  # one does not load here: each says so, or its result
                     if items:
                         sched.complete_many(items, values)
-                    held = worker.held(worker.batch_size - len(calls))
-                    if len(held) == len(calls):
-                        return answered + self._answer(worker, task, held, calls)
-                    error = _unloaded_result(task.name, exc)  # pragma: no cover - (idle)
-                    answered += len(calls)  # pragma: no cover
-                    while calls:  # pragma: no cover
-                        self._report(calls.popleft()[0], False, error)
-                    return answered  # pragma: no cover
+                        items, values = [], []
+                    answered += self._answer(worker, task, [b"o" + b for b in blobs], calls)
+                    continue
                 # A batch of several holds plain runs only: they end together (those
                 # cancelled meanwhile are left as they are).
-                n = len(results)
-                items += [call[0] for call in itertools.islice(calls, n)]
+                items += [call[0] for call in calls]
                 values += results
-                if n == len(calls):
-                    calls.clear()
-                else:
-                    for _ in range(n):
-                        calls.popleft()
+                calls.clear()
                 answered += n
                 continue
             call = calls.popleft()

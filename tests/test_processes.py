@@ -1303,7 +1303,12 @@ def test_a_cancel_while_a_dead_worker_is_put_to_rest_does_not_clear_its_blame(
 
 
 @pytest.mark.usefixtures("batches")
-def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> None:
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
+def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(
+    hub: Hub, ledger: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not ledger:  # a system that cannot make one: the worker is stopped all the same
+        monkeypatch.setattr(asyncflow._processes, "_ledger", lambda: None)
     with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
         futures = map_gated_at_run_10(runner, hub)
         hub.arrivals(1)  # run 10 is running, in a batch with runs after it
@@ -1314,6 +1319,42 @@ def test_cancelling_the_run_a_batch_is_running_stops_only_that_run(hub: Hub) -> 
     others = futures[:9] + futures[10:]
     assert [f.result() for f in others] == [i for i in range(1, 100) if i != 10]
     assert runner.statistics().failed == 0
+
+
+_RETURNED: list[int] = []  # (in the worker process)
+
+
+def growing(i: int) -> list[int]:
+    _RETURNED.append(i)
+    return _RETURNED
+
+
+@pytest.mark.usefixtures("batches")
+def test_each_result_of_a_batch_is_its_value_when_its_body_returned() -> None:
+    # Every body returns the same list, which later calls of the batch change: each run
+    # still gets the list as it was when its own body returned, as an object of its own.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(growing, {"i": -1}).result(TIMEOUT)[-1] == -1
+        results = runner.map(growing, {"i": range(20)}).result(TIMEOUT)
+    assert [r[-1] for r in results] == list(range(20))
+    assert len({id(r) for r in results}) == 20
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
+    # Runs whose arguments cannot be sent fail before their batch goes out; the one left
+    # goes alone, and once it is answered nothing of it is kept.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        locks: list[object] = [threading.Lock() for _ in range(10)]
+        # Run 0 goes first, alone (it shows the task is quick); the rest go as one batch.
+        futures = runner.map(double, {"x": [1, *locks, 5, *locks]})
+        futures.wait(TIMEOUT)
+        assert [futures[0].result(), futures[11].result()] == [2, 10]
+        assert all(isinstance(f.exception(), SerializationError) for f in futures[1:11])
+        assert runner._scheduler is not None
+        backend = runner._scheduler.backend
+        assert isinstance(backend, ProcessWorkers)
+        assert backend._busy == {}
 
 
 def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
