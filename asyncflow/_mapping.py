@@ -64,6 +64,8 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, A
     )
     if len(sequences) == 1:  # the common case, built without a dict per child to merge
         ((name, seq),) = sequences.items()
+        if not static:
+            return [{name: value} for value in seq], atomic
         return [{**static, name: value} for value in seq], atomic
     names = list(sequences)
     rows = zip(*sequences.values(), strict=True)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ._cache import CacheStore
 from ._context import current_runner
 from ._events import EventHub, EventStream, Subscription, TaskEvent
-from ._futures import Future, FutureList, MapGroup
+from ._futures import Future, FutureList, MapGroup, plain_runs
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
 from ._loop import LoopThread
@@ -297,13 +297,14 @@ class TaskRunner(abc.ABC):
         if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
             ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
-            runs = [Future(sched, t, p, None, None, ctx, None) for p in children]
+            group = MapGroup(len(children))  # counts them as they end, for whole-list waits
+            runs = plain_runs(sched, t, children, ctx, group)
         else:
             make = self._make
             runs = [make(sched, t, p, waits, None, limit) for p in children]
-        group = MapGroup(len(runs))  # counts them as they end, for waits on the whole list
-        for run in runs:
-            run._group = group
+            group = MapGroup(len(runs))
+            for run in runs:
+                run._group = group
         sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
         futures = FutureList(runs)
         futures._group = group

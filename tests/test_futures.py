@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -32,7 +33,8 @@ from asyncflow import (
     wait,
     wait_async,
 )
-from asyncflow._futures import add_done_callback_to_all
+from asyncflow._futures import MapGroup, add_done_callback_to_all, plain_runs
+from asyncflow._task import as_task
 from asyncflow.exceptions import TaskCancelledError, TaskCrashedError, UpstreamFailedError
 
 TIMEOUT = 5.0
@@ -476,6 +478,23 @@ async def test_await_a_whole_map_fails_fast() -> None:
             gate.set()
             assert await runner.map(double, {"x": [1, 2, 3]}) == [2, 4, 6]
             assert await futures[0] == 0
+
+
+def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
+    owner: Any = object()
+    ctx = contextvars.copy_context()
+    group = MapGroup(2)
+    made = plain_runs(owner, as_task(double), [{"x": 1}, {"x": 2}], ctx, group)
+    expected = Future(owner, as_task(double), {"x": 2}, None, None, ctx, None)
+    expected._group = group
+    slots = [name for name in Future.__slots__ if name != "__weakref__"]
+    for name in slots:
+        if name not in ("_id", "_timestamp", "_task"):
+            assert getattr(made[1], name) == getattr(expected, name), name
+    assert made[1]._task.fn is double
+    assert type(made[0]._id) is int
+    assert made[1]._id == made[0]._id + 1  # a run number of its own
+    assert made[1].task_run_id != made[0].task_run_id
 
 
 # -- wait / as_completed ------------------------------------------------------------------------
