@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -547,21 +548,23 @@ class MapGroup:
     """The runs of one ``map``, counted as they end: a wait on the whole list watches this one
     object instead of putting a callback on each run (``FutureList`` knows its group)."""
 
-    __slots__ = ("_left", "_lock", "_watchers", "failed", "size")
+    __slots__ = ("_failed", "_left", "_lock", "_watchers", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._left = size  # runs not final yet
         self._lock = threading.Lock()
         self._watchers: list[CountingCallback] = []
-        self.failed: Future[Any] | None = None  # the first run to end other than Completed
+        # The first run to end other than Completed (not kept alive by the group: a run the
+        # user keeps holds its group).
+        self._failed: weakref.ref[Future[Any]] | None = None
 
     def ended(self, count: int, failed: Future[Any] | None) -> None:
         """Producer side: ``count`` runs ended, Completed (``failed`` None) or not."""
         with self._lock:
             self._left -= count
-            if failed is not None and self.failed is None:
-                self.failed = failed
+            if failed is not None and self._failed is None:
+                self._failed = weakref.ref(failed)
             for watcher in self._watchers:
                 if failed is None:
                     watcher.completed(count)
@@ -577,6 +580,10 @@ class MapGroup:
             watcher = make(self._left)
             self._watchers.append(watcher)
             return watcher
+
+    @property
+    def failed(self) -> Future[Any] | None:
+        return None if self._failed is None else self._failed()
 
     def unwatch(self, watcher: CountingCallback) -> None:
         with self._lock:
@@ -691,16 +698,60 @@ _LOCKED_SLICE = 1024
 class FutureList(list[Future[R]]):
     """A list of futures (what ``map`` returns), with whole-list waiting."""
 
-    # Set by map: its runs, counted as they end, and the list of them as it made it. While
-    # this list holds just them, in that order, a wait on it watches the group.
+    # Set by map: its runs, counted as they end. While this list holds just them (no method
+    # that changes the list was called), a wait on it watches the group.
     _group: MapGroup | None = None
-    _runs: list[Future[Any]] | None = None
 
     def _watched(self) -> MapGroup | None:
-        runs = self._runs
-        if runs is None or not list.__eq__(self, runs):  # (identity first, in C)
-            return None
         return self._group
+
+    # Any change lets go of the group (a wait then looks at each future).
+    def _changing(self) -> None:
+        self._group = None
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._changing()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._changing()
+        super().__delitem__(index)
+
+    def __iadd__(self, other: Any) -> FutureList[R]:  # type: ignore[override,misc]
+        self._changing()
+        return super().__iadd__(other)
+
+    def __imul__(self, n: Any) -> FutureList[R]:  # type: ignore[misc]
+        self._changing()
+        return super().__imul__(n)
+
+    def append(self, value: Any) -> None:
+        self._changing()
+        super().append(value)
+
+    def extend(self, values: Any) -> None:
+        self._changing()
+        super().extend(values)
+
+    def insert(self, index: Any, value: Any) -> None:
+        self._changing()
+        super().insert(index, value)
+
+    def pop(self, index: Any = -1) -> Future[R]:
+        self._changing()
+        return super().pop(index)
+
+    def remove(self, value: Any) -> None:
+        self._changing()
+        super().remove(value)
+
+    def clear(self) -> None:
+        self._changing()
+        super().clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The group is this process's own (it holds a lock): a copy or a pickle goes without.
+        return {k: v for k, v in self.__dict__.items() if k != "_group"}
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every future is final or ``timeout`` passed; never raises on timeout."""

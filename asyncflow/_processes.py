@@ -510,11 +510,14 @@ class ProcessWorkers:
         if worker is None or worker.process.returncode is not None:
             return True  # its worker is starting (it is left out of the message), or is dead
         ledger = worker.ledger
-        if worker.unanswered is not None and ledger is not None:  # a batch of several
+        if worker.unanswered is not None:  # a batch of several
             index = worker.index_of(item)
             if index is None:
                 return True  # answered already
-            if not self._runs(ledger, index, mark=True):
+            if ledger is None:  # (no ledger on this system) only the first unanswered runs
+                if index != worker.batch_size - len(worker.unanswered):
+                    return True  # it will run, and its outcome is dropped
+            elif not self._runs(ledger, index, mark=True):
                 # Skipped when the worker gets there, or returned already. Look again soon:
                 # the worker may have read the mark before it was set.
                 loop = asyncio.get_running_loop()

@@ -308,7 +308,6 @@ class TaskRunner(abc.ABC):
         sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
         futures = FutureList(runs)
         futures._group = group
-        futures._runs = runs
         return futures
 
     def cancel_all(self) -> None:

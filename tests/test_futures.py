@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import dataclasses
+import gc
 import logging
+import pickle
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -478,6 +482,39 @@ async def test_await_a_whole_map_fails_fast() -> None:
             gate.set()
             assert await runner.map(double, {"x": [1, 2, 3]}) == [2, 4, 6]
             assert await futures[0] == 0
+
+
+def test_a_map_list_changed_lets_go_of_its_runs_and_copies_without_its_group(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    futures = runner.map(double, {"x": range(3)})
+    assert futures.result(timeout=TIMEOUT) == [0, 2, 4]
+    gone = weakref.ref(futures.pop())
+    assert futures._watched() is None  # changed: waited on run by run
+    gc.collect()
+    assert gone() is None  # nothing else keeps the run it no longer holds
+    assert futures.result(timeout=TIMEOUT) == [0, 2]
+    empty = runner.map(double, {"x": []})
+    assert pickle.loads(pickle.dumps(empty)) == []
+    assert copy.deepcopy(empty) == []
+
+
+def test_a_run_kept_from_a_map_does_not_keep_the_run_that_failed(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    gate = threading.Event()
+    gate.set()
+    futures = runner.map(
+        held_or_failing, {"i": range(3), "started": unmapped(threading.Event()), "gate": gate}
+    )
+    futures.wait(TIMEOUT)
+    kept = futures[0]
+    failed = weakref.ref(futures[1])
+    assert isinstance(futures[1].exception(), ValueError)
+    del futures
+    gc.collect()
+    assert failed() is None  # its map's counter, which the kept run holds, let it go
+    assert kept.result() == 0
 
 
 def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
