@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import copyreg
 import io
+import itertools
 import logging
 import mmap
+import operator
 import os
 import pickle
 import signal
@@ -123,6 +125,11 @@ def _reducers() -> dict[Any, Any]:
 def _cloudpickle_dumps(obj: Any) -> bytes:
     data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return data
+
+
+_task_of = operator.attrgetter("_task")
+_policy_of = operator.attrgetter("_policy")
+_status_of = operator.attrgetter("_status")
 
 
 def _plain_unfinished(item: Any) -> bool:
@@ -608,6 +615,20 @@ class ProcessWorkers:
             max(len(ready) // self._max, _BATCH_MIN),
             int(_BATCH_TIME / max(cost, 1e-6)),
         )
+        if len(ready) >= size - 1 and size > 1:
+            # The common case, checked in C: the next calls are plain runs of this task (a map).
+            head = list(itertools.islice(ready, size - 1))
+            if (
+                set(map(type, head)) == {Future}
+                and set(map(_task_of, head)) == {task}
+                and set(map(_policy_of, head)) == {None}
+                and max(map(_status_of, head)) < COMPLETED
+            ):
+                popleft = ready.popleft
+                for _ in head:
+                    popleft()
+                batch += head
+                return batch
         append = batch.append
         while len(batch) < size and ready:
             item = ready[0]

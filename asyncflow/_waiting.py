@@ -309,8 +309,9 @@ async def _wait_all_async(
     failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
         return failed
-    for f in pending:
-        f._check_not_self()
+    current = current_future.get()
+    if current is not None and current in pending:  # (one look, not one per future)
+        current._check_not_self()
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -428,4 +429,6 @@ async def gather_fail_fast(futures: list[Future[Any]], group: MapGroup | None = 
     failed = await _wait_all_async(unique, None, stop_on_failure=True, group=group)
     if failed is not None:
         failed._outcome(True)
+    if all(f._status == COMPLETED for f in futures):  # the common case
+        return [f._value for f in futures]
     return [f._outcome(True) for f in futures]
