@@ -100,9 +100,9 @@ class _Replies:
     not keep the replies before it.
 
     Only this thread appends to the ledger, without a lock: a reply is written, then the count
-    of bytes in use, then ``mark`` (that count and the index of the next reply, one object, so
-    the flusher reads both at once). The lock keeps the flusher and the rare moves of this
-    thread that send held replies (the end of a batch, a full ledger) apart."""
+    of bytes in use (``used``, here and in the ledger). The flusher sends up to the count it
+    reads. The lock keeps the flusher and the rare moves of this thread that send held replies
+    (the end of a batch, a full ledger) apart."""
 
     def __init__(self, fd: int, ledger_fd: int | None) -> None:
         self.fd = fd
@@ -111,8 +111,8 @@ class _Replies:
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
         self.used = _START  # ledger bytes in use, up to the end of the last reply held
-        self.mark = (_START, 0)  # (used, index of the next reply), as one object
-        self.sent = (_START, 0)  # the same, up to where the held replies went out
+        self.sent = (_START, 0)  # where the held replies not out yet start, and the index of
+        # the first of them
         # The pickled results of the batch, while every reply is a result held in the ledger
         # and none went out (None once one did not): at its end they go out in one message.
         self.results: list[bytes] | None = None
@@ -133,7 +133,7 @@ class _Replies:
         with self.lock:
             self.results = []
             self.used = _START
-            self.mark = self.sent = (_START, 0)
+            self.sent = (_START, 0)
             _U32.pack_into(ledger, 0, _START)  # the last batch's replies are gone
             _U32.pack_into(ledger, _FIRST, 0)
             _U32.pack_into(ledger, _BATCH, batch)
@@ -174,31 +174,34 @@ class _Replies:
                 _U32.pack_into(ledger, 0, _START)
                 _U32.pack_into(ledger, _FIRST, index)  # before the count makes it count
                 self.used = start = _START
-                self.mark = self.sent = (_START, index)
+                self.sent = (_START, index)
                 end = start + 5 + len(data)
                 if end > self.size:  # too big to hold: straight to the pipe
                     self.results = None
                     _send(self.fd, kind, data)
                     _U32.pack_into(ledger, _FIRST, index + 1)
-                    self.mark = self.sent = (_START, index + 1)
+                    self.sent = (_START, index + 1)
                     return
         _RECORD.pack_into(ledger, start, len(data) + 1, kind[0])
         ledger[start + 5 : end] = data
         _U32.pack_into(ledger, 0, end)  # last: only whole replies count
         self.used = end
-        self.mark = (end, index + 1)
 
     def _flush(self) -> None:
         """Write the held replies not out yet to the pipe (one message). Under the lock."""
         ledger = self.ledger
         sent, first = self.sent
-        mark = self.mark
-        if ledger is None or self.batch is None or mark[0] == sent:
+        used = self.used  # (this thread may append after it meanwhile)
+        if ledger is None or self.batch is None or used == sent:
             return
         self.results = None  # some replies go out before the end: so do the rest
         with memoryview(ledger) as view:
-            _send(self.fd, b"h", _U32.pack(first) + view[sent : mark[0]])
-        self.sent = mark
+            _send(self.fd, b"h", _U32.pack(first) + view[sent:used])
+        count = 0  # the replies that went out
+        while sent < used:
+            sent += 4 + _U32.unpack_from(ledger, sent)[0]
+            count += 1
+        self.sent = (used, first + count)
 
     def _flush_when_due(self) -> None:
         """The flusher: while a batch runs, sends what is held every ``_FLUSH_AFTER``."""
@@ -225,7 +228,7 @@ class _Replies:
             if self.batch is not None and results is not None and len(results) == self.index:
                 data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
                 _send(self.fd, b"r", data)
-                self.sent = self.mark
+                self.sent = (self.used, self.index)
             else:
                 self._flush()
             self.batch = self.results = None
@@ -324,6 +327,26 @@ def _serve() -> str:
             asyncflow_run_context = None
 
 
+def _load(
+    payload: bytes, blob: bytes, count: int, replies: _Replies, cloudpickle: Any
+) -> tuple[Any, list[Any]] | None:
+    """The function and the calls of a message; None if they do not load (then answered)."""
+    try:
+        fn = cloudpickle.loads(payload)
+    except Exception as exc:
+        for _ in range(count):
+            _write(replies, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
+        return None
+    try:
+        calls: list[Any] = cloudpickle.loads(blob)
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        reply = ("ser", ("arguments", text)) if count == 1 else ("unbatch", text)
+        _write(replies, reply)
+        return None
+    return fn, calls
+
+
 def _batch(  # noqa: PLR0917 - a private helper of this script
     payload: bytes,
     is_async: bool,
@@ -337,24 +360,18 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
     import cloudpickle
 
     name, tags, key = ident
-    try:
-        fn = cloudpickle.loads(payload)
-    except Exception as exc:
-        for _ in contexts:
-            _write(replies, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
-        return True
-    try:
-        calls = cloudpickle.loads(blob)
-    except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}"
-        reply = ("ser", ("arguments", text)) if len(contexts) == 1 else ("unbatch", text)
-        _write(replies, reply)
-        return True
+    loaded = _load(payload, blob, len(contexts), replies, cloudpickle)
+    if loaded is None:
+        return True  # each call was answered why it cannot run
+    fn, calls = loaded
     # In a batch of several, the worker's position goes in the ledger (see the module's
     # docstring): "call i runs" before its skip mark is read, "its body returned" after.
     ledger = replies.ledger if len(contexts) > 1 else None
     at = _U32.pack_into
     result = replies.result
+    send = replies.send
+    dumps = pickle.dumps
+    protocol = pickle.HIGHEST_PROTOCOL
     for index, (call, context) in enumerate(zip(calls, contexts, strict=True)):
         if ledger is not None:
             at(ledger, _AT, 2 * index + 1)
@@ -363,18 +380,21 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
                 continue
         # A call is its keyword arguments alone, or (args, kwargs); its context the run
         # number alone (a first attempt), or (run number, attempt).
-        if isinstance(context, int):
-            asyncflow_run_context = (name, context, 1, tags, key)
-        else:
-            asyncflow_run_context = (name, context[0], context[1], tags, key)
+        asyncflow_run_context = (
+            (name, context, 1, tags, key)
+            if isinstance(context, int)
+            else (name, context[0], context[1], tags, key)
+        )
         args, kwargs = ((), call) if type(call) is dict else call
         try:
             if is_async:
                 import asyncio
 
                 value = asyncio.run(fn(*args, **kwargs))
-            else:
+            elif args:
                 value = fn(*args, **kwargs)
+            else:
+                value = fn(**kwargs)
         except Exception as exc:
             if ledger is not None:
                 at(ledger, _AT, 2 * index + 2)
@@ -386,7 +406,15 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
             return False
         if ledger is not None:
             at(ledger, _AT, 2 * index + 2)
-        result(value, cloudpickle)
+        try:  # replies.result, inlined for the common case: once per call
+            data = dumps(value, protocol)
+        except Exception:
+            result(value, cloudpickle)  # (it tries cloudpickle, or says why it cannot)
+            continue
+        results = replies.results
+        if results is not None:
+            results.append(data)
+        send(b"o", data)
     return True
 
 
