@@ -140,18 +140,19 @@ class _Replies:
             self.batch = batch
             self.due.notify()  # the flusher's clock starts
 
-    def result(self, value: Any, cloudpickle: Any) -> None:
-        """The reply of a call whose body returned ``value``."""
+    def result_by_value(self, value: Any, cloudpickle: Any) -> None:
+        """The reply of a result that plain pickle refused (plain pickle goes first: it is
+        fast; it refuses what only cloudpickle can carry, objects of classes made by
+        cloudpickle here, lambdas...): by cloudpickle, or why it cannot go."""
         try:
-            # Plain pickle first (fast); it refuses what only cloudpickle can carry (objects
-            # of classes made by cloudpickle here, lambdas...), which then goes by value.
-            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            try:
-                data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
-                return
+            data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+            return
+        self.held_result(data)
+
+    def held_result(self, data: bytes) -> None:
+        """The reply of a result, pickled."""
         results = self.results
         if results is not None:
             results.append(data)
@@ -368,7 +369,7 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
     # docstring): "call i runs" before its skip mark is read, "its body returned" after.
     ledger = replies.ledger if len(contexts) > 1 else None
     at = _U32.pack_into
-    result = replies.result
+    by_value = replies.result_by_value
     send = replies.send
     dumps = pickle.dumps
     protocol = pickle.HIGHEST_PROTOCOL
@@ -406,10 +407,10 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
             return False
         if ledger is not None:
             at(ledger, _AT, 2 * index + 2)
-        try:  # replies.result, inlined for the common case: once per call
+        try:  # plain pickle, and replies.held_result inlined: once per call
             data = dumps(value, protocol)
         except Exception:
-            result(value, cloudpickle)  # (it tries cloudpickle, or says why it cannot)
+            by_value(value, cloudpickle)  # (by cloudpickle, or it says why it cannot)
             continue
         results = replies.results
         if results is not None:
