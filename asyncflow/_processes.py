@@ -64,6 +64,7 @@ _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
 _BATCH_MIN = 512  # calls a batch may take at least, if the queue holds them (and they are cheap)
+_BATCH_MIN_TIME = 0.0025  # seconds of work that minimum stands for at most (the uneven share)
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
@@ -610,10 +611,11 @@ class ProcessWorkers:
             return batch
         # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
         # one reply per batch, so bigger batches cost less per call.
+        per_call = max(cost, 1e-6)
         size = min(
             _BATCH_MAX,
-            max(len(ready) // self._max, _BATCH_MIN),
-            int(_BATCH_TIME / max(cost, 1e-6)),
+            max(len(ready) // self._max, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
+            int(_BATCH_TIME / per_call),
         )
         if len(ready) >= size - 1 and size > 1:
             # The common case, checked in C: the next calls are plain runs of this task (a map).

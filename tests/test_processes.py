@@ -8,7 +8,9 @@ contract suite; nothing here sleeps to let something happen.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import copyreg
 import functools
 import json
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,9 @@ from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
 from asyncflow import ProcessPoolTaskRunner, task, unmapped
+from asyncflow._futures import MapGroup, plain_runs
 from asyncflow._processes import ProcessWorkers
+from asyncflow._task import as_task
 from asyncflow.exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -1359,6 +1364,30 @@ def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
         backend = runner._scheduler.backend
         assert isinstance(backend, ProcessWorkers)
         assert backend._busy == {}
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        (1e-6, 512),  # quick calls: at least 512, though an eighth of the queue is 74
+        (2.5e-5, 100),  # at most about 2.5 ms of work for that minimum
+        (1e-3, 10),  # and about 10 ms of work in any batch
+    ],
+)
+def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, expected: int) -> None:
+    owner: Any = object()
+    t = as_task(double)
+    params = [{"x": i} for i in range(600)]
+    runs = plain_runs(owner, t, params, contextvars.copy_context(), MapGroup(600))
+    workers = ProcessWorkers.__new__(ProcessWorkers)  # only what _take_batch reads
+    workers._ready = collections.deque(runs)
+    workers._max = 8
+    workers._max_tasks = None
+    workers._unbatchable = weakref.WeakSet()
+    workers._cost = weakref.WeakKeyDictionary({t: cost})
+    batch = workers._take_batch()
+    assert batch == runs[:expected]
+    assert list(workers._ready) == runs[expected:]
 
 
 def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
