@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ("CallSpec",)
@@ -88,10 +88,10 @@ class CallSpec:
         args, kwargs = self.split(parameters)
         return fn(*args, **kwargs)
 
-    def split(self, parameters: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    def split(self, parameters: dict[str, Any]) -> tuple[Sequence[Any], dict[str, Any]]:
         """The positional and keyword arguments of a call with ``parameters``."""
         if self.simple:
-            return [], parameters
+            return (), parameters
         kwargs = dict(parameters)
         args = [kwargs.pop(name) for name in self.positional if name in kwargs]
         if self.varpos is not None:

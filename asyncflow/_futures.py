@@ -702,9 +702,6 @@ class FutureList(list[Future[R]]):
     # that changes the list was called), a wait on it watches the group.
     _group: MapGroup | None = None
 
-    def _watched(self) -> MapGroup | None:
-        return self._group
-
     # Any change lets go of the group (a wait then looks at each future).
     def _changing(self) -> None:
         self._group = None
@@ -757,7 +754,7 @@ class FutureList(list[Future[R]]):
         """Block until every future is final or ``timeout`` passed; never raises on timeout."""
         from ._waiting import wait, wait_all_or_first_failure
 
-        group = self._watched()
+        group = self._group
         if group is None:
             wait(self, timeout=timeout)
         else:
@@ -767,7 +764,7 @@ class FutureList(list[Future[R]]):
         """All results in order. Fails fast on the first failure; ``timeout`` covers the call."""
         from ._waiting import wait_all_or_first_failure
 
-        failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._watched())
+        failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._group)
         if failed is None and all(f._status == COMPLETED for f in self):  # the common case
             return [f._value for f in self]
         if failed is not None:
@@ -785,4 +782,4 @@ class FutureList(list[Future[R]]):
     async def _gather(self) -> list[R]:
         from ._waiting import gather_fail_fast
 
-        return await gather_fail_fast(self, self._watched())
+        return await gather_fail_fast(self, self._group)

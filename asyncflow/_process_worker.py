@@ -35,8 +35,8 @@ i before it starts: it is answered ``skipped`` instead of run), then the held re
 position and sets skip marks (a cancel); it reads the held replies only after the worker
 died, and ignores those of another batch and those it already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
-- ``h`` + the index in its batch of the first reply held (4 bytes) and the replies held in
-  the ledger, as they were there;
+- ``h`` + replies held in the ledger, as they were there (in order: the parent takes them as
+  the replies of the next calls of the batch);
 - ``r`` + a pickle of the list of the pickled results of every call of the batch;
 - ``l`` + a pickle of a log record's dict of plain values (``get_run_logger()`` in the body,
   at or above ``log_level``), any number before a reply; the parent handles it;
@@ -111,8 +111,7 @@ class _Replies:
         self.batch: int | None = None  # the number of the batch whose replies are held
         self.index = 0  # the index in its batch of the next reply
         self.used = _START  # ledger bytes in use, up to the end of the last reply held
-        self.sent = (_START, 0)  # where the held replies not out yet start, and the index of
-        # the first of them
+        self.sent = _START  # where the held replies not out yet start
         # The pickled results of the batch, while every reply is a result held in the ledger
         # and none went out (None once one did not): at its end they go out in one message.
         self.results: list[bytes] | None = None
@@ -132,8 +131,7 @@ class _Replies:
             return
         with self.lock:
             self.results = []
-            self.used = _START
-            self.sent = (_START, 0)
+            self.used = self.sent = _START
             _U32.pack_into(ledger, 0, _START)  # the last batch's replies are gone
             _U32.pack_into(ledger, _FIRST, 0)
             _U32.pack_into(ledger, _BATCH, batch)
@@ -149,10 +147,6 @@ class _Replies:
         except Exception as exc:
             _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
             return
-        self.held_result(data)
-
-    def held_result(self, data: bytes) -> None:
-        """The reply of a result, pickled."""
         results = self.results
         if results is not None:
             results.append(data)
@@ -174,14 +168,12 @@ class _Replies:
                 self._flush()  # the ledger starts again, from this reply
                 _U32.pack_into(ledger, 0, _START)
                 _U32.pack_into(ledger, _FIRST, index)  # before the count makes it count
-                self.used = start = _START
-                self.sent = (_START, index)
+                self.used = self.sent = start = _START
                 end = start + 5 + len(data)
                 if end > self.size:  # too big to hold: straight to the pipe
                     self.results = None
                     _send(self.fd, kind, data)
                     _U32.pack_into(ledger, _FIRST, index + 1)
-                    self.sent = (_START, index + 1)
                     return
         _RECORD.pack_into(ledger, start, len(data) + 1, kind[0])
         ledger[start + 5 : end] = data
@@ -191,18 +183,13 @@ class _Replies:
     def _flush(self) -> None:
         """Write the held replies not out yet to the pipe (one message). Under the lock."""
         ledger = self.ledger
-        sent, first = self.sent
         used = self.used  # (this thread may append after it meanwhile)
-        if ledger is None or self.batch is None or used == sent:
+        if ledger is None or self.batch is None or used == self.sent:
             return
         self.results = None  # some replies go out before the end: so do the rest
         with memoryview(ledger) as view:
-            _send(self.fd, b"h", _U32.pack(first) + view[sent:used])
-        count = 0  # the replies that went out
-        while sent < used:
-            sent += 4 + _U32.unpack_from(ledger, sent)[0]
-            count += 1
-        self.sent = (used, first + count)
+            _send(self.fd, b"h", view[self.sent : used])
+        self.sent = used
 
     def _flush_when_due(self) -> None:
         """The flusher: while a batch runs, sends what is held every ``_FLUSH_AFTER``."""
@@ -229,7 +216,7 @@ class _Replies:
             if self.batch is not None and results is not None and len(results) == self.index:
                 data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
                 _send(self.fd, b"r", data)
-                self.sent = (self.used, self.index)
+                self.sent = self.used
             else:
                 self._flush()
             self.batch = self.results = None
@@ -407,7 +394,7 @@ def _batch(  # noqa: PLR0917 - a private helper of this script
             return False
         if ledger is not None:
             at(ledger, _AT, 2 * index + 2)
-        try:  # plain pickle, and replies.held_result inlined: once per call
+        try:  # plain pickle, and the end of replies.result_by_value: once per call
             data = dumps(value, protocol)
         except Exception:
             by_value(value, cloudpickle)  # (by cloudpickle, or it says why it cannot)

@@ -27,6 +27,7 @@ import time
 import types
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,9 @@ _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
-_NO_ARGS: list[Any] = []  # the positional arguments of a call with none (read only)
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
+# A call of a batch: its work item, its task, and its positional and keyword arguments.
+_Call = tuple[Any, Any, tuple[Sequence[Any], dict[str, Any]]]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -231,8 +233,8 @@ class _Worker:
                 if end - start < _HEADER.size + size:
                     break
                 start += _HEADER.size
-                if buffer[start] == _HELD_KIND:  # (then the index of the first: in order)
-                    frames += _held_replies(buffer, start + 5, start + size)
+                if buffer[start] == _HELD_KIND:
+                    frames += _held_replies(buffer, start + 1, start + size)
                 else:
                     frames.append(bytes(buffer[start : start + size]))
                 start += size
@@ -361,14 +363,18 @@ class _Worker:
         return WorkerCrashedError(message, self.pid, code, tail)
 
 
+def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Each argument of a call with its name in an error message."""
+    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
+    return parts + [(f"parameter {k!r}", v) for k, v in kwargs.items()]
+
+
 def _argument_error(
-    task: Any, args: list[Any], kwargs: dict[str, Any], cause: BaseException
+    task: Any, args: Sequence[Any], kwargs: dict[str, Any], cause: BaseException
 ) -> SerializationError:
     """The error for a call whose arguments cannot be pickled, naming the first culprit."""
-    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
-    parts += [(f"parameter {k!r}", v) for k, v in kwargs.items()]
     label = "its arguments"
-    for part, value in parts:
+    for part, value in _named(args, kwargs):
         try:
             cloudpickle.dumps(value)
         except Exception as exc:  # noqa: PERF203 - the error path: find the culprit
@@ -383,11 +389,9 @@ def _argument_error(
     return error
 
 
-def _unloadable(args: list[Any], kwargs: dict[str, Any]) -> str:
+def _unloadable(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Which argument does not load back after pickling (to name it in an error)."""
-    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
-    parts += [(f"parameter {k!r}", v) for k, v in kwargs.items()]
-    for label, value in parts:
+    for label, value in _named(args, kwargs):
         try:
             cloudpickle.loads(cloudpickle.dumps(value))
         except Exception:  # noqa: PERF203 - the error path
@@ -402,7 +406,7 @@ def _unloaded_result(task_name: str, exc: Exception) -> SerializationError:
 
 
 def _decode(
-    task_name: str, reply: tuple[str, Any], args: list[Any], kwargs: dict[str, Any]
+    task_name: str, reply: tuple[str, Any], args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[bool, Any]:
     """A reply other than a plain result: an exception, a pickling failure or a crash."""
     kind, payload = reply
@@ -699,7 +703,7 @@ class ProcessWorkers:
     async def _run(self, batch: list[Any]) -> None:
         worker = None
         alone = None  # the call, if it went alone (then listed in _busy)
-        calls: deque[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = deque()
+        calls: deque[_Call] = deque()
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
             message, packed = self._pack(self._calls(batch))
@@ -753,20 +757,18 @@ class ProcessWorkers:
             self._active -= 1
             self._pump()
 
-    def _calls(self, batch: list[Any]) -> list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]]:
+    def _calls(self, batch: list[Any]) -> list[_Call]:
         """Each item of ``batch`` with its task and the arguments of its call. One cancelled
         meanwhile is reported (and dropped)."""
-        calls: list[tuple[Any, Any, tuple[list[Any], dict[str, Any]]]] = []
+        calls: list[_Call] = []
         append = calls.append
         call_parts = self._sched.call_parts
         first = batch[0]
-        spec = first._task.spec if type(first) is Future else None
-        split = None if spec is None else spec.split
-        simple = spec is not None and spec.simple  # keyword arguments only
+        split = first._task.spec.split if type(first) is Future else None
         for item in batch:
             if split is not None and item._deps is None and (params := item._params) is not None:
                 # The common case: a plain run (a batch holds runs of one task).
-                append((item, item._task, (_NO_ARGS, params) if simple else split(params)))
+                append((item, item._task, split(params)))
                 continue
             try:
                 task, params = call_parts(item)

@@ -553,8 +553,7 @@ class Scheduler:
                 ready, skipped = graph.finish(fut, Outcome.COMPLETED)
                 if ready or skipped:
                     self._after(ready, skipped)
-        if not live and self._idle is not None and not self._side:
-            self._idle.set()
+        self._check_idle()
 
     def _finish(self, fut: Future[Any], status: int, value: Any, name: str | None = None) -> None:
         # Inlined _release_inputs: this runs once per task.

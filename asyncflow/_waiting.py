@@ -66,6 +66,11 @@ def _check_blocking_allowed(pending: list[Future[Any]]) -> None:
                 "from the runner's own event loop thread (it would deadlock): use the async "
                 "form (`await future_list`, wait_async, as_completed_async)"
             )
+    _check_not_waiting_on_itself(pending)
+
+
+def _check_not_waiting_on_itself(pending: list[Future[Any]]) -> None:
+    """A run's body may not wait for its own future (one look, not one per future)."""
     current = current_future.get()
     if current is not None and current in pending:
         current._check_not_self()
@@ -309,9 +314,7 @@ async def _wait_all_async(
     failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
         return failed
-    current = current_future.get()
-    if current is not None and current in pending:  # (one look, not one per future)
-        current._check_not_self()
+    _check_not_waiting_on_itself(pending)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 

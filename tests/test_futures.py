@@ -445,7 +445,7 @@ def test_a_wait_on_a_whole_map_watches_the_map_and_leaves_nothing_behind(
     futures = runner.map(
         held_or_failing, {"i": range(4), "started": unmapped(started), "gate": unmapped(gate)}
     )
-    group = futures._watched()
+    group = futures._group
     assert group is not None  # the map's own list: one watch on the map, not one per run
     assert started.wait(TIMEOUT)
     with pytest.raises(ValueError, match="run 1 failed"):
@@ -461,9 +461,9 @@ def test_a_wait_on_a_whole_map_watches_the_map_and_leaves_nothing_behind(
     assert isinstance(values[1], ValueError)
     # A list that no longer holds the map's runs alone is waited on run by run.
     futures[1] = runner.submit(double, {"x": 5})
-    assert futures._watched() is None
+    assert futures._group is None
     assert futures.result(timeout=TIMEOUT) == [0, 10, 2, 3]
-    assert FutureList([*futures, futures[0]])._watched() is None
+    assert FutureList([*futures, futures[0]])._group is None
 
 
 @pytest.mark.anyio
@@ -475,7 +475,7 @@ async def test_await_a_whole_map_fails_fast() -> None:
                 held_or_failing,
                 {"i": range(4), "started": unmapped(started), "gate": unmapped(gate)},
             )
-            assert futures._watched() is not None
+            assert futures._group is not None
             with pytest.raises(ValueError, match="run 1 failed"):
                 await futures
             assert not futures[0].done()
@@ -490,7 +490,7 @@ def test_a_map_list_changed_lets_go_of_its_runs_and_copies_without_its_group(
     futures = runner.map(double, {"x": range(3)})
     assert futures.result(timeout=TIMEOUT) == [0, 2, 4]
     gone = weakref.ref(futures.pop())
-    assert futures._watched() is None  # changed: waited on run by run
+    assert futures._group is None  # changed: waited on run by run
     gc.collect()
     assert gone() is None  # nothing else keeps the run it no longer holds
     assert futures.result(timeout=TIMEOUT) == [0, 2]

@@ -489,6 +489,11 @@ def test_a_result_that_cannot_be_loaded_here_fails_the_run_and_the_worker_serves
         assert runner.submit(pid).result(TIMEOUT) == before
 
 
+def failed_runs(futures: list[Any]) -> list[int]:
+    """The numbers (from 1) of the runs of a map from 1 that did not complete."""
+    return [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+
+
 class DividesByZeroWhenLoaded:
     """Pickles with plain pickle anywhere (as a call of ``operator.truediv``), which raises
     when it is loaded."""
@@ -503,15 +508,15 @@ def load_fails_at(i: int, stop: int) -> object:
 
 @pytest.mark.usefixtures("batches")
 def test_a_result_of_a_batch_that_cannot_be_loaded_here_fails_only_its_own_run() -> None:
-    # The results of a batch come as one list; when that list does not load, each result is
-    # read again from the worker's ledger, so only the run at fault fails.
+    # The results of a batch come in one message; when one of them does not load, each is
+    # taken on its own, so only the run at fault fails.
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(load_fails_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0
         # A first map warms the worker up (a batch slower than 20 ms goes out in parts).
         assert runner.map(load_fails_at, {"i": range(60), "stop": unmapped(-1)}).result(TIMEOUT)
         futures = runner.map(load_fails_at, {"i": range(1, 60), "stop": unmapped(30)})
         futures.wait(TIMEOUT)
-        failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+        failed = failed_runs(futures)
         assert failed == [30], f"runs {failed} failed; only run 30's result does not load"
         err = futures[29].exception()
         assert isinstance(err, SerializationError)
@@ -1062,7 +1067,7 @@ def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
         assert runner.submit(exit_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0  # cheap: batched
         futures = runner.map(exit_at, {"i": range(1, 300), "stop": unmapped(100)})
         futures.wait(TIMEOUT)
-    failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+    failed = failed_runs(futures)
     assert failed == [100], f"runs {failed} failed; only run 100 raised SystemExit"
     err = futures[99].exception()
     assert isinstance(err, TaskCrashedError)
@@ -1101,7 +1106,7 @@ def test_a_worker_dying_in_a_batch_blames_only_the_run_that_killed_it(
         futures = runner.map(exit_hard_at, {"i": range(1, 300), "stop": unmapped(150)})
         futures.wait(TIMEOUT)
     assert held, "no batch was sent for its worker to hold the replies"
-    failed = [i for i, f in enumerate(futures, start=1) if not f.state.is_completed()]
+    failed = failed_runs(futures)
     assert failed == [150], f"runs {failed} failed; only run 150 killed its worker"
     err = futures[149].exception()
     assert isinstance(err, WorkerCrashedError)
