@@ -2,8 +2,10 @@
 
 ``burn`` is a pure-Python arithmetic loop whose loop count is calibrated once, in this process,
 for about 50 ms per call (the best of five probes), so the floor is about 16 x 50 ms / 2 =
-400 ms. The floor row measures it again in every round: one call timed here, in this process,
-while the workers are idle, times 16 / 2; a slow patch on the machine moves it with the rest.
+400 ms. The floor row measures it again in every round: the 16 calls timed here, one after
+another, in this process, while the workers are idle, halved; a slow patch on the machine moves
+it with the rest. (One call per round, times 8, was too noisy: within one run such a call took
+from 30 to 50 ms.)
 Every system is started and warmed up outside the timer, and every run checks every result.
 asyncflow: ``runner.map`` in one ``with ProcessPoolTaskRunner(2)`` session. The others:
 ``ProcessPoolExecutor(2)`` (spawn) ``map``, anyio's ``to_process.run_sync`` at most 2 at once,
@@ -128,7 +130,7 @@ def systems(loops: int) -> list[System | Skip]:
 
     @contextlib.contextmanager
     def ideal() -> Iterator[Run]:
-        yield lambda: _timed(loops) * TASKS / WORKERS
+        yield lambda: sum(_timed(loops) for _ in range(TASKS)) / WORKERS
 
     @contextlib.contextmanager
     def asyncflow() -> Iterator[Run]:
@@ -166,7 +168,7 @@ def systems(loops: int) -> list[System | Skip]:
     return [
         System("asyncflow ProcessPoolTaskRunner(2), map", TASKS, asyncflow, asyncflow=True),
         System(
-            f"floor: {TASKS} x one call here / {WORKERS}",
+            f"floor: {TASKS} calls here, one after another, / {WORKERS}",
             TASKS,
             ideal,
             goal=GOAL,
