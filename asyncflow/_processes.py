@@ -133,6 +133,12 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 _task_of = operator.attrgetter("_task")
 _policy_of = operator.attrgetter("_policy")
 _status_of = operator.attrgetter("_status")
+_params_of = operator.attrgetter("_params")
+_deps_of = operator.attrgetter("_deps")
+_id_of = operator.attrgetter("_id")
+_item_of = operator.itemgetter(0)  # of a call: (item, task, (args, kwargs))
+_kwargs_of = operator.itemgetter(1)  # of a call's (args, kwargs)
+_split_of = operator.itemgetter(2)  # of a call
 
 
 def _plain_unfinished(item: Any) -> bool:
@@ -256,7 +262,7 @@ class _Worker:
         if len(calls) <= 1:
             return None
         self.unanswered = calls
-        self.positions = dict(zip([call[0] for call in calls], range(len(calls)), strict=True))
+        self.positions = dict(zip(map(_item_of, calls), range(len(calls)), strict=True))
         if self.ledger is None:
             return None
         self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
@@ -704,10 +710,12 @@ class ProcessWorkers:
         worker = None
         alone = None  # the call, if it went alone (then listed in _busy)
         calls: deque[_Call] = deque()
+        packed_yet = False
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
             message, packed = self._pack(self._calls(batch))
             calls = deque(packed)
+            packed_yet = True
             if not calls:
                 return
             worker = self._idle_worker()
@@ -731,8 +739,10 @@ class ProcessWorkers:
         except _Died as died:
             await self._buried(worker, calls, died.blamed)
             worker = None
-        except Exception as exc:  # a worker that could not start: the whole batch fails
-            for item, *_ in calls:
+        except Exception as exc:
+            # A worker that could not start, or a fault here before the batch was packed: the
+            # whole batch fails (none of its runs is left waiting).
+            for item in map(_item_of, calls) if packed_yet else batch:
                 self._report(item, False, exc)
         finally:
             if len(batch) == 1:
@@ -740,10 +750,7 @@ class ProcessWorkers:
             if alone is not None:
                 self._busy.pop(alone, None)
             if worker is not None and worker.killed:  # a cancel came after its last reply
-                self._workers.discard(worker)
-                reaping = asyncio.get_running_loop().create_task(worker.reap())
-                self._tasks.add(reaping)
-                reaping.add_done_callback(self._tasks.discard)
+                self._put_to_rest(worker)
                 worker = None
             if worker is not None:
                 worker.unanswered = None
@@ -760,10 +767,20 @@ class ProcessWorkers:
     def _calls(self, batch: list[Any]) -> list[_Call]:
         """Each item of ``batch`` with its task and the arguments of its call. One cancelled
         meanwhile is reported (and dropped)."""
+        first = batch[0]
+        if type(first) is Future and len(batch) > 1:
+            # The common case, in C: a batch of plain runs of one task (checked by
+            # _take_batch), none with inputs (then their parameters are their arguments).
+            each = list(map(_params_of, batch))
+            deps = list(map(_deps_of, batch))
+            if set(map(type, each)) == {dict} and deps.count(None) == len(deps):
+                task = first._task
+                spec = task.spec
+                parts = zip(itertools.repeat(()), each) if spec.simple else map(spec.split, each)
+                return list(zip(batch, itertools.repeat(task), parts))
         calls: list[_Call] = []
         append = calls.append
         call_parts = self._sched.call_parts
-        first = batch[0]
         split = first._task.spec.split if type(first) is Future else None
         for item in batch:
             if split is not None and item._deps is None and (params := item._params) is not None:
@@ -809,11 +826,15 @@ class ProcessWorkers:
             worker = self._idle.pop()
             if worker.alive():
                 return worker
-            self._workers.discard(worker)
-            reaping = asyncio.get_running_loop().create_task(worker.reap())
-            self._tasks.add(reaping)
-            reaping.add_done_callback(self._tasks.discard)
+            self._put_to_rest(worker)
         return None
+
+    def _put_to_rest(self, worker: _Worker) -> None:
+        """A dead or stopped worker leaves the pool; it is reaped in the background."""
+        self._workers.discard(worker)
+        reaping = asyncio.get_running_loop().create_task(worker.reap())
+        self._tasks.add(reaping)
+        reaping.add_done_callback(self._tasks.discard)
 
     async def _replies(self, worker: _Worker, calls: deque[Any]) -> None:
         """Take the replies of a batch as they come, in order (``calls``: those still to
@@ -858,7 +879,7 @@ class ProcessWorkers:
                     continue
                 # A batch of several holds plain runs only: they end together (those
                 # cancelled meanwhile are left as they are).
-                items += [call[0] for call in calls]
+                items += map(_item_of, calls)
                 values += results
                 calls.clear()
                 answered += n
@@ -953,9 +974,15 @@ class ProcessWorkers:
         """One message for a batch of calls of one task: its function pickled once, each call's
         arguments on their own. A call whose arguments cannot be pickled fails, naming the
         argument; the others are sent."""
-        calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
         if not calls:
             return None, calls
+        items = list(map(_item_of, calls))
+        plain = set(map(type, items)) == {Future}
+        if not plain or max(map(_status_of, items)) >= COMPLETED:
+            calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
+            if not calls:
+                return None, calls
+            items = list(map(_item_of, calls))
         task = calls[0][1]
         try:
             fn = _dumps(task.fn)
@@ -969,15 +996,19 @@ class ProcessWorkers:
                 self._report(call[0], False, error)
             return None, []
         try:
-            blob = _dumps(_arguments(calls))
+            blob = _dumps(_arguments(calls, task.spec.simple))
         except Exception:
             calls, blob = self._pack_one_by_one(task, calls)
             if not calls:
                 return None, calls
-        contexts = [
-            c[0]._id if type(c[0]) is Future and type(c[0]._id) is int else _context_of(c[0])
-            for c in calls
-        ]
+            items = list(map(_item_of, calls))
+        # A first attempt's context is its run number alone (see _process_worker).
+        contexts: list[Any] = list(map(_id_of, items)) if plain else []
+        if not plain or set(map(type, contexts)) != {int}:
+            contexts = [
+                item._id if type(item) is Future and type(item._id) is int else _context_of(item)
+                for item in items
+            ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
 
     def _pack_one_by_one(self, task: Any, calls: list[Any]) -> tuple[list[Any], bytes]:
@@ -991,7 +1022,7 @@ class ProcessWorkers:
                 self._report(item, False, _argument_error(task, args, kwargs, exc))
             else:
                 good.append(call)
-        return good, cloudpickle.dumps(_arguments(good))
+        return good, cloudpickle.dumps(_arguments(good, task.spec.simple))
 
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
@@ -1010,9 +1041,12 @@ class ProcessWorkers:
         retiring.add_done_callback(self._tasks.discard)
 
 
-def _arguments(calls: list[Any]) -> list[Any]:
+def _arguments(calls: list[Any], keywords_only: bool) -> list[Any]:
     """What a worker is sent of each call: its keyword arguments alone when it has no
-    positional ones (the common case: smaller and faster to pickle), else ``(args, kwargs)``."""
+    positional ones (the common case: smaller and faster to pickle), else ``(args, kwargs)``.
+    ``keywords_only``: the task takes its parameters by keyword (none has positional ones)."""
+    if keywords_only:
+        return list(map(_kwargs_of, map(_split_of, calls)))  # in C
     return [kwargs if not args else (args, kwargs) for _, _, (args, kwargs) in calls]
 
 

@@ -1153,6 +1153,47 @@ def test_runs_waiting_on_a_batched_map_start_with_its_results(
     assert (stats.submitted, stats.completed) == (2 + 300 + len(each) + 1, stats.submitted)
 
 
+def spread(a: int, /, *rest: int, k: int) -> tuple[int, tuple[int, ...], int]:
+    return a, rest, k
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_batched_map_passes_positional_only_and_star_args_as_such(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = count_batch_replies(monkeypatch)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(spread, {"a": 0, "rest": [], "k": 0}).result(TIMEOUT) == (0, (), 0)
+        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
+        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
+        mapped = runner.map(spread, {"a": range(50), "rest": [[i, -i] for i in range(50)], "k": 7})
+        hub.release("blocker")
+        assert blocker.result(TIMEOUT) == 0
+        assert mapped.result(TIMEOUT) == [(i, (i, -i), 7) for i in range(50)]
+    assert held, "the map did not go out in batches"
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_fault_before_a_batch_goes_out_fails_its_runs_instead_of_losing_them(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, batch: list[Any]) -> list[Any]:
+        raise RuntimeError("no calls today")
+
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # cheap: batched from now
+        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
+        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
+        mapped = runner.map(double, {"x": range(20)})
+        monkeypatch.setattr(ProcessWorkers, "_calls", broken)
+        hub.release("blocker")
+        assert blocker.result(TIMEOUT) == 0
+        mapped.wait(TIMEOUT)
+        for run in mapped:  # (a run left waiting raises TimeoutError here)
+            with pytest.raises(RuntimeError, match="no calls today"):
+                run.result(0)
+
+
 def gated_at(i: int, hub: Address, stop: int) -> int:
     if i == stop:
         gated(hub, f"run{i}-in-{os.getpid()}")
