@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import secrets
 import sys
 import threading
@@ -498,6 +499,17 @@ class Future(Generic[R]):
                     self._callback_failed(fn)
 
 
+_status_of = operator.attrgetter("_status")
+_value_of = operator.attrgetter("_value")
+
+
+def all_results(futures: Sequence[Future[Any]]) -> list[Any]:
+    """The result of each future, all final, in order; the first failure raises."""
+    if set(map(_status_of, futures)) == {COMPLETED}:  # the common case, in C
+        return list(map(_value_of, futures))
+    return [f._outcome(True) for f in futures]
+
+
 def plain_runs(
     scheduler: _Owner,
     task: Task[..., Any],
@@ -765,8 +777,8 @@ class FutureList(list[Future[R]]):
         from ._waiting import wait_all_or_first_failure
 
         failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._group)
-        if failed is None and all(f._status == COMPLETED for f in self):  # the common case
-            return [f._value for f in self]
+        if failed is None and set(map(_status_of, self)) == {COMPLETED}:  # the common case
+            return list(map(_value_of, self))
         if failed is not None:
             failed._outcome(True)  # raises the first failure seen, even if others still run
         if not all(f.done() for f in self):

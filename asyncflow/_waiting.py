@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import operator
 import queue
 import threading
@@ -20,6 +21,7 @@ from ._futures import (
     Lending,
     MapGroup,
     add_done_callback_to_all,
+    all_results,
 )
 
 __all__ = (
@@ -77,6 +79,8 @@ def _check_not_waiting_on_itself(pending: list[Future[Any]]) -> None:
 
 
 _scheduler_of = operator.attrgetter("_scheduler")
+_status_of = operator.attrgetter("_status")
+_UNFINISHED = itertools.repeat(COMPLETED)  # (compared with: status < COMPLETED)
 
 
 def _get(
@@ -201,11 +205,14 @@ def _unfinished(
 ) -> tuple[Future[Any] | None, list[Future[Any]]]:
     """Before a whole-list wait: a failure already there (with ``stop_on_failure``: nothing
     to wait for then), else the futures still to wait for."""
-    if stop_on_failure:
-        failed = next((f for f in unique if f._status > COMPLETED), None)
-        if failed is not None:
-            return failed, []
-    return None, [f for f in unique if f._status < COMPLETED]
+    statuses = list(map(_status_of, unique))  # (a list may be a whole map: in C)
+    if not statuses:
+        return None, []
+    if stop_on_failure and max(statuses) > COMPLETED:
+        return unique[next(i for i, s in enumerate(statuses) if s > COMPLETED)], []
+    if max(statuses) < COMPLETED:  # none is final yet (a map just made)
+        return None, list(unique)
+    return None, list(itertools.compress(unique, map(operator.lt, statuses, _UNFINISHED)))
 
 
 def _watch_all(
@@ -432,6 +439,4 @@ async def gather_fail_fast(futures: list[Future[Any]], group: MapGroup | None = 
     failed = await _wait_all_async(unique, None, stop_on_failure=True, group=group)
     if failed is not None:
         failed._outcome(True)
-    if all(f._status == COMPLETED for f in futures):  # the common case
-        return [f._value for f in futures]
-    return [f._outcome(True) for f in futures]
+    return all_results(futures)

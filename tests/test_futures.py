@@ -392,6 +392,22 @@ def test_future_list_result_fails_fast(runner: ThreadPoolTaskRunner) -> None:
     assert isinstance(values[1], ValueError)
 
 
+def test_future_list_result_raises_a_failure_already_there_wherever_it_is(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    held = Held(runner, value=1).wait_started()
+    done = runner.submit(double, {"x": 1})
+    assert done.result(TIMEOUT) == 2
+    failed = runner.submit(fail, {"message": "failed before the wait"})
+    failed.wait(TIMEOUT)
+    futures = FutureList([done, failed, held.future])
+    with pytest.raises(ValueError, match="failed before the wait"):
+        futures.result(timeout=TIMEOUT)
+    assert not held.future.done()  # it did not wait for the held one
+    held.release()
+    assert held.future.result(TIMEOUT) == 1
+
+
 def test_future_list_result_timeout_says_how_many(runner: ThreadPoolTaskRunner) -> None:
     held = Held(runner, value=1).wait_started()
     finished = runner.submit(double, {"x": 1})
