@@ -63,7 +63,7 @@ from typing import Any, BinaryIO
 _HEADER = struct.Struct(">I")
 _U32 = struct.Struct("<I")  # the ledger's numbers
 _RECORD = struct.Struct("<IB")  # a reply held in the ledger: its size (from the kind on), kind
-_RESULT = ord("o")  # the kind of a result's reply
+_OK = ord("o")  # the kind of a result's reply
 _AT = 4  # offset of the ledger's u32: the index in its batch of the call starting or running
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
@@ -154,6 +154,7 @@ class _Replies:
         self.send(b"o", data)
 
     def send(self, kind: bytes, data: bytes) -> None:
+        # (_batch holds a result in the ledger itself, as this does: a change here goes there.)
         ledger = self.ledger
         if self.batch is None or ledger is None:
             _send(self.fd, kind, data)
@@ -410,12 +411,12 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             send(b"o", data)  # (straight to the pipe, or the ledger starts again)
             continue
         # replies.send inlined for a result held in the ledger (once per call): the record,
-        # then the count of bytes in use.
-        record(ledger, start, len(data) + 1, _RESULT)
+        # then the count of bytes in use (a change there goes here).
+        record(ledger, start, len(data) + 1, _OK)
         ledger[start + 5 : end] = data
         at(ledger, 0, end)
         replies.used = end
-        replies.index = index + 1
+        replies.index += 1
     return True
 
 

@@ -740,8 +740,8 @@ class ProcessWorkers:
             await self._buried(worker, calls, died.blamed)
             worker = None
         except Exception as exc:
-            # A worker that could not start, or a fault here before the batch was packed: the
-            # whole batch fails (none of its runs is left waiting).
+            # A worker that could not start, a fault here before the batch was packed (then
+            # every run of it fails: none is left waiting), or one after (its unanswered runs).
             for item in map(_item_of, calls) if packed_yet else batch:
                 self._report(item, False, exc)
         finally:
@@ -766,7 +766,8 @@ class ProcessWorkers:
 
     def _calls(self, batch: list[Any]) -> list[_Call]:
         """Each item of ``batch`` with its task and the arguments of its call. One cancelled
-        meanwhile is reported (and dropped)."""
+        meanwhile is reported (and dropped) here, when its parameters are gone (cancelling a
+        queued run lets go of them: the batch takes the slow path), else by ``_pack``."""
         first = batch[0]
         if type(first) is Future and len(batch) > 1:
             # The common case, in C: a batch of plain runs of one task (checked by

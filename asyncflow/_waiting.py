@@ -80,7 +80,6 @@ def _check_not_waiting_on_itself(pending: list[Future[Any]]) -> None:
 
 _scheduler_of = operator.attrgetter("_scheduler")
 _status_of = operator.attrgetter("_status")
-_UNFINISHED = itertools.repeat(COMPLETED)  # (compared with: status < COMPLETED)
 
 
 def _get(
@@ -212,7 +211,7 @@ def _unfinished(
         return unique[next(i for i, s in enumerate(statuses) if s > COMPLETED)], []
     if max(statuses) < COMPLETED:  # none is final yet (a map just made)
         return None, list(unique)
-    return None, list(itertools.compress(unique, map(operator.lt, statuses, _UNFINISHED)))
+    return None, list(itertools.compress(unique, map(COMPLETED.__gt__, statuses)))
 
 
 def _watch_all(

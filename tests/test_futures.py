@@ -392,7 +392,7 @@ def test_future_list_result_fails_fast(runner: ThreadPoolTaskRunner) -> None:
     assert isinstance(values[1], ValueError)
 
 
-def test_future_list_result_raises_a_failure_already_there_wherever_it_is(
+def test_future_list_result_raises_the_first_failure_already_there_in_list_order(
     runner: ThreadPoolTaskRunner,
 ) -> None:
     held = Held(runner, value=1).wait_started()
@@ -400,10 +400,13 @@ def test_future_list_result_raises_a_failure_already_there_wherever_it_is(
     assert done.result(TIMEOUT) == 2
     failed = runner.submit(fail, {"message": "failed before the wait"})
     failed.wait(TIMEOUT)
-    futures = FutureList([done, failed, held.future])
+    cancelled = runner.submit(double, {"x": held.future})  # waits for the held one
+    assert cancelled.cancel()
     with pytest.raises(ValueError, match="failed before the wait"):
-        futures.result(timeout=TIMEOUT)
-    assert not held.future.done()  # it did not wait for the held one
+        FutureList([done, failed, cancelled, held.future]).result(timeout=TIMEOUT)
+    with pytest.raises(TaskCancelledError):
+        FutureList([done, cancelled, failed, held.future]).result(timeout=TIMEOUT)
+    assert not held.future.done()  # neither waited for the held one
     held.release()
     assert held.future.result(TIMEOUT) == 1
 

@@ -1192,6 +1192,8 @@ def test_a_fault_before_a_batch_goes_out_fails_its_runs_instead_of_losing_them(
         for run in mapped:  # (a run left waiting raises TimeoutError here)
             with pytest.raises(RuntimeError, match="no calls today"):
                 run.result(0)
+        monkeypatch.undo()
+        assert runner.map(double, {"x": range(20)}).result(TIMEOUT) == [2 * x for x in range(20)]
 
 
 def gated_at(i: int, hub: Address, stop: int) -> int:
