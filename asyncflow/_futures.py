@@ -499,13 +499,13 @@ class Future(Generic[R]):
                     self._callback_failed(fn)
 
 
-_status_of = operator.attrgetter("_status")
+status_of = operator.attrgetter("_status")  # a future's state, for scans in C
 _value_of = operator.attrgetter("_value")
 
 
 def all_results(futures: Sequence[Future[Any]]) -> list[Any]:
     """The result of each future, all final, in order; the first failure raises."""
-    if set(map(_status_of, futures)) == {COMPLETED}:  # the common case, in C
+    if set(map(status_of, futures)) == {COMPLETED}:  # the common case, in C
         return list(map(_value_of, futures))
     return [f._outcome(True) for f in futures]
 
@@ -777,7 +777,7 @@ class FutureList(list[Future[R]]):
         from ._waiting import wait_all_or_first_failure
 
         failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._group)
-        if failed is None and set(map(_status_of, self)) == {COMPLETED}:  # the common case
+        if failed is None and set(map(status_of, self)) == {COMPLETED}:  # the common case
             return list(map(_value_of, self))
         if failed is not None:
             failed._outcome(True)  # raises the first failure seen, even if others still run

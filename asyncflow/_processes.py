@@ -35,7 +35,7 @@ import anyio
 import cloudpickle
 from anyio.abc import Process
 
-from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error
+from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error, status_of
 from ._logging import TASK_RUNS, handle_remote_record
 from .exceptions import (
     RemoteError,
@@ -132,7 +132,6 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 
 _task_of = operator.attrgetter("_task")
 _policy_of = operator.attrgetter("_policy")
-_status_of = operator.attrgetter("_status")
 _params_of = operator.attrgetter("_params")
 _deps_of = operator.attrgetter("_deps")
 _id_of = operator.attrgetter("_id")
@@ -634,7 +633,7 @@ class ProcessWorkers:
                 set(map(type, head)) == {Future}
                 and set(map(_task_of, head)) == {task}
                 and set(map(_policy_of, head)) == {None}
-                and max(map(_status_of, head)) < COMPLETED
+                and max(map(status_of, head)) < COMPLETED
             ):
                 popleft = ready.popleft
                 for _ in head:
@@ -979,7 +978,7 @@ class ProcessWorkers:
             return None, calls
         items = list(map(_item_of, calls))
         plain = set(map(type, items)) == {Future}
-        if not plain or max(map(_status_of, items)) >= COMPLETED:
+        if not plain or max(map(status_of, items)) >= COMPLETED:
             calls = [c for c in calls if c[0]._status < COMPLETED]  # not cancelled meanwhile
             if not calls:
                 return None, calls

@@ -22,6 +22,7 @@ from ._futures import (
     MapGroup,
     add_done_callback_to_all,
     all_results,
+    status_of,
 )
 
 __all__ = (
@@ -79,7 +80,6 @@ def _check_not_waiting_on_itself(pending: list[Future[Any]]) -> None:
 
 
 _scheduler_of = operator.attrgetter("_scheduler")
-_status_of = operator.attrgetter("_status")
 
 
 def _get(
@@ -204,7 +204,7 @@ def _unfinished(
 ) -> tuple[Future[Any] | None, list[Future[Any]]]:
     """Before a whole-list wait: a failure already there (with ``stop_on_failure``: nothing
     to wait for then), else the futures still to wait for."""
-    statuses = list(map(_status_of, unique))  # (a list may be a whole map: in C)
+    statuses = list(map(status_of, unique))  # (a list may be a whole map: in C)
     if not statuses:
         return None, []
     if stop_on_failure and max(statuses) > COMPLETED:
