@@ -196,6 +196,9 @@ class _Worker:
         self.batch_size = 0  # the calls of the batch it was sent last
         self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
         self.positions: dict[Any, int] = {}  # the runs of its batch -> their index in it
+        # Without a ledger: runs of its batch cancelled while replies before them were still
+        # on their way; the worker is stopped when one of them is the first unanswered.
+        self.stop_at: set[Any] = set()
         self.skipped = 0  # calls it was told to skip (cancelled before they started)
         self.pid = process.pid
         self.label = f"process {self.pid}"  # names it in events
@@ -263,6 +266,7 @@ class _Worker:
         self.unanswered = calls
         self.positions = dict(zip(map(_item_of, calls), range(len(calls)), strict=True))
         if self.ledger is None:
+            self.stop_at = set()
             return None
         self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
         if not may_hold:
@@ -533,7 +537,10 @@ class ProcessWorkers:
                 return True  # answered already
             if ledger is None:  # (no ledger on this system) only the first unanswered runs
                 if index != worker.batch_size - len(worker.unanswered):
-                    return True  # it will run, and its outcome is dropped
+                    # Unless the replies before it are still on their way: the worker is
+                    # stopped once they are in and it is the first unanswered (_replies).
+                    worker.stop_at.add(item)
+                    return True
             elif not self._runs(ledger, index, mark=True):
                 # Skipped when the worker gets there, or returned already. Look again soon:
                 # the worker may have read the mark before it was set.
@@ -845,6 +852,8 @@ class ProcessWorkers:
         while calls:
             skipped = worker.skipped
             answered = self._answer(worker, task, await worker.receive(), calls)
+            if worker.stop_at and calls and calls[0][0] in worker.stop_at and not worker.killed:
+                worker.kill()  # a run cancelled before the parent knew it was under way
             ran = answered - (worker.skipped - skipped)  # (a skipped call costs nothing)
             now = time.perf_counter()
             if ran:
