@@ -66,6 +66,7 @@ _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kil
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
 _BATCH_MIN = 512  # calls a batch may take at least, if the queue holds them (and they are cheap)
 _BATCH_MIN_TIME = 0.0025  # seconds of work that minimum stands for at most (the uneven share)
+_EARLY_HAND_BACK = True  # a worker whose batch is answered at once takes the next one first
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
@@ -717,6 +718,7 @@ class ProcessWorkers:
         alone = None  # the call, if it went alone (then listed in _busy)
         calls: deque[_Call] = deque()
         packed_yet = False
+        handed_back = False  # (the worker went back before the last replies were handled)
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
             message, packed = self._pack(self._calls(batch))
@@ -737,8 +739,11 @@ class ProcessWorkers:
             if len(calls) == 1:  # (a batch of several may be down to one by now)
                 alone = calls[0][0]
             await worker.send((*message, worker.take(calls, self._sched.events is None)))
-            await self._replies(worker, calls)
-            if self._max_tasks is not None and worker.calls >= self._max_tasks:
+            last = await self._replies(worker, calls)
+            if last is not None:
+                answered_by, worker, handed_back = worker, None, True
+                await self._hand_back_then_answer(answered_by, last, calls)
+            elif self._max_tasks is not None and worker.calls >= self._max_tasks:
                 retired, worker = worker, None  # a fresh one takes its place on demand
                 self._workers.discard(retired)
                 self._retire(retired)
@@ -759,16 +764,32 @@ class ProcessWorkers:
                 self._put_to_rest(worker)
                 worker = None
             if worker is not None:
-                worker.unanswered = None
-                worker.positions = {}
-                self._idle.append(worker)
-                if self._idle_timeout is not None:
-                    worker.idle_since = time.monotonic()
-                    asyncio.get_running_loop().call_later(
-                        self._idle_timeout, self._retire_if_idle, worker, worker.idle_since
-                    )
-            self._active -= 1
-            self._pump()
+                self._hand_back(worker)
+            elif not handed_back:
+                self._active -= 1
+                self._pump()
+
+    async def _hand_back_then_answer(
+        self, worker: _Worker, frames: list[bytes], calls: deque[Any]
+    ) -> None:
+        """The results of a whole batch are in: the worker's next batch goes out before they
+        are handled (so it works while this loop does), then they end their runs."""
+        self._hand_back(worker)
+        await asyncio.sleep(0)  # (the next batch's task runs first: it was scheduled first)
+        self._answer(worker, calls[0][1], frames, calls)
+
+    def _hand_back(self, worker: _Worker) -> None:
+        """The worker's batch is over: it is idle, and takes the next one if any is queued."""
+        worker.unanswered = None
+        worker.positions = {}
+        self._idle.append(worker)
+        if self._idle_timeout is not None:
+            worker.idle_since = time.monotonic()
+            asyncio.get_running_loop().call_later(
+                self._idle_timeout, self._retire_if_idle, worker, worker.idle_since
+            )
+        self._active -= 1
+        self._pump()
 
     def _calls(self, batch: list[Any]) -> list[_Call]:
         """Each item of ``batch`` with its task and the arguments of its call. One cancelled
@@ -843,15 +864,28 @@ class ProcessWorkers:
         self._tasks.add(reaping)
         reaping.add_done_callback(self._tasks.discard)
 
-    async def _replies(self, worker: _Worker, calls: deque[Any]) -> None:
+    async def _replies(self, worker: _Worker, calls: deque[Any]) -> list[bytes] | None:
         """Take the replies of a batch as they come, in order (``calls``: those still to
         answer); each ends its run. The time per call is remembered (cheap tasks are
-        batched)."""
+        batched). Returns the replies not handled yet when they are the results of the whole
+        batch in one message (``r``) and the worker may take its next batch before they are
+        handled (then ``_run`` hands it back first), else None (all handled)."""
         task = calls[0][1]
         clock = time.perf_counter()
         while calls:
             skipped = worker.skipped
-            answered = self._answer(worker, task, await worker.receive(), calls)
+            frames = await worker.receive()
+            if (
+                _EARLY_HAND_BACK
+                and frames[-1][0] == _RESULTS
+                and self._max_tasks is None
+                and not worker.killed
+            ):
+                # (An ``r`` message answers every call of the batch at once, all results.)
+                worker.calls += len(calls)
+                self._cost[task] = (time.perf_counter() - clock) / len(calls)
+                return frames
+            answered = self._answer(worker, task, frames, calls)
             if worker.stop_at and calls and calls[0][0] in worker.stop_at and not worker.killed:
                 worker.kill()  # a run cancelled before the parent knew it was under way
             ran = answered - (worker.skipped - skipped)  # (a skipped call costs nothing)
@@ -860,6 +894,7 @@ class ProcessWorkers:
                 worker.calls += ran
                 self._cost[task] = (now - clock) / ran  # round trip included
             clock = now
+        return None
 
     def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: deque[Any]) -> int:
         """End the runs of ``calls`` that ``frames`` answer, in order; return how many."""
