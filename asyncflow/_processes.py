@@ -258,7 +258,8 @@ class _Worker:
 
     def take(self, calls: deque[Any], may_hold: bool) -> int | None:
         """The worker is sent the batch ``calls``: for a batch of several, its calls are
-        listed, and the ledger's numbers and skip marks cleared; if it ``may_hold`` the replies
+        listed, and the ledger's numbers and skip marks cleared (without a ledger, the calls to
+        stop at); if it ``may_hold`` the replies
         (no one watches each call start), the batch's number."""
         self.holding = -1
         self.batch_size = len(calls)
@@ -522,7 +523,11 @@ class ProcessWorkers:
 
         In a batch of several calls, the worker says in its ledger where it is: a call whose
         body returned is left alone (its reply is dropped), one not started is marked to be
-        skipped (and the worker serves on); only the call whose body runs is stopped."""
+        skipped (and the worker serves on); only the call whose body runs is stopped. Without
+        a ledger there are no marks: the worker is stopped when the call is the first one
+        unanswered (at once, or once the replies before it are in; see ``_replies``), which
+        may stop the call after it if the worker moved on meanwhile (that one is queued again
+        and runs twice)."""
         if item in self._busy:  # sent alone
             worker = self._busy[item]
         else:
@@ -776,12 +781,17 @@ class ProcessWorkers:
         are handled (so it works while this loop does), then they end their runs."""
         self._hand_back(worker)
         await asyncio.sleep(0)  # (the next batch's task runs first: it was scheduled first)
-        self._answer(worker, calls[0][1], frames, calls)
+        try:
+            self._answer(worker, calls[0][1], frames, calls)
+        except _Died:  # (results in one message never come with a crash: this is a fault)
+            # The worker is another batch's now: _run fails the runs left, it buries no one.
+            raise RuntimeError("a batch's results said that its worker died") from None
 
     def _hand_back(self, worker: _Worker) -> None:
         """The worker's batch is over: it is idle, and takes the next one if any is queued."""
         worker.unanswered = None
         worker.positions = {}
+        worker.stop_at = set()
         self._idle.append(worker)
         if self._idle_timeout is not None:
             worker.idle_since = time.monotonic()
@@ -881,7 +891,8 @@ class ProcessWorkers:
                 and self._max_tasks is None
                 and not worker.killed
             ):
-                # (An ``r`` message answers every call of the batch at once, all results.)
+                # (An ``r`` message answers every call of the batch at once, all results. The
+                # cost is the round trip, without the handling of these results.)
                 worker.calls += len(calls)
                 self._cost[task] = (time.perf_counter() - clock) / len(calls)
                 return frames
