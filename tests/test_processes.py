@@ -1452,6 +1452,45 @@ def test_without_a_ledger_a_cancel_ahead_of_the_replies_before_it_still_stops_it
     assert [f.result() for f in others] == [i for i in range(1, 100) if i != 10]
 
 
+def deaf_then_exiting(i: int, hub: Address, path: str) -> int:
+    with Path(path).open("a") as notes:
+        notes.write(f"{i}\n")
+    if i == 10:  # its worker will ignore the signal that stops it; it waits at a gate
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        gated(hub, f"run{i}")
+    elif i == 11:  # it exits on its own before the runner's SIGKILL (after a grace) comes
+        os._exit(3)
+    return i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_worker_that_exits_on_its_own_after_it_was_signalled_blames_its_run(
+    hub: Hub, tmp_path: Path
+) -> None:
+    # Run 10 is cancelled while it runs: its worker is sent SIGTERM, which it ignores. The
+    # worker moves on to run 11, which exits with code 3, so the worker did not end by the
+    # runner's signal: run 11 is blamed (not queued again), and the rest runs elsewhere.
+    notes = tmp_path / "ran"
+    deaf = task(deaf_then_exiting)  # (kept: the cost the runner learns is the task's)
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        params = {"hub": hub.address, "path": str(notes)}
+        assert runner.submit(deaf, {"i": 0, **params}).result(TIMEOUT) == 0
+        futures = runner.map(
+            deaf, {"i": range(1, 100), **{k: unmapped(v) for k, v in params.items()}}
+        )
+        (label,) = hub.arrivals(1)  # run 10 is running, SIGTERM blocked
+        assert futures[9].cancel()  # its worker is signalled
+        hub.release(label)
+        futures.wait(TIMEOUT)
+    assert futures[9].cancelled()
+    error = futures[10].exception()
+    assert isinstance(error, WorkerCrashedError)
+    assert error.exitcode == 3
+    assert [f.result() for f in futures[11:]] == list(range(12, 100))
+    ran = [int(line) for line in notes.read_text().split()]
+    assert sorted(ran) == list(range(100))  # run 11 once: blamed, not queued again
+
+
 _RETURNED: list[int] = []  # (in the worker process)
 
 
