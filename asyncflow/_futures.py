@@ -503,11 +503,12 @@ status_of = operator.attrgetter("_status")  # a future's state, for scans in C
 _value_of = operator.attrgetter("_value")
 
 
-def all_results(futures: Sequence[Future[Any]]) -> list[Any]:
-    """The result of each future, all final, in order; the first failure raises."""
+def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -> list[Any]:
+    """The result of each future, all final, in order; the first failure raises (or, without
+    ``raise_on_failure``, stands in the list as its exception)."""
     if set(map(status_of, futures)) == {COMPLETED}:  # the common case, in C
         return list(map(_value_of, futures))
-    return [f._outcome(True) for f in futures]
+    return [f._outcome(raise_on_failure) for f in futures]
 
 
 def plain_runs(
@@ -777,16 +778,14 @@ class FutureList(list[Future[R]]):
         from ._waiting import wait_all_or_first_failure
 
         failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._group)
-        if failed is None and set(map(status_of, self)) == {COMPLETED}:  # the common case
-            return list(map(_value_of, self))
         if failed is not None:
             failed._outcome(True)  # raises the first failure seen, even if others still run
-        if not all(f.done() for f in self):
+        if min(map(status_of, self), default=COMPLETED) < COMPLETED:  # (in C)
             unfinished = sum(1 for f in self if not f.done())
             raise TimeoutError(
                 f"{unfinished} of {len(self)} futures did not finish within {timeout} seconds"
             )
-        return [f._outcome(raise_on_failure) for f in self]
+        return all_results(self, raise_on_failure)
 
     def __await__(self) -> Generator[Any, None, list[R]]:
         return self._gather().__await__()

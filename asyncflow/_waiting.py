@@ -207,9 +207,10 @@ def _unfinished(
     statuses = list(map(status_of, unique))  # (a list may be a whole map: in C)
     if not statuses:
         return None, []
-    if stop_on_failure and max(statuses) > COMPLETED:
+    top = max(statuses)
+    if stop_on_failure and top > COMPLETED:
         return unique[next(i for i, s in enumerate(statuses) if s > COMPLETED)], []
-    if max(statuses) < COMPLETED:  # none is final yet (a map just made)
+    if top < COMPLETED:  # none is final yet (a map just made)
         return None, list(unique)
     return None, list(itertools.compress(unique, map(COMPLETED.__gt__, statuses)))
 
