@@ -75,6 +75,8 @@ _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
+_VALUES = ord("v")  # the same when each is of an immutable plain type: the values themselves
+_WHOLE_BATCH = frozenset({_RESULTS, _VALUES})
 # A call of a batch: its work item, its task, and its positional and keyword arguments.
 _Call = tuple[Any, Any, tuple[Sequence[Any], dict[str, Any]]]
 
@@ -887,12 +889,12 @@ class ProcessWorkers:
             frames = await worker.receive()
             if (
                 _EARLY_HAND_BACK
-                and frames[-1][0] == _RESULTS
+                and frames[-1][0] in _WHOLE_BATCH
                 and self._max_tasks is None
                 and not worker.killed
             ):
-                # (An ``r`` message answers every call of the batch at once, all results. The
-                # cost is the round trip, without the handling of these results.)
+                # (An ``r`` or ``v`` message answers every call of the batch at once, all
+                # results. The cost is the round trip, without the handling of these results.)
                 worker.calls += len(calls)
                 self._cost[task] = (time.perf_counter() - clock) / len(calls)
                 return frames
@@ -919,19 +921,23 @@ class ProcessWorkers:
             if kind == _LOG:
                 handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
                 continue
-            if kind == _RESULTS:  # the results of the whole batch
-                blobs = pickle.loads(frame[1:])  # our own pipe from our own worker
-                n = len(blobs)
+            if kind in _WHOLE_BATCH:  # the results of the whole batch
+                loaded = pickle.loads(frame[1:])  # our own pipe from our own worker
+                n = len(loaded)
                 if n != len(calls):  # (the worker sends it only when all are answered here)
                     raise RuntimeError(f"{n} results came for a batch of {len(calls)} calls")
-                try:
-                    results = list(map(pickle.loads, blobs))  # each on its own, in C
-                except Exception:  # one does not load here: each says so, or its result
-                    if items:
-                        sched.complete_many(items, values)
-                        items, values = [], []
-                    answered += self._answer(worker, task, [b"o" + b for b in blobs], calls)
-                    continue
+                if kind == _VALUES:  # the values themselves
+                    results = loaded
+                else:  # their pickles
+                    try:
+                        results = list(map(pickle.loads, loaded))  # each on its own, in C
+                    except Exception:  # one does not load here: each says so, or its result
+                        if items:
+                            sched.complete_many(items, values)
+                            items, values = [], []
+                        blobs = [b"o" + b for b in loaded]
+                        answered += self._answer(worker, task, blobs, calls)
+                        continue
                 # A batch of several holds plain runs only: they end together (those
                 # cancelled meanwhile are left as they are).
                 items += map(_item_of, calls)

@@ -1510,6 +1510,43 @@ def test_each_result_of_a_batch_is_its_value_when_its_body_returned() -> None:
     assert len({id(r) for r in results}) == 20
 
 
+def plain_value(i: int) -> Any:
+    return [None, True, i, i / 2, 1j * i, str(i), bytes([i % 256])][i % 7]
+
+
+def value_or_tuple(i: int) -> Any:
+    return (i,) if i == 5 else i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_batch_of_plain_results_comes_back_as_one_list_of_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Results of immutable plain types come back as the values themselves, in one message
+    # ("v"); one result of another type (a tuple) makes the batch send their pickles ("r").
+    kinds: list[str] = []
+    receive = asyncflow._processes._Worker.receive
+
+    async def noted(self: Any) -> list[bytes]:
+        frames = await receive(self)
+        kinds.extend(chr(frame[0]) for frame in frames)
+        return frames
+
+    monkeypatch.setattr(asyncflow._processes._Worker, "receive", noted)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(plain_value, {"i": 0}).result(TIMEOUT) is None  # cheap: batched
+        kinds.clear()
+        plain = runner.map(plain_value, {"i": range(50)}).result(TIMEOUT)
+        assert "v" in kinds, kinds
+        assert "r" not in kinds, kinds
+        kinds.clear()
+        mixed = runner.map(value_or_tuple, {"i": range(50)}).result(TIMEOUT)
+        assert "r" in kinds, kinds  # (the batch with run 5)
+    assert plain == [plain_value(i) for i in range(50)]
+    assert [type(v) for v in plain[:7]] == [type(None), bool, int, float, complex, str, bytes]
+    assert mixed == [(5,) if i == 5 else i for i in range(50)]
+
+
 @pytest.mark.usefixtures("batches")
 def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
     # Runs whose arguments cannot be sent fail before their batch goes out; the one left
