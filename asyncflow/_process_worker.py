@@ -123,7 +123,8 @@ class _Replies:
         # The pickled results of the batch, while every reply is a result held in the ledger
         # and none went out (None once one did not): at its end they go out in one message.
         self.results: list[bytes] | None = None
-        self.values: list[Any] = []  # the same results themselves (see stop)
+        # The same results themselves, while ``results`` lists them (see stop).
+        self.values: list[Any] = []
         self.lock = threading.Lock()
         self.due = threading.Condition(self.lock)
         if ledger_fd is not None:
@@ -171,7 +172,7 @@ class _Replies:
         index = self.index
         self.index = index + 1
         if kind != b"o":
-            self.results = None
+            self.results, self.values = None, []
         start = self.used
         end = start + 5 + len(data)
         if end > self.size:
@@ -182,7 +183,7 @@ class _Replies:
                 self.used = self.sent = start = _START
                 end = start + 5 + len(data)
                 if end > self.size:  # too big to hold: straight to the pipe
-                    self.results = None
+                    self.results, self.values = None, []
                     _send(self.fd, kind, data)
                     _U32.pack_into(ledger, _FIRST, index + 1)
                     return
@@ -197,7 +198,8 @@ class _Replies:
         used = self.used  # (this thread may append after it meanwhile)
         if ledger is None or self.batch is None or used == self.sent:
             return
-        self.results = None  # some replies go out before the end: so do the rest
+        # Some replies go out before the end: so do the rest (and no result is kept here).
+        self.results, self.values = None, []
         with memoryview(ledger) as view:
             _send(self.fd, b"h", view[self.sent : used])
         self.sent = used
