@@ -123,8 +123,9 @@ class _Replies:
         # The pickled results of the batch, while every reply is a result held in the ledger
         # and none went out (None once one did not): at its end they go out in one message.
         self.results: list[bytes] | None = None
-        # The same results themselves, while ``results`` lists them (see stop).
-        self.values: list[Any] = []
+        # The same results themselves while each is of a type of _PLAIN_VALUES (None once
+        # one is not: then they go as their pickles; see stop).
+        self.values: list[Any] | None = None
         self.lock = threading.Lock()
         self.due = threading.Condition(self.lock)
         if ledger_fd is not None:
@@ -137,7 +138,7 @@ class _Replies:
         ledger = self.ledger
         self.index = 0
         if batch is None or ledger is None:
-            self.batch = self.results = None
+            self.batch = self.results = self.values = None
             return
         with self.lock:
             self.results = []
@@ -161,6 +162,7 @@ class _Replies:
         results = self.results
         if results is not None:
             results.append(data)
+            self.values = None  # (not of a plain type: plain pickle would have taken it)
         self.send(b"o", data)
 
     def send(self, kind: bytes, data: bytes) -> None:
@@ -172,7 +174,7 @@ class _Replies:
         index = self.index
         self.index = index + 1
         if kind != b"o":
-            self.results, self.values = None, []
+            self.results = self.values = None
         start = self.used
         end = start + 5 + len(data)
         if end > self.size:
@@ -183,7 +185,7 @@ class _Replies:
                 self.used = self.sent = start = _START
                 end = start + 5 + len(data)
                 if end > self.size:  # too big to hold: straight to the pipe
-                    self.results, self.values = None, []
+                    self.results = self.values = None
                     _send(self.fd, kind, data)
                     _U32.pack_into(ledger, _FIRST, index + 1)
                     return
@@ -199,7 +201,7 @@ class _Replies:
         if ledger is None or self.batch is None or used == self.sent:
             return
         # Some replies go out before the end: so do the rest (and no result is kept here).
-        self.results, self.values = None, []
+        self.results = self.values = None
         with memoryview(ledger) as view:
             _send(self.fd, b"h", view[self.sent : used])
         self.sent = used
@@ -224,13 +226,12 @@ class _Replies:
         went out yet, they go as one pickle of the list of their pickles (``r``: the parent
         loads it in one go, in C, and each result on its own, as it was when its body
         returned), or of the list of the results themselves when each is of a type of
-        ``_PLAIN_VALUES`` (``v``: one load in the parent, the cheapest; ``values`` lists them
-        while each reply of the batch so far is one of them, in order)."""
+        ``_PLAIN_VALUES`` (``v``: one load in the parent, the cheapest)."""
         with self.lock:
             results = self.results
             if self.batch is not None and results is not None and len(results) == self.index:
                 values = self.values
-                if len(values) == len(results) and set(map(type, values)) <= _PLAIN_VALUES:
+                if values is not None and len(values) == len(results):
                     _send(self.fd, b"v", pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
                 else:
                     data = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
@@ -238,8 +239,7 @@ class _Replies:
                 self.sent = self.used
             else:
                 self._flush()
-            self.batch = self.results = None
-            self.values = []
+            self.batch = self.results = self.values = None
 
 
 def _write(replies: _Replies, message: Any) -> None:
@@ -381,6 +381,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     record = _RECORD.pack_into
     dumps = pickle.dumps
     protocol = pickle.HIGHEST_PROTOCOL
+    plain_values = _PLAIN_VALUES
     for index, (call, context) in enumerate(zip(calls, contexts, strict=True)):
         if ledger is not None:
             at(ledger, _AT, 2 * index + 1)
@@ -423,7 +424,12 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         results = replies.results
         if results is not None:
             results.append(data)
-            replies.values.append(value)
+            values = replies.values
+            if values is not None:
+                if type(value) in plain_values:
+                    values.append(value)
+                else:
+                    replies.values = None  # this batch's results go as their pickles
         start = replies.used
         end = start + 5 + len(data)
         if ledger is None or replies.batch is None or end > replies.size:

@@ -880,7 +880,7 @@ class ProcessWorkers:
         """Take the replies of a batch as they come, in order (``calls``: those still to
         answer); each ends its run. The time per call is remembered (cheap tasks are
         batched). Returns the replies not handled yet when they are the results of the whole
-        batch in one message (``r``) and the worker may take its next batch before they are
+        batch in one message (``r`` or ``v``) and the worker may take its next batch before they are
         handled (then ``_run`` hands it back first), else None (all handled)."""
         task = calls[0][1]
         clock = time.perf_counter()
