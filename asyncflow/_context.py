@@ -43,7 +43,8 @@ def get_run_context() -> RunContext:
         worker = sys.modules.get("__main__")
         call = getattr(worker, "asyncflow_run_context", None)
         if call is not None:  # a body running in a process worker
-            name, run_number, attempt, tags, key = call
+            name, tags, key = worker.asyncflow_run_task  # type: ignore[union-attr]
+            run_number, attempt = (call, 1) if type(call) is int else call
             # The same UUID the run's future makes from this number (Future.task_run_id).
             run_id = uuid.UUID(int=run_number, version=4)
             return RunContext(name, run_id, attempt, tags, key)

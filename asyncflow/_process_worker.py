@@ -28,14 +28,15 @@ returned), or, when every result is of an immutable plain type (``None``, ``bool
 pickle of the list of the results themselves; else as the held replies themselves.
 A reply is in the pipe or in the ledger from the moment its call ended, so when a worker dies
 the parent still gets every reply before the call that killed it. The ledger holds, as 4-byte
-numbers: the count of the bytes in use (written after each reply held), the position of the
-worker in a batch of several (0: no call started; ``2 * i + 1``: call i runs, written before
-its skip mark is read; ``2 * i + 2``: its body returned), the index in its batch of the first
-reply held, and the batch's number; then 1024 skip marks (the parent sets mark i to cancel call
-i before it starts: it is answered ``skipped`` instead of run), then the held replies, each a
-4-byte length, the kind byte and the data. While the worker lives, the parent reads its
-position and sets skip marks (a cancel); it reads the held replies only after the worker
-died, and ignores those of another batch and those it already got from the pipe. Body kinds:
+numbers (in the machine's byte order: both ends run on it): the count of the bytes in use
+(written after each reply held), the position of the worker in a batch of several (0: no call
+started; ``2 * i + 1``: call i runs, written before its skip mark is read; ``2 * i + 2``: its
+body returned), the index in its batch of the first reply held, and the batch's number; then
+1024 skip marks (the parent sets mark i to cancel call i before it starts: it is answered
+``skipped`` instead of run), then the held replies, each a 4-byte length, the kind byte and the
+data. While the worker lives, the parent reads its position and sets skip marks (a cancel); it
+reads the held replies only after the worker died, and ignores those of another batch and those
+it already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
 - ``h`` + replies held in the ledger, as they were there (in order: the parent takes them as
   the replies of the next calls of the batch);
@@ -65,8 +66,8 @@ import traceback
 from typing import Any, BinaryIO
 
 _HEADER = struct.Struct(">I")
-_U32 = struct.Struct("<I")  # the ledger's numbers
-_RECORD = struct.Struct("<IB")  # a reply held in the ledger: its size (from the kind on), kind
+_U32 = struct.Struct("=I")  # the ledger's numbers
+_RECORD = struct.Struct("=IB")  # a reply held in the ledger: its size (from the kind on), kind
 _OK = ord("o")  # the kind of a result's reply
 _AT = 4  # offset of the ledger's u32: the index in its batch of the call starting or running
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
@@ -128,10 +129,17 @@ class _Replies:
         self.values: list[Any] | None = None
         self.lock = threading.Lock()
         self.due = threading.Condition(self.lock)
+        # The ledger's numbers as an array (index _AT // 4: the position in a batch) and its
+        # skip marks, for the batch loop: a store or a load there costs a fraction of a
+        # struct call on the map.
+        self.numbers: memoryview | None = None
+        self.skips: memoryview | None = None
         if ledger_fd is not None:
             self.ledger = mmap.mmap(ledger_fd, 0)
             self.size = len(self.ledger)
             os.close(ledger_fd)
+            self.numbers = memoryview(self.ledger)[:_SKIPS].cast("I")
+            self.skips = memoryview(self.ledger)[_SKIPS:_START]
             threading.Thread(target=self._flush_when_due, daemon=True).start()
 
     def start(self, batch: int | None) -> None:
@@ -266,8 +274,10 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
-# (task name, run number, attempt, tags, task key).
-asyncflow_run_context: tuple[str, int, int, frozenset[str], str] | None = None
+# its run number alone (a first attempt) or (run number, attempt), and, set once per batch,
+# (task name, tags, task key) of the task of the batch.
+asyncflow_run_context: int | tuple[int, int] | None = None
+asyncflow_run_task: tuple[str, frozenset[str], str] | None = None
 # Read by asyncflow's task run loggers here: the parent's level, and how records go back.
 asyncflow_log_level = 20
 _outbox = -1
@@ -364,10 +374,10 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     replies: _Replies,
 ) -> bool:
     """Run the calls of one message and send their replies; False if this worker must exit."""
-    global asyncflow_run_context  # read by asyncflow in the body
+    global asyncflow_run_context, asyncflow_run_task  # read by asyncflow in the body
     import cloudpickle
 
-    name, tags, key = ident
+    asyncflow_run_task = ident
     loaded = _load(payload, blob, len(contexts), replies, cloudpickle)
     if loaded is None:
         return True  # each call was answered why it cannot run
@@ -375,7 +385,9 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     # In a batch of several, the worker's position goes in the ledger (see the module's
     # docstring): "call i runs" before its skip mark is read, "its body returned" after.
     ledger = replies.ledger if len(contexts) > 1 else None
-    at = _U32.pack_into
+    numbers = replies.numbers
+    skips = replies.skips
+    at = _AT // 4  # (the index of the position in ``numbers``)
     by_value = replies.result_by_value
     send = replies.send
     record = _RECORD.pack_into
@@ -384,17 +396,12 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     plain_values = _PLAIN_VALUES
     for index, (call, context) in enumerate(zip(calls, contexts, strict=True)):
         if ledger is not None:
-            at(ledger, _AT, 2 * index + 1)
-            if ledger[_SKIPS + index]:
+            numbers[at] = 2 * index + 1  # type: ignore[index]
+            if skips[index]:  # type: ignore[index]
                 _write(replies, ("skipped", None))
                 continue
-        # A call is its keyword arguments alone, or (args, kwargs); its context the run
-        # number alone (a first attempt), or (run number, attempt).
-        asyncflow_run_context = (
-            (name, context, 1, tags, key)
-            if isinstance(context, int)
-            else (name, context[0], context[1], tags, key)
-        )
+        # A call is its keyword arguments alone, or (args, kwargs).
+        asyncflow_run_context = context
         args, kwargs = ((), call) if type(call) is dict else call
         try:
             if is_async:
@@ -407,7 +414,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
                 value = fn(**kwargs)
         except Exception as exc:
             if ledger is not None:
-                at(ledger, _AT, 2 * index + 2)
+                numbers[at] = 2 * index + 2  # type: ignore[index]
             _write(replies, _exception_reply(exc, cloudpickle))
             continue
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
@@ -415,7 +422,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
             return False
         if ledger is not None:
-            at(ledger, _AT, 2 * index + 2)
+            numbers[at] = 2 * index + 2  # type: ignore[index]
         try:  # plain pickle, and the end of replies.result_by_value: once per call
             data = dumps(value, protocol)
         except Exception:
@@ -439,7 +446,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         # then the count of bytes in use (a change there goes here).
         record(ledger, start, len(data) + 1, _OK)
         ledger[start + 5 : end] = data
-        at(ledger, 0, end)
+        numbers[0] = end  # type: ignore[index]
         replies.used = end
         replies.index += 1
     return True

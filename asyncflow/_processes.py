@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 __all__ = ("ProcessWorkers",)
 
 _HEADER = struct.Struct(">I")
-_U32 = struct.Struct("<I")  # the reply ledger's numbers (its layout: see _process_worker)
+# The reply ledger's numbers, in the machine's byte order (its layout: see _process_worker).
+_U32 = struct.Struct("=I")
 _AT = 4  # offset of the ledger's u32: the worker's position in a batch
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
@@ -295,7 +296,7 @@ class _Worker:
         ledger = self.ledger
         if ledger is None or self.holding < 0:
             return []
-        used, _, first, batch = struct.unpack_from("<4I", ledger, 0)
+        used, _, first, batch = struct.unpack_from("=4I", ledger, 0)
         if batch != self.holding or first > answered:
             return []
         return _held_replies(ledger, _START, min(used, len(ledger)))[answered - first :]

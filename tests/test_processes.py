@@ -1562,6 +1562,24 @@ def test_a_batch_of_plain_results_comes_back_as_one_list_of_values(
     assert with_lambda[:5] + with_lambda[6:] == [i for i in range(30) if i != 5]
 
 
+@asyncflow.task(name="whoami", tags={"etl", "nightly"})
+def whoami(i: int) -> tuple[int, str, str, frozenset[str], str, int]:
+    ctx = asyncflow.get_run_context()
+    return i, ctx.task_name, str(ctx.task_run_id), ctx.tags, ctx.task_key, ctx.attempt
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_body_in_a_worker_sees_its_own_run_context_alone_and_in_a_batch() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        alone = runner.submit(whoami, {"i": -1})
+        alone.result(TIMEOUT)
+        batched = runner.map(whoami, {"i": range(40)})  # (cheap: batched)
+        batched.wait(TIMEOUT)
+    key = f"{whoami.fn.__module__}.{whoami.fn.__qualname__}"
+    for i, fut in [(-1, alone), *enumerate(batched)]:
+        assert fut.result() == (i, "whoami", str(fut.task_run_id), {"etl", "nightly"}, key, 1)
+
+
 @pytest.mark.usefixtures("batches")
 def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
     # Runs whose arguments cannot be sent fail before their batch goes out; the one left
