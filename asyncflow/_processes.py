@@ -14,6 +14,7 @@ import copyreg
 import io
 import itertools
 import logging
+import marshal
 import mmap
 import operator
 import os
@@ -75,6 +76,8 @@ _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds: a result; the run id made in the worker; a log record of the running body.
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
+_PLAIN = ord("p")  # a result of a plain type (None, bool, int, float, complex, str, bytes)
+_LOADS = {_OK: pickle.loads, _PLAIN: marshal.loads}  # how a result's reply of each kind loads
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 _VALUES = ord("v")  # the same when each is of an immutable plain type: the values themselves
 _WHOLE_BATCH = frozenset({_RESULTS, _VALUES})
@@ -948,9 +951,10 @@ class ProcessWorkers:
                 continue
             call = calls.popleft()
             answered += 1
-            if kind == _OK and _plain_unfinished(call[0]) and sched.events is None:
+            loads = _LOADS.get(kind)
+            if loads is not None and _plain_unfinished(call[0]) and sched.events is None:
                 try:
-                    values.append(pickle.loads(frame[1:]))  # our own pipe from our own worker
+                    values.append(loads(frame[1:]))  # our own pipe from our own worker
                 except Exception:  # _reply loads it again and says why it fails
                     pass
                 else:
@@ -971,9 +975,10 @@ class ProcessWorkers:
         """End the run of ``call`` as ``frame`` says; False: the batch never ran, and its calls
         are queued again (``calls`` is empty then)."""
         item = call[0]
-        if frame[0] == _OK:
+        loads = _LOADS.get(frame[0])
+        if loads is not None:
             try:
-                ok, value = True, pickle.loads(frame[1:])  # our own pipe from our own worker
+                ok, value = True, loads(frame[1:])  # our own pipe from our own worker
             except Exception as exc:
                 ok, value = False, _unloaded_result(task.name, exc)
             self._report(item, ok, value)

@@ -1522,6 +1522,47 @@ def value_or_lambda(i: int) -> Any:
     return (lambda: 5) if i == 5 else i  # (only cloudpickle carries a lambda)
 
 
+EDGE_VALUES = [-0.0, float("inf"), 2**100, -(2**70), "\udc80 é", b"\x00\xff", True, 1j, None]
+
+
+def edge_value(i: int) -> Any:
+    return EDGE_VALUES[i % len(EDGE_VALUES)]
+
+
+def test_plain_results_come_back_exact_alone_in_a_batch_and_after_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A result of a plain type goes by marshal ("p"): -0.0 keeps its sign, a bool stays a
+    # bool, a lone surrogate survives, whether the call went alone, in a batch, or in a
+    # batch whose worker then died (its held replies are read from the ledger).
+    monkeypatch.setattr(asyncflow._processes, "_BATCH_COST", 1.0)
+    monkeypatch.setattr(asyncflow._processes, "_BATCH_TIME", 1000.0)
+    n = len(EDGE_VALUES)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        alone = [runner.submit(edge_value, {"i": i}).result(TIMEOUT) for i in range(n)]
+        batched = runner.map(edge_value, {"i": range(3 * n)}).result(TIMEOUT)
+        crashed = runner.map(edge_then_exit, {"i": range(2 * n), "stop": unmapped(2 * n - 1)})
+        crashed.wait(TIMEOUT)
+    assert failed_runs(crashed) == [2 * n]  # (numbered from 1)
+    held = [f.result() for f in crashed[:-1]]
+    for got in (
+        alone,
+        batched[:n],
+        batched[n : 2 * n],
+        batched[2 * n :],
+        held[:n],
+        held[n:] + [None],
+    ):
+        assert [type(v) for v in got] == [type(v) for v in EDGE_VALUES]
+        assert [repr(v) for v in got] == [repr(v) for v in EDGE_VALUES]  # (-0.0, not 0.0)
+
+
+def edge_then_exit(i: int, stop: int) -> Any:
+    if i == stop:
+        os._exit(7)
+    return edge_value(i)
+
+
 @pytest.mark.usefixtures("batches")
 def test_a_batch_of_plain_results_comes_back_as_one_list_of_values(
     monkeypatch: pytest.MonkeyPatch,
