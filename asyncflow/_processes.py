@@ -640,9 +640,13 @@ class ProcessWorkers:
         # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
         # one reply per batch, so bigger batches cost less per call.
         per_call = max(cost, 1e-6)
+        # An equal share of the queue for each worker free to take one now (those at work
+        # take more when they are back).
+        queued = len(ready) + 1  # (with ``first``)
+        share = queued // max(1, self._max - self._active)
         size = min(
             _BATCH_MAX,
-            max(len(ready) // self._max, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
+            max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
             int(_BATCH_TIME / per_call),
         )
         if len(ready) >= size - 1 and size > 1:

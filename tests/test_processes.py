@@ -1551,7 +1551,7 @@ def test_plain_results_come_back_exact_alone_in_a_batch_and_after_a_crash(
         batched[n : 2 * n],
         batched[2 * n :],
         held[:n],
-        held[n:] + [None],
+        [*held[n:], None],
     ):
         assert [type(v) for v in got] == [type(v) for v in EDGE_VALUES]
         assert [repr(v) for v in got] == [repr(v) for v in EDGE_VALUES]  # (-0.0, not 0.0)
@@ -1639,14 +1639,18 @@ def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cost", "expected"),
+    ("cost", "active", "expected"),
     [
-        (1e-6, 512),  # quick calls: at least 512, though an eighth of the queue is 74
-        (2.5e-5, 100),  # at most about 2.5 ms of work for that minimum
-        (1e-3, 10),  # and about 10 ms of work in any batch
+        (1e-6, 0, 512),  # quick calls: at least 512, though an eighth of the queue is 75
+        (2.5e-5, 0, 100),  # at most about 2.5 ms of work for that minimum
+        (1e-3, 0, 10),  # and about 10 ms of work in any batch
+        (1e-6, 7, 600),  # the share of the one worker free now: the whole queue
+        (2e-5, 6, 300),  # of two free: half of it (more than the 2.5 ms minimum)
     ],
 )
-def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, expected: int) -> None:
+def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(
+    cost: float, active: int, expected: int
+) -> None:
     owner: Any = object()
     t = as_task(double)
     params = [{"x": i} for i in range(600)]
@@ -1654,6 +1658,7 @@ def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, exp
     workers = ProcessWorkers.__new__(ProcessWorkers)  # only what _take_batch reads
     workers._ready = collections.deque(runs)
     workers._max = 8
+    workers._active = active  # (batches out now)
     workers._max_tasks = None
     workers._unbatchable = weakref.WeakSet()
     workers._cost = weakref.WeakKeyDictionary({t: cost})
