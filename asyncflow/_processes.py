@@ -202,7 +202,9 @@ class _Worker:
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
         self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
-        self.positions: dict[Any, int] = {}  # the runs of its batch -> their index in it
+        self.runs: list[Any] = []  # the runs of its batch of several, in order
+        # The same, run -> index: made when a cancel first looks for one (most batches never).
+        self.positions: dict[Any, int] | None = None
         # Without a ledger: runs of its batch cancelled while replies before them were still
         # on their way; the worker is stopped when one of them is the first unanswered.
         self.stop_at: set[Any] = set()
@@ -272,7 +274,8 @@ class _Worker:
         if len(calls) <= 1:
             return None
         self.unanswered = calls
-        self.positions = dict(zip(map(_item_of, calls), range(len(calls)), strict=True))
+        self.runs = list(map(_item_of, calls))
+        self.positions = None
         if self.ledger is None:
             self.stop_at = set()
             return None
@@ -288,7 +291,10 @@ class _Worker:
         calls = self.unanswered
         if calls is None:
             return None
-        index = self.positions.get(item)
+        positions = self.positions
+        if positions is None:
+            positions = self.positions = dict(zip(self.runs, range(len(self.runs)), strict=True))
+        index = positions.get(item)
         if index is None or index < self.batch_size - len(calls):
             return None  # not in it, or answered
         return index
@@ -800,7 +806,8 @@ class ProcessWorkers:
     def _hand_back(self, worker: _Worker) -> None:
         """The worker's batch is over: it is idle, and takes the next one if any is queued."""
         worker.unanswered = None
-        worker.positions = {}
+        worker.runs = []
+        worker.positions = None
         worker.stop_at = set()
         self._idle.append(worker)
         if self._idle_timeout is not None:
