@@ -228,7 +228,10 @@ class Future(Generic[R]):
         """The state record for ``status`` (used for hooks before the run is final)."""
         message = ""
         if status >= FAILED and isinstance(data, BaseException):
-            message = f"{type(data).__name__}: {data}"
+            try:
+                message = f"{type(data).__name__}: {data}"
+            except Exception:  # (its __str__ raised: the state still says what failed)
+                message = f"{type(data).__name__}: <exception str() failed>"
         return State(
             _TYPES[status],
             name or _NAMES[status],

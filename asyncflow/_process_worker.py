@@ -116,7 +116,8 @@ class _Replies:
     Only this thread appends to the ledger, without a lock: a reply is written, then the count
     of bytes in use (``used``, here and in the ledger). The flusher sends up to the count it
     reads. The lock keeps the flusher and the rare moves of this thread that send held replies
-    (the end of a batch, a full ledger) apart."""
+    (the end of a batch, a full ledger) or change the results kept for the end of a batch
+    (``to_pickles``) apart."""
 
     def __init__(self, fd: int, ledger_fd: int | None) -> None:
         self.fd = fd
@@ -242,18 +243,19 @@ class _Replies:
                     except OSError:  # the pipe is gone, and so is the parent: stop here
                         return
 
-    def stop(self) -> None:
-        """The batch ended: its replies go out. When every one is a result held here and none
+    def stop(self, whole: bool = True) -> None:
+        """The batch ended (``whole``: every call of it was answered; else this worker is
+        about to die): its replies go out. When every one is a result held here and none
         went out yet, they go as one pickle of the list of their pickles (``r``: the parent
         loads it in one go, in C, and each result on its own, as it was when its body
         returned), or of the list of the results themselves when each is of a type of
         ``_PLAIN_VALUES`` (``v``: one load in the parent, the cheapest)."""
         with self.lock:
             # (Each list is None once a reply of this batch went out or was not a result.)
-            whole = self.values if self.values is not None else self.results
-            if self.batch is not None and whole is not None and len(whole) == self.index:
-                kind = b"v" if whole is self.values else b"r"
-                _send(self.fd, kind, pickle.dumps(whole, protocol=pickle.HIGHEST_PROTOCOL))
+            kept = self.values if self.values is not None else self.results
+            if whole and self.batch is not None and kept is not None and len(kept) == self.index:
+                kind = b"v" if kept is self.values else b"r"
+                _send(self.fd, kind, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
                 self.sent = self.used
             else:
                 self._flush()
@@ -280,7 +282,11 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
         pickle.loads(data)  # it must also load back, or the parent gets the text
     except Exception:
         data = None
-    return ("exc", (data, type(exc).__qualname__, str(exc), text))
+    try:
+        message = str(exc)
+    except Exception:  # (its __str__ raised: its traceback above says so)
+        message = "<exception str() failed>"
+    return ("exc", (data, type(exc).__qualname__, message, text))
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
@@ -347,11 +353,13 @@ def _serve() -> str:
             return "bye"
         payload, is_async, (name, tags, key), blob, contexts, batch = message
         replies.start(batch)
+        ran = False  # (True once every call was answered; else its replies go as held)
         try:
             if not _batch(payload, is_async, (name, tags, key), blob, contexts, replies):
                 return "crash"  # a body raised SystemExit or KeyboardInterrupt
+            ran = True
         finally:
-            replies.stop()  # every reply is in the pipe before this worker reads on or exits
+            replies.stop(ran)  # every reply is in the pipe before this worker reads on or exits
             asyncflow_run_context = None
 
 
@@ -436,8 +444,14 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             numbers[at] = 2 * index + 2  # type: ignore[index]
         # The result, by marshal (a plain value) or plain pickle; kept for the batch's last
         # message (see _Replies.stop) unless it cannot be one.
+        data = b""
         if type(value) in plain_values:
-            kind, code, data = b"p", _PLAIN, marshal_dumps(value)
+            try:
+                data = marshal_dumps(value)
+            except ValueError:  # (a str or bytes of 2 GiB or more: pickle carries it)
+                pass
+        if data:
+            kind, code = b"p", _PLAIN
             values = replies.values
             if values is not None:
                 values.append(value)

@@ -74,7 +74,7 @@ _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
-# Reply kinds: a result; the run id made in the worker; a log record of the running body.
+# Reply kinds (see _process_worker).
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
 _PLAIN = ord("p")  # a result of a plain type (None, bool, int, float, complex, str, bytes)
 _LOADS = {_OK: pickle.loads, _PLAIN: marshal.loads}  # how a result's reply of each kind loads
@@ -646,10 +646,9 @@ class ProcessWorkers:
         # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
         # one reply per batch, so bigger batches cost less per call.
         per_call = max(cost, 1e-6)
-        # An equal share of the queue for each worker free to take one now (those at work
-        # take more when they are back).
-        queued = len(ready) + 1  # (with ``first``)
-        share = queued // max(1, self._max - self._active)
+        # An equal share of the queue per worker (a worker back for more takes a share of
+        # what is left: the last batches are small, and the workers end together).
+        share = (len(ready) + 1) // self._max  # (with ``first``)
         size = min(
             _BATCH_MAX,
             max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
