@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 
 from ._context import RunContext
+from ._error_text import message_of
 
 __all__ = ("CacheEntry", "CacheStore", "FileCacheStore", "MemoryCacheStore", "task_input_hash")
 
@@ -68,8 +69,8 @@ def _fingerprint(name: str, value: Any, task_name: str) -> bytes:
     except Exception as exc:
         raise TypeError(
             f"task_input_hash: parameter {name!r} of task {task_name!r} "
-            f"({type(value).__name__}) cannot be hashed ({exc}); give the task a cache_key "
-            "function that handles it"
+            f"({type(value).__name__}) cannot be hashed ({message_of(exc)}); give the task a "
+            "cache_key function that handles it"
         ) from None
     return b"pickle:" + pickled
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ._error_text import error_text
 from ._states import StateType
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ _CANCELLED = 5
 
 def _error_text(exc: object) -> str | None:
     if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}"
+        return error_text(exc)
     return None
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import cloudpickle
 
+from ._error_text import error_text
+
 __all__ = ("FlowFileError", "load_flow", "parse_flow_args", "split_target")
 
 _counter = itertools.count()
@@ -74,9 +76,7 @@ def load_module(path: str, for_name: str) -> ModuleType:
         raise FlowFileError(f"syntax error in {where}: {exc.msg} {looking}") from exc
     except Exception as exc:
         del sys.modules[name]
-        raise FlowFileError(
-            f"importing {path} raised {type(exc).__name__}: {exc} {looking}"
-        ) from exc
+        raise FlowFileError(f"importing {path} raised {error_text(exc)} {looking}") from exc
     cloudpickle.register_pickle_by_value(module)
     return module
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
+from ._error_text import error_text, message_of
 from ._states import State, StateType
 from .exceptions import TaskCancelledError, TaskCrashedError
 
@@ -228,10 +229,7 @@ class Future(Generic[R]):
         """The state record for ``status`` (used for hooks before the run is final)."""
         message = ""
         if status >= FAILED and isinstance(data, BaseException):
-            try:
-                message = f"{type(data).__name__}: {data}"
-            except Exception:  # (its __str__ raised: the state still says what failed)
-                message = f"{type(data).__name__}: <exception str() failed>"
+            message = error_text(data)
         return State(
             _TYPES[status],
             name or _NAMES[status],
@@ -678,7 +676,7 @@ def _clear_frames(exc: BaseException) -> None:
 def crashed_error(task_name: str, exc: BaseException) -> TaskCrashedError:
     err = TaskCrashedError(
         f"task {task_name!r} crashed: its body raised {type(exc).__name__}"
-        + (f": {exc}" if str(exc) else "")
+        + (f": {text}" if (text := message_of(exc)) else "")
     )
     err.__cause__ = exc
     return err

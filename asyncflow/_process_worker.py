@@ -171,7 +171,7 @@ class _Replies:
         try:
             data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            _write(self, ("ser", ("result", f"{type(exc).__name__}: {exc}")))
+            _write(self, ("ser", ("result", _error_text(exc))))
             return
         self.to_pickles()  # (not of a plain type: plain pickle would have taken it)
         results = self.results
@@ -274,6 +274,19 @@ def _watch_parent(parent: int) -> None:
             os.killpg(0, signal.SIGKILL)
 
 
+def _message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder if that raises (as asyncflow's _error_text: this script
+    imports nothing of asyncflow)."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_message_of(exc)}"
+
+
 def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
@@ -282,11 +295,7 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
         pickle.loads(data)  # it must also load back, or the parent gets the text
     except Exception:
         data = None
-    try:
-        message = str(exc)
-    except Exception:  # (its __str__ raised: its traceback above says so)
-        message = "<exception str() failed>"
-    return ("exc", (data, type(exc).__qualname__, message, text))
+    return ("exc", (data, type(exc).__qualname__, _message_of(exc), text))
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
@@ -371,12 +380,12 @@ def _load(
         fn = cloudpickle.loads(payload)
     except Exception as exc:
         for _ in range(count):
-            _write(replies, ("ser", ("function", f"{type(exc).__name__}: {exc}")))
+            _write(replies, ("ser", ("function", _error_text(exc))))
         return None
     try:
         calls: list[Any] = cloudpickle.loads(blob)
     except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}"
+        text = _error_text(exc)
         reply = ("ser", ("arguments", text)) if count == 1 else ("unbatch", text)
         _write(replies, reply)
         return None
@@ -438,7 +447,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             continue
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            _write(replies, ("crash", (type(exc).__qualname__, str(exc), text)))
+            _write(replies, ("crash", (type(exc).__qualname__, _message_of(exc), text)))
             return False
         if ledger is not None:
             numbers[at] = 2 * index + 2  # type: ignore[index]

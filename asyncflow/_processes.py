@@ -36,6 +36,7 @@ import anyio
 import cloudpickle
 from anyio.abc import Process
 
+from ._error_text import error_text, message_of
 from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error, status_of
 from ._logging import TASK_RUNS, handle_remote_record
 from .exceptions import (
@@ -404,8 +405,7 @@ def _argument_error(
             label, cause = part, exc
             break
     error = SerializationError(
-        f"task {task.name!r}: {label} cannot be sent to a worker process "
-        f"({type(cause).__name__}: {cause})",
+        f"task {task.name!r}: {label} cannot be sent to a worker process ({error_text(cause)})",
         "arguments",
     )
     error.__cause__ = cause
@@ -424,7 +424,7 @@ def _unloadable(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
 
 def _unloaded_result(task_name: str, exc: Exception) -> SerializationError:
     return SerializationError(
-        f"task {task_name!r}: its result cannot be loaded here ({exc})", "result"
+        f"task {task_name!r}: its result cannot be loaded here ({message_of(exc)})", "result"
     )
 
 
@@ -493,7 +493,7 @@ class ProcessWorkers:
         except Exception as exc:
             raise SerializationError(
                 f"ProcessPoolTaskRunner: the initializer or its initargs cannot be sent to a "
-                f"worker process ({type(exc).__name__}: {exc})",
+                f"worker process ({error_text(exc)})",
                 "arguments",
             ) from exc
         log_level = logging.getLogger(TASK_RUNS).getEffectiveLevel()
@@ -1066,7 +1066,7 @@ class ProcessWorkers:
         except Exception as exc:
             error = SerializationError(
                 f"task {task.name!r}: the task's function cannot be sent to a worker process "
-                f"({type(exc).__name__}: {exc})",
+                f"({error_text(exc)})",
                 "arguments",
             )
             for call in calls:

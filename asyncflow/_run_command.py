@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._error_text import error_text
 from ._events import TaskEvent
 from ._flow import Flow
 from ._flowfile import FlowFileError, check_call, load_flow, parse_flow_args, split_target
@@ -147,7 +148,7 @@ def _failed_task(exc: BaseException, failures: _Failures) -> str | None:
                 pass
         tb = tb.tb_next
     # Else by the error text of the failed runs' events.
-    text = f"{type(exc).__name__}: {exc}"
+    text = error_text(exc)
     for task_name, error in failures.seen:
         if error == text:
             return task_name
@@ -169,7 +170,7 @@ def _root_cause(exc: BaseException) -> BaseException | None:
 
 def describe_failure(flow_name: str, exc: BaseException, failures: _Failures) -> str:
     """One paragraph saying why the flow failed."""
-    what = _one_line(f"{type(exc).__name__}: {exc}")
+    what = _one_line(error_text(exc))
     task_name = _failed_task(exc, failures)
     message = f"flow {flow_name!r} failed: " + (
         f"task {task_name!r} failed with {what}" if task_name else what

@@ -38,7 +38,7 @@ import pytest
 from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
-from asyncflow import ProcessPoolTaskRunner, task, unmapped
+from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import MapGroup, plain_runs
 from asyncflow._processes import ProcessWorkers
 from asyncflow._task import as_task
@@ -1656,6 +1656,65 @@ def test_an_exception_that_cannot_be_printed_fails_only_its_own_run_of_a_batch()
     assert isinstance(futures[5].exception(), UnprintableError)
     assert futures[5].state.message == "UnprintableError: <exception str() failed>"
     assert [f.result() for f in futures if f is not futures[5]] == [i for i in range(30) if i != 5]
+
+
+def _refuse_to_load_unprintably() -> None:
+    raise UnprintableError
+
+
+class LoadFailsUnprintably:
+    """Pickles anywhere; loading it raises an exception that cannot be printed."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_load_unprintably, ())
+
+
+def give_load_fails_unprintably() -> LoadFailsUnprintably:
+    return LoadFailsUnprintably()
+
+
+class UnprintableExit(SystemExit):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
+def exit_unprintably() -> None:
+    raise UnprintableExit
+
+
+@pytest.mark.parametrize("make", [ThreadPoolTaskRunner, ProcessPoolTaskRunner])
+def test_failures_that_cannot_be_printed_end_their_runs_with_subscribers_watching(
+    make: Callable[..., Any],
+) -> None:
+    # An exception whose __str__ raises: the run fails with it, its events and state say
+    # "<exception str() failed>", the runs after it complete, and nothing hangs.
+    events: list[Any] = []
+    with make(max_workers=1) as runner:
+        runner.subscribe(events.append)
+        futures = runner.map(fails_unprintably_at, {"i": range(6), "stop": unmapped(2)})
+        futures.wait(TIMEOUT)
+    assert failed_runs(futures) == [3]
+    assert isinstance(futures[2].exception(), UnprintableError)
+    assert [f.result() for f in futures if f is not futures[2]] == [0, 1, 3, 4, 5]
+    errors = [e.error for e in events if e.error is not None]
+    assert errors == ["UnprintableError: <exception str() failed>"]
+
+
+def test_a_result_whose_load_fails_unprintably_fails_its_run_and_the_worker_serves_on() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        err = runner.submit(give_load_fails_unprintably).exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert "its result cannot be loaded here (<exception str() failed>)" in str(err)
+        assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
+
+
+def test_a_body_that_exits_unprintably_crashes_its_run_with_a_clear_error() -> None:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        err = runner.submit(exit_unprintably).exception(TIMEOUT)
+    assert isinstance(err, TaskCrashedError)
+    assert str(err) == (
+        "task 'exit_unprintably' crashed: its body raised UnprintableExit: <exception str() failed>"
+    )
 
 
 def break_exception_replies() -> None:
