@@ -1717,6 +1717,33 @@ def test_a_body_that_exits_unprintably_crashes_its_run_with_a_clear_error() -> N
     )
 
 
+def refuse_to_marshal_huge() -> None:
+    """A worker initializer: marshal refuses str values starting "HUGE", as it refuses a str
+    or bytes of 2 GiB or more."""
+    import marshal
+
+    dumps = marshal.dumps
+
+    def refusing(value: Any, *args: Any) -> bytes:
+        if isinstance(value, str) and value.startswith("HUGE"):
+            raise ValueError("unmarshallable object")
+        return dumps(value, *args)
+
+    marshal.dumps = refusing
+
+
+def huge_or_not(i: int) -> Any:
+    return f"HUGE {i}" if i % 7 == 3 else i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_plain_result_marshal_refuses_goes_by_pickle() -> None:
+    with ProcessPoolTaskRunner(max_workers=1, initializer=refuse_to_marshal_huge) as runner:
+        assert runner.submit(huge_or_not, {"i": 3}).result(TIMEOUT) == "HUGE 3"  # (alone)
+        results = runner.map(huge_or_not, {"i": range(50)}).result(TIMEOUT)
+    assert results == [huge_or_not(i) for i in range(50)]
+
+
 def break_exception_replies() -> None:
     """A worker initializer: an exception in a body now makes the worker's own code raise."""
 
