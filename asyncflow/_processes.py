@@ -28,7 +28,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,6 @@ _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kil
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
 _BATCH_MIN = 512  # calls a batch may take at least, if the queue holds them (and they are cheap)
 _BATCH_MIN_TIME = 0.0025  # seconds of work that minimum stands for at most (the uneven share)
-_EARLY_HAND_BACK = True  # a worker whose batch is answered at once takes the next one first
 _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at most
 _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
@@ -509,7 +508,7 @@ class ProcessWorkers:
         self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
         # Runs reported started (to event subscribers) whose batch then never ran: not again.
         self._announced: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._tasks: set[asyncio.Task[None]] = set()  # one per run being sent to a worker
+        self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
 
@@ -621,9 +620,7 @@ class ProcessWorkers:
             self._active += 1
             if len(batch) == 1:  # (the calls of a batch of several: see interrupt)
                 self._busy[batch[0]] = None
-            run = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(run)
-            run.add_done_callback(self._tasks.discard)
+            self._in_background(self._run(batch))
 
     def _take_batch(self) -> list[Any]:
         """The next items for one worker: one, or, when the queue is deep, a run of plain ones
@@ -886,9 +883,7 @@ class ProcessWorkers:
     def _put_to_rest(self, worker: _Worker) -> None:
         """A dead or stopped worker leaves the pool; it is reaped in the background."""
         self._workers.discard(worker)
-        reaping = asyncio.get_running_loop().create_task(worker.reap())
-        self._tasks.add(reaping)
-        reaping.add_done_callback(self._tasks.discard)
+        self._in_background(worker.reap())
 
     async def _replies(self, worker: _Worker, calls: deque[Any]) -> list[bytes] | None:
         """Take the replies of a batch as they come, in order (``calls``: those still to
@@ -901,12 +896,7 @@ class ProcessWorkers:
         while calls:
             skipped = worker.skipped
             frames = await worker.receive()
-            if (
-                _EARLY_HAND_BACK
-                and frames[-1][0] in _WHOLE_BATCH
-                and self._max_tasks is None
-                and not worker.killed
-            ):
+            if frames[-1][0] in _WHOLE_BATCH and self._max_tasks is None and not worker.killed:
                 # (An ``r`` or ``v`` message answers every call of the batch at once, all
                 # results. The cost is the round trip, without the handling of these results.)
                 worker.calls += len(calls)
@@ -1113,9 +1103,13 @@ class ProcessWorkers:
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
-        retiring = asyncio.get_running_loop().create_task(worker.close())
-        self._tasks.add(retiring)
-        retiring.add_done_callback(self._tasks.discard)
+        self._in_background(worker.close())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of this pool's (kept until it ends; awaited on close)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _arguments(calls: list[Any], keywords_only: bool) -> list[Any]:

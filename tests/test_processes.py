@@ -1132,6 +1132,17 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
+@contextlib.contextmanager
+def only_worker_held(runner: ProcessPoolTaskRunner, hub: Hub) -> Iterator[None]:
+    """The only worker runs a gated call: what is submitted in the block waits in the queue
+    until the block ends (then the gated call returns)."""
+    blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
+    hub.arrivals(1)
+    yield
+    hub.release("blocker")
+    assert blocker.result(TIMEOUT) == 0
+
+
 @pytest.mark.usefixtures("batches")
 def test_runs_waiting_on_a_batched_map_start_with_its_results(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
@@ -1139,13 +1150,10 @@ def test_runs_waiting_on_a_batched_map_start_with_its_results(
     held = count_batch_replies(monkeypatch)
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # cheap: batched from now
-        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
-        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
-        mapped = runner.map(double, {"x": range(300)})
-        each = [runner.submit(double, {"x": f}) for f in mapped[::7]]
-        whole = runner.submit(total, {"values": list(mapped)})
-        hub.release("blocker")
-        assert blocker.result(TIMEOUT) == 0
+        with only_worker_held(runner, hub):
+            mapped = runner.map(double, {"x": range(300)})
+            each = [runner.submit(double, {"x": f}) for f in mapped[::7]]
+            whole = runner.submit(total, {"values": list(mapped)})
         assert [f.result(TIMEOUT) for f in each] == [4 * x for x in range(0, 300, 7)]
         assert whole.result(TIMEOUT) == 2 * sum(range(300))
     assert held, "the map did not go out in batches whose replies the worker held"
@@ -1164,11 +1172,9 @@ def test_a_batched_map_passes_positional_only_and_star_args_as_such(
     held = count_batch_replies(monkeypatch)
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(spread, {"a": 0, "rest": [], "k": 0}).result(TIMEOUT) == (0, (), 0)
-        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
-        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
-        mapped = runner.map(spread, {"a": range(50), "rest": [[i, -i] for i in range(50)], "k": 7})
-        hub.release("blocker")
-        assert blocker.result(TIMEOUT) == 0
+        with only_worker_held(runner, hub):
+            rest = [[i, -i] for i in range(50)]
+            mapped = runner.map(spread, {"a": range(50), "rest": rest, "k": 7})
         assert mapped.result(TIMEOUT) == [(i, (i, -i), 7) for i in range(50)]
     assert held, "the map did not go out in batches"
 
@@ -1182,12 +1188,9 @@ def test_a_fault_before_a_batch_goes_out_fails_its_runs_instead_of_losing_them(
 
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # cheap: batched from now
-        blocker = runner.submit(gated, {"hub": hub.address, "label": "blocker"})
-        hub.arrivals(1)  # the only worker is busy: the map below waits in the queue
-        mapped = runner.map(double, {"x": range(20)})
-        monkeypatch.setattr(ProcessWorkers, "_calls", broken)
-        hub.release("blocker")
-        assert blocker.result(TIMEOUT) == 0
+        with only_worker_held(runner, hub):
+            mapped = runner.map(double, {"x": range(20)})
+            monkeypatch.setattr(ProcessWorkers, "_calls", broken)
         mapped.wait(TIMEOUT)
         for run in mapped:  # (a run left waiting raises TimeoutError here)
             with pytest.raises(RuntimeError, match="no calls today"):
