@@ -1806,7 +1806,7 @@ def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, exp
     workers._max_tasks = None
     workers._unbatchable = weakref.WeakSet()
     workers._cost = weakref.WeakKeyDictionary({t: cost})
-    batch = workers._take_batch()
+    batch = workers._take_batch(-(-600 // 8))
     assert batch == runs[:expected]
     assert list(workers._ready) == runs[expected:]
 
