@@ -1,4 +1,4 @@
-"""Developer task sessions: ``nox -s tests lint typecheck bench``."""
+"""Developer task sessions: ``nox -s tests lint typecheck docs bench``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package, tests and benchmarks (configured in pyproject.toml)."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs-material, strict: a broken link fails) into
+    ``site/``."""
+    session.install("mkdocs-material")
+    session.run("mkdocs", "build", "--strict")
 
 
 @nox.session

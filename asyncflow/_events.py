@@ -190,7 +190,9 @@ class EventHub:
         for callback in self._callbacks:
             try:
                 callback(event)
-            except Exception:  # noqa: PERF203 - each subscriber is isolated from the others
+            # Each subscriber is isolated from the others; even SystemExit must not kill the
+            # scheduler's loop (as for done-callbacks).
+            except BaseException:  # noqa: PERF203
                 if id(callback) not in self._failed:
                     self._failed.add(id(callback))
                     logger.exception(

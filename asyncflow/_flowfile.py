@@ -97,7 +97,9 @@ def load_flow(path: str, name: str) -> Callable[..., Any]:
         hint = f" (it defines: {', '.join(defined)})" if defined else ""
         raise FlowFileError(f"{path} has no function {name!r}{hint}") from None
     if not callable(fn):
-        raise FlowFileError(f"{name!r} in {path} is not a function: it is a {type(fn).__name__}")
+        kind = type(fn).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise FlowFileError(f"{name!r} in {path} is not a function: it is {article} {kind}")
     return fn  # type: ignore[no-any-return]
 
 

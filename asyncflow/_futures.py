@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from ._context import current_attempt, current_future
 from ._error_text import error_text, message_of
 from ._states import State, StateType
-from .exceptions import TaskCancelledError, TaskCrashedError
+from .exceptions import AsyncflowError, RemoteError, TaskCancelledError, TaskCrashedError
 
 if TYPE_CHECKING:
     import contextvars
@@ -464,6 +464,8 @@ class Future(Generic[R]):
         if isinstance(value, BaseException):
             _clear_frames(value)
             self._tb = value.__traceback__
+            if status == FAILED:
+                _name_the_task(value, self._task.name)
         with _lock:
             # The value first, the status last: readers check the status without the lock.
             self._value = value
@@ -666,6 +668,21 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
         except BaseException:  # noqa: PERF203 - even SystemExit: the loop must go on
             logger.exception("a done-callback of %d futures raised", count)
     return done
+
+
+def _name_the_task(exc: BaseException, task_name: str) -> None:
+    """A failure a task's body raised says which task raised it: a note in its traceback
+    (asyncflow's own errors name the task in their message already)."""
+    if isinstance(exc, AsyncflowError) and not isinstance(exc, RemoteError):
+        return
+    if sys.version_info >= (3, 11):  # (notes came with Python 3.11)
+        note = f"raised by task {task_name!r}"
+        try:
+            notes = getattr(exc, "__notes__", None)
+            if not (isinstance(notes, list) and note in notes):
+                exc.add_note(note)
+        except Exception:  # one that takes no new attribute (a frozen dataclass)
+            pass
 
 
 def _clear_frames(exc: BaseException) -> None:

@@ -2,14 +2,17 @@
 package), so it starts fast: it imports only the standard library, plus cloudpickle when the
 first call arrives.
 
-Protocol on the private pipes (stdin: calls in; a dup of the original stdout: replies out;
-``print`` in a task goes to stderr). Every message is a 4-byte big-endian length and a body.
+Protocol on the private pipes (the original stdin: calls in; the original stdout: replies out;
+both moved to descriptors of their own, with stdin then reading ``/dev/null`` and ``print`` in a
+task going to stderr). Every message is a 4-byte big-endian length and a body.
 In, each body is a pickle:
 - first: ``(sys_path, cwd, initializer_bytes, log_level, ledger_fd)``; answered ``ready``
   once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
   [(run_number, attempt), ...], batch_number)``, ``args_bytes`` a cloudpickle of the list of
-  ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``), the list
+  ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``), or a list
+  of one such pickle per call (when calls could share a mutable argument: each then loads its
+  own copy), the list
   what ``get_run_context()`` says in the body (it makes the run's UUID from ``run_number``, as
   the parent's future does; the run number alone for a first attempt), and ``batch_number``
   None for replies written as each call ends, else the number under which they are held;
@@ -289,9 +292,8 @@ def _error_text(exc: BaseException) -> str:
 
 def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc.__traceback__ = None
     try:
-        data = cloudpickle.dumps(exc)
+        data = cloudpickle.dumps(exc.with_traceback(None))
         pickle.loads(data)  # it must also load back, or the parent gets the text
     except Exception:
         data = None
@@ -337,9 +339,14 @@ def _serve() -> str:
     parent = os.getppid()
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    inbox = sys.stdin.buffer
+    # The pipes move to descriptors of their own (not inherited by what a body starts): a
+    # body reading its stdin reads nothing, and a print() goes to stderr, not in the replies.
+    inbox = os.fdopen(os.dup(0), "rb")
     outbox = _outbox = os.dup(1)
-    os.dup2(2, 1)  # a task's print() must not corrupt the replies
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     setup = _read(inbox)
     if setup is None:
@@ -373,7 +380,7 @@ def _serve() -> str:
 
 
 def _load(
-    payload: bytes, blob: bytes, count: int, replies: _Replies, cloudpickle: Any
+    payload: bytes, blob: bytes | list[bytes], count: int, replies: _Replies, cloudpickle: Any
 ) -> tuple[Any, list[Any]] | None:
     """The function and the calls of a message; None if they do not load (then answered)."""
     try:
@@ -383,8 +390,12 @@ def _load(
             _write(replies, ("ser", ("function", _error_text(exc))))
         return None
     try:
-        calls: list[Any] = cloudpickle.loads(blob)
-    except Exception as exc:
+        # One pickle of them all, or one per call when calls could share a mutable argument
+        # (then each gets its own copy, as a call sent alone does).
+        calls: list[Any] = (
+            list(map(cloudpickle.loads, blob)) if type(blob) is list else cloudpickle.loads(blob)
+        )
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # (a __reduce__ may raise any)
         text = _error_text(exc)
         reply = ("ser", ("arguments", text)) if count == 1 else ("unbatch", text)
         _write(replies, reply)
@@ -396,7 +407,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     payload: bytes,
     is_async: bool,
     ident: tuple[str, frozenset[str], str],
-    blob: bytes,
+    blob: bytes | list[bytes],
     contexts: list[int | tuple[int, int]],
     replies: _Replies,
 ) -> bool:

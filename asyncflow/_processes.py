@@ -81,6 +81,9 @@ _LOADS = {_OK: pickle.loads, _PLAIN: marshal.loads}  # how a result's reply of e
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 _VALUES = ord("v")  # the same when each is of an immutable plain type: the values themselves
 _WHOLE_BATCH = frozenset({_RESULTS, _VALUES})
+# What loading a result or an exception may raise that only fails its run (a __reduce__ may
+# call sys.exit; a KeyboardInterrupt here is the user's Ctrl-C, and goes on).
+_LOAD_ERRORS = (Exception, SystemExit)
 # A call of a batch: its work item, its task, and its positional and keyword arguments.
 _Call = tuple[Any, Any, tuple[Sequence[Any], dict[str, Any]]]
 
@@ -430,7 +433,7 @@ def _unloadable(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     return "an argument"
 
 
-def _unloaded_result(task_name: str, exc: Exception) -> SerializationError:
+def _unloaded_result(task_name: str, exc: BaseException) -> SerializationError:
     return SerializationError(
         f"task {task_name!r}: its result cannot be loaded here ({message_of(exc)})", "result"
     )
@@ -447,13 +450,14 @@ def _decode(
         if data is not None:
             try:
                 loaded = cloudpickle.loads(data)
-            except Exception:
+            except _LOAD_ERRORS:
                 loaded = None
             if isinstance(loaded, BaseException):
                 remote = loaded
         if remote is None:
             remote = RemoteError(type_name, message)
-        remote.__cause__ = RemoteTraceback(text)
+        # (Past the class's own __setattr__: a frozen dataclass's refuses every attribute.)
+        object.__setattr__(remote, "__cause__", RemoteTraceback(text))
         return False, remote
     if kind == "ser":
         direction, message = payload
@@ -574,7 +578,7 @@ class ProcessWorkers:
                     break
                 end = min(start + size, count)
                 try:
-                    blob = _dumps(children[start:end])
+                    blob = _pickled_arguments(children[start:end])
                 except Exception:  # an argument cannot be sent: those runs go the usual way
                     self._idle.append(worker)
                     break
@@ -778,10 +782,19 @@ class ProcessWorkers:
                 env=self._env,
                 pass_fds=() if fd is None else (fd,),
             )
-        except BaseException:
+        except BaseException as exc:
             if ledger is not None:
                 ledger[1].close()
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            self._failed_starts += 1
+            self._last_start_error = error_text(exc)
+            raise WorkerStartError(
+                f"task {task_name!r}: could not start a worker process ({error_text(exc)})",
+                0,
+                None,
+                "",
+            ) from exc
         finally:
             if fd is not None:
                 os.close(fd)  # the worker has its own; the map here keeps the file
@@ -1027,7 +1040,7 @@ class ProcessWorkers:
                 else:  # their pickles
                     try:
                         results = list(map(pickle.loads, loaded))  # each on its own, in C
-                    except Exception:  # one does not load here: each says so, or its result
+                    except _LOAD_ERRORS:  # one does not load here: each says so, or its result
                         if items:
                             sched.complete_many(items, values)
                             items, values = [], []
@@ -1047,7 +1060,7 @@ class ProcessWorkers:
             if loads is not None and _plain_unfinished(call[0]) and sched.events is None:
                 try:
                     values.append(loads(frame[1:]))  # our own pipe from our own worker
-                except Exception:  # _reply loads it again and says why it fails
+                except _LOAD_ERRORS:  # _reply loads it again and says why it fails
                     pass
                 else:
                     items.append(call[0])
@@ -1071,7 +1084,7 @@ class ProcessWorkers:
         if loads is not None:
             try:
                 ok, value = True, loads(frame[1:])  # our own pipe from our own worker
-            except Exception as exc:
+            except _LOAD_ERRORS as exc:
                 ok, value = False, _unloaded_result(task.name, exc)
             self._report(item, ok, value)
             if calls and self._sched.events is not None:
@@ -1103,6 +1116,12 @@ class ProcessWorkers:
             return
         await worker.process.wait()
         held = worker.held(worker.batch_size - len(calls)) if calls and not blamed else []
+        # (By its position in the ledger: no call of its batch of several started.)
+        unstarted = (
+            worker.batch_size > 1
+            and worker.ledger is not None
+            and not _U32.unpack_from(worker.ledger, _AT)[0]
+        )
         await worker.reap()
         self._workers.discard(worker)
         if held:
@@ -1110,7 +1129,12 @@ class ProcessWorkers:
                 self._answer(worker, calls[0][1], held, calls)
             except _Died as died:
                 blamed = died.blamed
-        if calls and not blamed:
+        if calls and not blamed and unstarted:
+            # It died before it ran any (perhaps loading the arguments killed it): no one is
+            # blamed, and the task's calls go one by one from now on, so a call that kills its
+            # worker again takes only its own run down.
+            self._unbatchable.add(calls[0][1])
+        elif calls and not blamed:
             item, task, _ = calls[0]
             stopped_here = worker.killed and worker.process.returncode in _OUR_SIGNALS
             if not (stopped_here and worker.batch_size > 1 and _plain_unfinished(item)):
@@ -1155,7 +1179,7 @@ class ProcessWorkers:
                 self._report(call[0], False, error)
             return None, []
         try:
-            blob = _dumps(_arguments(calls, task.spec.simple))
+            blob = _pickled_arguments(_arguments(calls, task.spec.simple))
         except Exception:
             calls, blob = self._pack_one_by_one(task, calls)
             if not calls:
@@ -1170,7 +1194,9 @@ class ProcessWorkers:
             ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
 
-    def _pack_one_by_one(self, task: Any, calls: list[Any]) -> tuple[list[Any], bytes]:
+    def _pack_one_by_one(
+        self, task: Any, calls: list[Any]
+    ) -> tuple[list[Any], bytes | list[bytes]]:
         """Some arguments cannot be pickled: fail those calls, naming the argument."""
         good = []
         for call in calls:
@@ -1181,7 +1207,7 @@ class ProcessWorkers:
                 self._report(item, False, _argument_error(task, args, kwargs, exc))
             else:
                 good.append(call)
-        return good, cloudpickle.dumps(_arguments(good, task.spec.simple))
+        return good, _pickled_arguments(_arguments(good, task.spec.simple))
 
     def _report(self, item: Any, ok: bool, value: Any) -> None:
         self._busy.pop(item, None)
@@ -1214,6 +1240,23 @@ def _batch_size(cost: float, share: int) -> int:
         max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
         int(_BATCH_TIME / per_call),
     )
+
+
+# Types whose values no call can change: calls of a batch may share them.
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, complex, type(None), range})
+
+
+def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:
+    """What a worker is sent of the arguments of a batch's calls (``_arguments``): one pickle of
+    them all, or, when calls could share a value that a call may change (a pickle keeps a
+    shared value shared), one pickle per call, so each call gets its own copy, as a call sent
+    alone does."""
+    if len(arguments) <= 1 or (
+        set(map(type, arguments)) == {dict}
+        and set(map(type, itertools.chain.from_iterable(map(dict.values, arguments)))) <= _IMMUTABLE
+    ):
+        return _dumps(arguments)
+    return list(map(_dumps, arguments))
 
 
 def _arguments(calls: list[Any], keywords_only: bool) -> list[Any]:

@@ -278,7 +278,7 @@ class TaskRunner(abc.ABC):
             if max_in_flight is None
             else Limit("max_in_flight", check_limit("max_in_flight", max_in_flight, "map"))
         )
-        t = as_task(task)
+        t = as_task(task, "map")
         if not isinstance(parameters, Mapping):
             raise TypeError(
                 f"parameters of task {t.name!r} must be a dict of name -> value, "

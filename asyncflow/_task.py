@@ -325,8 +325,9 @@ def _forget(key: int) -> Callable[[weakref.ref[Task[Any, Any]]], None]:
     return forget
 
 
-def as_task(obj: object) -> Task[Any, Any]:
-    """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and reused)."""
+def as_task(obj: object, caller: str = "submit") -> Task[Any, Any]:
+    """The task for ``obj``: a ``Task`` as it is, a plain callable wrapped (and reused).
+    ``caller`` names the method in errors."""
     if isinstance(obj, Task):
         return obj
     ref = _wrapped.get(id(obj))
@@ -337,11 +338,11 @@ def as_task(obj: object) -> Task[Any, Any]:
     if inspect.iscoroutine(obj):
         obj.close()  # no "coroutine was never awaited" warning
         raise TypeError(
-            f"submit() got a coroutine object ({obj.__qualname__}); pass the function itself "
-            "and its parameters, e.g. runner.submit(fn, {'x': 1})"
+            f"{caller}() got a coroutine object ({obj.__qualname__}); pass the function "
+            f"itself and its parameters, e.g. runner.{caller}(fn, {{'x': 1}})"
         )
     if not callable(obj):
-        raise TypeError(f"submit() needs a task or a callable, not {obj!r}")
+        raise TypeError(f"{caller}() needs a task or a callable, not {obj!r}")
     wrapper: Task[Any, Any] = Task(obj)
     _wrapped[id(obj)] = weakref.ref(wrapper, _forget(id(obj)))
     return wrapper

@@ -178,6 +178,8 @@ def test_negative_timeouts(busy: BusyRunner) -> None:
         ("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "0"),
         ("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "-3"),
         ("ASYNCFLOW_EVENT_LOOP", "bogus"),
+        ("ASYNCFLOW_CACHE_DIR", ""),  # (not the current directory)
+        ("ASYNCFLOW_CACHE_DIR", "  "),
     ],
 )
 def test_invalid_settings_name_the_variable(

@@ -224,7 +224,10 @@ def test_flow_arguments_the_flow_does_not_take_exit_2(flows: Path) -> None:
     [
         ("missing.py:pipeline", ["no such file: missing.py", "'pipeline'"]),
         ("flows.py:nowhere", ["flows.py has no function 'nowhere'", "pipeline"]),
-        ("flows.py:NOT_A_FUNCTION", ["'NOT_A_FUNCTION' in flows.py is not a function"]),
+        (
+            "flows.py:NOT_A_FUNCTION",
+            ["'NOT_A_FUNCTION' in flows.py is not a function: it is an int"],
+        ),
         ("broken.py:main", ["syntax error in ", "broken.py:2", "'main'"]),
         ("failing_import.py:main", ["importing ", "ModuleNotFoundError", "'main'"]),
         ("flows.py", ["expected FILE.py:FUNCTION"]),

@@ -331,6 +331,8 @@ def test_a_failure_is_raised_again_with_its_own_type(
             fut.result(TIMEOUT)
         assert type(caught.value) is error
         assert type(fut.exception()) is error
+        if sys.version_info >= (3, 11):  # its traceback names the task that raised it
+            assert getattr(caught.value, "__notes__", None) == [f"raised by task {fut.task_name!r}"]
         assert fut.state.is_failed()
         assert type(fut.result(raise_on_failure=False)) is error
 

@@ -281,16 +281,18 @@ async def test_an_unsubscribed_callback_gets_nothing_more_and_listening_costs_no
     assert "closed" in repr(subscription)
 
 
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit])
 async def test_a_raising_subscriber_is_logged_once_and_never_breaks_the_run(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, error: type[BaseException]
 ) -> None:
+    # (Even SystemExit: it must not end the scheduler's loop.)
     caplog.set_level(logging.ERROR, logger="asyncflow")
     calls: list[str] = []
     events: list[TaskEvent] = []
 
     def bad(event: TaskEvent) -> None:
         calls.append(event.kind)
-        raise RuntimeError("subscriber bug")
+        raise error("subscriber bug")
 
     runner = ThreadPoolTaskRunner(max_workers=1)
     runner.subscribe(bad)

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import contextvars
 import copyreg
+import dataclasses
 import functools
 import json
 import operator
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import cloudpickle
 import psutil
 import pytest
@@ -50,6 +52,7 @@ from asyncflow.exceptions import (
     TaskCrashedError,
     TaskTimeoutError,
     WorkerCrashedError,
+    WorkerStartError,
 )
 
 # Bodies of this module travel to worker processes by value (see the contract suite).
@@ -2132,3 +2135,149 @@ def test_a_subscriber_that_joins_while_a_batch_is_out_sees_each_run_start_once(
     # (A run sent on its own before that batch may have ended before anyone listened.)
     assert len(seen) >= 10
     assert set(seen.values()) == {1}
+
+
+# -- what bodies and their values may do to a worker -------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    code: int
+
+
+class RefusesCauseError(Exception):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "__cause__":
+            raise AttributeError("no cause here")
+        super().__setattr__(name, value)
+
+
+def raise_at(i: int, stop: int, kind: str) -> int:
+    if i == stop:
+        raise FrozenError(i) if kind == "frozen" else RefusesCauseError(i)
+    return i
+
+
+@pytest.mark.usefixtures("batches")
+@pytest.mark.parametrize("kind", ["frozen", "refuses-cause"])
+def test_an_exception_that_refuses_new_attributes_fails_only_its_own_run(kind: str) -> None:
+    # A frozen dataclass refuses every attribute, its traceback's too: the worker must not
+    # die sending it back. (It cannot be loaded either, as its state is set by setattr: it
+    # comes as a RemoteError.) One that refuses a cause comes as itself, with the remote
+    # traceback tied to it all the same.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        alone = runner.submit(raise_at, {"i": 0, "stop": 0, "kind": kind})
+        futures = runner.map(raise_at, {"i": range(1, 100), "stop": 50, "kind": kind})
+        futures.wait(TIMEOUT)
+        alone.wait(TIMEOUT)
+        stats = runner.statistics()
+    for fut, code in [(alone, 0), (futures[49], 50)]:
+        err = fut.exception()
+        if kind == "frozen":
+            assert isinstance(err, RemoteError)
+            assert str(err) == f"FrozenError: {code}"
+        else:
+            assert type(err) is RefusesCauseError
+            assert err.args == (code,)
+        assert isinstance(err.__cause__, RemoteTraceback)
+    assert failed_runs(futures) == [50]
+    assert all(f.state.is_completed() or f.state.is_failed() for f in [alone, *futures])
+    assert (stats.completed, stats.failed) == (98, 2)
+
+
+def read_stdin() -> str:
+    return input()
+
+
+def start_a_stdin_reader() -> int:
+    # A child that reads its stdin (inherited from the body) until it ends.
+    reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"])
+    return reader.wait(TIMEOUT)
+
+
+def test_a_body_and_what_it_starts_read_no_call_from_their_stdin() -> None:
+    # The worker's stdin was its pipe of calls: a body reading it would hang, and a child
+    # reading it would take the next calls.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        with pytest.raises(EOFError):
+            runner.submit(read_stdin, {}).result(TIMEOUT)
+        assert runner.submit(start_a_stdin_reader, {}).result(TIMEOUT) == 0
+        assert runner.map(double, {"x": range(5)}).result(TIMEOUT) == [0, 2, 4, 6, 8]
+
+
+class KillsWorkerWhenLoaded:
+    """An argument whose loading ends the worker process at once (as a segfault would)."""
+
+    def __init__(self, value: int, kills: bool) -> None:
+        self.value, self.kills = value, kills
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (os._exit, (3,)) if self.kills else (int, (self.value,))
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.usefixtures("batches")
+def test_an_argument_that_kills_its_worker_as_it_loads_fails_only_its_own_run() -> None:
+    # None of the batch started when the worker died loading it: no one is blamed, the calls
+    # go again one by one, and only the run of that argument fails.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(identity, {"x": 0}).result(TIMEOUT) == 0  # (quick: batched)
+        values = [KillsWorkerWhenLoaded(i, kills=i == 30) for i in range(60)]
+        futures = runner.map(identity, {"x": values})
+        futures.wait(TIMEOUT)
+    assert failed_runs(futures) == [31]
+    assert isinstance(futures[30].exception(), WorkerCrashedError)
+    assert [f.result() for f in futures if f is not futures[30]] == [
+        i for i in range(60) if i != 30
+    ]
+
+
+def take_mode(item: int, options: dict[str, str]) -> str:
+    return options.pop("mode", "taken by an earlier call")
+
+
+@pytest.mark.usefixtures("batches")
+def test_calls_of_a_batch_each_get_their_own_copy_of_a_shared_argument() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(take_mode, {"item": 0, "options": {"mode": "strict"}}).result(TIMEOUT)
+        modes = runner.map(take_mode, {"item": range(200), "options": unmapped({"mode": "s"})})
+        assert modes.result(TIMEOUT) == ["s"] * 200
+
+
+def test_a_worker_that_cannot_be_started_fails_its_runs_naming_the_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_process(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(anyio, "open_process", no_process)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(double, {"x": 1})
+        with pytest.raises(WorkerStartError, match="task 'double': could not start a worker"):
+            fut.result(TIMEOUT)
+        assert "Too many open files" in str(fut.exception())
+
+
+class ExitsWhenLoaded:
+    """A result that raises SystemExit when the parent loads it."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (sys.exit, (5,))
+
+
+def exits_when_loaded_at(i: int, stop: int) -> Any:
+    return ExitsWhenLoaded() if i == stop else i
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_result_that_raises_system_exit_as_it_loads_fails_only_its_own_run() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        alone = runner.submit(exits_when_loaded_at, {"i": 0, "stop": 0})
+        with pytest.raises(SerializationError, match="its result cannot be loaded here"):
+            alone.result(TIMEOUT)
+        futures = runner.map(exits_when_loaded_at, {"i": range(1, 50), "stop": 20})
+        futures.wait(TIMEOUT)
+        assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8  # the runner goes on
+    assert failed_runs(futures) == [20]
+    assert isinstance(futures[19].exception(), SerializationError)
