@@ -524,6 +524,7 @@ class ProcessWorkers:
         self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
+        self._starting: set[_Worker] = set()  # started, not ready yet (their initializer runs)
 
     # -- the backend contract ------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -691,6 +692,10 @@ class ProcessWorkers:
     async def aclose(self, abandon: bool = False) -> None:
         if abandon:
             self.abandon()
+        # Every run is final by now: a worker still starting serves none, and its initializer
+        # may never end (then nothing else would end this wait).
+        for worker in list(self._starting):
+            worker.kill()
         while self._tasks:
             await asyncio.wait(set(self._tasks))
         idle, self._idle = self._idle, []
@@ -803,6 +808,7 @@ class ProcessWorkers:
         drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
+        self._starting.add(worker)
         try:
             await worker.send((*self._setup, fd))
             ready = await worker.receive()
@@ -820,6 +826,8 @@ class ProcessWorkers:
                 worker.process.returncode,
                 tail,
             ) from None
+        finally:
+            self._starting.discard(worker)
         assert ready == [b"m" + pickle.dumps(("ready", None), protocol=pickle.HIGHEST_PROTOCOL)]
         self._failed_starts = 0
         return worker

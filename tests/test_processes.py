@@ -2281,3 +2281,23 @@ def test_a_result_that_raises_system_exit_as_it_loads_fails_only_its_own_run() -
         assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8  # the runner goes on
     assert failed_runs(futures) == [20]
     assert isinstance(futures[19].exception(), SerializationError)
+
+
+def check_in_then_hang(hub: Address, label: str) -> None:
+    with check_in(hub, label):
+        pass
+    threading.Event().wait()
+
+
+def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub) -> None:
+    # Its initializer waits forever; the one run waiting for it is cancelled: leaving the
+    # block stops that worker instead of waiting for it.
+    runner = ProcessPoolTaskRunner(
+        max_workers=1, initializer=check_in_then_hang, initargs=(hub.address, "starting")
+    )
+    with hub, pytest.raises(ValueError, match="give up"), runner:
+        fut = runner.submit(double, {"x": 1})
+        hub.arrivals(1)  # the worker's initializer runs (and will not return)
+        assert fut.cancel()
+        raise ValueError("give up")
+    assert fut.cancelled()
