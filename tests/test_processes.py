@@ -2295,9 +2295,15 @@ def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub) -> Non
     runner = ProcessPoolTaskRunner(
         max_workers=1, initializer=check_in_then_hang, initargs=(hub.address, "starting")
     )
-    with hub, pytest.raises(ValueError, match="give up"), runner:
-        fut = runner.submit(double, {"x": 1})
-        hub.arrivals(1)  # the worker's initializer runs (and will not return)
-        assert fut.cancel()
-        raise ValueError("give up")
-    assert fut.cancelled()
+    futures = []
+
+    def leave_with_an_error() -> None:
+        with runner:
+            futures.append(runner.submit(double, {"x": 1}))
+            hub.arrivals(1)  # the worker's initializer runs (and will not return)
+            assert futures[0].cancel()
+            raise ValueError("give up")
+
+    with hub, pytest.raises(ValueError, match="give up"):
+        leave_with_an_error()
+    assert futures[0].cancelled()
