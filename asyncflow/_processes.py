@@ -217,6 +217,7 @@ class _Worker:
         self._buffer = bytearray()
         self.stderr = bytearray()
         self.killed = False
+        self.reaped = False  # exited, and whatever it left in its process group killed
         self.calls = 0  # calls answered
         self.drain: asyncio.Task[None] | None = None  # reads its stderr
         self.idle_since = 0.0
@@ -342,6 +343,8 @@ class _Worker:
         asyncio.get_running_loop().call_later(_GRACE, self._kill_hard)
 
     def _kill_hard(self) -> None:
+        if self.reaped:  # its group is gone already, and its number may be another's by now
+            return
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -354,6 +357,7 @@ class _Worker:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.reaped = True
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

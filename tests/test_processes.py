@@ -2307,3 +2307,19 @@ def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub) -> Non
     with hub, pytest.raises(ValueError, match="give up"):
         leave_with_an_error()
     assert futures[0].cancelled()
+
+
+def test_a_worker_reaped_already_is_not_killed_again_by_its_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its process group was killed when it was reaped; the kill that was due after a grace
+    # must not send a signal by a number that another process group may have by then.
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: signalled.append((pgid, sig)))
+    worker = asyncflow._processes._Worker.__new__(asyncflow._processes._Worker)
+    worker.pid, worker.reaped = 4321, True
+    worker._kill_hard()
+    assert signalled == []
+    worker.reaped = False
+    worker._kill_hard()
+    assert signalled == [(4321, signal.SIGKILL)]
