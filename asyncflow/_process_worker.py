@@ -43,6 +43,8 @@ it already got from the pipe. Body kinds:
 - ``o`` + the pickled result;
 - ``p`` + the result when it is of a type of ``_PLAIN_VALUES``, by ``marshal`` (several times
   cheaper than pickle for these; both ends run the same interpreter);
+- ``i`` + an ``int`` result that fits in 8 bytes, as a signed 8-byte number (machine order),
+  held in the ledger (a record of a fixed size, written in one step);
 - ``h`` + replies held in the ledger, as they were there (in order: the parent takes them as
   the replies of the next calls of the batch);
 - ``r`` + a pickle of the list of the pickled results of every call of the batch;
@@ -74,6 +76,9 @@ from typing import Any, BinaryIO
 _HEADER = struct.Struct(">I")
 _U32 = struct.Struct("=I")  # the ledger's numbers
 _RECORD = struct.Struct("=IB")  # a reply held in the ledger: its size (from the kind on), kind
+_INT_RECORD = struct.Struct("=IBq")  # the same, with an ``int`` result (kind ``i``)
+_INT = ord("i")
+_I64_LIMIT = 1 << 63  # (such an int is at least -_I64_LIMIT and below it)
 _OK = ord("o")  # the kind of a result's reply (pickled)
 _PLAIN = ord("p")  # the kind of a result's reply of a type of _PLAIN_VALUES (marshalled)
 _RESULT_KINDS = frozenset({b"o", b"p"})
@@ -429,6 +434,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     by_value = replies.result_by_value
     send = replies.send
     record = _RECORD.pack_into
+    int_record = _INT_RECORD.pack_into
     dumps = pickle.dumps
     marshal_dumps = marshal.dumps
     protocol = pickle.HIGHEST_PROTOCOL
@@ -462,6 +468,22 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             return False
         if ledger is not None:
             numbers[at] = 2 * index + 2  # type: ignore[index]
+        # An int result held in the ledger (the common case of a batch of quick calls): one
+        # record of a fixed size, no marshal.
+        if (
+            type(value) is int
+            and ledger is not None
+            and -_I64_LIMIT <= value < _I64_LIMIT
+            and (values := replies.values) is not None
+            and replies.batch is not None
+            and (end := (start := replies.used) + _INT_RECORD.size) <= replies.size
+        ):
+            int_record(ledger, start, 9, _INT, value)
+            values.append(value)
+            numbers[0] = end  # type: ignore[index]
+            replies.used = end
+            replies.index += 1
+            continue
         # The result, by marshal (a plain value) or plain pickle; kept for the batch's last
         # message (see _Replies.stop) unless it cannot be one.
         data = b""

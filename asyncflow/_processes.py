@@ -28,7 +28,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,7 @@ __all__ = ("ProcessWorkers",)
 _HEADER = struct.Struct(">I")
 # The reply ledger's numbers, in the machine's byte order (its layout: see _process_worker).
 _U32 = struct.Struct("=I")
+_I64 = struct.Struct("=q")
 _AT = 4  # offset of the ledger's u32: the worker's position in a batch
 _FIRST = 8  # offset of the ledger's u32: the index in its batch of the first reply held
 _BATCH = 12  # offset of the ledger's u32: the number of the batch whose replies are held
@@ -77,7 +78,12 @@ _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop
 # Reply kinds (see _process_worker).
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
 _PLAIN = ord("p")  # a result of a plain type (None, bool, int, float, complex, str, bytes)
-_LOADS = {_OK: pickle.loads, _PLAIN: marshal.loads}  # how a result's reply of each kind loads
+_INT = ord("i")  # an int result held in the ledger, as a signed 8-byte number
+_LOADS: dict[int, Callable[[bytes], Any]] = {  # how a result's reply of each kind loads
+    _OK: pickle.loads,
+    _PLAIN: marshal.loads,
+    _INT: lambda data: _I64.unpack(data)[0],
+}
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 _VALUES = ord("v")  # the same when each is of an immutable plain type: the values themselves
 _WHOLE_BATCH = frozenset({_RESULTS, _VALUES})

@@ -1568,7 +1568,22 @@ def value_or_lambda(i: int) -> Any:
     return (lambda: 5) if i == 5 else i  # (only cloudpickle carries a lambda)
 
 
-EDGE_VALUES = [-0.0, float("inf"), 2**100, -(2**70), "\udc80 é", b"\x00\xff", True, 1j, None]
+EDGE_VALUES = [
+    -0.0,
+    float("inf"),
+    2**100,
+    -(2**70),
+    2**63 - 1,  # the ints of 8 bytes, held in the ledger as such ("i"), and just past them
+    -(2**63),
+    2**63,
+    -(2**63) - 1,
+    -5,
+    "\udc80 é",
+    b"\x00\xff",
+    True,
+    1j,
+    None,
+]
 
 
 def edge_value(i: int) -> Any:
