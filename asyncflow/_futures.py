@@ -61,14 +61,7 @@ blocking_hooks = threading.local()
 # only when someone asks. The number is there from the start at no cost, and a worker process
 # given it makes the same UUID, so a body and its future always agree on the id.
 _RUN_ID_BASE = secrets.randbits(64) << 64
-_run_numbers = itertools.count(1)
-_next_run_number = _run_numbers.__next__
-
-
-def new_run_ids(count: int) -> list[int]:
-    """The ids of ``count`` runs to be made (``plain_runs`` takes them)."""
-    base = _RUN_ID_BASE
-    return [base | number for number in itertools.islice(_run_numbers, count)]
+_next_run_number = itertools.count(1).__next__
 
 
 def run_uuid(number: int) -> uuid.UUID:
@@ -527,21 +520,17 @@ def plain_runs(
     children: list[dict[str, Any]],
     ctx: contextvars.Context,
     group: MapGroup,
-    *,
-    ids: list[int] | None = None,
 ) -> list[Future[Any]]:
     """The runs of a map with no inputs and no policy, one per parameters dict in
     ``children``, all in ``group``: what ``Future(scheduler, task, params, None, None, ctx)``
     makes, with the fields set here directly (no ``__init__`` call per run: a big map makes
-    thousands at once). A test checks that both make the same. ``ids``: theirs, if given
-    out before (``new_run_ids``)."""
+    thousands at once). A test checks that both make the same."""
     runs: list[Future[Any]] = []
     append = runs.append
     new = object.__new__
     now = time.time()
-    if ids is None:
-        ids = new_run_ids(len(children))
-    for params, run_id in zip(children, ids, strict=True):
+    next_number = _next_run_number
+    for params in children:
         fut = new(Future)
         fut._scheduler = scheduler
         fut._task = task
@@ -553,7 +542,7 @@ def plain_runs(
         fut._timestamp = now
         fut._callbacks = fut._waiters = fut._event = fut._handle = None
         fut._group = group
-        fut._id = run_id
+        fut._id = _RUN_ID_BASE | next_number()
         append(fut)
     return runs
 

@@ -275,35 +275,26 @@ class _Worker:
                 raise _Died from None
 
     def take(self, calls: deque[Any], may_hold: bool) -> int | None:
-        """The worker is sent the batch ``calls``: ``prepare``, then ``attach``."""
-        number = self.prepare(len(calls), may_hold)
-        self.attach(calls)
-        return number
-
-    def prepare(self, count: int, may_hold: bool) -> int | None:
-        """The worker is to be sent a batch of ``count`` calls: for several, the ledger's
-        numbers and skip marks are cleared (without a ledger, the calls to stop at); if it
-        ``may_hold`` the replies (no one watches each call start), the batch's number."""
+        """The worker is sent the batch ``calls``: for a batch of several, its calls are
+        listed, and the ledger's numbers and skip marks cleared (without a ledger, the calls to
+        stop at); if it ``may_hold`` the replies
+        (no one watches each call start), the batch's number."""
         self.holding = -1
-        self.batch_size = count
-        if count <= 1:
+        self.batch_size = len(calls)
+        if len(calls) <= 1:
             return None
+        self.unanswered = calls
+        self.runs = list(map(_item_of, calls))
+        self.positions = None
         if self.ledger is None:
             self.stop_at = set()
             return None
-        self.ledger[_AT : _SKIPS + count] = bytes(_SKIPS - _AT + count)
+        self.ledger[_AT : _SKIPS + len(calls)] = bytes(_SKIPS - _AT + len(calls))
         if not may_hold:
             return None
         self.batches += 1
         self.holding = self.batches
         return self.holding
-
-    def attach(self, calls: deque[Any]) -> None:
-        """The calls of the batch it was sent, if several: listed (a cancel looks for them)."""
-        if len(calls) > 1:
-            self.unanswered = calls
-            self.runs = list(map(_item_of, calls))
-            self.positions = None
 
     def index_of(self, item: Any) -> int | None:
         """The index of ``item``'s call in the batch of several calls this worker runs."""
@@ -547,83 +538,6 @@ class ProcessWorkers:
         if self._active < self._max and not self._pump_due:
             self._pump_soon()
 
-    def sends_ahead(self, task: Any, count: int) -> bool:
-        """(Any thread; a guess.) Whether the first calls of a map of ``count`` plain runs of
-        ``task`` would go out before the runs exist: workers are idle, no call waits for one,
-        and calls of the task are known to be quick (they go in batches)."""
-        cost = self._cost.get(task)
-        return (
-            count > 1
-            and bool(self._idle)
-            and not self._ready
-            and self._max_tasks is None
-            and cost is not None
-            and cost <= _BATCH_COST
-            and task not in self._unbatchable
-            and task.spec.simple  # (its calls' keyword arguments are their parameters)
-        )
-
-    async def send_ahead(
-        self, task: Any, children: list[dict[str, Any]], ids: list[int]
-    ) -> list[tuple[_Worker, int, int]]:
-        """The first calls of a map of plain runs, sent to the idle workers before the runs
-        exist (``ids``: the runs' ids): each worker a batch of its share of the map, as
-        ``_pump`` would send them. Returns each worker with the slice of ``children`` it was
-        sent; ``attach_ahead`` then gives it the runs (nothing can cancel them before)."""
-        count = len(children)
-        if not self.sends_ahead(task, count):
-            return []
-        size = _batch_size(self._cost[task], -(-count // self._max))
-        try:
-            fn = _dumps(task.fn)
-        except Exception:
-            return []  # (each run fails as usual, saying why)
-        ident = (task.name, task.tags, task.key)
-        may_hold = self._sched.events is None
-        sent: list[tuple[_Worker, int, int]] = []
-        start = 0
-        try:
-            while count - start > 1 and size > 1 and self._active < self._max:
-                worker = self._idle_worker()
-                if worker is None:
-                    break
-                end = min(start + size, count)
-                try:
-                    blob = _pickled_arguments(children[start:end])
-                except Exception:  # an argument cannot be sent: those runs go the usual way
-                    self._idle.append(worker)
-                    break
-                self._active += 1
-                sent.append((worker, start, end))
-                message = (fn, task.is_async, ident, blob, ids[start:end])
-                start = end
-                try:
-                    await worker.send((*message, worker.prepare(len(message[-1]), may_hold)))
-                except _Died:
-                    pass  # (its batch finds it dead: it is buried, and the calls go back)
-        except BaseException:  # cancelled (the session was abandoned): no run will come
-            self.drop_ahead(sent)
-            raise
-        return sent
-
-    def attach_ahead(self, runs: list[Any], sent: list[tuple[_Worker, int, int]]) -> None:
-        """The runs of a map whose first calls went out (``send_ahead``): those get their
-        batches, the rest are queued."""
-        end = 0
-        for worker, start, end in sent:
-            self._in_background(self._run(runs[start:end], worker))
-        if end < len(runs):
-            self.submit_many(runs[end:])
-
-    def drop_ahead(self, sent: list[tuple[_Worker, int, int]]) -> None:
-        """The runs of calls sent ahead will not come: their workers are stopped."""
-        for worker, _, _ in sent:
-            self._active -= 1
-            worker.kill()
-            self._put_to_rest(worker)
-        if sent:
-            self._pump()
-
     def _pump_soon(self) -> None:
         # Later in this loop turn, once: the items submitted with this one (a whole map) are
         # queued by then, so the first batches are as big as the rest.
@@ -750,7 +664,14 @@ class ProcessWorkers:
         if cost is None or cost > _BATCH_COST:
             # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
             return batch
-        size = _batch_size(cost, share)
+        # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
+        # one reply per batch, so bigger batches cost less per call.
+        per_call = max(cost, 1e-6)
+        size = min(
+            _BATCH_MAX,
+            max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
+            int(_BATCH_TIME / per_call),
+        )
         if len(ready) >= size - 1 and size > 1:
             # The common case, checked in C: the next calls are plain runs of this task (a map).
             head = list(itertools.islice(ready, size - 1))
@@ -842,43 +763,32 @@ class ProcessWorkers:
         self._failed_starts = 0
         return worker
 
-    async def _run(  # noqa: PLR0915 - a batch's whole course, with its fault paths, in one place
-        self, batch: list[Any], sent: _Worker | None = None
-    ) -> None:
-        """Send ``batch`` to a worker and end its runs as the replies come; ``sent``: the
-        worker it went to before its runs existed (see ``send_ahead``)."""
-        worker = sent
+    async def _run(self, batch: list[Any]) -> None:
+        worker = None
         alone = None  # the call, if it went alone (then listed in _busy)
         calls: deque[_Call] = deque()
         packed_yet = False
         handed_back = False  # (the worker went back before the last replies were handled)
         try:
-            if sent is not None:  # plain runs, made after their calls went out
-                calls = deque(self._calls(batch))
-                packed_yet = True
-                self._mark_running(sent, calls)
-                sent.attach(calls)
-            else:
-                # (An argument that cannot be sent fails its run here: no worker is started.)
-                message, packed = self._pack(self._calls(batch))
-                calls = deque(packed)
-                packed_yet = True
-                if not calls:
-                    return
-                worker = self._idle_worker()
-                if worker is None:
-                    worker = await self._spawn(calls[0][1].name)
-                    if any(call[0]._status >= COMPLETED for call in calls):
-                        # Cancelled while the worker started: it must not run. Pack the rest.
-                        message, packed = self._pack(list(calls))
-                        calls = deque(packed)
-                        if not calls:
-                            return
-                self._mark_running(worker, calls)
-                if len(calls) == 1:  # (a batch of several may be down to one by now)
-                    alone = calls[0][0]
-                await worker.send((*message, worker.take(calls, self._sched.events is None)))
-            assert worker is not None
+            # (An argument that cannot be sent fails its run here: no worker is started.)
+            message, packed = self._pack(self._calls(batch))
+            calls = deque(packed)
+            packed_yet = True
+            if not calls:
+                return
+            worker = self._idle_worker()
+            if worker is None:
+                worker = await self._spawn(calls[0][1].name)
+                if any(call[0]._status >= COMPLETED for call in calls):
+                    # Cancelled while the worker started: it must not run. Pack the rest again.
+                    message, packed = self._pack(list(calls))
+                    calls = deque(packed)
+                    if not calls:
+                        return
+            self._mark_running(worker, calls)
+            if len(calls) == 1:  # (a batch of several may be down to one by now)
+                alone = calls[0][0]
+            await worker.send((*message, worker.take(calls, self._sched.events is None)))
             last = await self._replies(worker, calls)
             if last is not None:
                 answered_by, worker, handed_back = worker, None, True
@@ -1246,18 +1156,6 @@ class ProcessWorkers:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _batch_size(cost: float, share: int) -> int:
-    """How many calls taking ``cost`` seconds each go in one batch, given a worker's ``share``
-    of the queue: as many as keep every worker busy, up to about ``_BATCH_TIME`` of work (one
-    message and one reply per batch, so bigger batches cost less per call)."""
-    per_call = max(cost, 1e-6)
-    return min(
-        _BATCH_MAX,
-        max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
-        int(_BATCH_TIME / per_call),
-    )
 
 
 # Types whose values no call can change: calls of a batch may share them.

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ._cache import CacheStore
 from ._context import current_runner
 from ._events import EventHub, EventStream, Subscription, TaskEvent
-from ._futures import Future, FutureList, MapGroup
+from ._futures import Future, FutureList, MapGroup, plain_runs
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
 from ._loop import LoopThread
@@ -298,14 +298,14 @@ class TaskRunner(abc.ABC):
             # No value can hold a future, and there is no policy: no inputs to look for.
             ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
             group = MapGroup(len(children))  # counts them as they end, for whole-list waits
-            runs = sched.map_plain(t, children, ctx, group)
+            runs = plain_runs(sched, t, children, ctx, group)
         else:
             make = self._make
             runs = [make(sched, t, p, waits, None, limit) for p in children]
             group = MapGroup(len(runs))
             for run in runs:
                 run._group = group
-            sched.submit_many(runs)  # one hand-over to the loop for the whole map
+        sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
         futures = FutureList(runs)
         futures._group = group
         return futures

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import sys
 import threading
@@ -18,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 from . import _limits as limits
 from ._cache import CacheStore, default_store
@@ -33,12 +32,9 @@ from ._futures import (
     RETRYING,
     RUNNING,
     Future,
-    MapGroup,
     cancelled_error,
     complete_all,
     crashed_error,
-    new_run_ids,
-    plain_runs,
 )
 from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
@@ -94,27 +90,6 @@ class Backend(Protocol):
 
     def interrupt(self, item: Any) -> bool:
         """Stop a running body now if this backend can (True), or leave it running (False)."""
-        ...
-
-
-class SendsAhead(Protocol):
-    """What a backend offers (optionally: a process pool does) to send the first calls of a
-    plain map out before the map's runs exist (see ``Scheduler.map_plain``)."""
-
-    def sends_ahead(self, task: Any, count: int) -> bool:
-        """(Any thread; a guess.) Whether a map of ``count`` plain runs of ``task`` would."""
-        ...
-
-    async def send_ahead(self, task: Any, children: list[dict[str, Any]], ids: list[int]) -> Any:
-        """Send the first calls (``ids``: the ids the runs will have); what went where."""
-        ...
-
-    def attach_ahead(self, runs: list[Future[Any]], sent: Any) -> None:
-        """The runs are made: those sent get their calls' outcomes, the rest are submitted."""
-        ...
-
-    def drop_ahead(self, sent: Any) -> None:
-        """The runs will not be made: stop the calls sent."""
         ...
 
 
@@ -208,10 +183,6 @@ class Scheduler:
             opts.events.attach(self)
         # Process backends run coroutine bodies too (in the worker, on a loop of its own).
         self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
-        # A backend that can send a plain map's first calls out before its runs exist.
-        self._ahead = (
-            cast(SendsAhead, self.backend) if hasattr(self.backend, "sends_ahead") else None
-        )
         self.call_parts = call_parts
 
     # -- from any thread ---------------------------------------------------------------------
@@ -261,73 +232,6 @@ class Scheduler:
                 return
             self._inbox_scheduled = True
         self._call_soon(self._drain_inbox)
-
-    def map_plain(
-        self,
-        task: Any,
-        children: list[dict[str, Any]],
-        ctx: contextvars.Context,
-        group: MapGroup,
-    ) -> list[Future[Any]]:
-        """Make and submit the runs of a map with no inputs and no policy (any thread).
-
-        From another thread, when the backend can send the first calls out before their runs
-        exist (``sends_ahead``: a process pool with idle workers, for a task it knows to be
-        quick), the runs are made on the loop once those calls are out, and the workers start
-        on them while the rest is made (the caller waits for that)."""
-        ahead = self._ahead
-        if (
-            ahead is not None
-            and self.events is None
-            and threading.get_ident() != self.thread_id
-            and ahead.sends_ahead(task, len(children))
-        ):
-            try:
-                made = asyncio.run_coroutine_threadsafe(
-                    self._map_ahead(task, children, ctx, group), self.loop
-                )
-            except RuntimeError:  # the loop is closed
-                raise RuntimeError(f"runner {self.runner.name!r} is closed") from None
-            try:
-                return made.result()
-            except concurrent.futures.CancelledError:  # the session was abandoned meanwhile
-                raise RuntimeError(f"runner {self.runner.name!r} is closing") from None
-        runs = plain_runs(self, task, children, ctx, group)
-        self.submit_many(runs, plain=True)
-        return runs
-
-    async def _map_ahead(
-        self,
-        task: Any,
-        children: list[dict[str, Any]],
-        ctx: contextvars.Context,
-        group: MapGroup,
-    ) -> list[Future[Any]]:
-        if not self._accepting:
-            raise RuntimeError(f"runner {self.runner.name!r} is closed")
-        if self._inbox:
-            self._drain_inbox()  # keep submission order across threads
-        # Until its runs are registered, the map keeps the session open: calls may be out.
-        me = asyncio.current_task()
-        assert me is not None
-        self._side.add(me)
-        me.add_done_callback(self._side_done)
-        ahead = self._ahead
-        assert ahead is not None
-        ids = new_run_ids(len(children))
-        sent = await ahead.send_ahead(task, children, ids)
-        try:
-            runs = plain_runs(self, task, children, ctx, group, ids=ids)
-        except BaseException:
-            ahead.drop_ahead(sent)
-            raise
-        self._live.update(runs)
-        self._submitted += len(runs)
-        if (events := self.events) is not None:  # (a subscriber came meanwhile)
-            for fut in runs:
-                events.submitted(fut)
-        ahead.attach_ahead(runs, sent)
-        return runs
 
     def request_cancel(self, fut: Future[Any]) -> None:
         if threading.get_ident() == self.thread_id:

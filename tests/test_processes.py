@@ -1064,49 +1064,12 @@ def exit_at(i: int, stop: int) -> int:
     return i
 
 
-def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The sizes of the batches each map sent before its runs were made (a list that fills)."""
-    sizes: list[list[int]] = []
-    attach = ProcessWorkers.attach_ahead
-
-    def spy(self: ProcessWorkers, runs: list[Any], sent: list[Any]) -> None:
-        sizes.append([end - start for _, start, end in sent])
-        attach(self, runs, sent)
-
-    monkeypatch.setattr(ProcessWorkers, "attach_ahead", spy)
-    return sizes
-
-
-def learned(runner: ProcessPoolTaskRunner, fn: Any, ahead: bool, **params: Any) -> Any:
-    """``fn`` as the runner's map will take it once one call of it has run (``params``): with
-    ``ahead``, a task kept here (the runner remembers that its calls are quick, and a map of
-    them sends its first batches to the idle workers before its runs are made); else the bare
-    function (forgotten between calls: a map's first call goes alone, the rest in batches)."""
-    task_or_fn = task(fn) if ahead else fn
-    runner.submit(task_or_fn, params).result(TIMEOUT)
-    loop_turn(runner)
-    return task_or_fn
-
-
-def loop_turn(runner: ProcessPoolTaskRunner) -> None:
-    """Wait for one turn of the runner's loop: a worker whose last run has ended is idle by
-    then (it is handed back in the same turn)."""
-    assert runner._scheduler is not None
-    loop = runner._scheduler.loop
-    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(TIMEOUT)
-
-
 @pytest.mark.usefixtures("batches")
-@pytest.mark.parametrize("ahead", [False, True], ids=["sent-with-its-runs", "sent-ahead"])
-def test_a_system_exit_in_a_batch_crashes_only_its_own_run(
-    ahead: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sizes = sent_ahead(monkeypatch)
+def test_a_system_exit_in_a_batch_crashes_only_its_own_run() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
-        fn = learned(runner, exit_at, ahead, i=0, stop=-1)
-        futures = runner.map(fn, {"i": range(1, 300), "stop": 100})
+        assert runner.submit(exit_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0  # cheap: batched
+        futures = runner.map(exit_at, {"i": range(1, 300), "stop": unmapped(100)})
         futures.wait(TIMEOUT)
-    assert [s for s in sizes if s] == ([[299]] if ahead else [])
     failed = failed_runs(futures)
     assert failed == [100], f"runs {failed} failed; only run 100 raised SystemExit"
     err = futures[99].exception()
@@ -1135,20 +1098,17 @@ def count_batch_replies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.usefixtures("batches")
-@pytest.mark.parametrize("ahead", [False, True], ids=["sent-with-its-runs", "sent-ahead"])
 def test_a_worker_dying_in_a_batch_blames_only_the_run_that_killed_it(
-    ahead: bool, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The batch's earlier replies were held by the worker, not yet written to the pipe: they
     # still end their runs, and the run after them is the one blamed.
     held = count_batch_replies(monkeypatch)
-    sizes = sent_ahead(monkeypatch)
     with ProcessPoolTaskRunner(max_workers=1) as runner:
-        fn = learned(runner, exit_hard_at, ahead, i=0, stop=-1)
-        futures = runner.map(fn, {"i": range(1, 300), "stop": 150})
+        assert runner.submit(exit_hard_at, {"i": 0, "stop": -1}).result(TIMEOUT) == 0
+        futures = runner.map(exit_hard_at, {"i": range(1, 300), "stop": unmapped(150)})
         futures.wait(TIMEOUT)
     assert held, "no batch was sent for its worker to hold the replies"
-    assert [s for s in sizes if s] == ([[299]] if ahead else [])
     failed = failed_runs(futures)
     assert failed == [150], f"runs {failed} failed; only run 150 killed its worker"
     err = futures[149].exception()
@@ -1694,78 +1654,6 @@ def test_a_body_in_a_worker_sees_its_own_run_context_alone_and_in_a_batch() -> N
     key_too = f"{whoami_too.fn.__module__}.{whoami_too.fn.__qualname__}"
     for i, fut in enumerate(other):
         assert fut.result() == (i, "whoami_too", str(fut.task_run_id), set(), key_too, 1)
-
-
-@pytest.mark.usefixtures("batches")
-def test_a_map_sent_ahead_of_its_runs_gives_each_body_its_own_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Both workers are idle and the task is known to be quick: each gets half of the map
-    # before the runs are made. Each body still sees its own run, and each result is its own.
-    sizes = sent_ahead(monkeypatch)
-    with ProcessPoolTaskRunner(max_workers=2) as runner:
-        assert len(runner.map(whoami, {"i": range(2)}).result(TIMEOUT)) == 2  # two workers
-        loop_turn(runner)
-        futures = runner.map(whoami, {"i": range(301)})
-        futures.wait(TIMEOUT)
-        stats = runner.statistics()
-    assert [s for s in sizes if s] == [[151, 150]]
-    key = f"{whoami.fn.__module__}.{whoami.fn.__qualname__}"
-    for i, fut in enumerate(futures):
-        assert fut.result() == (i, "whoami", str(fut.task_run_id), {"etl", "nightly"}, key, 1)
-    assert (stats.submitted, stats.completed) == (303, 303)
-
-
-def gated_at_port(i: int, port: int, stop: int) -> int:
-    if i == stop:
-        gated(("127.0.0.1", port), f"run{i}")
-    return i
-
-
-@pytest.mark.usefixtures("batches")
-def test_cancelling_the_running_run_of_a_batch_sent_ahead_stops_only_that_run(
-    hub: Hub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sizes = sent_ahead(monkeypatch)
-    port = hub.address[1]
-    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
-        fn = learned(runner, gated_at_port, True, i=0, port=port, stop=-1)
-        futures = runner.map(fn, {"i": range(1, 100), "port": port, "stop": 10})
-        hub.arrivals(1)  # run 10 is running, in the batch sent before the runs were made
-        assert futures[9].cancel()
-        futures.wait(TIMEOUT)
-        assert all(f.done() for f in futures), "run 10 was not stopped: the batch is stuck"
-    assert sizes == [[99]]
-    assert futures[9].cancelled()
-    others = futures[:9] + futures[10:]
-    assert [f.result() for f in others] == [i for i in range(1, 100) if i != 10]
-    assert runner.statistics().failed == 0
-
-
-@pytest.mark.usefixtures("batches")
-def test_calls_sent_ahead_of_runs_that_could_not_be_made_are_stopped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The map fails (here: no memory for its runs) after its first batch went out: that
-    # batch's worker is stopped (its calls have no runs to answer), and the runner goes on.
-    make = plain_runs
-
-    def no_room(*args: Any, ids: list[int] | None = None) -> list[Any]:
-        if ids is not None:
-            raise MemoryError("no room for the runs")
-        return make(*args)
-
-    monkeypatch.setattr(asyncflow._scheduler, "plain_runs", no_room)
-    with ProcessPoolTaskRunner(max_workers=1) as runner:
-        fn = learned(runner, double, True, x=0)
-        backend = runner._scheduler.backend  # type: ignore[union-attr]
-        assert isinstance(backend, ProcessWorkers)
-        (worker,) = backend._idle
-        with pytest.raises(MemoryError, match="no room for the runs"):
-            runner.map(fn, {"x": range(50)})
-        assert worker.killed
-        assert worker not in backend._workers
-        assert runner.map(fn, {"x": range(50)}).result(TIMEOUT) == [2 * x for x in range(50)]
 
 
 class UnprintableError(Exception):
