@@ -659,17 +659,23 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
     return done
 
 
+_NOTE_ON_TASK = "raised by task "
+
+
 def _name_the_task(exc: BaseException, task_name: str) -> None:
     """A failure a task's body raised says which task raised it: a note in its traceback
     (asyncflow's own errors name the task in their message already)."""
     if isinstance(exc, AsyncflowError) and not isinstance(exc, RemoteError):
         return
     if sys.version_info >= (3, 11):  # (notes came with Python 3.11)
-        note = f"raised by task {task_name!r}"
         try:
             notes = getattr(exc, "__notes__", None)
-            if not (isinstance(notes, list) and note in notes):
-                exc.add_note(note)
+            # Once: the same exception may end a run that re-raised it (the first names the
+            # task that raised it).
+            if not (
+                isinstance(notes, list) and any(str(n).startswith(_NOTE_ON_TASK) for n in notes)
+            ):
+                exc.add_note(f"{_NOTE_ON_TASK}{task_name!r}")
         except Exception:  # one that takes no new attribute (a frozen dataclass)
             pass
 

@@ -300,7 +300,7 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
     try:
         data = cloudpickle.dumps(exc.with_traceback(None))
         pickle.loads(data)  # it must also load back, or the parent gets the text
-    except Exception:
+    except BaseException:  # (loading it may raise anything, SystemExit included)
         data = None
     return ("exc", (data, type(exc).__qualname__, _message_of(exc), text))
 

@@ -333,6 +333,8 @@ class _Worker:
     def kill(self) -> None:
         """Stop the worker and every process it started (its whole process group)."""
         self.killed = True
+        if self.reaped:  # that was done when it was reaped; its number may be another's now
+            return
         try:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -526,6 +528,7 @@ class ProcessWorkers:
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._workers: set[_Worker] = set()
         self._starting: set[_Worker] = set()  # started, not ready yet (their initializer runs)
+        self._closing = False
 
     # -- the backend contract ------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -618,6 +621,7 @@ class ProcessWorkers:
             self.abandon()
         # Every run is final by now: a worker still starting serves none, and its initializer
         # may never end (then nothing else would end this wait).
+        self._closing = True  # (a worker being spawned now is stopped as it starts)
         for worker in list(self._starting):
             worker.kill()
         while self._tasks:
@@ -723,8 +727,8 @@ class ProcessWorkers:
                 ledger[1].close()
             if not isinstance(exc, OSError):
                 raise
-            self._failed_starts += 1
-            self._last_start_error = error_text(exc)
+            # (Not counted among the failed starts: no process started, so none can storm,
+            # and the cause, such as too many open files, may pass.)
             raise WorkerStartError(
                 f"task {task_name!r}: could not start a worker process ({error_text(exc)})",
                 0,
@@ -740,6 +744,8 @@ class ProcessWorkers:
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
         self._starting.add(worker)
+        if self._closing:  # every run is final: it serves none (see aclose)
+            worker.kill()
         try:
             await worker.send((*self._setup, fd))
             ready = await worker.receive()
@@ -1062,6 +1068,8 @@ class ProcessWorkers:
             # blamed, and the task's calls go one by one from now on, so a call that kills its
             # worker again takes only its own run down.
             self._unbatchable.add(calls[0][1])
+            if worker.announced is calls[0][0]:  # subscribers were told it started
+                self._announced.add(calls[0][0])
         elif calls and not blamed:
             item, task, _ = calls[0]
             stopped_here = worker.killed and worker.process.returncode in _OUR_SIGNALS

@@ -337,6 +337,29 @@ def test_a_failure_is_raised_again_with_its_own_type(
         assert type(fut.result(raise_on_failure=False)) is error
 
 
+def fetch_fails() -> None:
+    raise ValueError("no data")
+
+
+def reraise(error: BaseException) -> None:
+    raise error
+
+
+def test_a_failure_raised_again_downstream_keeps_naming_the_task_that_raised_it(
+    runner: TaskRunner,
+) -> None:
+    # The same exception object ends the run that re-raised it: its note still names the
+    # task where it was raised, once.
+    with runner:
+        up = runner.submit(fetch_fails, {})
+        down = runner.submit(reraise, {"error": allow_failure(up)})
+        down.wait(TIMEOUT)
+    assert isinstance(down.exception(), ValueError)
+    if sys.version_info >= (3, 11):
+        for fut in (up, down):
+            assert getattr(fut.exception(), "__notes__", None) == ["raised by task 'fetch_fails'"]
+
+
 def test_an_upstream_failure_skips_dependents_with_the_root_cause_chained(
     runner: TaskRunner, tmp_path: Path
 ) -> None:

@@ -2154,12 +2154,17 @@ def test_a_worker_that_cannot_be_started_fails_its_runs_naming_the_task(
     async def no_process(*args: Any, **kwargs: Any) -> Any:
         raise OSError(24, "Too many open files")
 
+    spawn = anyio.open_process
     monkeypatch.setattr(anyio, "open_process", no_process)
     with ProcessPoolTaskRunner(max_workers=1) as runner:
-        fut = runner.submit(double, {"x": 1})
-        with pytest.raises(WorkerStartError, match="task 'double': could not start a worker"):
-            fut.result(TIMEOUT)
-        assert "Too many open files" in str(fut.exception())
+        for _ in range(4):  # (more than the failed starts after which a pool gives up)
+            fut = runner.submit(double, {"x": 1})
+            with pytest.raises(WorkerStartError, match="task 'double': could not start a work"):
+                fut.result(TIMEOUT)
+            assert "Too many open files" in str(fut.exception())
+        # No process started, so none failed: once processes can be made again, they are.
+        monkeypatch.setattr(anyio, "open_process", spawn)
+        assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
 
 
 class ExitsWhenLoaded:
@@ -2192,9 +2197,11 @@ def check_in_then_hang(hub: Address, label: str) -> None:
     threading.Event().wait()
 
 
-def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub) -> None:
+@pytest.mark.parametrize("started", [True, False], ids=["in-its-initializer", "being-spawned"])
+def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub, started: bool) -> None:
     # Its initializer waits forever; the one run waiting for it is cancelled: leaving the
-    # block stops that worker instead of waiting for it.
+    # block stops that worker instead of waiting for it, whether its initializer runs by then
+    # or it is still being spawned.
     runner = ProcessPoolTaskRunner(
         max_workers=1, initializer=check_in_then_hang, initargs=(hub.address, "starting")
     )
@@ -2203,7 +2210,8 @@ def test_a_session_ends_though_a_worker_never_finished_starting(hub: Hub) -> Non
     def leave_with_an_error() -> None:
         with runner:
             futures.append(runner.submit(double, {"x": 1}))
-            hub.arrivals(1)  # the worker's initializer runs (and will not return)
+            if started:
+                hub.arrivals(1)  # the worker's initializer runs (and will not return)
             assert futures[0].cancel()
             raise ValueError("give up")
 
@@ -2226,3 +2234,39 @@ def test_a_worker_reaped_already_is_not_killed_again_by_its_number(
     worker.reaped = False
     worker._kill_hard()
     assert signalled == [(4321, signal.SIGKILL)]
+
+
+class ExitsWhenLoadedError(Exception):
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (sys.exit, (5,))
+
+
+def raise_exits_when_loaded() -> None:
+    raise ExitsWhenLoadedError("bad")
+
+
+def test_an_exception_that_raises_system_exit_as_it_loads_comes_as_a_remote_error() -> None:
+    # The worker checks that an exception loads back before it sends it: that check must not
+    # end the worker.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid, {}).result(TIMEOUT)
+        err = runner.submit(raise_exits_when_loaded, {}).exception(TIMEOUT)
+        assert isinstance(err, RemoteError)
+        assert str(err) == "ExitsWhenLoadedError: bad"
+        assert isinstance(err.__cause__, RemoteTraceback)
+        assert runner.submit(pid, {}).result(TIMEOUT) == before  # the same worker serves on
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_batch_whose_worker_died_before_any_call_started_announces_each_start_once() -> None:
+    events: list[tuple[str, str, int]] = []
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        runner.subscribe(lambda e: events.append((e.kind, str(e.run_id), e.attempt)))
+        assert runner.submit(identity, {"x": 0}).result(TIMEOUT) == 0
+        values = [KillsWorkerWhenLoaded(i, kills=i == 30) for i in range(60)]
+        futures = runner.map(identity, {"x": values})
+        futures.wait(TIMEOUT)
+    assert failed_runs(futures) == [31]
+    starts = collections.Counter(e for e in events if e[0] == "started")
+    assert starts, "no start was announced"
+    assert max(starts.values()) == 1, [e for e, n in starts.items() if n > 1]
