@@ -64,9 +64,10 @@ class CallSpec:
         if not self.varkw and not keys <= self.names:
             unknown = keys - self.names
             if unknown:
+                takes = ", ".join(map(repr, sorted(self.names))) or "none"
                 raise TypeError(
                     f"task {task_name!r} got unexpected parameter(s) "
-                    f"{', '.join(map(repr, sorted(unknown)))}"
+                    f"{', '.join(map(repr, sorted(unknown)))}; its parameters: {takes}"
                 )
         if not self.required <= keys:
             missing = sorted(self.required - keys)

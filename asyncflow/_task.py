@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import inspect
 import os
@@ -43,11 +44,23 @@ def _default_name(fn: Callable[..., Any]) -> str:
     return str(name) if name is not None else type(fn).__name__
 
 
+def _unknown_options(owner: str, unknown: Iterable[str], known: Iterable[str]) -> TypeError:
+    """The error for unknown option names, with the known one each may have meant."""
+    known = sorted(known)
+    hints = []
+    for name in sorted(unknown):
+        close = " or ".join(map(repr, difflib.get_close_matches(name, known, n=2)))
+        hints.append(f"{name!r} (did you mean {close}?)" if close else repr(name))
+    return TypeError(
+        f"{owner} got unknown option(s) {', '.join(hints)}; the options are {', '.join(known)}"
+    )
+
+
 def _check_options(owner: str, **options: Any) -> dict[str, Any]:
     """Validate and normalise task options; errors name ``owner`` and the option."""
     unknown = options.keys() - _DEFAULTS.keys()
     if unknown:
-        raise TypeError(f"{owner}: unknown option(s) {sorted(unknown)}")
+        raise _unknown_options(owner, unknown, _DEFAULTS)
     o = {**_DEFAULTS, **options}
     jitter = o["retry_jitter"]
     return {
@@ -184,7 +197,7 @@ class Task(Generic[P, R]):
         options = self._options()
         unknown = changes.keys() - options.keys()
         if unknown:
-            raise TypeError(f"with_options() got unknown option(s) {sorted(unknown)}")
+            raise _unknown_options("with_options()", unknown, options)
         options.update(changes)
         return Task(self.fn, **options)
 
