@@ -50,7 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, passed = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if getattr(args, "command", None) == "run" and not passed:
+            hint = f" (arguments of the flow go after '--': ... -- {' '.join(extra)})"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

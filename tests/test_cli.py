@@ -209,6 +209,15 @@ def test_flow_arguments_after_double_dash(flows: Path) -> None:
     }
 
 
+def test_flow_arguments_without_double_dash_exit_2_saying_where_they_go(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:echo", "n=4", cwd=flows.parent)
+    assert done.returncode == 2
+    assert "unrecognized arguments: n=4 (arguments of the flow go after '--'" in done.stderr
+    done = asyncflow_cli("demo", "--bogus", cwd=flows.parent)  # (no such hint for demo)
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith("unrecognized arguments: --bogus")
+
+
 def test_flow_arguments_the_flow_does_not_take_exit_2(flows: Path) -> None:
     done = asyncflow_cli("run", "flows.py:pipeline", "--", "m=1", cwd=flows.parent)
     assert done.returncode == 2
