@@ -659,7 +659,7 @@ def complete_all(futures: Sequence[Future[Any]], values: Sequence[Any]) -> list[
     return done
 
 
-_NOTE_ON_TASK = "raised by task "
+_NOTE_ON_TASK = "raised by task "  # (and "also raised by task ...")
 
 
 def _name_the_task(exc: BaseException, task_name: str) -> None:
@@ -670,12 +670,14 @@ def _name_the_task(exc: BaseException, task_name: str) -> None:
     if sys.version_info >= (3, 11):  # (notes came with Python 3.11)
         try:
             notes = getattr(exc, "__notes__", None)
-            # Once: the same exception may end a run that re-raised it (the first names the
-            # task that raised it).
-            if not (
-                isinstance(notes, list) and any(str(n).startswith(_NOTE_ON_TASK) for n in notes)
-            ):
-                exc.add_note(f"{_NOTE_ON_TASK}{task_name!r}")
+            ours = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+            name = repr(task_name)
+            # The same exception may end runs of several tasks (one re-raised it, or both
+            # awaited one failed call): the first is said to have raised it, the others too.
+            if not any(n.startswith(_NOTE_ON_TASK) for n in ours):
+                exc.add_note(f"{_NOTE_ON_TASK}{name}")
+            elif not any(n.endswith(f"{_NOTE_ON_TASK}{name}") for n in ours):
+                exc.add_note(f"also {_NOTE_ON_TASK}{name}")
         except Exception:  # one that takes no new attribute (a frozen dataclass)
             pass
 

@@ -178,7 +178,7 @@ class _Replies:
         cloudpickle here, lambdas...): by cloudpickle, or why it cannot go."""
         try:
             data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
+        except BaseException as exc:  # (a __reduce__ may raise anything, SystemExit included)
             _write(self, ("ser", ("result", _error_text(exc))))
             return
         self.to_pickles()  # (not of a plain type: plain pickle would have taken it)
@@ -287,7 +287,7 @@ def _message_of(exc: BaseException) -> str:
     imports nothing of asyncflow)."""
     try:
         return str(exc)
-    except Exception:
+    except BaseException:  # (SystemExit included: it must not end this worker)
         return "<exception str() failed>"
 
 
@@ -295,8 +295,15 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_message_of(exc)}"
 
 
+def _traceback_text(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # (its __str__ may raise anything, SystemExit included)
+        return f"{type(exc).__qualname__}: <its traceback could not be formatted>"
+
+
 def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = _traceback_text(exc)
     try:
         data = cloudpickle.dumps(exc.with_traceback(None))
         pickle.loads(data)  # it must also load back, or the parent gets the text
@@ -463,7 +470,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             _write(replies, _exception_reply(exc, cloudpickle))
             continue
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            text = _traceback_text(exc)
             _write(replies, ("crash", (type(exc).__qualname__, _message_of(exc), text)))
             return False
         if ledger is not None:
@@ -502,7 +509,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         else:
             try:  # plain pickle, and the end of replies.result_by_value: once per call
                 kind, code, data = b"o", _OK, dumps(value, protocol)
-            except Exception:
+            except BaseException:  # (a __reduce__ may raise anything, SystemExit included)
                 by_value(value, cloudpickle)  # (by cloudpickle, or it says why it cannot)
                 continue
             if replies.values is not None:

@@ -27,6 +27,7 @@ from asyncflow import (
     get_run_context,
     task,
     unmapped,
+    wait,
 )
 from asyncflow.exceptions import (
     TaskCancelledError,
@@ -348,16 +349,38 @@ def reraise(error: BaseException) -> None:
 def test_a_failure_raised_again_downstream_keeps_naming_the_task_that_raised_it(
     runner: TaskRunner,
 ) -> None:
-    # The same exception object ends the run that re-raised it: its note still names the
-    # task where it was raised, once.
+    # The same exception ends the run that re-raised it (the very object with threads, a copy
+    # with processes): its first note still names the task where it was raised; then the
+    # other one, once.
     with runner:
         up = runner.submit(fetch_fails, {})
         down = runner.submit(reraise, {"error": allow_failure(up)})
         down.wait(TIMEOUT)
     assert isinstance(down.exception(), ValueError)
     if sys.version_info >= (3, 11):
-        for fut in (up, down):
-            assert getattr(fut.exception(), "__notes__", None) == ["raised by task 'fetch_fails'"]
+        assert getattr(down.exception(), "__notes__", None) == [
+            "raised by task 'fetch_fails'",
+            "also raised by task 'reraise'",
+        ]
+        assert getattr(up.exception(), "__notes__", [None])[0] == "raised by task 'fetch_fails'"
+
+
+SHARED_FAILURE = LookupError("one failure object")
+
+
+def raise_shared() -> None:
+    raise SHARED_FAILURE
+
+
+def test_one_exception_object_raised_by_two_tasks_names_each(runner: TaskRunner) -> None:
+    # With threads both runs end with the very same object: its notes name both tasks.
+    with runner:
+        futures = [runner.submit(task(name=name)(raise_shared), {}) for name in ("first", "second")]
+        wait(futures, timeout=TIMEOUT)
+    if sys.version_info >= (3, 11):
+        for fut in futures:
+            notes = getattr(fut.exception(), "__notes__", [])
+            assert any(n.endswith(f"raised by task {fut.task_name!r}") for n in notes), notes
 
 
 def test_an_upstream_failure_skips_dependents_with_the_root_cause_chained(

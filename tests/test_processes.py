@@ -2270,3 +2270,32 @@ def test_a_batch_whose_worker_died_before_any_call_started_announces_each_start_
     starts = collections.Counter(e for e in events if e[0] == "started")
     assert starts, "no start was announced"
     assert max(starts.values()) == 1, [e for e, n in starts.items() if n > 1]
+
+
+class ExitsWhenPrintedError(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(4)
+
+
+def raise_exits_when_printed() -> None:
+    raise ExitsWhenPrintedError
+
+
+class ExitsWhenPickled:
+    def __reduce__(self) -> Any:
+        raise SystemExit(6)
+
+
+def return_exits_when_pickled() -> Any:
+    return ExitsWhenPickled()
+
+
+def test_what_raises_system_exit_as_the_worker_describes_or_sends_it_fails_only_its_run() -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid, {}).result(TIMEOUT)
+        err = runner.submit(raise_exits_when_printed, {}).exception(TIMEOUT)
+        assert isinstance(err, ExitsWhenPrintedError)
+        assert isinstance(err.__cause__, RemoteTraceback)
+        with pytest.raises(SerializationError, match="its result cannot be sent back"):
+            runner.submit(return_exits_when_pickled, {}).result(TIMEOUT)
+        assert runner.submit(pid, {}).result(TIMEOUT) == before  # the same worker serves on
