@@ -1829,6 +1829,32 @@ def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, exp
     assert list(workers._ready) == runs[expected:]
 
 
+def test_workers_free_together_split_the_queue_evenly() -> None:
+    # A map of 2,000 quick calls on 2 idle workers: 1,000 each, not 1,000 then 500 (the second
+    # worker would then need a round trip more for the rest).
+    owner: Any = object()
+    t = as_task(double)
+    runs = plain_runs(
+        owner, t, [{"x": i} for i in range(2000)], contextvars.copy_context(), MapGroup(2000)
+    )
+    workers = ProcessWorkers.__new__(ProcessWorkers)  # only what _pump and _take_batch read
+    workers._ready = collections.deque(runs)
+    workers._max, workers._active, workers._max_tasks = 2, 0, None
+    workers._busy = {}
+    workers._unbatchable = weakref.WeakSet()
+    workers._cost = weakref.WeakKeyDictionary({t: 1e-6})
+    sent: list[int] = []
+
+    def started(work: Any) -> None:
+        sent.append(len(work.cr_frame.f_locals["batch"]))
+        work.close()
+
+    workers._in_background = started  # type: ignore[method-assign]
+    workers._pump()
+    assert sent == [1000, 1000]
+    assert not workers._ready
+
+
 def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
     # A run with a limit completes through the same replies as a plain one: its slot must be
     # given back, or the runs after it would wait forever.
