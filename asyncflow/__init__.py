@@ -17,6 +17,8 @@ from ._cache import MemoryCacheStore as MemoryCacheStore
 from ._cache import task_input_hash as task_input_hash
 from ._context import RunContext as RunContext
 from ._context import get_run_context as get_run_context
+from ._events import EventStream as EventStream
+from ._events import Subscription as Subscription
 from ._events import TaskEvent as TaskEvent
 from ._flow import Flow as Flow
 from ._flow import flow as flow
@@ -53,6 +55,7 @@ __all__ = (
     "CacheEntry",
     "CacheStore",
     "DoneAndNotDone",
+    "EventStream",
     "FileCacheStore",
     "Flow",
     "Future",
@@ -67,6 +70,7 @@ __all__ = (
     "Settings",
     "State",
     "StateType",
+    "Subscription",
     "Task",
     "TaskEvent",
     "TaskRunner",

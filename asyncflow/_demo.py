@@ -165,6 +165,11 @@ def run_demo(out_dir: str | Path = ".", rounds: int = 20_000, progress: bool = T
     cpu = ProcessPoolTaskRunner(max_workers=2)
     recorder = RunRecorder()
     display = ProgressDisplay(title="asyncflow demo") if progress else None
+    if display is not None and not display.enabled and sys.stderr.isatty():
+        print(
+            "(no live progress: it needs rich, the 'rich' extra: pip install 'asyncflow[rich]')",
+            file=sys.stderr,
+        )
     for runner in (io, cpu):
         runner.subscribe(recorder)
         if display is not None and display.enabled:

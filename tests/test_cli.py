@@ -313,13 +313,13 @@ def test_the_demo_runs_its_pipeline_and_writes_trace_report_and_graph(tmp_path: 
     assert "check_total" in (out / "asyncflow-demo-report.html").read_text()
 
 
-def test_the_demo_shows_live_progress_on_a_terminal(tmp_path: Path) -> None:
-    pytest.importorskip("rich")
+def demo_on_a_terminal(cwd: Path, pythonpath: str = SOURCE_ROOT) -> str:
+    """What ``asyncflow demo`` shows on a terminal (a pseudo-terminal) until it exits."""
     parent, child = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT, "TERM": "xterm", "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": pythonpath, "TERM": "xterm", "COLUMNS": "120"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "asyncflow", "demo"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=child,
@@ -342,9 +342,24 @@ def test_the_demo_shows_live_progress_on_a_terminal(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = seen.decode(errors="replace")
+    return seen.decode(errors="replace")
+
+
+def test_the_demo_shows_live_progress_on_a_terminal(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    text = demo_on_a_terminal(tmp_path)
     assert "asyncflow demo: 27 submitted, 26 done, 1 failed" in text  # the final progress line
     assert "runs/s" in text
+    assert "no live progress" not in text
+
+
+def test_the_demo_says_why_it_shows_no_progress_without_rich(tmp_path: Path) -> None:
+    blocked = tmp_path / "no-rich"
+    (blocked / "rich").mkdir(parents=True)
+    (blocked / "rich" / "__init__.py").write_text('raise ImportError("rich is not installed")\n')
+    text = demo_on_a_terminal(tmp_path, pythonpath=f"{blocked}{os.pathsep}{SOURCE_ROOT}")
+    assert "no live progress: it needs rich, the 'rich' extra" in text
+    assert "runs/s" not in text
 
 
 # -- the glue to runner events (in process) -------------------------------------------------------

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from helpers import TIMEOUT, ahold, noop
 
+import asyncflow
 from asyncflow import (
     MemoryCacheStore,
     ProcessPoolTaskRunner,
@@ -485,3 +486,13 @@ def test_records_built_on_the_emission_path_equal_records_built_by_their_class()
     assert [getattr(fast, f.name) for f in dataclasses.fields(TaskEvent)] == list(values)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.attempt = 3  # type: ignore[misc]
+
+
+def test_what_subscribe_and_events_return_are_public_names() -> None:
+    # (For annotations in the caller's code.)
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    subscription = runner.subscribe(lambda event: None)
+    assert isinstance(subscription, asyncflow.Subscription)
+    subscription.close()
+    assert isinstance(runner.events(), asyncflow.EventStream)
+    assert {"Subscription", "EventStream"} <= set(asyncflow.__all__)
