@@ -14,7 +14,7 @@ def message_of(exc: BaseException) -> str:
     """``str(exc)``, or a placeholder if that raises."""
     try:
         return str(exc)
-    except Exception:
+    except (Exception, SystemExit):  # (a KeyboardInterrupt here is the user's Ctrl-C)
         return UNPRINTABLE
 
 

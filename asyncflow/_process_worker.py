@@ -77,6 +77,7 @@ _HEADER = struct.Struct(">I")
 _U32 = struct.Struct("=I")  # the ledger's numbers
 _RECORD = struct.Struct("=IB")  # a reply held in the ledger: its size (from the kind on), kind
 _INT_RECORD = struct.Struct("=IBq")  # the same, with an ``int`` result (kind ``i``)
+_INT_SIZE = _INT_RECORD.size - _U32.size  # its size from the kind on
 _INT = ord("i")
 _I64_LIMIT = 1 << 63  # (such an int is at least -_I64_LIMIT and below it)
 _OK = ord("o")  # the kind of a result's reply (pickled)
@@ -407,7 +408,7 @@ def _load(
         calls: list[Any] = (
             list(map(cloudpickle.loads, blob)) if type(blob) is list else cloudpickle.loads(blob)
         )
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # (a __reduce__ may raise any)
+    except BaseException as exc:  # (a __reduce__ may raise anything, SystemExit included)
         text = _error_text(exc)
         reply = ("ser", ("arguments", text)) if count == 1 else ("unbatch", text)
         _write(replies, reply)
@@ -485,7 +486,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             and replies.batch is not None
             and (end := (start := replies.used) + _INT_RECORD.size) <= replies.size
         ):
-            int_record(ledger, start, 9, _INT, value)
+            int_record(ledger, start, _INT_SIZE, _INT, value)
             values.append(value)
             numbers[0] = end  # type: ignore[index]
             replies.used = end

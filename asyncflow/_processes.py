@@ -190,6 +190,13 @@ def _ledger() -> tuple[int, mmap.mmap] | None:
         return None
 
 
+def _position(ledger: mmap.mmap) -> int:
+    """The worker's position in its batch of several, by its ledger (0: no call started;
+    ``2 * i + 1``: call i runs; ``2 * i + 2``: its body returned)."""
+    at: int = _U32.unpack_from(ledger, _AT)[0]
+    return at
+
+
 def _held_replies(data: Any, start: int, end: int) -> list[bytes]:
     """The replies held in ``data[start:end]`` (as in the ledger), each its kind and data."""
     replies: list[bytes] = []
@@ -596,13 +603,13 @@ class ProcessWorkers:
     def _runs(ledger: mmap.mmap, index: int, mark: bool = False) -> bool:
         """Whether the body of call ``index`` of the batch runs now (by the worker's position
         in the ledger); with ``mark``, a call not started yet is first marked to be skipped."""
-        at: int = _U32.unpack_from(ledger, _AT)[0]
+        at = _position(ledger)
         if at == 2 * index + 1:
             return True
         if not mark or at > 2 * index:
             return False  # (returned already)
         ledger[_SKIPS + index] = 1
-        at = _U32.unpack_from(ledger, _AT)[0]  # read again: it may have reached it meanwhile
+        at = _position(ledger)  # read again: it may have reached it meanwhile
         return at == 2 * index + 1
 
     def _interrupt_if_running(self, worker: _Worker, item: Any) -> None:
@@ -1052,9 +1059,7 @@ class ProcessWorkers:
         held = worker.held(worker.batch_size - len(calls)) if calls and not blamed else []
         # (By its position in the ledger: no call of its batch of several started.)
         unstarted = (
-            worker.batch_size > 1
-            and worker.ledger is not None
-            and not _U32.unpack_from(worker.ledger, _AT)[0]
+            worker.batch_size > 1 and worker.ledger is not None and not _position(worker.ledger)
         )
         await worker.reap()
         self._workers.discard(worker)

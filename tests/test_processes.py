@@ -1721,6 +1721,30 @@ def test_failures_that_cannot_be_printed_end_their_runs_with_subscribers_watchin
     assert errors == ["UnprintableError: <exception str() failed>"]
 
 
+class ExitsWhenPrintedInTheParentError(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(4)
+
+
+def fails_exiting_when_printed_at(i: int, stop: int) -> int:
+    if i == stop:
+        raise ExitsWhenPrintedInTheParentError
+    return i
+
+
+def test_an_exception_whose_str_raises_system_exit_is_described_all_the_same() -> None:
+    # Its state and events describe it (the loop, where events are made, must not end).
+    events: list[Any] = []
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        runner.subscribe(events.append)
+        futures = runner.map(fails_exiting_when_printed_at, {"i": range(5), "stop": 2})
+        futures.wait(TIMEOUT)
+    assert failed_runs(futures) == [3]
+    text = "ExitsWhenPrintedInTheParentError: <exception str() failed>"
+    assert futures[2].state.message == text
+    assert [e.error for e in events if e.error is not None] == [text]
+
+
 def test_a_result_whose_load_fails_unprintably_fails_its_run_and_the_worker_serves_on() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         err = runner.submit(give_load_fails_unprintably).exception(TIMEOUT)
