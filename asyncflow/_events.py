@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._error_text import error_text
+from ._params import inputs_of
 from ._states import StateType
 
 if TYPE_CHECKING:
@@ -204,10 +205,9 @@ class EventHub:
                     )
 
     def submitted(self, fut: Any) -> None:
-        deps = fut._deps
         upstream: tuple[uuid.UUID, ...] = ()
-        if deps:
-            upstream = tuple(dict.fromkeys(up.task_run_id for up in deps))
+        if fut._deps is not None:
+            upstream = tuple(dict.fromkeys(up.task_run_id for up in inputs_of(fut)))
         task = fut._task
         self.emit(
             _event(

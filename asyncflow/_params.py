@@ -10,7 +10,15 @@ from typing import Any
 from ._annotations import BaseAnnotation, allow_failure, quote
 from ._futures import COMPLETED, Future, FutureList
 
-__all__ = ("ATOMIC", "find_futures", "resolve_parameters", "resolve_value", "wait_for_edges")
+__all__ = (
+    "ATOMIC",
+    "TOP_LEVEL",
+    "find_futures",
+    "inputs_of",
+    "resolve_parameters",
+    "resolve_value",
+    "wait_for_edges",
+)
 
 # Types that can never hold a future: checked first so plain values cost one set lookup.
 ATOMIC: frozenset[type] = frozenset(
@@ -175,6 +183,25 @@ def _resolve_container(
 
 
 _FEW = 8
+
+# A run's ``_deps`` when its inputs are exactly the futures among its parameter values (no
+# container holds one, no annotation, no ``wait_for``): the common case keeps no list of its
+# own. A waiting run holds its ``_deps`` until it starts, and in a graph of a million waiting
+# runs every such list is one more object for each full garbage collection to walk. Never
+# appended to; ``resolve_parameters`` needs no inputs then (it resolves top-level futures as
+# they are, and no container held one at submit).
+TOP_LEVEL: list[Any] = []
+
+
+def inputs_of(fut: Future[Any]) -> list[Future[Any]]:
+    """The futures a run waits for (its ``_deps``, which must not be None, spelled out)."""
+    deps = fut._deps
+    assert deps is not None
+    if deps is not TOP_LEVEL:
+        return deps
+    params = fut._params
+    assert params is not None
+    return [value for value in params.values() if type(value) is Future]
 
 
 def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ._logging import apply_log_level
 from ._loop import LoopThread
 from ._mapping import expand
 from ._options import check_timeout
-from ._params import ATOMIC, find_futures, wait_for_edges
+from ._params import ATOMIC, TOP_LEVEL, find_futures, wait_for_edges
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
 from ._stats import RunnerStatistics
@@ -252,13 +252,18 @@ class TaskRunner(abc.ABC):
             allow_only = frozenset(allowed).difference(strict) or None
             strict += allowed
         # An empty input list still means "resolve the parameters": annotations to unwrap.
-        deps = strict if strict or annotated else None
+        if not strict:
+            deps = strict if annotated else None
+        elif allowed is _NO_FUTURES and not annotated:
+            deps = TOP_LEVEL  # only futures as parameter values: no list of its own
+        else:
+            deps = strict
         policy = (
             sched.policy_for(t, map_limit)
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
+        return Future(sched, t, params, deps, allow_only, sched.snapshot(), policy)
 
     def map(
         self,
@@ -296,7 +301,7 @@ class TaskRunner(abc.ABC):
         plain = atomic and waits is None and limit is None and not (t.driven or sched.any_policy)
         if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
-            ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
+            ctx = sched.snapshot()  # one snapshot (each run copies it as it starts)
             group = MapGroup(len(children))  # counts them as they end, for whole-list waits
             runs = plain_runs(sched, t, children, ctx, group)
         else:
