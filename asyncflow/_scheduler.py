@@ -650,7 +650,8 @@ class Scheduler:
                 CANCELLED, cancelled_error(name, f"its upstream {cause._task.name!r} was cancelled")
             )
         else:
-            err = UpstreamFailedError(name, cause._task.name)
+            how = "crashed" if cause._status == CRASHED else "failed"
+            err = UpstreamFailedError(name, cause._task.name, how)
             err.__cause__ = cause._value
             fut._set_final(FAILED, err, "UpstreamFailed")
         self._counts[fut._status] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any
 
 __all__ = (
     "AsyncflowError",
@@ -21,6 +22,13 @@ __all__ = (
 )
 
 
+def _state(exc: BaseException) -> dict[str, Any]:
+    """What an exception carries besides its arguments (its notes, attributes set on it), kept
+    when it is pickled, as ``BaseException.__reduce__`` keeps it: an exception that travels to a
+    worker process and back keeps the notes naming the task that raised it."""
+    return dict(exc.__dict__)
+
+
 class AsyncflowError(Exception):
     """Base class of every error asyncflow raises on its own behalf."""
 
@@ -31,15 +39,20 @@ class UpstreamFailedError(AsyncflowError):
     The upstream's exception is chained as ``__cause__``, so the root cause is never lost.
     """
 
-    def __init__(self, task_name: str, upstream_name: str) -> None:
+    def __init__(self, task_name: str, upstream_name: str, how: str = "failed") -> None:
+        # ``how``: "failed" (it raised, or did not run itself) or "crashed" (its body never
+        # returned: its worker died, or it raised SystemExit or KeyboardInterrupt).
         super().__init__(
-            f"task {task_name!r} did not run: its upstream task {upstream_name!r} failed"
+            f"task {task_name!r} did not run: its upstream task {upstream_name!r} {how}"
         )
         self.task_name = task_name
         self.upstream_name = upstream_name
+        self.how = how
 
-    def __reduce__(self) -> tuple[type[UpstreamFailedError], tuple[str, str]]:
-        return (type(self), (self.task_name, self.upstream_name))
+    def __reduce__(
+        self,
+    ) -> tuple[type[UpstreamFailedError], tuple[str, str, str], dict[str, Any]]:
+        return (type(self), (self.task_name, self.upstream_name, self.how), _state(self))
 
 
 class TaskCancelledError(AsyncflowError, concurrent.futures.CancelledError):
@@ -80,8 +93,10 @@ class WorkerCrashedError(TaskCrashedError):
         self.exitcode = exitcode
         self.stderr_tail = stderr_tail
 
-    def __reduce__(self) -> tuple[type[WorkerCrashedError], tuple[str, int, int | None, str]]:
-        return (type(self), (str(self), self.pid, self.exitcode, self.stderr_tail))
+    def __reduce__(
+        self,
+    ) -> tuple[type[WorkerCrashedError], tuple[str, int, int | None, str], dict[str, Any]]:
+        return (type(self), (str(self), self.pid, self.exitcode, self.stderr_tail), _state(self))
 
 
 class SerializationError(AsyncflowError):
@@ -92,8 +107,8 @@ class SerializationError(AsyncflowError):
         super().__init__(message)
         self.direction = direction
 
-    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str]]:
-        return (type(self), (str(self), self.direction))
+    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str], dict[str, Any]]:
+        return (type(self), (str(self), self.direction), _state(self))
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - names what it holds, as in concurrent.futures
@@ -117,8 +132,8 @@ class RemoteError(AsyncflowError):
         self.type_name = type_name
         self.remote_message = message
 
-    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
-        return (type(self), (self.type_name, self.remote_message))
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str], dict[str, Any]]:
+        return (type(self), (self.type_name, self.remote_message), _state(self))
 
 
 class WorkerStartError(WorkerCrashedError):

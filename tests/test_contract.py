@@ -407,6 +407,28 @@ def test_an_upstream_failure_skips_dependents_with_the_root_cause_chained(
     assert not mark.exists()  # a dependent of a failure never runs
 
 
+def exit_now() -> int:
+    raise SystemExit(3)
+
+
+def test_a_dependent_of_a_crashed_upstream_says_it_crashed(runner: TaskRunner) -> None:
+    # The body never returned (SystemExit: a crash, whichever runner ran it); its dependents
+    # say so, and theirs say their own upstream failed (it did not run).
+    with runner:
+        root = runner.submit(exit_now)
+        child = runner.submit(double, {"x": root})
+        grandchild = runner.submit(double, {"x": child})
+        grandchild.wait(TIMEOUT)
+    assert root.state.is_crashed()
+    err = child.exception()
+    assert isinstance(err, UpstreamFailedError)
+    assert str(err) == "task 'double' did not run: its upstream task 'exit_now' crashed"
+    assert err.how == "crashed"
+    below = grandchild.exception()
+    assert isinstance(below, UpstreamFailedError)
+    assert str(below) == "task 'double' did not run: its upstream task 'double' failed"
+
+
 def test_allow_failure_passes_the_exception_in_as_a_value(runner: TaskRunner) -> None:
     with runner:
         bad = runner.submit(raise_boom, {"message": "tolerated"})

@@ -51,6 +51,7 @@ from asyncflow.exceptions import (
     TaskCancelledError,
     TaskCrashedError,
     TaskTimeoutError,
+    UpstreamFailedError,
     WorkerCrashedError,
     WorkerStartError,
 )
@@ -651,6 +652,32 @@ def test_the_original_type_is_raised_with_the_remote_traceback_as_its_cause() ->
             runner.submit(araise_wrapped, {"message": "from a coroutine"}).result(TIMEOUT)
         assert isinstance(from_coroutine.value.__cause__, RemoteTraceback)
         assert "in araise_wrapped" in from_coroutine.value.__cause__.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamFailedError("below", "above", "crashed"),
+        WorkerCrashedError("its worker died", 1234, -9, "the tail"),
+        WorkerStartError("it could not start", 1234, 1, "the tail"),
+        SerializationError("the result cannot be sent", "result"),
+        RemoteError("Odd", "cannot travel as itself"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_asyncflow_errors_keep_their_notes_and_attributes_when_they_travel(
+    error: Exception,
+) -> None:
+    # One that a body gets (allow_failure) and raises again travels to a worker and back: the
+    # note naming the task that raised it first must come back with it.
+    vars(error)["__notes__"] = ["raised by task 'first'"]  # (what add_note does, from 3.11)
+    error.extra = "kept"  # type: ignore[attr-defined]
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        back = pickle.loads(dumps(error))
+        assert type(back) is type(error)
+        assert str(back) == str(error)
+        assert vars(back)["__notes__"] == ["raised by task 'first'"]
+        assert vars(back) == vars(error)
 
 
 # -- row 10: SystemExit and KeyboardInterrupt in a body -----------------------------------------
