@@ -263,7 +263,7 @@ class TaskRunner(abc.ABC):
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        return Future(sched, t, params, deps, allow_only, sched.snapshot(), policy)
+        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
 
     def map(
         self,
@@ -301,7 +301,7 @@ class TaskRunner(abc.ABC):
         plain = atomic and waits is None and limit is None and not (t.driven or sched.any_policy)
         if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
-            ctx = sched.snapshot()  # one snapshot (each run copies it as it starts)
+            ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
             group = MapGroup(len(children))  # counts them as they end, for whole-list waits
             runs = plain_runs(sched, t, children, ctx, group)
         else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import sys
 import threading
@@ -48,7 +47,6 @@ logger = logging.getLogger("asyncflow")
 
 __all__ = ("Backend", "Scheduler", "SchedulerOptions")
 
-# Indexed by status code (only final ones are used).
 # Coroutine runs made tasks per loop turn (see Scheduler._start_some). A task brings about six
 # objects the garbage collector tracks (task, coroutines, context, handle, weak reference); 100
 # of them stay under the collector's threshold of 700 new objects, so a batch mostly runs and
@@ -56,6 +54,7 @@ __all__ = ("Backend", "Scheduler", "SchedulerOptions")
 # young collections, and the runs of a million-task graph were promoted to the oldest
 # generation by the million, each promotion bringing the next full collection closer.
 _START_BATCH = 100
+# Indexed by status code (only final ones are used).
 _OUTCOMES = (
     Outcome.COMPLETED,
     Outcome.COMPLETED,
@@ -191,25 +190,6 @@ class Scheduler:
         # Process backends run coroutine bodies too (in the worker, on a loop of its own).
         self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
         self.call_parts = call_parts
-        # The context snapshot of the last submit: equal snapshots are shared (see snapshot).
-        self._last_context: contextvars.Context | None = None
-
-    def snapshot(self) -> contextvars.Context:
-        """The submitting code's context, for a new run (each run copies it as it starts).
-
-        A run that waits holds its snapshot, so a million waiting runs would hold a million
-        ``Context`` objects, each one more object for every full garbage collection to walk.
-        Consecutive submits from the same context get one shared snapshot instead: equal
-        snapshots (``==`` is the same variables with the same values; an identity check when
-        nothing was set in between) are interchangeable, since a run never enters the snapshot
-        itself, only its own copy. From any thread: a race only loses one sharing.
-        """
-        ctx = contextvars.copy_context()
-        last = self._last_context
-        if last is not None and ctx == last:
-            return last
-        self._last_context = ctx
-        return ctx
 
     # -- from any thread ---------------------------------------------------------------------
     def submit(self, fut: Future[Any]) -> None:
@@ -767,7 +747,6 @@ class Scheduler:
         for up in self._external:
             up.remove_done_callback(self._external_done)
         self._external.clear()
-        self._last_context = None  # a future kept after the session must not keep its values
         await self.backend.aclose(abandon)
 
     def abandon(self) -> None:
