@@ -130,10 +130,13 @@ def call_sync(fut: Any) -> Any:
         return fut.call()  # an attempt of a driven run
     current_future.set(fut)
     task = fut._task
+    # Inputs first: a cancel on the loop thread clears the parameters before the inputs (in
+    # one statement, left to right), so inputs read as None here mean the parameters are None
+    # too. Read the other way round, a cancel in between gave the body its futures unresolved.
+    deps = fut._deps
     params = fut._params
     if params is None:  # cancelled before a worker picked it up; the outcome is ignored
         raise cancelled_error(task.name)
-    deps = fut._deps
     if deps is not None:
         params = resolve_parameters(params, deps)
     return task.spec.call(task.fn, params)

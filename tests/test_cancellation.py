@@ -465,3 +465,53 @@ def test_ctrl_c_during_a_blocking_result_interrupts_cancels_and_exits(tmp_path: 
     assert "coroutine cancelled" in out  # the running coroutine was cancelled
     assert "states Cancelled Cancelled" in out
     assert "threads []" in out  # no loop thread and no non-daemon thread left
+
+
+# -- a cancel that lands while a worker thread reads the run it is about to call ----------------
+def _cancel_at_line(code: Any, line: int, run: Future[Any]) -> Callable[..., Any]:
+    """A trace function that clears ``run`` as a cancel does, just before ``line`` of ``code``."""
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        if event == "line" and frame.f_lineno == line:
+            run._params = run._ctx = run._deps = run._allowed = run._handle = None
+        return trace
+
+    return trace
+
+
+def test_a_cancel_between_the_reads_of_a_starting_run_never_passes_futures_unresolved() -> None:
+    # A worker thread reads a run's inputs and parameters while the loop thread may cancel it,
+    # which clears the parameters, then the inputs. Whichever of the two reads the cancel lands
+    # between, the body must not be called with the futures themselves in place of values.
+    import contextvars
+    import inspect
+
+    from asyncflow._params import TOP_LEVEL
+    from asyncflow._scheduler import call_sync
+    from asyncflow._task import as_task
+
+    called: list[object] = []
+
+    def body(x: object) -> None:
+        called.append(x)
+
+    ctx = contextvars.copy_context()
+    owner: Any = None
+    up: Future[Any] = Future(owner, as_task(body), {"x": 1}, None, None, ctx, None)
+    lines, first = inspect.getsourcelines(call_sync)
+    reads = [
+        first + i for i, text in enumerate(lines) if "fut._params" in text or "fut._deps" in text
+    ]
+    assert len(reads) == 2  # the two reads, in the order they run
+    for inputs in ([up], TOP_LEVEL):
+        run: Future[Any] = Future(owner, as_task(body), {"x": up}, inputs, None, ctx, None)
+        before = sys.gettrace()  # (a debugger's or coverage's, put back after)
+        sys.settrace(_cancel_at_line(call_sync.__code__, reads[1], run))
+        try:
+            with pytest.raises(TaskCancelledError):
+                contextvars.copy_context().run(call_sync, run)
+        finally:
+            sys.settrace(before)
+    assert called == []
