@@ -22,9 +22,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_non_negative(name: str, value: object, owner: str) -> float:
-    if not _is_number(value) or math.isnan(value):  # type: ignore[arg-type]
+def check_non_negative(name: str, value: object, owner: str, positive: bool = False) -> float:
+    """``value`` as a float of at least 0 (above 0 with ``positive``)."""
+    if not _is_number(value):
         raise TypeError(f"{owner}: {name} must be a number, not {value!r}")
+    if math.isnan(value):  # type: ignore[arg-type]
+        raise ValueError(f"{owner}: {name} must be a real number, got NaN")
+    if positive and value <= 0:  # type: ignore[operator]
+        raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
     if value < 0:  # type: ignore[operator]
         raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}")
     return float(value)  # type: ignore[arg-type]
@@ -72,10 +77,7 @@ def check_timeout(value: object, owner: str, name: str = "timeout") -> float | N
         return None
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
-    seconds = check_non_negative(name, value, owner)
-    if seconds == 0:
-        raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
-    return seconds
+    return check_non_negative(name, value, owner, positive=True)
 
 
 def check_expiration(value: object, owner: str) -> float | None:

@@ -316,10 +316,20 @@ class TaskRunner(abc.ABC):
         return futures
 
     def cancel_all(self) -> None:
-        """Cancel every run of this session that has not finished."""
+        """Cancel every run of this session that has not finished.
+
+        As with ``Future.cancel``: runs that had not started, and plain thread bodies
+        (abandoned: they keep running), are Cancelled when this returns; the others end as soon
+        as they have handled the cancellation. From another thread this waits for the
+        scheduler's loop to take the request (a short hand-over).
+        """
         sched = self._scheduler
-        if sched is not None:
-            sched.cancel_all()
+        if sched is None:
+            return
+        try:
+            sched.call_in_loop(sched.cancel_all)
+        except RuntimeError:  # the session closed meanwhile: its runs ended with it
+            pass
 
     # -- async context -------------------------------------------------------------------------
     def _check_not_started(self) -> None:

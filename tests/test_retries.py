@@ -198,7 +198,7 @@ def test_exponential_backoff_doubles_from_the_base_up_to_the_cap() -> None:
         ((-1,), ValueError, "base must be >= 0"),
         (("1",), TypeError, "base must be a number"),
         ((1, -2), ValueError, "max_delay must be >= 0"),
-        ((1, math.nan), TypeError, "max_delay must be a number"),
+        ((1, math.nan), ValueError, "max_delay must be a real number, got NaN"),
     ],
     ids=repr,
 )

@@ -423,6 +423,24 @@ def test_cancel_all_cancels_unfinished_work_and_the_runner_goes_on() -> None:
         assert runner.submit(double, {"x": 4}).result(timeout=TIMEOUT) == 8
 
 
+def test_cancel_all_from_another_thread_has_cancelled_what_had_not_started_when_it_returns() -> (
+    None
+):
+    # As Future.cancel: queued runs, waiting runs and a plain thread body read Cancelled as soon
+    # as the call returns, with no wait in between.
+    started = threading.Event()
+    gate = threading.Event()
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        running = runner.submit(hold, {"started": started.set, "gate": gate})
+        queued = [runner.submit(double, {"x": i}) for i in range(3)]
+        waiting = runner.submit(double, {"x": queued[0]})
+        assert started.wait(TIMEOUT)
+        runner.cancel_all()
+        states = [f.state.name for f in [running, *queued, waiting]]
+        gate.set()  # the abandoned body returns; its outcome is ignored
+    assert states == ["Cancelled"] * 5, states
+
+
 def test_cancel_all_on_an_unstarted_runner_does_nothing() -> None:
     runner = ThreadPoolTaskRunner()
     runner.cancel_all()
