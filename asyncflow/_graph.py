@@ -57,8 +57,10 @@ class Graph(Generic[K]):
     def _pop_down(self, key: K) -> Sequence[K] | None:
         """The downstream nodes of ``key``, forgotten here; None if there are none."""
         first = self._down.pop(key, _NO_KEY)
-        if first is _NO_KEY:
-            return None
+        return None if first is _NO_KEY else self._pop_others(key, first)
+
+    def _pop_others(self, key: K, first: K) -> Sequence[K]:
+        """``first``, the downstream node of ``key`` popped already, with the others."""
         second = self._second.pop(key, _NO_KEY)
         if second is _NO_KEY:
             return (first,)
@@ -115,16 +117,10 @@ class Graph(Generic[K]):
         upstream, itself possibly skipped) failed or was cancelled. A skipped node's cause always
         appears before it (as the finished key or earlier in the list).
         """
-        first = self._down.pop(key, _NO_KEY)
+        first = self._down.pop(key, _NO_KEY)  # (_pop_down's first step, inlined)
         if first is _NO_KEY:  # nothing waits on it: the common case, no allocation
             return _NOTHING
-        second = self._second.pop(key, _NO_KEY)  # (_pop_down, inlined: once per finish)
-        edges: Sequence[K]
-        if second is _NO_KEY:
-            edges = (first,)
-        else:
-            more = self._more.pop(key, None) if self._more else None
-            edges = (first, second) if more is None else [first, second, *more]
+        lst = self._pop_others(key, first)
         ready: list[K] = []
         skipped: list[tuple[K, K, Outcome]] | tuple[()] = ()  # a list once one is skipped
         waiting = self._waiting
@@ -133,7 +129,6 @@ class Graph(Generic[K]):
         # 100,000-long chain must not hit the recursion limit), made only once one is skipped.
         stack: list[tuple[K, Outcome, Sequence[K]]] | None = None
         src, out = key, outcome
-        lst: Sequence[K] = edges
         while True:
             for child in lst:
                 pending = waiting.get(child)

@@ -38,7 +38,7 @@ from ._futures import (
 )
 from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
-from ._params import TOP_LEVEL, resolve_parameters
+from ._params import TOP_LEVEL, inputs_of, resolve_parameters
 from ._stats import RunnerStatistics
 from .exceptions import TaskCrashedError, UpstreamFailedError
 
@@ -372,7 +372,7 @@ class Scheduler:
         deps = fut._deps
         if deps is not None:
             if deps is TOP_LEVEL:
-                deps = [value for value in fut._params.values() if type(value) is Future]  # type: ignore[union-attr]  # (None only once final)
+                deps = inputs_of(fut)
             edges: list[Future[Any]] | None = deps
             for up in deps:
                 if up._status >= COMPLETED or up._scheduler is not self:
