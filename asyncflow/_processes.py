@@ -211,8 +211,11 @@ def _held_replies(data: Any, start: int, end: int) -> list[bytes]:
 class _Worker:
     """One worker process and its pipes; runs one call at a time."""
 
-    def __init__(self, process: Process, ledger: mmap.mmap | None = None) -> None:
+    def __init__(
+        self, process: Process, ledger: mmap.mmap | None = None, hangup: int | None = None
+    ) -> None:
         self.process = process
+        self.hangup = hangup  # the writing end of the pipe its watcher reads (see _spawn)
         self.ledger = ledger  # where it holds the replies of a numbered batch
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
@@ -367,6 +370,9 @@ class _Worker:
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
+        if self.hangup is not None:
+            os.close(self.hangup)
+            self.hangup = None
         if self.drain is not None:
             with anyio.move_on_after(1):
                 await asyncio.shield(self.drain)
@@ -719,19 +725,25 @@ class ProcessWorkers:
             )
         ledger = _ledger()
         fd = None if ledger is None else ledger[0]
+        # A pipe whose writing end only this process holds: the worker's watcher reads it, and
+        # takes the worker's process group down when it ends (see _process_worker).
+        hangup: tuple[int, int] | None = None
         try:
+            hangup = os.pipe()
             process = await anyio.open_process(
-                [sys.executable, "-u", _WORKER],
+                [sys.executable, "-u", _WORKER, str(hangup[0])],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # its own process group: killed as a whole
                 env=self._env,
-                pass_fds=() if fd is None else (fd,),
+                pass_fds=(hangup[0],) if fd is None else (hangup[0], fd),
             )
         except BaseException as exc:
             if ledger is not None:
                 ledger[1].close()
+            if hangup is not None:
+                os.close(hangup[1])
             if not isinstance(exc, OSError):
                 raise
             # (Not counted among the failed starts: no process started, so none can storm,
@@ -745,7 +757,9 @@ class ProcessWorkers:
         finally:
             if fd is not None:
                 os.close(fd)  # the worker has its own; the map here keeps the file
-        worker = _Worker(process, None if ledger is None else ledger[1])
+            if hangup is not None:
+                os.close(hangup[0])  # (the worker has its own)
+        worker = _Worker(process, None if ledger is None else ledger[1], hangup[1])
         self._workers.add(worker)
         drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
         self._drains.add(drain)

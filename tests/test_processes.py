@@ -792,6 +792,7 @@ def test_a_timeout_counts_from_the_body_start_not_from_the_worker_start(hub: Hub
 
 # -- row 28: the parent is killed --------------------------------------------------------------
 PARENT_SCRIPT = """
+import itertools
 import os
 import pickle
 import socket
@@ -814,10 +815,24 @@ def busy(hub, label):
     return label
 
 
+def held(hub, label):
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pause()"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with socket.create_connection(hub, timeout=30) as conn:
+        conn.sendall(f"{label} {os.getpid()} {child.pid}\\n".encode())
+    # One C call that never lets go of the GIL: no other thread of this worker runs meanwhile.
+    return sum(itertools.repeat(1, 10**15))
+
+
 if __name__ == "__main__":
     hub = (sys.argv[1], int(sys.argv[2]))
-    with ProcessPoolTaskRunner(max_workers=3) as runner:
+    with ProcessPoolTaskRunner(max_workers=4) as runner:
         runs = [runner.submit(busy, {"hub": hub, "label": f"busy{i}"}) for i in range(3)]
+        runs.append(runner.submit(held, {"hub": hub, "label": "held"}))
         print(runs[0].result(), flush=True)  # its worker is idle from now on (its child runs on)
         for run in runs[1:]:
             run.result()
@@ -827,6 +842,8 @@ if __name__ == "__main__":
 def test_a_parent_killed_by_sigkill_takes_its_idle_and_busy_workers_and_their_children_along(
     hub: Hub, tmp_path: Path
 ) -> None:
+    # Busy: waiting on a socket, or in a C call that holds the GIL (then no thread of the
+    # worker's own can notice that the parent is gone).
     script = tmp_path / "parent_script.py"
     script.write_text(PARENT_SCRIPT)
     host, port = hub.address
@@ -838,9 +855,9 @@ def test_a_parent_killed_by_sigkill_takes_its_idle_and_busy_workers_and_their_ch
     left: list[psutil.Process] = []
     roles: dict[int, str] = {}
     try:
-        for label in hub.arrivals(3):
+        for label in hub.arrivals(4):
             worker, child = hub.numbers[label]
-            which = "an idle" if label == "busy0" else "a busy"
+            which = {"busy0": "an idle", "held": "a GIL-holding"}.get(label, "a busy")
             roles[worker] = f"{which} worker (pid {worker})"
             roles[child] = f"the child of {which} worker (pid {child})"
             left += [psutil.Process(worker), psutil.Process(child)]
