@@ -19,7 +19,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
 from ._error_text import error_text, message_of
@@ -243,6 +243,22 @@ class Future(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<Future {self._task.name!r} {_NAMES[self._status]}>"
+
+    # A future stands for its run: a copy is the future itself (a copy of the parameters of a
+    # task keeps its inputs), and it does not pickle (a process worker gets results, not runs).
+    def __copy__(self) -> Future[R]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Future[R]:
+        return self
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"a future of task {self._task.name!r} cannot be pickled: it stands for a run of "
+            "this process. Passed in a task's parameters (at the top level, or inside lists, "
+            "tuples, sets, dicts, deques, dataclasses or pydantic models), it is replaced by "
+            "its result."
+        )
 
     # -- waiting ---------------------------------------------------------------------------
     def _check_not_self(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import types
 from collections.abc import Callable, Iterable
@@ -24,6 +25,11 @@ __all__ = (
 ATOMIC: frozenset[type] = frozenset(
     {int, float, str, bytes, bool, complex, type(None), range, bytearray, types.FunctionType}
 )
+
+
+# The containers searched item by item (with dicts, by key and value).
+_SEQUENCES = (list, tuple, set, frozenset, collections.deque)
+_CONTAINERS = (*_SEQUENCES, dict)
 
 
 def _fields(value: Any) -> Iterable[str] | None:
@@ -57,7 +63,7 @@ def find_futures(
         if cls is not quote:
             find_futures(value.value, strict, allowed, allow or cls is allow_failure, seen)
         return True
-    if isinstance(value, (list, tuple, set, frozenset, dict)):
+    if isinstance(value, _CONTAINERS):
         items: Iterable[Any] = value.items() if isinstance(value, dict) else value
     else:
         names = _fields(value)
@@ -145,12 +151,17 @@ def _resolve_container(
     on_future: Callable[[Future[Any], bool], Any],
     path: set[int],
 ) -> Any:
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, _SEQUENCES):
         items = [_resolve(v, allow, on_future, path) for v in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         if cls is list or isinstance(value, FutureList):  # a list of futures becomes results
             return items
+        if isinstance(value, collections.deque):
+            queue = copy.copy(value)  # keeps its maxlen and its class
+            queue.clear()
+            queue.extend(items)
+            return queue
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
             return cls(*items)
         return cls(items)

@@ -86,6 +86,20 @@ def runner() -> Iterator[ThreadPoolTaskRunner]:
         yield r
 
 
+def first_of(x: list[int]) -> int:
+    return x[0]
+
+
+def test_a_future_copies_as_itself_and_does_not_pickle(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(double, {"x": 2})
+    assert copy.copy(f) is f
+    params = copy.deepcopy({"x": [f]})
+    assert params["x"][0] is f  # a copy of parameters keeps its inputs
+    assert runner.submit(first_of, params).result(timeout=TIMEOUT) == 4
+    with pytest.raises(TypeError, match="a future of task 'double' cannot be pickled"):
+        pickle.dumps(f)
+
+
 # -- result, exception, wait, done --------------------------------------------------------------
 def test_result_of_a_completed_run(runner: ThreadPoolTaskRunner) -> None:
     f = runner.submit(double, {"x": 21})

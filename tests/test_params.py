@@ -146,6 +146,7 @@ CONTAINERS: dict[str, Builder] = {
     "namedtuple": lambda f, g: (Point(f, g), Point(1, 2)),
     "set": lambda f, g: ({f, g, 7}, {1, 2, 7}),
     "frozenset": lambda f, g: (frozenset({f, g}), frozenset({1, 2})),
+    "deque": lambda f, g: (collections.deque([f, g], maxlen=3), collections.deque([1, 2])),
     "dict-values": lambda f, g: ({"a": f, "b": [g]}, {"a": 1, "b": [2]}),
     "dict-keys": lambda f, g: ({f: "one", g: "two"}, {1: "one", 2: "two"}),
     "ordereddict": lambda f, g: (
@@ -191,6 +192,14 @@ def test_futures_in_containers_are_inputs(
     got = down.result(timeout=WAIT)
     assert got == expected
     assert type(got) is type(expected)
+
+
+def test_a_deque_keeps_its_length_limit(runner: ThreadPoolTaskRunner) -> None:
+    f = runner.submit(one, {})
+    queue = collections.deque([f, 2], maxlen=3)
+    got = runner.submit(ident, {"x": queue}).result(timeout=WAIT)
+    assert (got, got.maxlen) == (collections.deque([1, 2]), 3)
+    assert queue[0] is f  # the caller's deque is left as it was
 
 
 def test_callers_containers_are_not_changed(runner: ThreadPoolTaskRunner) -> None:

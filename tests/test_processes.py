@@ -431,6 +431,22 @@ def test_an_argument_that_cannot_be_pickled_fails_the_run_before_any_worker_star
         assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
 
 
+def test_a_future_in_an_object_that_is_not_searched_fails_saying_why() -> None:
+    # Only the containers of the contract are searched for inputs; a future elsewhere would be
+    # sent as it is, and a future does not pickle: the error says so, and where to put it.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        up = runner.submit(double, {"x": 2})
+        holder = types.SimpleNamespace(up=up)
+        err = runner.submit(take, {"x": 1, "payload": holder}).exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert "parameter 'payload'" in str(err)
+        assert "a future of task 'double' cannot be pickled" in str(err)
+        assert "deques, dataclasses or pydantic models" in str(err)
+        inside = runner.submit(identity, {"x": collections.deque([up], maxlen=3)})
+        got = inside.result(TIMEOUT)  # a deque is searched: its future is an input
+        assert (got, got.maxlen) == (collections.deque([4]), 3)
+
+
 def test_an_argument_that_cannot_be_loaded_in_the_worker_fails_the_run_naming_it() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         before = runner.submit(pid).result(TIMEOUT)
