@@ -2,9 +2,6 @@
 package), so it starts fast: it imports only the standard library, plus cloudpickle when the
 first call arrives.
 
-Started as ``python -u _process_worker.py FD``: ``FD`` is the reading end of a pipe whose
-writing end only the parent holds (see ``_start_watcher``).
-
 Protocol on the private pipes (the original stdin: calls in; the original stdout: replies out;
 both moved to descriptors of their own, with stdin then reading ``/dev/null`` and ``print`` in a
 task going to stderr). Every message is a 4-byte big-endian length and a body.
@@ -94,7 +91,6 @@ _START = _SKIPS + 1024  # offset of the held replies (a batch has at most 1024 c
 # Results of these (exact) types go back as they are, in one list, at the end of a batch
 # (immutable: what is pickled then is what the body returned).
 _PLAIN_VALUES = frozenset({type(None), bool, int, float, complex, str, bytes})
-_STDERR = 2  # the last of the three standard descriptors
 _FLUSH_AFTER = 0.02  # seconds a reply may wait in the ledger before the pipe gets it
 
 
@@ -279,59 +275,6 @@ def _write(replies: _Replies, message: Any) -> None:
     replies.send(b"m", pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-# The watcher: a shell that reads the pipe whose only writer is the parent (nothing is ever
-# written: ``read`` ends when the parent is gone), then kills its process group, this worker's.
-_WATCHER = ("/bin/sh", "-c", "read -r line; kill -KILL 0")
-
-
-def _start_watcher(fd: int) -> int | None:
-    """Start a process that takes this worker's process group down when the parent dies, even
-    while a body holds the GIL in one long C call (then no thread of the worker runs, and
-    ``_watch_parent`` cannot act). ``fd``: the reading end of a pipe whose writing end only the
-    parent holds. The watcher holds nothing else open: the parent sees the worker's pipes end
-    when the worker dies, not when the watcher does. A shell, not a fork of this process: it
-    costs a fraction of a MB, not the pages this worker changes later. Returns its pid, or None
-    (then the thread alone watches)."""
-    # Descriptors this worker got beyond its three (the ends of its pipes that the spawn
-    # machinery left open, say) stay out of what it starts: the watcher must not hold them.
-    try:
-        inherited = [int(name) for name in os.listdir("/dev/fd")]
-    except OSError:
-        inherited = []
-    for other in inherited:
-        if other > _STDERR and other != fd:
-            try:
-                os.set_inheritable(other, False)
-            except OSError:  # (the listing's own descriptor, closed by now)
-                pass
-    null = os.devnull
-    try:
-        return os.posix_spawn(
-            _WATCHER[0],
-            _WATCHER,
-            {},
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, fd, 0),
-                (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 2, null, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_CLOSE, fd),
-            ],
-        )
-    except (OSError, AttributeError):  # (no shell, no process to spare, no posix_spawn)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _stop_watcher(pid: int | None) -> None:
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):  # (it went with a kill of the group)
-            pass
-
-
 def _watch_parent(parent: int) -> None:
     """If the parent dies (even by SIGKILL), take this worker and its children down with it."""
     stop = threading.Event()
@@ -388,7 +331,6 @@ def asyncflow_ship_log(record: dict[str, Any]) -> None:
 
 def main() -> None:
     parent = os.getppid()
-    watcher = _start_watcher(int(sys.argv[1]))
     ending = "error"
     try:
         ending = _serve()
@@ -402,7 +344,6 @@ def main() -> None:
             # goes with it, as its session is its process group. (After a goodbye, the parent
             # does this itself once this worker has exited.)
             os.killpg(0, signal.SIGKILL)
-        _stop_watcher(watcher)
 
 
 def _serve() -> str:

@@ -10,6 +10,7 @@ own pipes; a timeout or cancel kills the worker's process group and a fresh work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copyreg
 import io
 import itertools
@@ -211,11 +212,10 @@ def _held_replies(data: Any, start: int, end: int) -> list[bytes]:
 class _Worker:
     """One worker process and its pipes; runs one call at a time."""
 
-    def __init__(
-        self, process: Process, ledger: mmap.mmap | None = None, hangup: int | None = None
-    ) -> None:
+    def __init__(self, process: Process, ledger: mmap.mmap | None = None) -> None:
         self.process = process
-        self.hangup = hangup  # the writing end of the pipe its watcher reads (see _spawn)
+        self.watcher: Process | None = None  # see watch
+        self.hangup = -1  # the writing end of the pipe its watcher reads
         self.ledger = ledger  # where it holds the replies of a numbered batch
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
@@ -359,6 +359,45 @@ class _Worker:
         except ProcessLookupError:
             pass
 
+    async def watch(self) -> None:
+        """Start the worker's watcher: a process that kills the worker's process group when
+        this one dies, even by SIGKILL, and even while a body holds the GIL in one long C call
+        (the worker's own thread watching the parent cannot run then). A shell that reads a
+        pipe whose writing end only this process holds, and never writes to: its ``read`` ends
+        when this process is gone. It is a child of this process, not of the worker (reaped
+        here; the worker's bodies never see it among their children), in a session of its own
+        (a Ctrl-C in the terminal does not reach it). Without one, the worker's thread alone
+        watches."""
+        read_end, write_end = os.pipe()
+        try:
+            self.watcher = await anyio.open_process(
+                ["/bin/sh", "-c", f"read -r line; kill -KILL -{self.pid}"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException as exc:
+            os.close(write_end)
+            if not isinstance(exc, OSError):
+                raise
+            # (No shell, or no process to spare: the worker's thread alone watches.)
+        else:
+            self.hangup = write_end
+        finally:
+            os.close(read_end)
+
+    async def _stop_watcher(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # (it is gone already)
+            watcher.kill()
+        os.close(self.hangup)
+        self.hangup = -1
+        with anyio.move_on_after(1):
+            await watcher.wait()
+
     async def reap(self) -> None:
         """After the worker exited: end whatever it left behind in its process group, let its
         ledger go, and read the rest of its stderr (for the error message)."""
@@ -367,12 +406,10 @@ class _Worker:
         except (ProcessLookupError, PermissionError):
             pass
         self.reaped = True
+        await self._stop_watcher()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
-        if self.hangup is not None:
-            os.close(self.hangup)
-            self.hangup = None
         if self.drain is not None:
             with anyio.move_on_after(1):
                 await asyncio.shield(self.drain)
@@ -725,25 +762,19 @@ class ProcessWorkers:
             )
         ledger = _ledger()
         fd = None if ledger is None else ledger[0]
-        # A pipe whose writing end only this process holds: the worker's watcher reads it, and
-        # takes the worker's process group down when it ends (see _process_worker).
-        hangup: tuple[int, int] | None = None
         try:
-            hangup = os.pipe()
             process = await anyio.open_process(
-                [sys.executable, "-u", _WORKER, str(hangup[0])],
+                [sys.executable, "-u", _WORKER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # its own process group: killed as a whole
                 env=self._env,
-                pass_fds=(hangup[0],) if fd is None else (hangup[0], fd),
+                pass_fds=() if fd is None else (fd,),
             )
         except BaseException as exc:
             if ledger is not None:
                 ledger[1].close()
-            if hangup is not None:
-                os.close(hangup[1])
             if not isinstance(exc, OSError):
                 raise
             # (Not counted among the failed starts: no process started, so none can storm,
@@ -757,9 +788,7 @@ class ProcessWorkers:
         finally:
             if fd is not None:
                 os.close(fd)  # the worker has its own; the map here keeps the file
-            if hangup is not None:
-                os.close(hangup[0])  # (the worker has its own)
-        worker = _Worker(process, None if ledger is None else ledger[1], hangup[1])
+        worker = _Worker(process, None if ledger is None else ledger[1])
         self._workers.add(worker)
         drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
         self._drains.add(drain)
@@ -768,6 +797,7 @@ class ProcessWorkers:
         if self._closing:  # every run is final: it serves none (see aclose)
             worker.kill()
         try:
+            await worker.watch()
             await worker.send((*self._setup, fd))
             ready = await worker.receive()
         except _Died:

@@ -902,6 +902,31 @@ def test_leaving_the_runner_leaves_no_worker_process() -> None:
     assert after <= before
 
 
+def any_child() -> str:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return "none"
+    return "some"
+
+
+def test_a_body_sees_no_process_of_the_runners_and_a_crash_leaves_no_zombie() -> None:
+    # Each worker has a watcher (it ends the worker's group if this process dies, see row 28):
+    # a child of this process, reaped with its worker; the worker's bodies never see it.
+    before = {child.pid for child in psutil.Process().children()}
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(any_child).result(TIMEOUT) == "none"
+        crash = runner.submit(exit_now, {"code": 3, "note": "gone"})
+        assert isinstance(crash.exception(TIMEOUT), WorkerCrashedError)
+        assert runner.submit(any_child).result(TIMEOUT) == "none"
+    left = [
+        (child.pid, child.name(), child.status())
+        for child in psutil.Process().children()
+        if child.pid not in before
+    ]
+    assert left == []  # (a zombie too: none is left for this process to reap)
+
+
 def test_a_process_a_body_left_behind_ends_with_its_worker_when_the_runner_exits() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         child = psutil.Process(runner.submit(leave_child_behind).result(TIMEOUT))
