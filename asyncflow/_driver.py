@@ -32,7 +32,7 @@ from ._futures import (
     crashed_error,
 )
 from ._params import resolve_parameters
-from .exceptions import TaskCrashedError, TaskTimeoutError, WorkerCrashedError
+from .exceptions import TaskTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from ._limits import RunPolicy
@@ -46,7 +46,17 @@ logger = logging.getLogger("asyncflow")
 
 
 class _Crash(Exception):  # noqa: N818 - internal carrier, never escapes
-    """Carries a ``BaseException`` (KeyboardInterrupt, SystemExit) out of a worker attempt."""
+    """Carries out of a worker attempt what says its body never returned: the body's
+    ``BaseException`` (KeyboardInterrupt, SystemExit), or the runner's ``TaskCrashedError`` (a
+    dead worker, a SystemExit in a process). One the body raised is a plain failure."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Raised(Exception):  # noqa: N818 - internal carrier, never escapes
+    """Carries a ``StopIteration`` the body raised: an asyncio future refuses it, and it
+    cannot leave a coroutine as it is (PEP 479)."""
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -134,8 +144,9 @@ class Attempt:
             )
         self._status = CANCELLED  # if it is still queued, it never starts
 
-    def deliver(self, ok: bool, value: Any) -> None:
-        """Loop side: the body returned (``ok``) or raised ``value``."""
+    def deliver(self, ok: bool, value: Any, crashed: bool = False) -> None:
+        """Loop side: the body returned (``ok``) or raised ``value``, or (``crashed``) never
+        returned, as the runner's ``value`` says."""
         self._status = COMPLETED  # over: a late abandon() has nothing to abandon
         if self.deadline is not None:
             self.deadline.cancel()
@@ -151,10 +162,12 @@ class Attempt:
             return
         if ok:
             self.waiter.set_result(value)
-        elif isinstance(value, Exception):
-            self.waiter.set_exception(value)
-        else:
+        elif crashed or not isinstance(value, Exception):
             self.waiter.set_exception(_Crash(value))
+        elif isinstance(value, StopIteration):
+            self.waiter.set_exception(_Raised(value))
+        else:
+            self.waiter.set_exception(value)
 
 
 def _retry_delay(task: Task[..., Any], attempt: int, default: float) -> float:
@@ -319,30 +332,31 @@ async def _attempts(
                 value = await _attempt_async(task, params, attempt, task.timeout)
             else:
                 value = await _attempt_sync(sched, fut, params, attempt, task.timeout)
-        except _Crash as crash:
-            return CRASHED, crashed_error(task.name, crash.exc), None
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as raised:
+            error = raised.exc if isinstance(raised, (_Crash, _Raised)) else raised
+            if not isinstance(error, Exception):
+                # The body's own SystemExit, KeyboardInterrupt (in a worker or a coroutine).
+                return CRASHED, crashed_error(task.name, error), None
+            crash = isinstance(raised, _Crash)  # the runner says the body never returned
             if pol.cancelling:  # raised while handling a cancel: cancelled, never retried
                 return CANCELLED, cancelled_error(task.name), None
-            if isinstance(exc, TaskCrashedError):  # only a dead worker, within its own bound
+            if crash:  # the runner's: only a dead worker is retried, within its own bound
                 crashes += 1
-                if not isinstance(exc, WorkerCrashedError) or crashes > task.crash_retries:
-                    return CRASHED, exc, None
-            elif attempt - crashes > pol.retries or not _retryable(task, exc):
-                return FAILED, exc, None
+                if not isinstance(error, WorkerCrashedError) or crashes > task.crash_retries:
+                    return CRASHED, error, None
+            elif attempt - crashes > pol.retries or not _retryable(task, error):
+                return FAILED, error, None
             try:
                 delay = _retry_delay(task, attempt, sched.default_retry_delay)
             except Exception as bad:
-                bad.__cause__ = exc
+                bad.__cause__ = error
                 return FAILED, bad, None
             sched.retried += 1
-            _mark(sched, fut, RETRYING, attempt, exc)
+            _mark(sched, fut, RETRYING, attempt, error)
             await sched.sleep(delay)
             continue
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a coroutine body
-            return CRASHED, crashed_error(task.name, exc), None
         if key is not None:
             _cache_set(sched, task, key, value)
         return COMPLETED, value, None

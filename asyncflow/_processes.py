@@ -860,8 +860,9 @@ class ProcessWorkers:
         except Exception as exc:
             # A worker that could not start, a fault here before the batch was packed (then
             # every run of it fails: none is left waiting), or one after (its unanswered runs).
+            crashed = isinstance(exc, TaskCrashedError)  # (the pool's own: WorkerStartError)
             for item in map(_item_of, calls) if packed_yet else batch:
-                self._report(item, False, exc)
+                self._report(item, False, exc, crashed)
         finally:
             if len(batch) == 1:
                 self._busy.pop(batch[0], None)
@@ -1084,7 +1085,7 @@ class ProcessWorkers:
             self._requeue(calls)
             return False
         ok, value = _decode(task.name, reply, *call[2])
-        self._report(item, ok, value)
+        self._report(item, ok, value, reply[0] == "crash")
         if reply[0] == "skipped":
             worker.skipped += 1
         elif reply[0] == "crash":
@@ -1124,7 +1125,7 @@ class ProcessWorkers:
             stopped_here = worker.killed and worker.process.returncode in _OUR_SIGNALS
             if not (stopped_here and worker.batch_size > 1 and _plain_unfinished(item)):
                 calls.popleft()
-                self._report(item, False, worker.crash_error(task.name))
+                self._report(item, False, worker.crash_error(task.name), True)
             # Else the worker was stopped here to end another run of its batch (a cancel):
             # the run it was running did nothing wrong and goes back to the queue with the rest.
         self._requeue(calls)
@@ -1194,9 +1195,9 @@ class ProcessWorkers:
                 good.append(call)
         return good, _pickled_arguments(_arguments(good, task.spec.simple))
 
-    def _report(self, item: Any, ok: bool, value: Any) -> None:
+    def _report(self, item: Any, ok: bool, value: Any, crashed: bool = False) -> None:
         self._busy.pop(item, None)
-        self._sched.on_outcome(item, ok, value)
+        self._sched.on_outcome(item, ok, value, crashed)
 
     def _retire_if_idle(self, worker: _Worker, since: float) -> None:
         """A worker idle for ``idle_timeout`` seconds exits (a new one starts when needed)."""

@@ -40,7 +40,7 @@ from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
 from ._stats import RunnerStatistics
-from .exceptions import TaskCrashedError, UpstreamFailedError
+from .exceptions import UpstreamFailedError
 
 T = TypeVar("T")
 logger = logging.getLogger("asyncflow")
@@ -527,10 +527,12 @@ class Scheduler:
         else:
             self._finish(fut, COMPLETED, value)
 
-    def on_outcome(self, fut: Any, ok: bool, value: Any) -> None:
-        """Backend hook: a sync body returned (``ok``) or raised ``value``."""
+    def on_outcome(self, fut: Any, ok: bool, value: Any, crashed: bool = False) -> None:
+        """Backend hook: a sync body returned (``ok``) or raised ``value``, or (``crashed``)
+        never returned, as the backend's ``TaskCrashedError`` ``value`` says (a body that
+        raised one, say re-raising another run's, failed like any other)."""
         if type(fut) is not Future:
-            fut.deliver(ok, value)  # an attempt of a driven run
+            fut.deliver(ok, value, crashed)  # an attempt of a driven run
         elif fut._status >= COMPLETED:  # cancelled while it ran: the outcome is dropped
             fut._release_inputs()
             if fut in self._abandoned:
@@ -541,10 +543,10 @@ class Scheduler:
                 self._release(pol)
         elif ok:
             self._finish(fut, COMPLETED, value)
-        elif isinstance(value, Exception) and not isinstance(value, TaskCrashedError):
-            self._finish(fut, FAILED, value)
-        elif isinstance(value, TaskCrashedError):
+        elif crashed:
             self._finish(fut, CRASHED, value)
+        elif isinstance(value, Exception):
+            self._finish(fut, FAILED, value)
         else:
             self._finish(fut, CRASHED, crashed_error(fut._task.name, value))
 

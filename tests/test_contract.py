@@ -31,6 +31,7 @@ from asyncflow import (
 )
 from asyncflow.exceptions import (
     TaskCancelledError,
+    TaskCrashedError,
     TaskTimeoutError,
     UpstreamFailedError,
 )
@@ -501,6 +502,44 @@ def test_retries_run_again_until_the_body_succeeds(runner: TaskRunner) -> None:
             exhausted.result(TIMEOUT)
     assert sleep.delays == [1.0, 2.0, 1.0, 2.0, 2.0]  # the last listed delay repeats
     assert runner.statistics().retried == 5
+
+
+def first_of(items: list[int]) -> int:
+    return next(iter(items))  # StopIteration when there is none
+
+
+def crashed_run_result() -> int:
+    # A body that raises the TaskCrashedError of another run (as .result() on it would): it
+    # returned by raising, so it failed; its own body did not crash.
+    raise TaskCrashedError("task 'child' crashed: its body raised SystemExit: 1")
+
+
+@pytest.mark.parametrize(
+    "options", [{"retries": 1}, {"timeout": TIMEOUT}, {}], ids=["retries", "timeout", "plain"]
+)
+def test_a_body_raising_stop_iteration_fails_with_it(
+    runner: TaskRunner, options: dict[str, Any]
+) -> None:
+    # (An asyncio future refuses a StopIteration, and one cannot leave a coroutine as it is.)
+    runner._sleep = FakeSleep()
+    with runner:
+        fut = runner.submit(task(**options)(first_of), {"items": []})
+        assert isinstance(fut.exception(TIMEOUT), StopIteration)
+        assert fut.state.is_failed()
+        assert runner.submit(first_of, {"items": [7]}).result(TIMEOUT) == 7
+    assert runner.statistics().retried == options.get("retries", 0)
+
+
+@pytest.mark.parametrize("options", [{"retries": 2}, {}], ids=["retries", "plain"])
+def test_a_body_raising_a_task_crashed_error_failed_and_is_retried(
+    runner: TaskRunner, options: dict[str, Any]
+) -> None:
+    runner._sleep = FakeSleep()
+    with runner:
+        fut = runner.submit(task(**options)(crashed_run_result))
+        assert isinstance(fut.exception(TIMEOUT), TaskCrashedError)
+        assert fut.state.is_failed(), fut.state
+    assert runner.statistics().retried == options.get("retries", 0)
 
 
 @pytest.mark.parametrize("body", [gated, agated], ids=["sync", "async"])
