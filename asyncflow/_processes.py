@@ -40,6 +40,7 @@ from anyio.abc import Process
 from ._error_text import error_text, message_of
 from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error, status_of
 from ._logging import TASK_RUNS, handle_remote_record
+from ._watcher import Watcher
 from .exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -214,8 +215,7 @@ class _Worker:
 
     def __init__(self, process: Process, ledger: mmap.mmap | None = None) -> None:
         self.process = process
-        self.watcher: Process | None = None  # see watch
-        self.hangup = -1  # the writing end of the pipe its watcher reads
+        self.watcher: Watcher | None = None  # ends its group if this process dies
         self.ledger = ledger  # where it holds the replies of a numbered batch
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
@@ -240,6 +240,8 @@ class _Worker:
         self.announced: Any = None  # the last run it was sent that subscribers saw start
 
     async def drain_stderr(self) -> None:
+        """Read its stderr until it ends; once the worker has exited, end its group (see
+        ``reap``) at once, even while it is idle and nothing else looks at it."""
         assert self.process.stderr is not None
         try:
             async for chunk in self.process.stderr:
@@ -247,6 +249,19 @@ class _Worker:
                 del self.stderr[:-_TAIL]
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
+        await self.process.wait()
+        await self._end_group()
+
+    async def _end_group(self) -> None:
+        """The worker has exited: kill whatever it left in its process group, and stop its
+        watcher, before its number can become another process's (the loop reaped it)."""
+        if not self.reaped:
+            self.reaped = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            await watcher.stop()
 
     async def send(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -359,54 +374,10 @@ class _Worker:
         except ProcessLookupError:
             pass
 
-    async def watch(self) -> None:
-        """Start the worker's watcher: a process that kills the worker's process group when
-        this one dies, even by SIGKILL, and even while a body holds the GIL in one long C call
-        (the worker's own thread watching the parent cannot run then). A shell that reads a
-        pipe whose writing end only this process holds, and never writes to: its ``read`` ends
-        when this process is gone. It is a child of this process, not of the worker (reaped
-        here; the worker's bodies never see it among their children), in a session of its own
-        (a Ctrl-C in the terminal does not reach it). Without one, the worker's thread alone
-        watches."""
-        read_end, write_end = os.pipe()
-        try:
-            self.watcher = await anyio.open_process(
-                ["/bin/sh", "-c", f"read -r line; kill -KILL -{self.pid}"],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except BaseException as exc:
-            os.close(write_end)
-            if not isinstance(exc, OSError):
-                raise
-            # (No shell, or no process to spare: the worker's thread alone watches.)
-        else:
-            self.hangup = write_end
-        finally:
-            os.close(read_end)
-
-    async def _stop_watcher(self) -> None:
-        watcher, self.watcher = self.watcher, None
-        if watcher is None:
-            return
-        with contextlib.suppress(ProcessLookupError):  # (it is gone already)
-            watcher.kill()
-        os.close(self.hangup)
-        self.hangup = -1
-        with anyio.move_on_after(1):
-            await watcher.wait()
-
     async def reap(self) -> None:
         """After the worker exited: end whatever it left behind in its process group, let its
         ledger go, and read the rest of its stderr (for the error message)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.reaped = True
-        await self._stop_watcher()
+        await self._end_group()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
@@ -797,7 +768,7 @@ class ProcessWorkers:
         if self._closing:  # every run is final: it serves none (see aclose)
             worker.kill()
         try:
-            await worker.watch()
+            worker.watcher = Watcher.start(worker.pid)
             await worker.send((*self._setup, fd))
             ready = await worker.receive()
         except _Died:

@@ -31,7 +31,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import cloudpickle
@@ -40,6 +40,7 @@ import pytest
 from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
+import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import MapGroup, plain_runs
 from asyncflow._processes import ProcessWorkers
@@ -937,6 +938,45 @@ def test_a_process_a_body_left_behind_ends_with_its_worker_when_the_runner_exits
         )
     finally:
         kill_quietly(child)
+
+
+def test_an_idle_worker_killed_from_outside_has_its_group_ended_at_once() -> None:
+    # Before its number can become another process's, with no use of the pool meanwhile: what
+    # it left in its group is killed, and its watcher (row 28), which would kill the group of
+    # that number if this process died, stops.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        child = psutil.Process(runner.submit(leave_child_behind).result(TIMEOUT))
+        worker = child.ppid()
+        watchers = [
+            p for p in psutil.Process().children() if p.cmdline()[-1].endswith(f"-KILL -{worker}")
+        ]
+        assert len(watchers) == 1, psutil.Process().children()
+        try:
+            os.kill(worker, signal.SIGKILL)  # as the OOM killer would, while it is idle
+            left = [p.pid for p in still_running_after([child, *watchers], ORPHAN_DEADLINE)]
+            assert not left, f"{ORPHAN_DEADLINE:g} s after the idle worker died: {left} run on"
+        finally:
+            kill_quietly(child)
+
+
+@pytest.mark.parametrize("failing", ["pipe", "Popen"])
+def test_a_watcher_that_cannot_start_leaves_the_worker_to_watch_alone(
+    monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise OSError(24, "Too many open files")
+
+    # (Only the watcher's module sees the failure: the worker's own spawn goes on.)
+    if failing == "pipe":
+        monkeypatch.setattr(
+            watcher_module, "os", types.SimpleNamespace(pipe=refuse, close=os.close)
+        )
+    else:
+        proxy = types.SimpleNamespace(Popen=refuse, DEVNULL=subprocess.DEVNULL)
+        monkeypatch.setattr(watcher_module, "subprocess", proxy)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.map(double, {"x": range(3)}).result(TIMEOUT) == [0, 2, 4]
+        assert not [p for p in psutil.Process().children() if p.name() == "sh"]
 
 
 LEAVER_SCRIPT = """

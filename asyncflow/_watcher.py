@@ -1,0 +1,96 @@
+"""A process that ends a worker's process group when this process dies (``Watcher``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+
+import anyio
+
+__all__ = ("Watcher",)
+
+_STOP_WAIT = 2.0  # seconds a killed watcher may take to exit before it is left to subprocess
+
+
+class Watcher:
+    """Kills a worker's process group when this process dies, even by SIGKILL, and even while
+    a body holds the GIL in one long C call (then no thread of the worker runs, and its own
+    watching of its parent cannot act).
+
+    A shell (``read``, then ``kill -KILL -<group>``) whose stdin is a pipe that only this
+    process holds the writing end of, and never writes to: its ``read`` ends when this process
+    is gone. It is a child of this process, not of the worker: the worker's bodies never see it
+    among their children, and it is reaped here (no zombie where this process is PID 1 or a
+    subreaper). It runs in a session of its own (a Ctrl-C in the terminal does not reach it).
+    Started by ``subprocess`` (vfork: the cost does not grow with this process's size, as a
+    fork by the event loop's own spawn does), not through the loop, and reaped here. It must be
+    stopped as soon as its worker has exited: from then on the group's number may become
+    another process's."""
+
+    __slots__ = ("_hangup", "_process")
+
+    def __init__(self, process: subprocess.Popen[bytes], hangup: int) -> None:
+        self._process = process
+        self._hangup = hangup
+
+    @classmethod
+    def start(cls, group: int) -> Watcher | None:
+        """A watcher of process group ``group``, or None (no shell, no process or descriptor
+        to spare): then the worker's own watching is all there is."""
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return None
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", f"read -r line; kill -KILL -{group}"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except Exception:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        return cls(process, write_end)
+
+    async def stop(self) -> None:
+        """Kill the watcher and reap it, without blocking the loop while it exits."""
+        process = self._process
+        with contextlib.suppress(ProcessLookupError):  # (gone already)
+            process.kill()
+        if self._hangup >= 0:
+            os.close(self._hangup)
+            self._hangup = -1
+        with anyio.move_on_after(_STOP_WAIT):
+            await _exited(process)
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> None:
+    """Wait until ``process`` has exited, and reap it. On Linux a pidfd says when, through the
+    loop; elsewhere a blocking wait (short: it was killed)."""
+    if process.poll() is not None:
+        return
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        process.wait()
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    process.wait()
