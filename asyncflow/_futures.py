@@ -468,10 +468,16 @@ class Future(Generic[R]):
         """Producer only: drop what the run needed to start (its body is not running)."""
         self._params = self._ctx = self._deps = self._allowed = self._handle = None
 
-    def _set_final(self, status: int, value: Any, state_name: str | None = None) -> None:
-        """Producer only: make the run final and wake everyone waiting for it."""
+    def _set_final(
+        self, status: int, value: Any, state_name: str | None = None, fresh: bool = False
+    ) -> None:
+        """Producer only: make the run final and wake everyone waiting for it. ``fresh``: the
+        exception ``value`` was made here, never raised, and its cause is another run's (its
+        frames were cleared when that run ended: down a chain of N runs, walking the whole
+        chain of causes again at each would take N * N / 2 steps)."""
         if isinstance(value, BaseException):
-            _clear_frames(value)
+            if not fresh:
+                _clear_frames(value)
             self._tb = value.__traceback__
             if status == FAILED:
                 _name_the_task(value, self._task.name)

@@ -638,7 +638,7 @@ class Scheduler:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
             err.__cause__ = cause._value
-            fut._set_final(FAILED, err, "UpstreamFailed")
+            fut._set_final(FAILED, err, "UpstreamFailed", fresh=True)
         self._counts[fut._status] += 1
         if (events := self.events) is not None:
             events.final(fut, 0)

@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import gc
 import threading
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+import asyncflow._futures as futures_module
 from asyncflow import (
     Future,
     FutureList,
@@ -69,6 +71,13 @@ async def aident(x: Any) -> Any:
 
 
 def boom() -> int:
+    raise ValueError("boom")
+
+
+def gated_boom(gate: threading.Event) -> int:
+    """Raise once the test opens ``gate`` (every run below it is waiting by then)."""
+    if not gate.wait(WAIT):
+        raise TimeoutError("gate never opened")
     raise ValueError("boom")
 
 
@@ -374,6 +383,26 @@ def test_failed_upstream_chain_keeps_the_root_cause(runner: ThreadPoolTaskRunner
     assert mid_exc.__cause__ is root.exception()
     assert isinstance(mid_exc.__cause__, ValueError)
     assert str(mid_exc.__cause__) == "boom"
+
+
+def test_a_failure_down_a_long_chain_clears_each_exception_once(
+    runner: ThreadPoolTaskRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Row 33: work per task is O(1). Each run down the chain ends with an error whose cause is
+    # the one above it: the frames of the chain are cleared once, not again at every link.
+    cleared: list[object] = []
+    monkeypatch.setattr(
+        futures_module, "traceback", types.SimpleNamespace(clear_frames=cleared.append)
+    )
+    gate = threading.Event()
+    root = runner.submit(Task(gated_boom, name="root"), {"gate": gate})
+    last = root
+    for _ in range(2_000):
+        last = runner.submit(ident, {"x": last})
+    gate.set()
+    with pytest.raises(UpstreamFailedError):
+        last.result(timeout=WAIT)
+    assert len(cleared) == 1  # the root's traceback
 
 
 def test_upstream_failed_after_submit(runner: ThreadPoolTaskRunner) -> None:
