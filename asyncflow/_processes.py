@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 import weakref
@@ -89,9 +90,6 @@ _LOADS: dict[int, Callable[[bytes], Any]] = {  # how a result's reply of each ki
 _RESULTS = ord("r")  # the results of every call of a batch, as one pickled list
 _VALUES = ord("v")  # the same when each is of an immutable plain type: the values themselves
 _WHOLE_BATCH = frozenset({_RESULTS, _VALUES})
-# What loading a result or an exception may raise that only fails its run (a __reduce__ may
-# call sys.exit; a KeyboardInterrupt here is the user's Ctrl-C, and goes on).
-_LOAD_ERRORS = (Exception, SystemExit)
 # A call of a batch: its work item, its task, and its positional and keyword arguments.
 _Call = tuple[Any, Any, tuple[Sequence[Any], dict[str, Any]]]
 
@@ -124,7 +122,9 @@ def _dumps(obj: Any) -> bytes:
     pickler.dispatch_table = _reducers()
     try:
         pickler.dump(obj)
-    except Exception:
+    except BaseException as exc:
+        if not _fails_its_run(exc):
+            raise
         return _cloudpickle_dumps(obj)
     data = buffer.getvalue()
     if b"__main__" in data or any(name.encode() in data for name in tuple(by_value)):
@@ -146,6 +146,16 @@ def _reducers() -> dict[Any, Any]:
 def _cloudpickle_dumps(obj: Any) -> bytes:
     data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return data
+
+
+def _fails_its_run(exc: BaseException) -> bool:
+    """Whether ``exc``, raised here while a value was pickled or loaded (by the value's own
+    code: a ``__reduce__`` may raise anything, ``sys.exit`` and ``BaseException`` subclasses
+    included), only fails that value's run. Not a ``KeyboardInterrupt`` on the main thread:
+    there it may be the user's Ctrl-C, and it goes on (a loop on another thread gets none)."""
+    return not (
+        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    )
 
 
 _task_of = operator.attrgetter("_task")
@@ -436,7 +446,9 @@ def _argument_error(
     for part, value in _named(args, kwargs):
         try:
             cloudpickle.dumps(value)
-        except Exception as exc:  # noqa: PERF203 - the error path: find the culprit
+        except BaseException as exc:  # noqa: PERF203 - the error path: find the culprit
+            if not _fails_its_run(exc):
+                raise
             label, cause = part, exc
             break
     error = SerializationError(
@@ -452,7 +464,9 @@ def _unloadable(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     for label, value in _named(args, kwargs):
         try:
             cloudpickle.loads(cloudpickle.dumps(value))
-        except Exception:  # noqa: PERF203 - the error path
+        except BaseException as exc:  # noqa: PERF203 - the error path
+            if not _fails_its_run(exc):
+                raise
             return label
     return "an argument"
 
@@ -474,7 +488,9 @@ def _decode(
         if data is not None:
             try:
                 loaded = cloudpickle.loads(data)
-            except _LOAD_ERRORS:
+            except BaseException as exc:
+                if not _fails_its_run(exc):
+                    raise
                 loaded = None
             if isinstance(loaded, BaseException):
                 remote = loaded
@@ -992,18 +1008,14 @@ class ProcessWorkers:
                 n = len(loaded)
                 if n != len(calls):  # (the worker sends it only when all are answered here)
                     raise RuntimeError(f"{n} results came for a batch of {len(calls)} calls")
-                if kind == _VALUES:  # the values themselves
-                    results = loaded
-                else:  # their pickles
-                    try:
-                        results = list(map(pickle.loads, loaded))  # each on its own, in C
-                    except _LOAD_ERRORS:  # one does not load here: each says so, or its result
-                        if items:
-                            sched.complete_many(items, values)
-                            items, values = [], []
-                        blobs = [b"o" + b for b in loaded]
-                        answered += self._answer(worker, task, blobs, calls)
-                        continue
+                results = _batch_results(kind, loaded)
+                if results is None:  # one does not load here: each says so, or its result
+                    if items:
+                        sched.complete_many(items, values)
+                        items, values = [], []
+                    blobs = [b"o" + b for b in loaded]
+                    answered += self._answer(worker, task, blobs, calls)
+                    continue
                 # A batch of several holds plain runs only: they end together (those
                 # cancelled meanwhile are left as they are).
                 items += map(_item_of, calls)
@@ -1017,8 +1029,9 @@ class ProcessWorkers:
             if loads is not None and _plain_unfinished(call[0]) and sched.events is None:
                 try:
                     values.append(loads(frame[1:]))  # our own pipe from our own worker
-                except _LOAD_ERRORS:  # _reply loads it again and says why it fails
-                    pass
+                except BaseException as exc:  # _reply loads it again and says why it fails
+                    if not _fails_its_run(exc):
+                        raise
                 else:
                     items.append(call[0])
                     continue
@@ -1041,7 +1054,9 @@ class ProcessWorkers:
         if loads is not None:
             try:
                 ok, value = True, loads(frame[1:])  # our own pipe from our own worker
-            except _LOAD_ERRORS as exc:
+            except BaseException as exc:
+                if not _fails_its_run(exc):
+                    raise
                 ok, value = False, _unloaded_result(task.name, exc)
             self._report(item, ok, value)
             if calls and self._sched.events is not None:
@@ -1126,7 +1141,9 @@ class ProcessWorkers:
         task = calls[0][1]
         try:
             fn = _dumps(task.fn)
-        except Exception as exc:
+        except BaseException as exc:
+            if not _fails_its_run(exc):
+                raise
             error = SerializationError(
                 f"task {task.name!r}: the task's function cannot be sent to a worker process "
                 f"({error_text(exc)})",
@@ -1137,7 +1154,9 @@ class ProcessWorkers:
             return None, []
         try:
             blob = _pickled_arguments(_arguments(calls, task.spec.simple))
-        except Exception:
+        except BaseException as exc:
+            if not _fails_its_run(exc):
+                raise
             calls, blob = self._pack_one_by_one(task, calls)
             if not calls:
                 return None, calls
@@ -1160,7 +1179,9 @@ class ProcessWorkers:
             item, _, (args, kwargs) = call
             try:
                 cloudpickle.dumps((args, kwargs))
-            except Exception as exc:
+            except BaseException as exc:
+                if not _fails_its_run(exc):
+                    raise
                 self._report(item, False, _argument_error(task, args, kwargs, exc))
             else:
                 good.append(call)
@@ -1189,6 +1210,19 @@ class ProcessWorkers:
 
 # Types whose values no call can change: calls of a batch may share them.
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, complex, type(None), range})
+
+
+def _batch_results(kind: int, loaded: list[Any]) -> list[Any] | None:
+    """The results in the message of a whole batch: the values themselves, or their pickles
+    loaded (each on its own, in C); None if one does not load here."""
+    if kind == _VALUES:
+        return loaded
+    try:
+        return list(map(pickle.loads, loaded))  # our own pipe from our own worker
+    except BaseException as exc:
+        if not _fails_its_run(exc):
+            raise
+        return None
 
 
 def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:

@@ -2342,28 +2342,68 @@ def test_a_worker_that_cannot_be_started_fails_its_runs_naming_the_task(
         assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
 
 
-class ExitsWhenLoaded:
-    """A result that raises SystemExit when the parent loads it."""
-
-    def __reduce__(self) -> tuple[Any, tuple[int]]:
-        return (sys.exit, (5,))
+class Abort(BaseException):
+    """Neither an Exception nor SystemExit or KeyboardInterrupt."""
 
 
-def exits_when_loaded_at(i: int, stop: int) -> Any:
-    return ExitsWhenLoaded() if i == stop else i
+RAISED = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "Abort": Abort}
 
 
+def raise_kind(kind: str) -> NoReturn:
+    raise RAISED[kind](5)
+
+
+class RaisesWhenLoaded:
+    """A result that raises ``kind`` when the parent loads it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (raise_kind, (self.kind,))
+
+
+class RaisesWhenPickled(RaisesWhenLoaded):
+    """An argument that raises ``kind`` when the parent pickles it."""
+
+    def __reduce__(self) -> NoReturn:
+        raise_kind(self.kind)
+
+
+def raises_when_loaded_at(i: int, stop: int, kind: str) -> Any:
+    return RaisesWhenLoaded(kind) if i == stop else i
+
+
+# (The runner's loop runs on a thread of its own here: a KeyboardInterrupt there is no Ctrl-C.)
+@pytest.mark.parametrize("kind", sorted(RAISED))
 @pytest.mark.usefixtures("batches")
-def test_a_result_that_raises_system_exit_as_it_loads_fails_only_its_own_run() -> None:
+def test_a_result_that_raises_anything_as_it_loads_fails_only_its_own_run(kind: str) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
-        alone = runner.submit(exits_when_loaded_at, {"i": 0, "stop": 0})
+        alone = runner.submit(raises_when_loaded_at, {"i": 0, "stop": 0, "kind": kind})
         with pytest.raises(SerializationError, match="its result cannot be loaded here"):
             alone.result(TIMEOUT)
-        futures = runner.map(exits_when_loaded_at, {"i": range(1, 50), "stop": 20})
+        futures = runner.map(raises_when_loaded_at, {"i": range(1, 50), "stop": 20, "kind": kind})
         futures.wait(TIMEOUT)
         assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8  # the runner goes on
     assert failed_runs(futures) == [20]
     assert isinstance(futures[19].exception(), SerializationError)
+
+
+@pytest.mark.parametrize("kind", sorted(RAISED))
+def test_an_argument_that_raises_anything_as_it_is_pickled_fails_only_its_own_run(
+    kind: str,
+) -> None:
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        bad = runner.submit(identity, {"x": RaisesWhenPickled(kind)})
+        good = runner.submit(identity, {"x": 1})
+        err = bad.exception(TIMEOUT)
+        assert isinstance(err, SerializationError)
+        assert "parameter 'x' cannot be sent to a worker process" in str(err)
+        assert good.result(TIMEOUT) == 1
+        mapped = runner.map(identity, {"x": [1, RaisesWhenPickled(kind), 3]})
+        mapped.wait(TIMEOUT)
+        assert failed_runs(mapped) == [2]
+        assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8  # the runner goes on
 
 
 def check_in_then_hang(hub: Address, label: str) -> None:
