@@ -9,6 +9,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import TaskRunner, ThreadPoolTaskRunner
+from ._task import refuse_coroutine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,6 +27,7 @@ class Flow(Generic[P, R]):
     def __init__(
         self, fn: Callable[P, R], *, name: str | None = None, task_runner: TaskRunner | None = None
     ) -> None:
+        refuse_coroutine(fn, "@flow")
         if not callable(fn):
             raise TypeError(f"@flow needs a callable, not {fn!r}")
         if task_runner is not None and not isinstance(task_runner, TaskRunner):

@@ -22,7 +22,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-__all__ = ("Task", "as_task", "task")
+__all__ = ("Task", "as_task", "refuse_coroutine", "task")
 
 _UNSET: Any = object()
 
@@ -118,10 +118,9 @@ class Task(Generic[P, R]):
         on_cancellation: Any = (),
         crash_retries: int = 0,
     ) -> None:
+        refuse_coroutine(fn, "@task")
         if not callable(fn):
             raise TypeError(f"@task needs a callable, not {fn!r}")
-        if inspect.iscoroutine(fn):  # pragma: no cover - caught by callable() above
-            raise TypeError("@task needs a function, not a coroutine object")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"task name must be a string, not {name!r}")
         self.fn = fn
@@ -348,14 +347,21 @@ def as_task(obj: object, caller: str = "submit") -> Task[Any, Any]:
         found = ref()
         if found is not None and found.fn is obj:
             return found
-    if inspect.iscoroutine(obj):
-        obj.close()  # no "coroutine was never awaited" warning
-        raise TypeError(
-            f"{caller}() got a coroutine object ({obj.__qualname__}); pass the function "
-            f"itself and its parameters, e.g. runner.{caller}(fn, {{'x': 1}})"
-        )
+    refuse_coroutine(obj, f"{caller}()", f"runner.{caller}(fn, {{'x': 1}})")
     if not callable(obj):
         raise TypeError(f"{caller}() needs a task or a callable, not {obj!r}")
     wrapper: Task[Any, Any] = Task(obj)
     _wrapped[id(obj)] = weakref.ref(wrapper, _forget(id(obj)))
     return wrapper
+
+
+def refuse_coroutine(obj: object, where: str, example: str = "") -> None:
+    """A coroutine object given where a function is expected (``fn()`` for ``fn``): closed (no
+    "coroutine was never awaited" warning) and refused, saying to pass the function."""
+    if inspect.iscoroutine(obj):
+        obj.close()
+        name = obj.__qualname__
+        raise TypeError(
+            f"{where} got a coroutine object ({name}); pass the function itself"
+            + (f" and its parameters, e.g. {example}" if example else f": {name}, not {name}()")
+        )

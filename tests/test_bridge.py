@@ -20,6 +20,7 @@ from asyncflow import (
     FutureList,
     ThreadPoolTaskRunner,
     as_completed,
+    flow,
     resolve_futures_to_results,
     task,
     wait,
@@ -416,6 +417,17 @@ def test_submitting_a_coroutine_object_raises_type_error_and_closes_it() -> None
         assert inspect.getcoroutinestate(mapped) == inspect.CORO_CLOSED
         assert runner.submit(adouble, {"x": 5}).result(timeout=TIMEOUT) == 10
     gc.collect()  # a coroutine left unclosed would warn here ("never awaited")
+
+
+@pytest.mark.parametrize("decorator", [task, flow], ids=["task", "flow"])
+def test_decorating_a_coroutine_object_raises_type_error_and_closes_it(
+    decorator: Callable[..., Any],
+) -> None:
+    coro = adouble(1)
+    name = decorator.__name__
+    with pytest.raises(TypeError, match=rf"^@{name} got a coroutine .* pass the function itself"):
+        decorator(coro)
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
 
 
 # -- waiting on its own future -------------------------------------------------------------------
