@@ -105,14 +105,20 @@ class Attempt:
         task = self.fut._task
         return task.spec.call(task.fn, self.params)
 
-    def started(self) -> None:
-        """Loop side: a worker took it; the deadline starts now."""
+    def started(self, clock: bool = True) -> None:
+        """Loop side: a worker took it; the deadline starts now, or (not ``clock``) when the
+        worker says the body starts (``start_clock``)."""
         self._status = RUNNING
         fut = self.fut
         if fut._status < COMPLETED:
             fut._status = RUNNING
             fut._timestamp = time.time()
-        if self.timeout is not None:
+        if clock:
+            self.start_clock()
+
+    def start_clock(self) -> None:
+        """Loop side: the body starts: so does its deadline."""
+        if self.timeout is not None and self.deadline is None and not self.waiter.done():
             self.deadline = self.sched.loop.call_later(self.timeout, self._expire)
 
     def _expire(self) -> None:

@@ -9,13 +9,15 @@ In, each body is a pickle:
 - first: ``(sys_path, cwd, initializer_bytes, log_level, ledger_fd)``; answered ``ready``
   once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);
 - then batches of calls of one function: ``(fn_bytes, is_async, (name, tags, key), args_bytes,
-  [(run_number, attempt), ...], batch_number)``, ``args_bytes`` a cloudpickle of the list of
-  ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``), or a list
-  of one such pickle per call (when calls could share a mutable argument: each then loads its
-  own copy), the list
-  what ``get_run_context()`` says in the body (it makes the run's UUID from ``run_number``, as
-  the parent's future does; the run number alone for a first attempt), and ``batch_number``
-  None for replies written as each call ends, else the number under which they are held;
+  [(run_number, attempt), ...], batch_number, notify)``: ``args_bytes`` a cloudpickle of the
+  list of ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``),
+  or a list of one such pickle per call (when calls could share a mutable argument: each then
+  loads its own copy); the list what ``get_run_context()`` says in the body (it makes the
+  run's UUID from ``run_number``, as the parent's future does; the run number alone for a
+  first attempt); ``batch_number`` None for replies written as each call ends, else the number
+  under which they are held; ``notify`` True for a lone call with a timeout, whose worker then
+  writes an ``s`` (with no data, not a reply) just before its body starts (the parent's clock
+  starts then, not while the function loads, which may import modules);
 - ``"bye"``: exit. End of input without it means the parent died: exit and kill this worker's
   process group.
 Out, each body is one kind byte and its data, one reply per call, in order. A call sent alone
@@ -380,11 +382,12 @@ def _serve() -> str:
             return "eof"
         if message == "bye":
             return "bye"
-        payload, is_async, (name, tags, key), blob, contexts, batch = message
+        payload, is_async, (name, tags, key), blob, contexts, batch, notify = message
         replies.start(batch)
         ran = False  # (True once every call was answered; else its replies go as held)
         try:
-            if not _batch(payload, is_async, (name, tags, key), blob, contexts, replies):
+            ident = (name, tags, key)
+            if not _batch(payload, is_async, ident, blob, contexts, replies, notify):
                 return "crash"  # a body raised SystemExit or KeyboardInterrupt
             ran = True
         finally:
@@ -423,8 +426,10 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     blob: bytes | list[bytes],
     contexts: list[int | tuple[int, int]],
     replies: _Replies,
+    notify: bool = False,
 ) -> bool:
-    """Run the calls of one message and send their replies; False if this worker must exit."""
+    """Run the calls of one message and send their replies; False if this worker must exit.
+    ``notify``: say when the body of its (lone) call starts (its timeout counts from then)."""
     global asyncflow_run_context, asyncflow_run_task  # read by asyncflow in the body
     import cloudpickle
 
@@ -453,6 +458,8 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             if skips[index]:  # type: ignore[index]
                 _write(replies, ("skipped", None))
                 continue
+        if notify:
+            _send(replies.fd, b"s", b"")
         # A call is its keyword arguments alone, or (args, kwargs).
         asyncflow_run_context = context
         args, kwargs = ((), call) if type(call) is dict else call

@@ -80,6 +80,7 @@ _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 # Reply kinds (see _process_worker).
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
+_STARTED = ord("s")  # the body of a lone call with a timeout starts (not a reply)
 _PLAIN = ord("p")  # a result of a plain type (None, bool, int, float, complex, str, bytes)
 _INT = ord("i")  # an int result held in the ledger, as a signed 8-byte number
 _LOADS: dict[int, Callable[[bytes], Any]] = {  # how a result's reply of each kind loads
@@ -829,10 +830,10 @@ class ProcessWorkers:
                     calls = deque(packed)
                     if not calls:
                         return
-            self._mark_running(worker, calls)
+            notify = self._mark_running(worker, calls)
             if len(calls) == 1:  # (a batch of several may be down to one by now)
                 alone = calls[0][0]
-            await worker.send((*message, worker.take(calls, self._sched.events is None)))
+            await worker.send((*message, worker.take(calls, self._sched.events is None), notify))
             last = await self._replies(worker, calls)
             if last is not None:
                 answered_by, worker, handed_back = worker, None, True
@@ -923,12 +924,15 @@ class ProcessWorkers:
                 self._report(item, False, exc)
         return calls
 
-    def _mark_running(self, worker: _Worker, calls: deque[Any]) -> None:
+    def _mark_running(self, worker: _Worker, calls: deque[Any]) -> bool:
         """The calls of a batch go to ``worker``: they are running from now on.
 
-        A timeout counts from here, not from the spawn. The worker runs a batch one call after
-        another: each call after the first is reported started (to event subscribers) when the
-        reply of the call before it arrives.
+        The worker runs a batch one call after another: each call after the first is reported
+        started (to event subscribers) when the reply of the call before it arrives. A timeout
+        counts from the body's start, not from the spawn, nor while the worker loads the
+        function (that may import modules): an attempt with one (always alone: a batch of
+        several holds plain runs only) starts its clock when the worker says its body starts.
+        Returns whether the worker must say so.
         """
         mark_running = self._sched.mark_running
         label: str | None = worker.label
@@ -944,9 +948,13 @@ class ProcessWorkers:
                 if label is not None and item in self._announced:
                     self._announced.discard(item)  # told when its batch went out, unrun
                     label = None
-                if mark_running(item, label):
+                timed = getattr(item, "timeout", None) is not None
+                if mark_running(item, label, not timed):
                     worker.announced = item
+                if timed:
+                    return True
                 label = None
+        return False
 
     def _idle_worker(self) -> _Worker | None:
         """An idle worker that is still alive (one that died while idle, by the OOM killer or a
@@ -1002,6 +1010,10 @@ class ProcessWorkers:
             kind = frame[0]
             if kind == _LOG:
                 handle_remote_record(pickle.loads(frame[1:]))  # our own worker's pipe
+                continue
+            if kind == _STARTED:  # the body of the (lone, timed) call starts now
+                if calls:
+                    calls[0][0].start_clock()
                 continue
             if kind in _WHOLE_BATCH:  # the results of the whole batch
                 loaded = pickle.loads(frame[1:])  # our own pipe from our own worker

@@ -448,11 +448,12 @@ class Scheduler:
         """Loop thread: see ``_limits.drop_reclaim``."""
         limits.drop_reclaim(run)
 
-    def mark_running(self, item: Any, worker: str | None = None) -> bool:
+    def mark_running(self, item: Any, worker: str | None = None, clock: bool = True) -> bool:
         """Backend hook: a worker takes this item (``worker`` names it, if known here).
-        Returns whether subscribers were told (a "started" event)."""
+        Returns whether subscribers were told (a "started" event). Not ``clock``: the
+        attempt's deadline starts later, when the backend calls its ``start_clock``."""
         if type(item) is not Future:
-            item.started()
+            item.started(clock)
         else:
             item._status = RUNNING
             item._timestamp = time.time()

@@ -807,6 +807,38 @@ def test_a_timeout_counts_from_the_body_start_not_from_the_worker_start(hub: Hub
         assert fut.result(TIMEOUT) == 42
 
 
+class LoadsAtTheWord:
+    """A task function whose loading in the worker waits for the hub's word (as one whose
+    module takes long to import would)."""
+
+    def __init__(self, hub: Address) -> None:
+        self.hub = hub
+
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+    def __reduce__(self) -> tuple[Any, tuple[Address]]:
+        return (loaded_at_the_word, (self.hub,))
+
+
+def loaded_at_the_word(hub: Address) -> LoadsAtTheWord:
+    gated(hub, "loading")
+    return LoadsAtTheWord(hub)
+
+
+def test_a_timeout_does_not_count_while_the_worker_loads_the_function(hub: Hub) -> None:
+    # Loading a task's function may import modules (one using asyncflow's run context imports
+    # asyncflow): that is not the body's time.
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # a warm worker
+        fut = runner.submit(task(timeout=0.3)(LoadsAtTheWord(hub.address)), {"x": 21})
+        hub.arrivals(1)  # the worker loads the function, and waits for the word
+        fut.wait(0.6)  # twice the timeout: a deadline running meanwhile would fire
+        assert not fut.done(), f"timed out while its function loaded: {fut.exception()!r}"
+        hub.release("loading")
+        assert fut.result(TIMEOUT) == 42
+
+
 # -- row 28: the parent is killed --------------------------------------------------------------
 PARENT_SCRIPT = """
 import itertools
@@ -1214,7 +1246,7 @@ def count_batch_replies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     send = asyncflow._processes._Worker.send
 
     async def counting_send(self: Any, message: Any) -> None:
-        if isinstance(message, tuple) and len(message) == 6 and message[5] is not None:
+        if isinstance(message, tuple) and len(message) == 7 and message[5] is not None:
             held.append(len(message[4]))
         await send(self, message)
 
