@@ -363,6 +363,8 @@ async def _attempts(
             _mark(sched, fut, RETRYING, attempt, error)
             await sched.sleep(delay)
             continue
+        if pol.cancelling:  # the body handled its cancel and returned: cancelled all the same
+            return CANCELLED, cancelled_error(task.name), None
         if key is not None:
             _cache_set(sched, task, key, value)
         return COMPLETED, value, None

@@ -43,6 +43,10 @@ from ._stats import RunnerStatistics
 from .exceptions import UpstreamFailedError
 
 T = TypeVar("T")
+
+# The state name of a running coroutine run whose cancel was asked for (its type stays
+# Running): it ends Cancelled whatever its body then does.
+CANCELLING = "Cancelling"
 logger = logging.getLogger("asyncflow")
 
 __all__ = ("Backend", "Scheduler", "SchedulerOptions")
@@ -522,11 +526,17 @@ class Scheduler:
         except asyncio.CancelledError:
             self._finish(fut, CANCELLED, cancelled_error(task.name))
         except Exception as exc:
-            self._finish(fut, FAILED, exc)
+            if fut._state_name is CANCELLING:  # raised while handling a cancel (see _cancel)
+                self._finish(fut, CANCELLED, cancelled_error(task.name))
+            else:
+                self._finish(fut, FAILED, exc)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: the body never returned
             self._finish(fut, CRASHED, crashed_error(task.name, exc))
         else:
-            self._finish(fut, COMPLETED, value)
+            if fut._state_name is CANCELLING:  # it handled its cancel and returned
+                self._finish(fut, CANCELLED, cancelled_error(task.name))
+            else:
+                self._finish(fut, COMPLETED, value)
 
     def on_outcome(self, fut: Any, ok: bool, value: Any, crashed: bool = False) -> None:
         """Backend hook: a sync body returned (``ok``) or raised ``value``, or (``crashed``)
@@ -670,7 +680,10 @@ class Scheduler:
         if handle is not None:
             handle.cancel()
             if running:
-                return  # the body sees CancelledError; _run_async records the outcome
+                # The body sees CancelledError; _run_async records the outcome: Cancelled,
+                # whatever the body then does (returns a value, raises another error).
+                fut._state_name = CANCELLING
+                return
         # Waiting, queued, not started, or a thread body that cannot be interrupted (it keeps
         # its worker slot until it returns; its outcome is then ignored, its inputs freed).
         fut._set_final(CANCELLED, cancelled_error(fut._task.name))

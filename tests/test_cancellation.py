@@ -191,6 +191,43 @@ async def test_a_cancelled_coroutine_sees_cancelled_error(options: dict[str, Any
     assert ran == []
 
 
+async def hang_then(started: Callable[[], object], then: str) -> str:
+    started()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        if then == "raise":
+            raise ValueError("cleaning up went wrong") from None
+    return "returned after its cancel"
+
+
+@POLICIES
+@pytest.mark.parametrize("then", ["return", "raise"])
+@pytest.mark.anyio
+async def test_a_cancelled_coroutine_that_handles_the_cancel_still_ends_cancelled(
+    options: dict[str, Any], then: str
+) -> None:
+    # cancel() said True: the run and its dependents end Cancelled, whether the body then
+    # returns a value or raises another error while it handles its cancel.
+    started = asyncio.Event()
+    ran: list[str] = []
+    async with ThreadPoolTaskRunner() as runner:
+        f = runner.submit(task(**options)(hang_then), {"started": started.set, "then": then})
+        child = runner.submit(record_one, {"ran": ran, "name": "child", "x": f})
+        with anyio.fail_after(TIMEOUT):
+            await started.wait()
+        assert f.cancel() is True
+        with anyio.fail_after(TIMEOUT):
+            with pytest.raises(TaskCancelledError):
+                await f
+            with pytest.raises(TaskCancelledError):
+                await child
+    assert f.state.is_cancelled()
+    assert f.state.name == "Cancelled"
+    assert ran == []
+    assert runner.statistics().retried == 0
+
+
 # -- the graph: nothing stays pending ----------------------------------------------------------
 @pytest.mark.parametrize("root_phase", ["queued", "waiting", "running-thread", "running-coro"])
 def test_cancelling_the_root_of_a_diamond_ends_every_node(root_phase: str, stuck: Stuck) -> None:
