@@ -262,9 +262,17 @@ class Future(Generic[R]):
 
     # -- waiting ---------------------------------------------------------------------------
     def _check_not_self(self) -> None:
-        if current_future.get() is self:
+        me = current_future.get()
+        if me is None:
+            return
+        if me is self:
             raise ValueError(
                 f"task {self._task.name!r} is waiting for its own future: that would deadlock"
+            )
+        if self._status == PENDING and _waits_for(self, me):
+            raise ValueError(
+                f"task {me._task.name!r} is waiting for a run of task {self._task.name!r} that "
+                f"waits for its own result: that would deadlock"
             )
 
     def _wait_blocking(self, timeout: float | None) -> bool:
@@ -702,6 +710,29 @@ def _name_the_task(exc: BaseException, task_name: str) -> None:
                 exc.add_note(f"also {_NOTE_ON_TASK}{name}")
         except Exception:  # one that takes no new attribute (a frozen dataclass)
             pass
+
+
+def _waits_for(fut: Future[Any], run: Future[Any]) -> bool:
+    """Whether ``fut`` waits (through its inputs, theirs...) for ``run``. Only runs still
+    waiting for their inputs are walked, each once. (Read from any thread while the loop may
+    start or end them: each field is read once, and a run that moved on is passed over.)"""
+    from ._params import TOP_LEVEL
+
+    seen = {id(fut)}
+    todo = [fut]
+    while todo:
+        f = todo.pop()
+        deps = f._deps
+        if deps is TOP_LEVEL:
+            params = f._params
+            deps = [] if params is None else [v for v in params.values() if type(v) is Future]
+        for up in deps or ():
+            if up is run:
+                return True
+            if up._status == PENDING and id(up) not in seen:
+                seen.add(id(up))
+                todo.append(up)
+    return False
 
 
 def _clear_frames(exc: BaseException) -> None:

@@ -469,6 +469,35 @@ def test_a_task_waiting_for_its_own_future_gets_value_error(
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
 
 
+def _result_of_dependent(holder: list[Future[Any]]) -> None:
+    holder[0].result(timeout=TIMEOUT)
+
+
+async def _await_dependent(holder: list[Future[Any]]) -> None:
+    await holder[0]
+
+
+@pytest.mark.parametrize(
+    "body", [_result_of_dependent, _await_dependent], ids=["thread-result", "await"]
+)
+def test_a_task_waiting_for_a_run_that_waits_for_it_gets_value_error(
+    body: Callable[[list[Future[Any]]], object],
+) -> None:
+    # The run waited for takes this one's result (two links down): it cannot start before
+    # this one ends, so the wait would never end.
+    holder: list[Future[Any]] = []
+    gate = threading.Event()
+    with ThreadPoolTaskRunner() as runner:
+        opener = runner.submit(hold, {"started": lambda: None, "gate": gate})
+        f = runner.submit(functools.partial(body, holder), wait_for=[opener])
+        middle = runner.submit(double, {"x": f})
+        holder.append(runner.submit(double, {"x": [middle]}))
+        gate.set()
+        with pytest.raises(ValueError, match="waits for its own result: that would deadlock"):
+            f.result(timeout=TIMEOUT)
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
 # -- futures of other runners ---------------------------------------------------------------------
 def test_a_finished_future_of_a_closed_runner_is_a_plain_value() -> None:
     with ThreadPoolTaskRunner() as first:
