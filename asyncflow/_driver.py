@@ -45,6 +45,12 @@ __all__ = ("Attempt", "drive", "run_hooks")
 logger = logging.getLogger("asyncflow")
 
 
+# Seconds a process worker may take to load a call's function and arguments before its body
+# starts (imports included), when the call's timeout is shorter: then the timeout counts from
+# the body's start, and a load that hangs is still stopped.
+_LOAD_LIMIT = 10.0
+
+
 class _Crash(Exception):  # noqa: N818 - internal carrier, never escapes
     """Carries out of a worker attempt what says its body never returned: the body's
     ``BaseException`` (KeyboardInterrupt, SystemExit), or the runner's ``TaskCrashedError`` (a
@@ -107,7 +113,9 @@ class Attempt:
 
     def started(self, clock: bool = True) -> None:
         """Loop side: a worker took it; the deadline starts now, or (not ``clock``) when the
-        worker says the body starts (``start_clock``)."""
+        worker says the body starts (``start_clock``): until then the worker loads the
+        function and the arguments (which may import modules), which may take the timeout or
+        ``_LOAD_LIMIT``, whichever is longer (a load that hangs is stopped all the same)."""
         self._status = RUNNING
         fut = self.fut
         if fut._status < COMPLETED:
@@ -115,20 +123,26 @@ class Attempt:
             fut._timestamp = time.time()
         if clock:
             self.start_clock()
+        elif self.timeout is not None:
+            limit = max(self.timeout, _LOAD_LIMIT)
+            why = f"its worker took more than {limit:g} s to load its function and arguments"
+            self.deadline = self.sched.loop.call_later(limit, self._expire, why)
 
     def start_clock(self) -> None:
         """Loop side: the body starts: so does its deadline."""
-        if self.timeout is not None and self.deadline is None and not self.waiter.done():
-            self.deadline = self.sched.loop.call_later(self.timeout, self._expire)
+        if self.timeout is None or self.waiter.done():
+            return
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.sched.loop.call_later(self.timeout, self._expire)
 
-    def _expire(self) -> None:
+    def _expire(self, why: str | None = None) -> None:
         if self.waiter.done():
             return
         task = self.fut._task
-        self.waiter.set_exception(
-            TaskTimeoutError(f"task {task.name!r} timed out after {self.timeout:g} s")
-        )
-        self.abandon(f"timed out after {self.timeout:g} s")
+        text = f"timed out after {self.timeout:g} s" if why is None else f"timed out: {why}"
+        self.waiter.set_exception(TaskTimeoutError(f"task {task.name!r} {text}"))
+        self.abandon(text)
 
     def abandon(self, why: str) -> None:
         """Loop side: the run stops waiting for this attempt."""

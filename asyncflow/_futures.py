@@ -380,7 +380,19 @@ class Future(Generic[R]):
                     run, lambda: _wake(back), current_attempt.get()
                 ):
                     yield from back
-        return self._outcome(True)
+        return self._awaited_outcome()
+
+    def _awaited_outcome(self) -> R:
+        """The outcome for ``await``: a StopIteration cannot leave an await (PEP 479 would
+        make it a bare "generator raised StopIteration"): it comes as the cause of an error
+        that names the task."""
+        try:
+            return self._outcome(True)
+        except StopIteration as exc:
+            raise RuntimeError(
+                f"task {self._task.name!r} raised StopIteration, which cannot leave an await "
+                "(PEP 479): it is this error's __cause__"
+            ) from exc
 
     async def _await_trio(self) -> R:
         trio = sys.modules.get("trio")
@@ -408,7 +420,7 @@ class Future(Generic[R]):
             await event.wait()
         finally:
             self.remove_done_callback(wake)
-        return self._outcome(True)
+        return self._awaited_outcome()
 
     def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
         """Call ``fn(future)`` when the run is final (at once, here, if it already is).

@@ -401,7 +401,7 @@ def _load(
     """The function and the calls of a message; None if they do not load (then answered)."""
     try:
         fn = cloudpickle.loads(payload)
-    except Exception as exc:
+    except BaseException as exc:  # (a __reduce__ may raise anything, SystemExit included)
         for _ in range(count):
             _write(replies, ("ser", ("function", _error_text(exc))))
         return None

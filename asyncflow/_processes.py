@@ -255,24 +255,36 @@ class _Worker:
         ``reap``) at once, even while it is idle and nothing else looks at it."""
         assert self.process.stderr is not None
         try:
-            async for chunk in self.process.stderr:
-                self.stderr += chunk
-                del self.stderr[:-_TAIL]
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-        await self.process.wait()
+            try:
+                async for chunk in self.process.stderr:
+                    self.stderr += chunk
+                    del self.stderr[:-_TAIL]
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+            await self.process.wait()
+        except asyncio.CancelledError:
+            # The loop is being torn down (an error escaped it): the worker goes now, with its
+            # group and its watcher, which nothing will stop later.
+            self._kill_group()
+            watcher, self.watcher = self.watcher, None
+            if watcher is not None:
+                watcher.stop_now()
+            raise
         await self._end_group()
 
     async def _end_group(self) -> None:
         """The worker has exited: kill whatever it left in its process group, and stop its
         watcher, before its number can become another process's (the loop reaped it)."""
+        self._kill_group()
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            await watcher.stop()
+
+    def _kill_group(self) -> None:
         if not self.reaped:
             self.reaped = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-        watcher, self.watcher = self.watcher, None
-        if watcher is not None:
-            await watcher.stop()
 
     async def send(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

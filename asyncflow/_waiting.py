@@ -438,5 +438,5 @@ async def gather_fail_fast(futures: list[Future[Any]], group: MapGroup | None = 
     unique = _unique(futures) if group is None else list(futures)
     failed = await _wait_all_async(unique, None, stop_on_failure=True, group=group)
     if failed is not None:
-        failed._outcome(True)
+        failed._awaited_outcome()
     return all_results(futures)

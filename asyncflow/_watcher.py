@@ -60,14 +60,22 @@ class Watcher:
 
     async def stop(self) -> None:
         """Kill the watcher and reap it, without blocking the loop while it exits."""
-        process = self._process
+        self._kill()
+        with anyio.move_on_after(_STOP_WAIT):
+            await _exited(self._process)
+
+    def stop_now(self) -> None:
+        """The same, blocking (when the loop is being torn down and nothing can be awaited)."""
+        self._kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(_STOP_WAIT)
+
+    def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # (gone already)
-            process.kill()
+            self._process.kill()
         if self._hangup >= 0:
             os.close(self._hangup)
             self._hangup = -1
-        with anyio.move_on_after(_STOP_WAIT):
-            await _exited(process)
 
 
 async def _exited(process: subprocess.Popen[bytes]) -> None:

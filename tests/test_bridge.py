@@ -498,6 +498,25 @@ def test_a_task_waiting_for_a_run_that_waits_for_it_gets_value_error(
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
 
 
+def stops(i: int = 0) -> int:
+    return next(iter([]))
+
+
+@pytest.mark.anyio
+async def test_awaiting_a_run_that_raised_stop_iteration_names_the_task() -> None:
+    # A StopIteration cannot leave an await (PEP 479): it comes as the cause of an error that
+    # says so, not as a bare "generator raised StopIteration".
+    async with ThreadPoolTaskRunner() as runner:
+        fut = runner.submit(stops)
+        with pytest.raises(RuntimeError, match="task 'stops' raised StopIteration") as info:
+            await fut
+        assert isinstance(info.value.__cause__, StopIteration)
+        with pytest.raises(RuntimeError, match="task 'stops' raised StopIteration"):
+            await runner.map(stops, {"i": [0, 1]})
+    with pytest.raises(StopIteration):
+        fut.result()
+
+
 # -- futures of other runners ---------------------------------------------------------------------
 def test_a_finished_future_of_a_closed_runner_is_a_plain_value() -> None:
     with ThreadPoolTaskRunner() as first:

@@ -402,7 +402,37 @@ def test_a_failure_down_a_long_chain_clears_each_exception_once(
     gate.set()
     with pytest.raises(UpstreamFailedError):
         last.result(timeout=WAIT)
-    assert len(cleared) == 1  # the root's traceback
+    # The root's traceback: when it ended, and for its dependent (a body's error may have been
+    # raised again since); none for the 1,999 runs below.
+    assert len(cleared) == 2
+
+
+class Big:
+    pass
+
+
+def test_a_run_skipped_later_does_not_keep_the_frames_of_a_result_call_alive(
+    runner: ThreadPoolTaskRunner,
+) -> None:
+    # .result() raises the run's own exception object, and raising it hangs the caller's
+    # frames on it; a dependent submitted after, skipped at once, holds it as its cause.
+    up = runner.submit(boom, {})
+    up.wait(WAIT)
+
+    def peek(failed: Future[Any]) -> weakref.ref[Big]:
+        big = Big()
+        try:
+            failed.result()
+        except ValueError:
+            pass
+        return weakref.ref(big)
+
+    ref = peek(up)
+    down = runner.submit(ident, {"x": up})
+    assert isinstance(down.exception(WAIT), UpstreamFailedError)
+    del up
+    gc.collect()
+    assert ref() is None
 
 
 def test_upstream_failed_after_submit(runner: ThreadPoolTaskRunner) -> None:

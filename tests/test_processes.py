@@ -40,6 +40,7 @@ import pytest
 from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
+import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import MapGroup, plain_runs
@@ -839,6 +840,47 @@ def test_a_timeout_does_not_count_while_the_worker_loads_the_function(hub: Hub) 
         assert fut.result(TIMEOUT) == 42
 
 
+class ExitsWhenLoadedInTheWorker:
+    """A task function whose loading in a worker raises SystemExit."""
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (exit_if_in_a_worker, ())
+
+
+def exit_if_in_a_worker() -> ExitsWhenLoadedInTheWorker:
+    if os.environ.get("ASYNCFLOW_PROCESS_WORKER") == "1":
+        raise SystemExit(3)
+    return ExitsWhenLoadedInTheWorker()
+
+
+def test_a_function_that_raises_system_exit_as_the_worker_loads_it_fails_its_runs() -> None:
+    # (A serialization failure, not a crash: the worker serves on, and no restart storm.)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        err = runner.submit(ExitsWhenLoadedInTheWorker(), {"x": 1}).exception(TIMEOUT)
+        assert isinstance(err, SerializationError), err
+        assert "its function cannot be loaded in the worker (SystemExit: 3)" in str(err)
+        assert runner.submit(pid).result(TIMEOUT) == before  # the same worker
+
+
+def test_a_function_or_arguments_loading_past_the_limit_time_out(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timeout counts from the body's start; a load that hangs is stopped all the same,
+    # once it took the longer of the timeout and the load limit.
+    monkeypatch.setattr(driver_module, "_LOAD_LIMIT", 0.5)
+    with ProcessPoolTaskRunner(max_workers=1) as runner, hub:
+        fut = runner.submit(task(timeout=0.2)(LoadsAtTheWord(hub.address)), {"x": 21})
+        hub.arrivals(1)  # the worker loads the function, and never gets the word
+        err = fut.exception(TIMEOUT)
+        assert isinstance(err, TaskTimeoutError)
+        assert "took more than 0.5 s to load its function and arguments" in str(err)
+        assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4  # a fresh worker
+
+
 # -- row 28: the parent is killed --------------------------------------------------------------
 PARENT_SCRIPT = """
 import itertools
@@ -1009,6 +1051,62 @@ def test_a_watcher_that_cannot_start_leaves_the_worker_to_watch_alone(
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.map(double, {"x": range(3)}).result(TIMEOUT) == [0, 2, 4]
         assert not [p for p in psutil.Process().children() if p.name() == "sh"]
+
+
+TEARDOWN_SCRIPT = """
+import asyncio
+import os
+
+import psutil
+
+from asyncflow import ProcessPoolTaskRunner
+
+
+def interrupt():
+    if os.environ.get("ASYNCFLOW_PROCESS_WORKER") != "1":
+        raise KeyboardInterrupt("raised while the parent loads a result")
+    return Interrupting()
+
+
+class Interrupting:
+    def __reduce__(self):
+        return (interrupt, ())
+
+
+def give(i):
+    return Interrupting() if i == 1500 else i
+
+
+async def main():
+    async with ProcessPoolTaskRunner(max_workers=2) as runner:
+        await runner.map(give, {"i": [-1, -2]})  # both workers start, and calls are cheap
+        await runner.map(give, {"i": range(2000)})  # (sent in batches)
+
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+_, alive = psutil.wait_procs(psutil.Process().children(), timeout=5)
+print(sorted(p.name() for p in alive), flush=True)
+"""
+
+
+def test_a_loop_torn_down_under_a_runner_leaves_no_worker_and_no_watcher(tmp_path: Path) -> None:
+    # A KeyboardInterrupt on the main thread goes on (it may be the user's Ctrl-C): here one
+    # comes out of loading a result, escapes the loop, and asyncio.run tears it down. The
+    # tasks that would end the worker and its watcher are cancelled: they end them at once.
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.splitlines() == ["interrupted", "[]"], done.stdout + done.stderr
 
 
 LEAVER_SCRIPT = """
