@@ -492,8 +492,8 @@ class Future(Generic[R]):
         self, status: int, value: Any, state_name: str | None = None, fresh: bool = False
     ) -> None:
         """Producer only: make the run final and wake everyone waiting for it. ``fresh``: the
-        exception ``value`` was made here, never raised, and its cause is another run's (its
-        frames were cleared when that run ended: down a chain of N runs, walking the whole
+        exception ``value`` was made here, never raised, and its cause is another run's, whose
+        frames were cleared when that run ended (down a chain of N runs, walking the whole
         chain of causes again at each would take N * N / 2 steps)."""
         if isinstance(value, BaseException):
             if not fresh:

@@ -38,4 +38,9 @@ async def resolve_futures_async(expr: Any) -> Any:
                 await f
             except Exception:  # raised below, in container order
                 pass
-    return resolve_value(expr, on_future=lambda f, allow: f.result(raise_on_failure=not allow))
+    # (As await raises it: a StopIteration cannot leave a coroutine as it is.)
+    return resolve_value(expr, on_future=_awaited_result)
+
+
+def _awaited_result(f: Future[Any], allow: bool) -> Any:
+    return f.result(raise_on_failure=False) if allow else f._awaited_outcome()

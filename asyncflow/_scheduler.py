@@ -648,12 +648,12 @@ class Scheduler:
         else:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
-            up = err.__cause__ = cause._value
-            # The upstream's error is cleared of frames when it is another skip's, never raised
-            # since (down a chain: each link's is): then walking its causes again is not needed.
-            # Else (a body's, or raised again by someone's .result()) its chain is walked.
-            fresh = type(up) is UpstreamFailedError and up.__traceback__ is None
-            fut._set_final(FAILED, err, "UpstreamFailed", fresh=fresh)
+            err.__cause__ = cause._value.with_traceback(cause._tb)
+            # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's
+            # frames were cleared when that run ended; someone's .result() or await since hung
+            # the caller's frames on it, and that is dropped by going back to its own traceback,
+            # in one step: clearing frames would finalize a suspended coroutine among them.)
+            fut._set_final(FAILED, err, "UpstreamFailed", fresh=True)
         self._counts[fut._status] += 1
         if (events := self.events) is not None:
             events.final(fut, 0)

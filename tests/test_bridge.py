@@ -498,6 +498,23 @@ def test_a_task_waiting_for_a_run_that_waits_for_it_gets_value_error(
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
 
 
+@pytest.mark.anyio
+async def test_a_coroutine_that_caught_a_runs_error_lives_on_when_a_dependent_is_skipped() -> None:
+    # await hangs this coroutine's frame on the run's error; a dependent submitted after, and
+    # skipped at once on the runner's own loop, takes that error as its cause: the coroutine
+    # (suspended in its next await) must not be finalized by it.
+    with ThreadPoolTaskRunner() as runner:
+        failed = runner.submit(fail)
+        with pytest.raises(ValueError, match="upstream broke"):
+            await failed
+        with anyio.fail_after(TIMEOUT):
+            with pytest.raises(UpstreamFailedError):
+                await runner.submit(double, {"x": failed})
+        done = runner.submit(double, {"x": 2})
+        with anyio.fail_after(TIMEOUT):
+            assert await done == 4
+
+
 def stops(i: int = 0) -> int:
     return next(iter([]))
 
@@ -515,6 +532,17 @@ async def test_awaiting_a_run_that_raised_stop_iteration_names_the_task() -> Non
             await runner.map(stops, {"i": [0, 1]})
     with pytest.raises(StopIteration):
         fut.result()
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_returning_a_run_that_raised_stop_iteration_names_the_task() -> None:
+    @flow
+    async def returns_it() -> Any:
+        return task(stops).submit()
+
+    with pytest.raises(RuntimeError, match="task 'stops' raised StopIteration") as info:
+        await returns_it()
+    assert isinstance(info.value.__cause__, StopIteration)
 
 
 # -- futures of other runners ---------------------------------------------------------------------
