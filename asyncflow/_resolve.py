@@ -43,4 +43,6 @@ async def resolve_futures_async(expr: Any) -> Any:
 
 
 def _awaited_result(f: Future[Any], allow: bool) -> Any:
-    return f.result(raise_on_failure=False) if allow else f._awaited_outcome()
+    if allow:
+        return f.result(raise_on_failure=False)
+    return f._awaited_outcome() if f.done() else f.result()  # (result() says why it waits)

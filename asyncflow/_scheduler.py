@@ -648,11 +648,12 @@ class Scheduler:
         else:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
-            err.__cause__ = cause._value.with_traceback(cause._tb)
+            err.__cause__ = cause._value
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's
-            # frames were cleared when that run ended; someone's .result() or await since hung
-            # the caller's frames on it, and that is dropped by going back to its own traceback,
-            # in one step: clearing frames would finalize a suspended coroutine among them.)
+            # frames were cleared when that run ended. Frames someone's .result() or await hung
+            # on that shared object since are left alone: clearing them could finalize a
+            # coroutine suspended among them, and rewriting its traceback would change what
+            # that caller, or a run that raised it again, shows.)
             fut._set_final(FAILED, err, "UpstreamFailed", fresh=True)
         self._counts[fut._status] += 1
         if (events := self.events) is not None:
