@@ -26,6 +26,7 @@ from ._futures import (
     FAILED,
     PENDING,
     RETRYING,
+    RUN_CODE,
     RUNNING,
     Future,
     cancelled_error,
@@ -422,3 +423,6 @@ async def run_hooks(task: Task[..., Any], fut: Future[Any], state: State[Any]) -
             raise  # the runner is leaving in a hurry (Ctrl-C): stop running hooks
         except BaseException:
             logger.exception("hook %r of task %r (run %s) raised", hook, task.name, fut.task_run_id)
+
+
+RUN_CODE.update(f.__code__ for f in (_attempt_async, _attempt_sync, _attempts, drive))

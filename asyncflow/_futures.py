@@ -8,6 +8,7 @@ take the waiters" atomic with respect to each other. It is held for a few attrib
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import operator
@@ -15,7 +16,7 @@ import secrets
 import sys
 import threading
 import time
-import traceback
+import types
 import uuid
 import weakref
 from collections.abc import Callable, Generator, Sequence
@@ -497,7 +498,7 @@ class Future(Generic[R]):
         chain of causes again at each would take N * N / 2 steps)."""
         if isinstance(value, BaseException):
             if not fresh:
-                _clear_frames(value)
+                _clear_frames(value, getattr(self._task.fn, "__code__", None))
             self._tb = value.__traceback__
             if status == FAILED:
                 _name_the_task(value, self._task.name)
@@ -747,9 +748,25 @@ def _waits_for(fut: Future[Any], run: Future[Any]) -> bool:
     return False
 
 
-def _clear_frames(exc: BaseException) -> None:
+# Code of the coroutines that run a body (added by the modules that define them): their frames
+# in the traceback of a run's own exception are finished when the run ends, and may be cleared.
+RUN_CODE: set[types.CodeType] = set()
+_SUSPENDABLE = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
+
+
+def _clear_frames(exc: BaseException, body: types.CodeType | None = None) -> None:
     """Free the locals held by the frames of ``exc`` and of its causes and contexts; line
-    numbers stay for the report (a stored exception must not pin a body's data)."""
+    numbers stay for the report (a stored exception must not pin a body's data).
+
+    A generator's or coroutine's frame is left alone, unless it is in the traceback of ``exc``
+    itself and runs the body (code ``body``) or the run (``RUN_CODE``): the run has ended, so
+    those have too. Any other may be suspended right now (one that awaited another run and
+    caught its error, now part of this chain), and clearing it would finalize it."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -757,10 +774,24 @@ def _clear_frames(exc: BaseException) -> None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
+        tb = e.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            code = frame.f_code
+            if not code.co_flags & _SUSPENDABLE or (
+                e is exc and (code is body or code in RUN_CODE)
+            ):
+                _clear_traceback_frame(frame)
+            tb = tb.tb_next
         todo.append(e.__cause__)
         todo.append(e.__context__)
+
+
+def _clear_traceback_frame(frame: types.FrameType) -> None:
+    try:
+        frame.clear()
+    except RuntimeError:  # still running (the scheduler's own frames up the stack)
+        pass
 
 
 def crashed_error(task_name: str, exc: BaseException) -> TaskCrashedError:

@@ -30,6 +30,7 @@ from ._futures import (
     CRASHED,
     FAILED,
     RETRYING,
+    RUN_CODE,
     RUNNING,
     Future,
     cancelled_error,
@@ -803,3 +804,6 @@ else:  # pragma: no cover - Python 3.10 has no context= argument
 
     def _create_task(loop: asyncio.AbstractEventLoop, coro: Any, ctx: Any) -> asyncio.Task[None]:
         return ctx.run(asyncio.Task, coro, loop=loop)  # type: ignore[no-any-return]
+
+
+RUN_CODE.add(Scheduler._run_async.__code__)

@@ -8,6 +8,7 @@ import gc
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from asyncflow import (
     ThreadPoolTaskRunner,
     as_completed,
     flow,
+    quote,
     resolve_futures_to_results,
     task,
     wait,
@@ -513,6 +515,61 @@ async def test_a_coroutine_that_caught_a_runs_error_lives_on_when_a_dependent_is
         done = runner.submit(double, {"x": 2})
         with anyio.fail_after(TIMEOUT):
             assert await done == 4
+
+
+async def await_again(holder: list[Future[Any]]) -> Any:
+    return await holder[0]  # raises the first run's error again: this run fails with it
+
+
+@pytest.mark.anyio
+async def test_a_coroutine_that_caught_a_runs_error_lives_on_when_another_run_raises_it() -> None:
+    # Caught while this coroutine handled an error of its own, the run's error took that one as
+    # its __context__ (this coroutine's frame in its traceback); another run raising it again
+    # ends with it: clearing its chain's frames must not finalize this coroutine, suspended.
+    holder: list[Future[Any]] = []
+    async with ThreadPoolTaskRunner() as runner:
+        failed = runner.submit(fail)
+        holder.append(failed)
+        own: dict[str, int] = {}
+        try:
+            own["this coroutine's own"]
+        except KeyError:
+            with pytest.raises(ValueError, match="upstream broke"):
+                await failed
+        again = runner.submit(functools.partial(await_again, holder))
+        with anyio.fail_after(TIMEOUT):
+            with pytest.raises(ValueError, match="upstream broke"):
+                await again
+        assert await runner.submit(double, {"x": 2}) == 4
+
+
+class Big:
+    pass
+
+
+def fails_holding(kept: list[weakref.ref[Big]]) -> None:
+    big = Big()
+    kept.append(weakref.ref(big))
+    raise ValueError("with a big local")
+
+
+async def afails_holding(kept: list[weakref.ref[Big]]) -> None:
+    big = Big()
+    kept.append(weakref.ref(big))
+    raise ValueError("with a big local")
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": TIMEOUT}], ids=["plain", "driven"])
+@pytest.mark.parametrize("body", [fails_holding, afails_holding], ids=["sync", "async"])
+def test_a_stored_failure_does_not_keep_the_bodys_locals(
+    body: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    kept: list[weakref.ref[Big]] = []
+    with ThreadPoolTaskRunner() as runner:
+        fut = runner.submit(task(**options)(body), {"kept": quote(kept)})
+        assert isinstance(fut.exception(TIMEOUT), ValueError)
+    gc.collect()
+    assert kept[0]() is None
 
 
 def stops(i: int = 0) -> int:

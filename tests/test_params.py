@@ -8,7 +8,6 @@ import dataclasses
 import gc
 import threading
 import traceback
-import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -392,9 +391,7 @@ def test_a_failure_down_a_long_chain_clears_each_exception_once(
     # Row 33: work per task is O(1). Each run down the chain ends with an error whose cause is
     # the one above it: the frames of the chain are cleared once, not again at every link.
     cleared: list[object] = []
-    monkeypatch.setattr(
-        futures_module, "traceback", types.SimpleNamespace(clear_frames=cleared.append)
-    )
+    monkeypatch.setattr(futures_module, "_clear_traceback_frame", cleared.append)
     gate = threading.Event()
     root = runner.submit(Task(gated_boom, name="root"), {"gate": gate})
     last = root
@@ -403,7 +400,7 @@ def test_a_failure_down_a_long_chain_clears_each_exception_once(
     gate.set()
     with pytest.raises(UpstreamFailedError):
         last.result(timeout=WAIT)
-    assert len(cleared) == 1  # the root's traceback, when it ended
+    assert 0 < len(cleared) < 20  # the frames of the root's traceback, when it ended
 
 
 def test_a_skip_leaves_the_traceback_of_an_upstream_error_being_handled_alone(
