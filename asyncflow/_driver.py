@@ -52,21 +52,22 @@ logger = logging.getLogger("asyncflow")
 _LOAD_LIMIT = 10.0
 
 
-class _Crash(Exception):  # noqa: N818 - internal carrier, never escapes
-    """Carries out of a worker attempt what says its body never returned: the body's
-    ``BaseException`` (KeyboardInterrupt, SystemExit), or the runner's ``TaskCrashedError`` (a
-    dead worker, a SystemExit in a process). One the body raised is a plain failure."""
+class _Carried(Exception):  # noqa: N818 - internal carrier, never escapes
+    """Carries out of a worker attempt an exception that the waiter cannot hold as it is."""
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
-class _Raised(Exception):  # noqa: N818 - internal carrier, never escapes
-    """Carries a ``StopIteration`` the body raised: an asyncio future refuses it, and it
-    cannot leave a coroutine as it is (PEP 479)."""
+class _Crash(_Carried):
+    """What says the body never returned: the body's ``BaseException`` (KeyboardInterrupt,
+    SystemExit), or the runner's ``TaskCrashedError`` (a dead worker, a SystemExit in a
+    process). One the body raised is a plain failure."""
 
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+
+class _Raised(_Carried):
+    """A ``StopIteration`` the body raised: an asyncio future refuses it, and it cannot leave a
+    coroutine as it is (PEP 479)."""
 
 
 class Attempt:
@@ -356,7 +357,7 @@ async def _attempts(
         except asyncio.CancelledError:
             raise
         except BaseException as raised:
-            error = raised.exc if isinstance(raised, (_Crash, _Raised)) else raised
+            error = raised.exc if isinstance(raised, _Carried) else raised
             if not isinstance(error, Exception):
                 # The body's own SystemExit, KeyboardInterrupt (in a worker or a coroutine).
                 return CRASHED, crashed_error(task.name, error), None

@@ -263,18 +263,7 @@ class Future(Generic[R]):
 
     # -- waiting ---------------------------------------------------------------------------
     def _check_not_self(self) -> None:
-        me = current_future.get()
-        if me is None:
-            return
-        if me is self:
-            raise ValueError(
-                f"task {self._task.name!r} is waiting for its own future: that would deadlock"
-            )
-        if self._status == PENDING and _waits_for(self, me):
-            raise ValueError(
-                f"task {me._task.name!r} is waiting for a run of task {self._task.name!r} that "
-                f"waits for its own result: that would deadlock"
-            )
+        refuse_waiting_on_itself((self,))
 
     def _wait_blocking(self, timeout: float | None) -> bool:
         """Block until final or timeout; return whether it is final."""
@@ -725,27 +714,42 @@ def _name_the_task(exc: BaseException, task_name: str) -> None:
             pass
 
 
-def _waits_for(fut: Future[Any], run: Future[Any]) -> bool:
-    """Whether ``fut`` waits (through its inputs, theirs...) for ``run``. Only runs still
-    waiting for their inputs are walked, each once. (Read from any thread while the loop may
-    start or end them: each field is read once, and a run that moved on is passed over.)"""
-    from ._params import TOP_LEVEL
+def refuse_waiting_on_itself(futures: Sequence[Future[Any]]) -> None:
+    """A run's body may not wait for its own future, nor for a run that waits (through its
+    inputs, theirs...) for its result: that run cannot start before this one ends, so either
+    wait would never end."""
+    me = current_future.get()
+    if me is None:
+        return
+    if me in futures:
+        raise ValueError(
+            f"task {me._task.name!r} is waiting for its own future: that would deadlock"
+        )
+    dependent = _waiting_for(futures, me)
+    if dependent is not None:
+        raise ValueError(
+            f"task {me._task.name!r} is waiting for a run of task {dependent._task.name!r} "
+            f"that waits for its own result: that would deadlock"
+        )
 
-    seen = {id(fut)}
-    todo = [fut]
+
+def _waiting_for(futures: Sequence[Future[Any]], run: Future[Any]) -> Future[Any] | None:
+    """The first of ``futures`` that waits (through its inputs, theirs...) for ``run``, or
+    None. Only runs still waiting for their inputs are walked, each once for them all (from
+    any thread: see ``inputs_of``)."""
+    from ._params import inputs_of
+
+    todo = [(f, f) for f in futures if f._status == PENDING]
+    seen = {id(f) for f, _ in todo}
     while todo:
-        f = todo.pop()
-        deps = f._deps
-        if deps is TOP_LEVEL:
-            params = f._params
-            deps = [] if params is None else [v for v in params.values() if type(v) is Future]
-        for up in deps or ():
+        f, origin = todo.pop()
+        for up in inputs_of(f):
             if up is run:
-                return True
+                return origin
             if up._status == PENDING and id(up) not in seen:
                 seen.add(id(up))
-                todo.append(up)
-    return False
+                todo.append((up, origin))
+    return None
 
 
 # Code of the coroutines that run a body (added by the modules that define them): their frames

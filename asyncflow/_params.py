@@ -205,14 +205,14 @@ TOP_LEVEL: list[Any] = []
 
 
 def inputs_of(fut: Future[Any]) -> list[Future[Any]]:
-    """The futures a run waits for (its ``_deps``, which must not be None, spelled out)."""
+    """The futures a run waits for (its ``_deps`` spelled out); none once it let go of them
+    (it started, or was cancelled). Each field is read once: any thread may ask while the loop
+    starts or ends the run."""
     deps = fut._deps
-    assert deps is not None
     if deps is not TOP_LEVEL:
-        return deps
+        return deps or []
     params = fut._params
-    assert params is not None
-    return [value for value in params.values() if type(value) is Future]
+    return [] if params is None else [value for value in params.values() if type(value) is Future]
 
 
 def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dict[str, Any]:

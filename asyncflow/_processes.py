@@ -265,8 +265,7 @@ class _Worker:
         except asyncio.CancelledError:
             # The loop is being torn down (an error escaped it): the worker goes now, with its
             # group and its watcher, which nothing will stop later.
-            self._kill_group()
-            watcher, self.watcher = self.watcher, None
+            watcher = self._kill_group()
             if watcher is not None:
                 watcher.stop_now()
             raise
@@ -275,16 +274,18 @@ class _Worker:
     async def _end_group(self) -> None:
         """The worker has exited: kill whatever it left in its process group, and stop its
         watcher, before its number can become another process's (the loop reaped it)."""
-        self._kill_group()
-        watcher, self.watcher = self.watcher, None
+        watcher = self._kill_group()
         if watcher is not None:
             await watcher.stop()
 
-    def _kill_group(self) -> None:
+    def _kill_group(self) -> Watcher | None:
+        """Kill the worker's process group (once); the watcher, to stop, if not stopped yet."""
         if not self.reaped:
             self.reaped = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
+        watcher, self.watcher = self.watcher, None
+        return watcher
 
     async def send(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

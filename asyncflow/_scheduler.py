@@ -524,20 +524,18 @@ class Scheduler:
                 params = resolve_parameters(params, deps)
             spec = task.spec
             value = await (task.fn(**params) if spec.simple else spec.call(task.fn, params))
+            status = COMPLETED
         except asyncio.CancelledError:
-            self._finish(fut, CANCELLED, cancelled_error(task.name))
+            status = CANCELLED
         except Exception as exc:
-            if fut._state_name is CANCELLING:  # raised while handling a cancel (see _cancel)
-                self._finish(fut, CANCELLED, cancelled_error(task.name))
-            else:
-                self._finish(fut, FAILED, exc)
+            status, value = FAILED, exc
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: the body never returned
             self._finish(fut, CRASHED, crashed_error(task.name, exc))
+            return
+        if status == CANCELLED or fut._state_name is CANCELLING:  # (see _cancel)
+            self._finish(fut, CANCELLED, cancelled_error(task.name))
         else:
-            if fut._state_name is CANCELLING:  # it handled its cancel and returned
-                self._finish(fut, CANCELLED, cancelled_error(task.name))
-            else:
-                self._finish(fut, COMPLETED, value)
+            self._finish(fut, status, value)
 
     def on_outcome(self, fut: Any, ok: bool, value: Any, crashed: bool = False) -> None:
         """Backend hook: a sync body returned (``ok``) or raised ``value``, or (``crashed``)

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-from ._context import current_future
 from ._futures import (
     COMPLETED,
     CountingCallback,
@@ -22,6 +21,7 @@ from ._futures import (
     MapGroup,
     add_done_callback_to_all,
     all_results,
+    refuse_waiting_on_itself,
     status_of,
 )
 
@@ -69,14 +69,7 @@ def _check_blocking_allowed(pending: list[Future[Any]]) -> None:
                 "from the runner's own event loop thread (it would deadlock): use the async "
                 "form (`await future_list`, wait_async, as_completed_async)"
             )
-    _check_not_waiting_on_itself(pending)
-
-
-def _check_not_waiting_on_itself(pending: list[Future[Any]]) -> None:
-    """A run's body may not wait for its own future (one look, not one per future)."""
-    current = current_future.get()
-    if current is not None and current in pending:
-        current._check_not_self()
+    refuse_waiting_on_itself(pending)
 
 
 _scheduler_of = operator.attrgetter("_scheduler")
@@ -321,7 +314,7 @@ async def _wait_all_async(
     failed, pending = _unfinished(unique, stop_on_failure)
     if not pending:
         return failed
-    _check_not_waiting_on_itself(pending)
+    refuse_waiting_on_itself(pending)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -364,8 +357,8 @@ def _async_queue(
             except RuntimeError:  # the waiting loop is closed
                 pass
 
+    refuse_waiting_on_itself(pending)
     for f in pending:
-        f._check_not_self()
         f.add_done_callback(notify)
     return q, notify
 

@@ -450,52 +450,33 @@ def _wait_own_sync(holder: list[Future[Any]]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("waited", "message"),
+    [("own", "its own future"), ("dependent", "waits for its own result: that would deadlock")],
+)
+@pytest.mark.parametrize(
     "body",
     [_await_own, _result_own_async, _result_own_sync, _wait_own_sync],
     ids=["await", "async-result", "thread-result", "thread-wait"],
 )
 def test_a_task_waiting_for_its_own_future_gets_value_error(
-    body: Callable[[list[Future[Any]]], object],
+    body: Callable[[list[Future[Any]]], object], waited: str, message: str
 ) -> None:
+    # Its own future, or (dependent) a run that takes its result two links down: that one
+    # cannot start before this one ends, so the wait would never end either.
     holder: list[Future[Any]] = []
     gate = threading.Event()
     with ThreadPoolTaskRunner() as runner:
         opener = runner.submit(hold, {"started": lambda: None, "gate": gate})
-        # The body starts after `opener`, i.e. after its own future is in the holder.
+        # The body starts after `opener`, i.e. after the future it waits for is in the holder.
         # The holder goes in through a partial, not as a parameter, so it is not searched.
         f = runner.submit(functools.partial(body, holder), wait_for=[opener])
-        holder.append(f)
+        if waited == "own":
+            holder.append(f)
+        else:
+            middle = runner.submit(double, {"x": f})
+            holder.append(runner.submit(double, {"x": [middle]}))
         gate.set()
-        with pytest.raises(ValueError, match="its own future"):
-            f.result(timeout=TIMEOUT)
-        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
-
-
-def _result_of_dependent(holder: list[Future[Any]]) -> None:
-    holder[0].result(timeout=TIMEOUT)
-
-
-async def _await_dependent(holder: list[Future[Any]]) -> None:
-    await holder[0]
-
-
-@pytest.mark.parametrize(
-    "body", [_result_of_dependent, _await_dependent], ids=["thread-result", "await"]
-)
-def test_a_task_waiting_for_a_run_that_waits_for_it_gets_value_error(
-    body: Callable[[list[Future[Any]]], object],
-) -> None:
-    # The run waited for takes this one's result (two links down): it cannot start before
-    # this one ends, so the wait would never end.
-    holder: list[Future[Any]] = []
-    gate = threading.Event()
-    with ThreadPoolTaskRunner() as runner:
-        opener = runner.submit(hold, {"started": lambda: None, "gate": gate})
-        f = runner.submit(functools.partial(body, holder), wait_for=[opener])
-        middle = runner.submit(double, {"x": f})
-        holder.append(runner.submit(double, {"x": [middle]}))
-        gate.set()
-        with pytest.raises(ValueError, match="waits for its own result: that would deadlock"):
+        with pytest.raises(ValueError, match=message):
             f.result(timeout=TIMEOUT)
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
 

@@ -168,14 +168,15 @@ def test_a_cancelled_thread_body_is_abandoned_and_keeps_its_slot(
     assert any("keeps running" in m for m in messages), messages
 
 
-@POLICIES
-@pytest.mark.anyio
-async def test_a_cancelled_coroutine_sees_cancelled_error(options: dict[str, Any]) -> None:
+async def cancel_while_running(
+    body: Callable[..., Any], params: dict[str, Any], options: dict[str, Any]
+) -> tuple[Future[Any], list[str], ThreadPoolTaskRunner]:
+    """Run coroutine ``body`` (it checks in through ``started``) with a dependent, and cancel it
+    while it runs: both end Cancelled. The run, what ran of the dependent, and the runner."""
     started = asyncio.Event()
-    cancelled: list[str] = []
     ran: list[str] = []
     async with ThreadPoolTaskRunner() as runner:
-        f = runner.submit(task(**options)(hang), {"started": started.set, "cancelled": cancelled})
+        f = runner.submit(task(**options)(body), {"started": started.set, **params})
         child = runner.submit(record_one, {"ran": ran, "name": "child", "x": f})
         with anyio.fail_after(TIMEOUT):
             await started.wait()
@@ -186,6 +187,14 @@ async def test_a_cancelled_coroutine_sees_cancelled_error(options: dict[str, Any
             with pytest.raises(TaskCancelledError):
                 await child
         assert runner.statistics().cancelled == 2
+    return f, ran, runner
+
+
+@POLICIES
+@pytest.mark.anyio
+async def test_a_cancelled_coroutine_sees_cancelled_error(options: dict[str, Any]) -> None:
+    cancelled: list[str] = []
+    f, ran, _ = await cancel_while_running(hang, {"cancelled": cancelled}, options)
     assert cancelled == ["cancelled"]
     assert f.state.is_cancelled()
     assert ran == []
@@ -209,19 +218,7 @@ async def test_a_cancelled_coroutine_that_handles_the_cancel_still_ends_cancelle
 ) -> None:
     # cancel() said True: the run and its dependents end Cancelled, whether the body then
     # returns a value or raises another error while it handles its cancel.
-    started = asyncio.Event()
-    ran: list[str] = []
-    async with ThreadPoolTaskRunner() as runner:
-        f = runner.submit(task(**options)(hang_then), {"started": started.set, "then": then})
-        child = runner.submit(record_one, {"ran": ran, "name": "child", "x": f})
-        with anyio.fail_after(TIMEOUT):
-            await started.wait()
-        assert f.cancel() is True
-        with anyio.fail_after(TIMEOUT):
-            with pytest.raises(TaskCancelledError):
-                await f
-            with pytest.raises(TaskCancelledError):
-                await child
+    f, ran, runner = await cancel_while_running(hang_then, {"then": then}, options)
     assert f.state.is_cancelled()
     assert f.state.name == "Cancelled"
     assert ran == []

@@ -893,28 +893,26 @@ import sys
 from asyncflow import ProcessPoolTaskRunner
 
 
-def busy(hub, label):
+def start_child_and_check_in(hub, label):
     child = subprocess.Popen(
         [sys.executable, "-c", "import signal; signal.pause()"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    with socket.create_connection(hub, timeout=30) as conn:
-        conn.sendall(f"{label} {os.getpid()} {child.pid}\\n".encode())
+    conn = socket.create_connection(hub, timeout=30)
+    conn.sendall(f"{label} {os.getpid()} {child.pid}\\n".encode())
+    return conn
+
+
+def busy(hub, label):
+    with start_child_and_check_in(hub, label) as conn:
         conn.recv(1)
     return label
 
 
 def held(hub, label):
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import signal; signal.pause()"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with socket.create_connection(hub, timeout=30) as conn:
-        conn.sendall(f"{label} {os.getpid()} {child.pid}\\n".encode())
+    start_child_and_check_in(hub, label).close()
     # One C call that never lets go of the GIL: no other thread of this worker runs meanwhile.
     return sum(itertools.repeat(1, 10**15))
 
