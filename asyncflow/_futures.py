@@ -546,19 +546,35 @@ def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -
     return [f._outcome(raise_on_failure) for f in futures]
 
 
+class PlainRuns(list["Future[Any]"]):
+    """The runs of a map with no inputs and no policy (``plain_runs`` makes them), with what a
+    backend may send them with without reading each run again: their parameters, their run
+    ids, and whether every value is of a type no call can change (``shareable``)."""
+
+    __slots__ = ("ids", "params", "shareable")
+
+    params: list[dict[str, Any]]
+    ids: list[int]
+    shareable: bool
+
+
 def plain_runs(
     scheduler: _Owner,
     task: Task[..., Any],
     children: list[dict[str, Any]],
     ctx: contextvars.Context,
     group: MapGroup,
-) -> list[Future[Any]]:
+    *,
+    shareable: bool = False,
+) -> PlainRuns:
     """The runs of a map with no inputs and no policy, one per parameters dict in
     ``children``, all in ``group``: what ``Future(scheduler, task, params, None, None, ctx)``
     makes, with the fields set here directly (no ``__init__`` call per run: a big map makes
     thousands at once). A test checks that both make the same."""
-    runs: list[Future[Any]] = []
+    runs = PlainRuns()
     append = runs.append
+    ids: list[int] = []
+    add_id = ids.append
     new = object.__new__
     now = time.time()
     next_number = _next_run_number
@@ -574,8 +590,12 @@ def plain_runs(
         fut._timestamp = now
         fut._callbacks = fut._waiters = fut._event = fut._handle = None
         fut._group = group
-        fut._id = _RUN_ID_BASE | next_number()
+        fut._id = run_id = _RUN_ID_BASE | next_number()
+        add_id(run_id)
         append(fut)
+    runs.params = children
+    runs.ids = ids
+    runs.shareable = shareable
     return runs
 
 

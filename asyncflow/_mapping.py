@@ -8,7 +8,6 @@ from typing import Any
 
 from ._annotations import allow_failure, quote, unmapped
 from ._futures import Future
-from ._params import ATOMIC
 from .exceptions import MappingLengthMismatch, MappingMissingIterable
 
 __all__ = ("expand",)
@@ -35,10 +34,9 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
     return None
 
 
-def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, Any]], set[type]]:
     """One parameters dict per child, in order (``unmapped``/static values go to every
-    child), and whether every value is of a type that cannot hold a future (checked per
-    parameter, in C)."""
+    child), and the types of all their values (gathered per parameter, in C)."""
     sequences: dict[str, list[Any]] = {}
     static: dict[str, Any] = {}
     for name, value in parameters.items():
@@ -59,14 +57,14 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, A
         raise MappingLengthMismatch(
             f"map of task {task_name!r} got iterables of different lengths ({detail})"
         )
-    atomic = set(map(type, static.values())) <= ATOMIC and all(
-        set(map(type, seq)) <= ATOMIC for seq in sequences.values()
-    )
+    types = set(map(type, static.values()))
+    for seq in sequences.values():
+        types.update(map(type, seq))
     if len(sequences) == 1:  # the common case, built without a dict per child to merge
         ((name, seq),) = sequences.items()
         if not static:
-            return [{name: value} for value in seq], atomic
-        return [{**static, name: value} for value in seq], atomic
+            return [{name: value} for value in seq], types
+        return [{**static, name: value} for value in seq], types
     names = list(sequences)
     rows = zip(*sequences.values(), strict=True)
-    return [{**static, **dict(zip(names, values, strict=True))} for values in rows], atomic
+    return [{**static, **dict(zip(names, values, strict=True))} for values in rows], types

@@ -13,6 +13,7 @@ from ._futures import COMPLETED, Future, FutureList
 
 __all__ = (
     "ATOMIC",
+    "IMMUTABLE",
     "TOP_LEVEL",
     "find_futures",
     "inputs_of",
@@ -25,6 +26,9 @@ __all__ = (
 ATOMIC: frozenset[type] = frozenset(
     {int, float, str, bytes, bool, complex, type(None), range, bytearray, types.FunctionType}
 )
+
+# Types whose values no call can change: calls may share them (one pickle for a batch's calls).
+IMMUTABLE: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None), range})
 
 
 # The containers searched item by item (with dicts, by key and value).

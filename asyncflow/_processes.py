@@ -39,8 +39,17 @@ import cloudpickle
 from anyio.abc import Process
 
 from ._error_text import error_text, message_of
-from ._futures import COMPLETED, PENDING, RUNNING, Future, cancelled_error, status_of
+from ._futures import (
+    COMPLETED,
+    PENDING,
+    RUNNING,
+    Future,
+    PlainRuns,
+    cancelled_error,
+    status_of,
+)
 from ._logging import TASK_RUNS, handle_remote_record
+from ._params import IMMUTABLE
 from ._watcher import Watcher
 from .exceptions import (
     RemoteError,
@@ -169,6 +178,14 @@ _kwargs_of = operator.itemgetter(1)  # of a call's (args, kwargs)
 _split_of = operator.itemgetter(2)  # of a call
 
 
+def _cost_key(task: Any) -> Any:
+    """What the time of a task's calls is remembered by: its function, when a plain one (a
+    plain callable's task is made again once no run holds it, and a map after a first call
+    must find the time that call took), else the task."""
+    fn = task.fn
+    return fn if type(fn) is types.FunctionType else task
+
+
 def _plain_unfinished(item: Any) -> bool:
     return type(item) is Future and item._policy is None and item._status < COMPLETED
 
@@ -176,6 +193,20 @@ def _plain_unfinished(item: Any) -> bool:
 def _plain(item: Any) -> bool:
     """A run with no policy (no timeout, retries, limits...): safe to send in a batch."""
     return getattr(item, "_policy", True) is None
+
+
+class _MapBatch(list[Future[Any]]):
+    """A batch of a map's runs made when the map was submitted (see ``_prepared``): the
+    runs, with their parameters and run numbers."""
+
+    __slots__ = ("ids", "params", "shareable")
+
+    def __init__(self, runs: PlainRuns, start: int, size: int) -> None:
+        end = start + size
+        super().__init__(runs[start:end])
+        self.params = runs.params[start:end]
+        self.ids = runs.ids[start:end]
+        self.shareable = runs.shareable
 
 
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
@@ -570,7 +601,8 @@ class ProcessWorkers:
         self._busy: dict[Any, _Worker | None] = {}
         self._active = 0  # workers busy (or being started) with a batch
         self._pump_due = False  # a _pump is scheduled for this loop turn
-        # Seconds the last call of each task took: cheap ones are sent in batches.
+        # Seconds the last call of each task took (by its function: see _cost_key): cheap ones
+        # are sent in batches.
         self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
         # Runs reported started (to event subscribers) whose batch then never ran: not again.
@@ -588,9 +620,24 @@ class ProcessWorkers:
             self._pump_soon()
 
     def submit_many(self, items: list[Any]) -> None:
+        if type(items) is PlainRuns and len(items) > 1:
+            items = self._prepared(items)
         self._ready.extend(items)
         if self._active < self._max and not self._pump_due:
             self._pump_soon()
+
+    def _prepared(self, runs: PlainRuns) -> list[Any]:
+        """The runs of a map, in batches made now when its task's calls go in batches and
+        take their parameters by keyword: each goes out as it is, its calls' arguments and
+        run numbers taken from the map (not read from each run again, nor checked: a map's
+        runs are all alike). Else the runs, one by one."""
+        task = runs[0]._task
+        if not task.spec.simple:
+            return runs
+        size = self._batch_size(task, -(-len(runs) // self._max))
+        if size <= 1:
+            return runs
+        return [_MapBatch(runs, start, size) for start in range(0, len(runs), size)]
 
     def _pump_soon(self) -> None:
         # Later in this loop turn, once: the items submitted with this one (a whole map) are
@@ -707,27 +754,20 @@ class ProcessWorkers:
         ready = self._ready
         while ready:
             first = ready.popleft()
+            if type(first) is _MapBatch:
+                return first  # made when its map was submitted (see _prepared)
             if first._status < COMPLETED:  # else: cancelled while it waited for a worker
                 break
         else:
             return []
         batch = [first]
-        if self._max_tasks is not None or not _plain(first) or first._task in self._unbatchable:
+        if not _plain(first):
             return batch
         task = first._task
-        cost = self._cost.get(task)
-        if cost is None or cost > _BATCH_COST:
-            # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
+        size = self._batch_size(task, share)
+        if size <= 1:
             return batch
-        # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
-        # one reply per batch, so bigger batches cost less per call.
-        per_call = max(cost, 1e-6)
-        size = min(
-            _BATCH_MAX,
-            max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
-            int(_BATCH_TIME / per_call),
-        )
-        if len(ready) >= size - 1 and size > 1:
+        if len(ready) >= size - 1:
             # The common case, checked in C: the next calls are plain runs of this task (a map).
             head = list(itertools.islice(ready, size - 1))
             if (
@@ -750,6 +790,24 @@ class ProcessWorkers:
             if item._status < COMPLETED:
                 append(item)
         return batch
+
+    def _batch_size(self, task: Any, share: int) -> int:
+        """How many plain calls of ``task`` one batch takes, each worker's ``share`` of the
+        queue given: 1 if its calls go one by one."""
+        if self._max_tasks is not None or task in self._unbatchable:
+            return 1
+        cost = self._cost.get(_cost_key(task))
+        if cost is None or cost > _BATCH_COST:
+            # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
+            return 1
+        # As many as keep every worker busy, up to about _BATCH_TIME of work: one message and
+        # one reply per batch, so bigger batches cost less per call.
+        per_call = max(cost, 1e-6)
+        return min(
+            _BATCH_MAX,
+            max(share, min(_BATCH_MIN, int(_BATCH_MIN_TIME / per_call))),
+            int(_BATCH_TIME / per_call),
+        )
 
     async def _spawn(self, task_name: str) -> _Worker:
         """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
@@ -829,7 +887,7 @@ class ProcessWorkers:
         handed_back = False  # (the worker went back before the last replies were handled)
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
-            message, packed = self._pack(self._calls(batch))
+            message, packed = self._packed(batch)
             calls = deque(packed)
             packed_yet = True
             if not calls:
@@ -991,6 +1049,7 @@ class ProcessWorkers:
         batch in one message (``r`` or ``v``) and the worker may take its next batch before they are
         handled (then ``_run`` hands it back first), else None (all handled)."""
         task = calls[0][1]
+        key = _cost_key(task)
         clock = time.perf_counter()
         while calls:
             skipped = worker.skipped
@@ -999,7 +1058,7 @@ class ProcessWorkers:
                 # (An ``r`` or ``v`` message answers every call of the batch at once, all
                 # results. The cost is the round trip, without the handling of these results.)
                 worker.calls += len(calls)
-                self._cost[task] = (time.perf_counter() - clock) / len(calls)
+                self._cost[key] = (time.perf_counter() - clock) / len(calls)
                 return frames
             answered = self._answer(worker, task, frames, calls)
             if worker.stop_at and calls and calls[0][0] in worker.stop_at and not worker.killed:
@@ -1008,7 +1067,7 @@ class ProcessWorkers:
             now = time.perf_counter()
             if ran:
                 worker.calls += ran
-                self._cost[task] = (now - clock) / ran  # round trip included
+                self._cost[key] = (now - clock) / ran  # round trip included
             clock = now
         return None
 
@@ -1195,6 +1254,36 @@ class ProcessWorkers:
             ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
 
+    def _packed(self, batch: list[Any]) -> tuple[Any, list[Any]]:
+        """The message of ``batch`` and its calls (see ``_pack``)."""
+        if type(batch) is _MapBatch:
+            return self._pack_map_batch(batch)
+        return self._pack(self._calls(batch))
+
+    def _pack_map_batch(self, batch: _MapBatch) -> tuple[Any, list[Any]]:
+        """What ``_pack(self._calls(batch))`` gives, from the arguments and run numbers the
+        batch was made with (one was cancelled meanwhile, or they cannot be pickled
+        together: ``_pack`` then)."""
+        task = batch[0]._task
+        if max(map(status_of, batch)) >= COMPLETED:  # one was cancelled while queued
+            return self._pack(self._calls(batch))
+        params = batch.params
+        calls = list(zip(batch, itertools.repeat(task), zip(itertools.repeat(()), params)))
+        try:
+            fn = _dumps(task.fn)
+            # Values of immutable plain types only: one plain pickle, as _pickled_arguments
+            # makes it (and nothing there refers to a module).
+            args = (
+                pickle.dumps(params, protocol=pickle.HIGHEST_PROTOCOL)
+                if batch.shareable
+                else _pickled_arguments(params)
+            )
+        except BaseException as exc:
+            if not _fails_its_run(exc):
+                raise
+            return self._pack(calls)  # (which says which call or the function is at fault)
+        return (fn, task.is_async, (task.name, task.tags, task.key), args, batch.ids), calls
+
     def _pack_one_by_one(
         self, task: Any, calls: list[Any]
     ) -> tuple[list[Any], bytes | list[bytes]]:
@@ -1233,10 +1322,6 @@ class ProcessWorkers:
         task.add_done_callback(self._tasks.discard)
 
 
-# Types whose values no call can change: calls of a batch may share them.
-_IMMUTABLE = frozenset({int, float, str, bytes, bool, complex, type(None), range})
-
-
 def _batch_results(kind: int, loaded: list[Any]) -> list[Any] | None:
     """The results in the message of a whole batch: the values themselves, or their pickles
     loaded (each on its own, in C); None if one does not load here."""
@@ -1257,7 +1342,7 @@ def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:
     alone does."""
     if len(arguments) <= 1 or (
         set(map(type, arguments)) == {dict}
-        and set(map(type, itertools.chain.from_iterable(map(dict.values, arguments)))) <= _IMMUTABLE
+        and set(map(type, itertools.chain.from_iterable(map(dict.values, arguments)))) <= IMMUTABLE
     ):
         return _dumps(arguments)
     return list(map(_dumps, arguments))

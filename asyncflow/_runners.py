@@ -21,7 +21,7 @@ from ._logging import apply_log_level
 from ._loop import LoopThread
 from ._mapping import expand
 from ._options import check_timeout
-from ._params import ATOMIC, TOP_LEVEL, find_futures, wait_for_edges
+from ._params import ATOMIC, IMMUTABLE, TOP_LEVEL, find_futures, wait_for_edges
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
 from ._stats import RunnerStatistics
@@ -289,7 +289,7 @@ class TaskRunner(abc.ABC):
                 f"parameters of task {t.name!r} must be a dict of name -> value, "
                 f"not {type(parameters).__name__}"
             )
-        children, atomic = expand(t.name, dict(parameters))
+        children, types = expand(t.name, dict(parameters))
         waits = None if wait_for is None else list(wait_for)
         spec = t.spec
         if children and spec.varpos is None:
@@ -298,12 +298,14 @@ class TaskRunner(abc.ABC):
         else:
             for p in children:
                 spec.check(p, t.name)
-        plain = atomic and waits is None and limit is None and not (t.driven or sched.any_policy)
+        plain = types <= ATOMIC and waits is None and limit is None
+        plain = plain and not (t.driven or sched.any_policy)
+        runs: list[Future[Any]]
         if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
             ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
             group = MapGroup(len(children))  # counts them as they end, for whole-list waits
-            runs = plain_runs(sched, t, children, ctx, group)
+            runs = plain_runs(sched, t, children, ctx, group, shareable=types <= IMMUTABLE)
         else:
             make = self._make
             runs = [make(sched, t, p, waits, None, limit) for p in children]

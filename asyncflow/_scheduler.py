@@ -276,7 +276,7 @@ class Scheduler:
 
     def _in_inbox(self) -> int:
         """Runs in the inbox (a list there holds plain runs submitted together)."""
-        return sum(len(x) if type(x) is list else 1 for x in list(self._inbox))
+        return sum(len(x) if isinstance(x, list) else 1 for x in list(self._inbox))
 
     @property
     def graph_size(self) -> int:

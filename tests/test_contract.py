@@ -42,7 +42,8 @@ TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
 # module (and pytest and asyncflow with it), which keeps a worker's start near 0.1 s.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-Address = tuple[str, int]
+_HOST = "127.0.0.1"
+Address = int  # the hub's port on 127.0.0.1 (an int: a map passing it is a plain one)
 
 
 # -- the hub: a gate for bodies in threads, coroutines and processes alike ---------------------
@@ -53,10 +54,9 @@ class Hub:
     """
 
     def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server = socket.create_server((_HOST, 0))
         self._server.settimeout(TIMEOUT)
-        host, port = self._server.getsockname()[:2]
-        self.address: Address = (host, port)
+        self.address: Address = self._server.getsockname()[1]
         self.numbers: dict[str, list[int]] = {}  # label -> pid, then what the body told
         self._waiting: dict[str, socket.socket] = {}
 
@@ -125,7 +125,7 @@ class BoomError(ValueError):
 
 def check_in(hub: Address, label: str, *numbers: int) -> socket.socket:
     """Body side: tell the hub this body is here (and its pid); the caller then waits."""
-    conn = socket.create_connection(hub, timeout=TIMEOUT)
+    conn = socket.create_connection((_HOST, hub), timeout=TIMEOUT)
     words = [label, str(os.getpid()), *map(str, numbers)]
     conn.sendall(" ".join(words).encode() + b"\n")
     return conn
@@ -140,7 +140,7 @@ def gated(hub: Address, label: str, value: int = 0) -> int:
 
 async def agated(hub: Address, label: str, value: int = 0) -> int:
     """The coroutine twin of ``gated``."""
-    reader, writer = await asyncio.open_connection(*hub)
+    reader, writer = await asyncio.open_connection(_HOST, hub)
     try:
         writer.write(f"{label} {os.getpid()}\n".encode())
         await writer.drain()

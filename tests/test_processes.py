@@ -43,9 +43,9 @@ import asyncflow
 import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
-from asyncflow._futures import MapGroup, plain_runs
+from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
 from asyncflow._processes import ProcessWorkers
-from asyncflow._task import as_task
+from asyncflow._task import Task, as_task
 from asyncflow.exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -935,9 +935,8 @@ def test_a_parent_killed_by_sigkill_takes_its_idle_and_busy_workers_and_their_ch
     # worker's own can notice that the parent is gone).
     script = tmp_path / "parent_script.py"
     script.write_text(PARENT_SCRIPT)
-    host, port = hub.address
     parent = subprocess.Popen(
-        [sys.executable, str(script), host, str(port)],
+        [sys.executable, str(script), "127.0.0.1", str(hub.address)],
         stdout=subprocess.PIPE,
         env=script_env(),
     )
@@ -1302,12 +1301,15 @@ def test_a_bad_worker_env_is_refused_naming_it(bad: Any, message: str) -> None:
         ProcessPoolTaskRunner(worker_env=bad)
 
 
-@pytest.fixture
-def batches(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["prepared", "queued"])
+def batches(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Quick calls go in batches whatever this machine's timing: the time of a task's last call
-    (which decides) always counts as cheap, and a batch may take a whole queue."""
+    (which decides) always counts as cheap, and a batch may take a whole queue. Each test runs
+    twice: a map's batches made as it is submitted, and taken from the queue of its runs."""
     monkeypatch.setattr(asyncflow._processes, "_BATCH_COST", 1.0)
     monkeypatch.setattr(asyncflow._processes, "_BATCH_TIME", 1000.0)
+    if request.param == "queued":
+        monkeypatch.setattr(ProcessWorkers, "_prepared", lambda self, runs: runs)
 
 
 # -- a batch, a worker's death and a cancel: only the run at fault is touched --------------------
@@ -1439,14 +1441,14 @@ def test_a_batched_map_passes_positional_only_and_star_args_as_such(
 def test_a_fault_before_a_batch_goes_out_fails_its_runs_instead_of_losing_them(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Any, batch: list[Any]) -> list[Any]:
+    def broken(self: Any, batch: list[Any]) -> tuple[Any, list[Any]]:
         raise RuntimeError("no calls today")
 
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2  # cheap: batched from now
         with only_worker_held(runner, hub):
             mapped = runner.map(double, {"x": range(20)})
-            monkeypatch.setattr(ProcessWorkers, "_calls", broken)
+            monkeypatch.setattr(ProcessWorkers, "_packed", broken)
         mapped.wait(TIMEOUT)
         for run in mapped:  # (a run left waiting raises TimeoutError here)
             with pytest.raises(RuntimeError, match="no calls today"):
@@ -2100,36 +2102,84 @@ def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, exp
     workers._max = 8
     workers._max_tasks = None
     workers._unbatchable = weakref.WeakSet()
-    workers._cost = weakref.WeakKeyDictionary({t: cost})
+    workers._cost = weakref.WeakKeyDictionary({t.fn: cost})
     batch = workers._take_batch(-(-600 // 8))
     assert batch == runs[:expected]
     assert list(workers._ready) == runs[expected:]
 
 
-def test_workers_free_together_split_the_queue_evenly() -> None:
-    # A map of 2,000 quick calls on 2 idle workers: 1,000 each, not 1,000 then 500 (the second
-    # worker would then need a round trip more for the rest).
-    owner: Any = object()
-    t = as_task(double)
-    runs = plain_runs(
-        owner, t, [{"x": i} for i in range(2000)], contextvars.copy_context(), MapGroup(2000)
-    )
-    workers = ProcessWorkers.__new__(ProcessWorkers)  # only what _pump and _take_batch read
-    workers._ready = collections.deque(runs)
+def pump_only(t: Any, cost: float | None) -> tuple[ProcessWorkers, list[list[Any]]]:
+    """A pool of 2 workers with only what ``submit_many``, ``_pump`` and ``_take_batch`` read,
+    calls of ``t`` known to take ``cost`` seconds; the batches ``_pump`` sends out are listed
+    instead of run (and ``submit_many`` leaves the pumping to the test)."""
+    workers = ProcessWorkers.__new__(ProcessWorkers)
+    workers._ready = collections.deque()
     workers._max, workers._active, workers._max_tasks = 2, 0, None
     workers._busy = {}
+    workers._pump_due = True
     workers._unbatchable = weakref.WeakSet()
-    workers._cost = weakref.WeakKeyDictionary({t: 1e-6})
-    sent: list[int] = []
+    workers._cost = weakref.WeakKeyDictionary({} if cost is None else {t.fn: cost})
+    sent: list[list[Any]] = []
 
     def started(work: Any) -> None:
-        sent.append(len(work.cr_frame.f_locals["batch"]))
+        sent.append(work.cr_frame.f_locals["batch"])
         work.close()
 
     workers._in_background = started  # type: ignore[method-assign]
+    return workers, sent
+
+
+def cheap_map(size: int) -> tuple[Task[..., Any], list[Future[Any]]]:
+    owner: Any = object()
+    t = as_task(double)
+    params = [{"x": i} for i in range(size)]
+    ctx = contextvars.copy_context()
+    return t, plain_runs(owner, t, params, ctx, MapGroup(size), shareable=True)
+
+
+def test_workers_free_together_split_the_queue_evenly() -> None:
+    # A map of 2,000 quick calls on 2 idle workers: 1,000 each, not 1,000 then 500 (the second
+    # worker would then need a round trip more for the rest).
+    t, runs = cheap_map(2000)
+    workers, sent = pump_only(t, 1e-6)
+    workers._ready.extend(runs)
     workers._pump()
-    assert sent == [1000, 1000]
+    assert list(map(len, sent)) == [1000, 1000]
     assert not workers._ready
+
+
+def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> None:
+    # Each batch goes out as it was made: its calls' arguments and run numbers listed once,
+    # from the map, not read from each run again.
+    t, runs = cheap_map(2000)
+    workers, sent = pump_only(t, 1e-6)
+    workers.submit_many(runs)
+    assert list(map(len, workers._ready)) == [1000, 1000]  # the queue holds two batches
+    workers._pump()
+    assert [list(batch) for batch in sent] == [runs[:1000], runs[1000:]]
+    message, calls = workers._packed(sent[1])
+    _, is_async, (name, _, _), args, contexts = message
+    assert (is_async, name) == (False, "double")
+    assert pickle.loads(args) == [{"x": i} for i in range(1000, 2000)]
+    assert contexts == [run._id for run in runs[1000:]]
+    assert calls == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
+    # A run cancelled while its batch waited is left out of the message.
+    runs[999]._status = CANCELLED  # (the last run of the first batch)
+    message, calls = workers._packed(sent[0])
+    assert pickle.loads(message[3]) == [{"x": i} for i in range(999)]
+    assert [call[0] for call in calls] == runs[:999]
+    # Calls whose time is not known yet are queued one by one (the first goes alone).
+    unknown, _ = pump_only(t, None)
+    unknown.submit_many(runs)
+    assert list(unknown._ready) == runs
+
+
+def test_the_time_of_a_plain_function_s_calls_outlives_its_task() -> None:
+    # A plain function's task is made again once no run holds it (a map after a first call,
+    # its future dropped): the time of that call is the function's, and still known.
+    workers, _ = pump_only(as_task(double), 1e-6)
+    assert workers._batch_size(Task(double), 1000) == 1000
+    assert workers._batch_size(Task(functools.partial(double)), 1000) == 1  # (not known)
 
 
 def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
@@ -2449,6 +2499,73 @@ def test_calls_of_a_batch_each_get_their_own_copy_of_a_shared_argument() -> None
         assert runner.submit(take_mode, {"item": 0, "options": {"mode": "strict"}}).result(TIMEOUT)
         modes = runner.map(take_mode, {"item": range(200), "options": unmapped({"mode": "s"})})
         assert modes.result(TIMEOUT) == ["s"] * 200
+
+
+def take_first_byte(item: int, buffer: bytearray) -> int:
+    first = buffer[0]
+    buffer[0] = 0
+    return first
+
+
+@pytest.mark.usefixtures("batches")
+def test_calls_of_a_map_batch_each_get_their_own_copy_of_a_mutable_plain_value() -> None:
+    # A bytearray can hold no future (the map is a plain one), but a call may change it.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(take_first_byte, {"item": 0, "buffer": bytearray(b"\x07")}).result(
+            TIMEOUT
+        )
+        firsts = runner.map(
+            take_first_byte, {"item": range(200), "buffer": unmapped(bytearray(b"\x07"))}
+        )
+        assert firsts.result(TIMEOUT) == [7] * 200
+
+
+def add_call(x: int, f: Callable[[], int]) -> int:
+    return x + f()
+
+
+def one() -> int:
+    return 1
+
+
+@pytest.mark.usefixtures("batches")
+def test_an_argument_of_a_map_batch_that_cannot_be_pickled_fails_only_its_own_run() -> None:
+    lock = threading.Lock()
+
+    def locked() -> int:
+        with lock:
+            return 1
+
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(add_call, {"x": 0, "f": one}).result(TIMEOUT) == 1
+        calls = runner.map(add_call, {"x": range(6), "f": [one, one, locked, one, one, one]})
+        calls.wait(TIMEOUT)
+    err = calls[2].exception()
+    assert isinstance(err, SerializationError)
+    assert "parameter 'f'" in str(err)
+    assert [f.result() for f in calls if f is not calls[2]] == [1, 2, 4, 5, 6]
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_run_cancelled_while_its_map_batch_waits_for_a_worker_never_runs(
+    hub: Hub, tmp_path: Path
+) -> None:
+    notes = tmp_path / "ran"
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        params = {"hub": hub.address, "stop": -1, "path": str(notes)}
+        assert runner.submit(gated_at_noting, {"i": 0, **params}).result(TIMEOUT)[0] == 0
+        with only_worker_held(runner, hub):
+            futures = runner.map(
+                gated_at_noting, {"i": range(1, 50), **{k: unmapped(v) for k, v in params.items()}}
+            )
+            assert futures[9].cancel()  # run 10, in a batch waiting for the worker
+        futures.wait(TIMEOUT)
+    assert futures[9].cancelled()
+    assert [f.result()[0] for f in futures if f is not futures[9]] == [
+        i for i in range(1, 50) if i != 10
+    ]
+    ran = [int(line) for line in notes.read_text().split()]
+    assert sorted(ran) == [i for i in range(50) if i != 10]  # each of the others once
 
 
 def test_a_worker_that_cannot_be_started_fails_its_runs_naming_the_task(
