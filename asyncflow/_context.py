@@ -42,6 +42,8 @@ def get_run_context() -> RunContext:
     if fut is None:
         worker = sys.modules.get("__main__")
         call = getattr(worker, "asyncflow_run_context", None)
+        if callable(call):  # (in a batch: the context of the call that runs now)
+            call = call()
         if call is not None:  # a body running in a process worker
             name, tags, key = worker.asyncflow_run_task  # type: ignore[union-attr]
             run_number, attempt = (call, 1) if type(call) is int else call

@@ -81,7 +81,7 @@ _RECORD = struct.Struct("=IB")  # a reply held in the ledger: its size (from the
 _INT_RECORD = struct.Struct("=IBq")  # the same, with an ``int`` result (kind ``i``)
 _INT_SIZE = _INT_RECORD.size - _U32.size  # its size from the kind on
 _INT = ord("i")
-_I64_LIMIT = 1 << 63  # (such an int is at least -_I64_LIMIT and below it)
+_I64_MIN, _I64_END = -(1 << 63), 1 << 63  # (such an int is at least the one, below the other)
 _OK = ord("o")  # the kind of a result's reply (pickled)
 _PLAIN = ord("p")  # the kind of a result's reply of a type of _PLAIN_VALUES (marshalled)
 _RESULT_KINDS = frozenset({b"o", b"p"})
@@ -316,9 +316,10 @@ def _exception_reply(exc: BaseException, cloudpickle: Any) -> tuple[str, Any]:
 
 
 # The run context of the call in progress, read by asyncflow.get_run_context() in the body:
-# its run number alone (a first attempt) or (run number, attempt), and, set once per batch,
-# (task name, tags, task key) of the task of the batch.
-asyncflow_run_context: int | tuple[int, int] | None = None
+# its run number alone (a first attempt) or (run number, attempt) (in a batch with a ledger, a
+# _ContextAt, called, gives it), and, set once per batch, (task name, tags, task key) of the
+# task of the batch.
+asyncflow_run_context: int | tuple[int, int] | _ContextAt | None = None
 asyncflow_run_task: tuple[str, frozenset[str], str] | None = None
 # Read by asyncflow's task run loggers here: the parent's level, and how records go back.
 asyncflow_log_level = 20
@@ -395,6 +396,25 @@ def _serve() -> str:
             asyncflow_run_context = None
 
 
+class _ContextAt:
+    """The run context of the call of a batch that runs now (``get_run_context()`` in the body
+    calls it): the one at the worker's position in the ledger, which the batch loop sets
+    anyway, so that no name is set per call."""
+
+    __slots__ = ("contexts", "numbers")
+
+    contexts: list[int | tuple[int, int]]
+    numbers: memoryview
+
+    def __init__(self, contexts: list[int | tuple[int, int]], numbers: Any) -> None:
+        self.contexts = contexts
+        self.numbers = numbers
+
+    def __call__(self) -> int | tuple[int, int]:
+        # Call i runs at position 2 * i + 1, and its body has returned at 2 * i + 2.
+        return self.contexts[(self.numbers[_AT // 4] - 1) // 2]
+
+
 def _load(
     payload: bytes, blob: bytes | list[bytes], count: int, replies: _Replies, cloudpickle: Any
 ) -> tuple[Any, list[Any]] | None:
@@ -448,30 +468,43 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     send = replies.send
     record = _RECORD.pack_into
     int_record = _INT_RECORD.pack_into
+    int_record_size = _INT_RECORD.size
+    # The ledger when it holds the replies (a batch of several sent with a number), and its
+    # size: set for the whole batch.
+    held = ledger if ledger is not None and replies.batch is not None else None
+    size = replies.size
     dumps = pickle.dumps
     marshal_dumps = marshal.dumps
     protocol = pickle.HIGHEST_PROTOCOL
     plain_values = _PLAIN_VALUES
-    for index, (call, context) in enumerate(zip(calls, contexts, strict=True)):
+    if len(calls) != len(contexts):
+        raise ValueError(f"{len(calls)} calls came with {len(contexts)} run contexts")
+    if ledger is not None:  # the body's run context, by the worker's position in the ledger
+        asyncflow_run_context = _ContextAt(contexts, numbers)
+    # A call is its keyword arguments alone, or (args, kwargs); a sync function called with
+    # keyword arguments alone (the common case) is called so, with no more checks per call.
+    kwargs_only = not is_async and set(map(type, calls)) == {dict}
+    for index, call in enumerate(calls):
         if ledger is not None:
             numbers[at] = 2 * index + 1  # type: ignore[index]
             if skips[index]:  # type: ignore[index]
                 _write(replies, ("skipped", None))
                 continue
+        else:
+            asyncflow_run_context = contexts[index]
         if notify:
             _send(replies.fd, b"s", b"")
-        # A call is its keyword arguments alone, or (args, kwargs).
-        asyncflow_run_context = context
-        args, kwargs = ((), call) if type(call) is dict else call
         try:
-            if is_async:
-                import asyncio
-
-                value = asyncio.run(fn(*args, **kwargs))
-            elif args:
-                value = fn(*args, **kwargs)
+            if kwargs_only:
+                value = fn(**call)
             else:
-                value = fn(**kwargs)
+                args, kwargs = ((), call) if type(call) is dict else call
+                if is_async:
+                    import asyncio
+
+                    value = asyncio.run(fn(*args, **kwargs))
+                else:
+                    value = fn(*args, **kwargs)
         except Exception as exc:
             if ledger is not None:
                 numbers[at] = 2 * index + 2  # type: ignore[index]
@@ -487,13 +520,12 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         # record of a fixed size, no marshal.
         if (
             type(value) is int
-            and ledger is not None
-            and -_I64_LIMIT <= value < _I64_LIMIT
+            and held is not None
+            and _I64_MIN <= value < _I64_END
             and (values := replies.values) is not None
-            and replies.batch is not None
-            and (end := (start := replies.used) + _INT_RECORD.size) <= replies.size
+            and (end := (start := replies.used) + int_record_size) <= size
         ):
-            int_record(ledger, start, _INT_SIZE, _INT, value)
+            int_record(held, start, _INT_SIZE, _INT, value)
             values.append(value)
             numbers[0] = end  # type: ignore[index]
             replies.used = end
@@ -526,13 +558,13 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
                 results.append(data)
         start = replies.used
         end = start + 5 + len(data)
-        if ledger is None or replies.batch is None or end > replies.size:
+        if held is None or end > size:
             send(kind, data)  # (straight to the pipe, or the ledger starts again)
             continue
         # replies.send inlined for a result held in the ledger (once per call): the record,
         # then the count of bytes in use (a change there goes here).
-        record(ledger, start, len(data) + 1, code)
-        ledger[start + 5 : end] = data
+        record(held, start, len(data) + 1, code)
+        held[start + 5 : end] = data
         numbers[0] = end  # type: ignore[index]
         replies.used = end
         replies.index += 1
