@@ -653,6 +653,16 @@ class MapGroup:
     def failed(self) -> Future[Any] | None:
         return None if self._failed is None else self._failed()
 
+    @property
+    def untouched(self) -> bool:
+        """No run has ended yet."""
+        return self._left == self.size
+
+    @property
+    def all_completed(self) -> bool:
+        """Every run ended Completed (each one's status and value are set by then)."""
+        return not self._left and self._failed is None
+
     def unwatch(self, watcher: CountingCallback) -> None:
         with self._lock:
             if watcher in self._watchers:
@@ -923,9 +933,12 @@ class FutureList(list[Future[R]]):
         """All results in order. Fails fast on the first failure; ``timeout`` covers the call."""
         from ._waiting import wait_all_or_first_failure
 
-        failed = wait_all_or_first_failure(self, timeout, raise_on_failure, self._group)
+        group = self._group
+        failed = wait_all_or_first_failure(self, timeout, raise_on_failure, group)
         if failed is not None:
             failed._outcome(True)  # raises the first failure seen, even if others still run
+        if group is not None and group.all_completed:  # (no pass over the runs to know it)
+            return list(map(_value_of, self))
         if min(map(status_of, self), default=COMPLETED) < COMPLETED:  # (in C)
             unfinished = sum(1 for f in self if not f.done())
             raise TimeoutError(

@@ -59,9 +59,11 @@ def _check_timeout(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _check_blocking_allowed(pending: list[Future[Any]]) -> None:
+def _check_blocking_allowed(pending: list[Future[Any]], one_runner: bool = False) -> None:
+    """``one_runner``: the futures are runs of one runner (those of a map)."""
     me = threading.get_ident()
-    for sched in set(map(_scheduler_of, pending)):  # (a list has few: checked in C)
+    schedulers = {pending[0]._scheduler} if one_runner else set(map(_scheduler_of, pending))
+    for sched in schedulers:  # (a list has few: checked in C)
         if sched.thread_id == me:
             f = next(f for f in pending if f._scheduler is sched)
             raise RuntimeError(
@@ -249,10 +251,13 @@ def _wait_all(
     first future that failed as soon as it is final (None otherwise). ``group``: the map
     whose runs ``unique`` are, all of them."""
     deadline = _check_timeout(timeout)
-    failed, pending = _unfinished(unique, stop_on_failure)
-    if not pending:
-        return failed
-    _check_blocking_allowed(pending)
+    if group is not None and unique and group.untouched:
+        pending = unique  # none has ended yet (a map just made): no pass over them
+    else:
+        failed, pending = _unfinished(unique, stop_on_failure)
+        if not pending:
+            return failed
+    _check_blocking_allowed(pending, one_runner=group is not None)
     event = threading.Event()
     waiter, detach = _watch_all(pending, stop_on_failure, event.set, group)
     with _LentSlot(pending) as lent:

@@ -564,7 +564,28 @@ def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
     assert made[1]._task.fn is double
     assert type(made[0]._id) is int
     assert made[1]._id == made[0]._id + 1  # a run number of its own
+    # What a backend may send them with, without reading each run again.
+    assert made.params == [{"x": 1}, {"x": 2}]
+    assert made.ids == [made[0]._id, made[1]._id]
+    assert made.shareable is False  # (unless the map says every value is immutable)
     assert made[1].task_run_id != made[0].task_run_id
+
+
+def test_a_map_group_says_when_none_of_its_runs_ended_and_when_all_completed() -> None:
+    owner: Any = object()
+    (failed,) = plain_runs(
+        owner, as_task(double), [{"x": 1}], contextvars.copy_context(), MapGroup(1)
+    )
+    completing = MapGroup(3)
+    assert (completing.untouched, completing.all_completed) == (True, False)
+    completing.ended(2, None)
+    assert (completing.untouched, completing.all_completed) == (False, False)
+    completing.ended(1, None)
+    assert (completing.untouched, completing.all_completed) == (False, True)
+    failing = MapGroup(2)
+    failing.ended(1, failed)
+    failing.ended(1, None)
+    assert (failing.untouched, failing.all_completed) == (False, False)
 
 
 # -- wait / as_completed ------------------------------------------------------------------------
