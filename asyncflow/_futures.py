@@ -536,6 +536,7 @@ class Future(Generic[R]):
 
 status_of = operator.attrgetter("_status")  # a future's state, for scans in C
 _value_of = operator.attrgetter("_value")
+_id_of = operator.attrgetter("_id")
 
 
 def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -> list[Any]:
@@ -554,7 +555,7 @@ class PlainRuns(list["Future[Any]"]):
     __slots__ = ("ids", "params", "shareable")
 
     params: list[dict[str, Any]]
-    ids: list[int]
+    ids: Sequence[int]  # (a range when consecutive, as they are unless another thread took one)
     shareable: bool
 
 
@@ -573,8 +574,6 @@ def plain_runs(
     thousands at once). A test checks that both make the same."""
     runs = PlainRuns()
     append = runs.append
-    ids: list[int] = []
-    add_id = ids.append
     new = object.__new__
     now = time.time()
     next_number = _next_run_number
@@ -590,11 +589,15 @@ def plain_runs(
         fut._timestamp = now
         fut._callbacks = fut._waiters = fut._event = fut._handle = None
         fut._group = group
-        fut._id = run_id = _RUN_ID_BASE | next_number()
-        add_id(run_id)
+        fut._id = _RUN_ID_BASE | next_number()
         append(fut)
     runs.params = children
-    runs.ids = ids
+    # The run ids, consecutive unless another thread took a number meanwhile: then a range
+    # (cheaper to send). Each is an int: no other thread has seen these runs yet.
+    first: int = runs[0]._id if runs else 0  # type: ignore[assignment]
+    last: int = runs[-1]._id if runs else -1  # type: ignore[assignment]
+    consecutive = last - first == len(runs) - 1
+    runs.ids = range(first, last + 1) if consecutive else list(map(_id_of, runs))
     runs.shareable = shareable
     return runs
 

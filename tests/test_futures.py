@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from helpers import Stuck, adouble, ahold, double, hold
 
+import asyncflow._futures as futures_module
 import asyncflow._waiting as waiting_module
 from asyncflow import (
     DoneAndNotDone,
@@ -566,9 +567,20 @@ def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
     assert made[1]._id == made[0]._id + 1  # a run number of its own
     # What a backend may send them with, without reading each run again.
     assert made.params == [{"x": 1}, {"x": 2}]
-    assert made.ids == [made[0]._id, made[1]._id]
+    assert made.ids == range(made[0]._id, made[1]._id + 1)  # consecutive: a range
     assert made.shareable is False  # (unless the map says every value is immutable)
     assert made[1].task_run_id != made[0].task_run_id
+
+
+def test_plain_runs_list_their_ids_when_another_thread_took_a_number_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    owner: Any = object()
+    monkeypatch.setattr(futures_module, "_next_run_number", iter([5, 7, 8]).__next__)
+    params = [{"x": 1}, {"x": 2}, {"x": 3}]
+    made = plain_runs(owner, as_task(double), params, contextvars.copy_context(), MapGroup(3))
+    assert made.ids == [run._id for run in made]
+    assert [run._id & 0xFFFF for run in made] == [5, 7, 8]
 
 
 def test_a_map_group_says_when_none_of_its_runs_ended_and_when_all_completed() -> None:
