@@ -567,7 +567,10 @@ def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
     assert made[1]._id == made[0]._id + 1  # a run number of its own
     # What a backend may send them with, without reading each run again.
     assert made.params == [{"x": 1}, {"x": 2}]
-    assert made.ids == range(made[0]._id, made[1]._id + 1)  # consecutive: a range
+    first, second = made[0]._id, made[1]._id
+    assert type(first) is int
+    assert type(second) is int
+    assert made.ids == range(first, second + 1)  # consecutive: a range
     assert made.shareable is False  # (unless the map says every value is immutable)
     assert made[1].task_run_id != made[0].task_run_id
 
@@ -580,7 +583,7 @@ def test_plain_runs_list_their_ids_when_another_thread_took_a_number_meanwhile(
     params = [{"x": 1}, {"x": 2}, {"x": 3}]
     made = plain_runs(owner, as_task(double), params, contextvars.copy_context(), MapGroup(3))
     assert made.ids == [run._id for run in made]
-    assert [run._id & 0xFFFF for run in made] == [5, 7, 8]
+    assert [int(run._id) & 0xFFFF for run in made] == [5, 7, 8]
 
 
 def test_a_map_group_says_when_none_of_its_runs_ended_and_when_all_completed() -> None:

@@ -2161,7 +2161,7 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     _, is_async, (name, _, _), args, contexts = message
     assert (is_async, name) == (False, "double")
     assert pickle.loads(args) == [{"x": i} for i in range(1000, 2000)]
-    assert contexts == range(runs[1000]._id, runs[-1]._id + 1)  # (consecutive: a range)
+    assert contexts == range(int(runs[1000]._id), int(runs[-1]._id) + 1)  # (consecutive)
     assert calls == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
     # A run cancelled while its batch waited is left out of the message.
     runs[999]._status = CANCELLED  # (the last run of the first batch)
