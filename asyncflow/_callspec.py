@@ -18,7 +18,16 @@ class CallSpec:
     under its own name; names the signature does not know go to ``**kwargs`` when there is one.
     """
 
-    __slots__ = ("names", "positional", "required", "signature", "simple", "varkw", "varpos")
+    __slots__ = (
+        "leading",
+        "names",
+        "positional",
+        "required",
+        "signature",
+        "simple",
+        "varkw",
+        "varpos",
+    )
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         try:
@@ -55,6 +64,10 @@ class CallSpec:
         self.required = frozenset(required)
         self.positional = tuple(positional)
         self.simple = not positional and self.varpos is None
+        # Of a simple one: the names of the parameters that may be passed by position, in order.
+        self.leading = tuple(
+            p.name for p in sig.parameters.values() if p.kind is _P.POSITIONAL_OR_KEYWORD
+        )
 
     def check(self, parameters: Mapping[str, Any], task_name: str) -> None:
         """Raise ``TypeError`` naming the task and the parameter when ``parameters`` cannot bind."""

@@ -549,8 +549,9 @@ def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -
 
 class PlainRuns(list["Future[Any]"]):
     """The runs of a map with no inputs and no policy (``plain_runs`` makes them), with what a
-    backend may send them with without reading each run again: their parameters, their run
-    ids, and whether every value is of a type no call can change (``shareable``)."""
+    backend may send them with without reading each run again: their parameters (the same
+    names in the same order in each dict, as ``map`` makes them), their run ids, and whether
+    every value is of a type no call can change (``shareable``)."""
 
     __slots__ = ("ids", "params", "shareable")
 

@@ -12,7 +12,9 @@ In, each body is a pickle:
   [(run_number, attempt), ...], batch_number, notify)``: ``args_bytes`` a cloudpickle of the
   list of ``(args, kwargs)``, one per call (or ``kwargs`` alone when there are no ``args``),
   or a list of one such pickle per call (when calls could share a mutable argument: each then
-  loads its own copy); the list what ``get_run_context()`` says in the body (it makes the
+  loads its own copy), or a 1-tuple holding a pickle of the list of each call's positional
+  arguments, a tuple (a sync function's map whose parameters are its leading ones, in
+  order); the list (or a range) what ``get_run_context()`` says in the body (it makes the
   run's UUID from ``run_number``, as the parent's future does; the run number alone for a
   first attempt); ``batch_number`` None for replies written as each call ends, else the number
   under which they are held; ``notify`` True for a lone call with a timeout, whose worker then
@@ -416,7 +418,11 @@ class _ContextAt:
 
 
 def _load(
-    payload: bytes, blob: bytes | list[bytes], count: int, replies: _Replies, cloudpickle: Any
+    payload: bytes,
+    blob: bytes | list[bytes] | tuple[bytes],
+    count: int,
+    replies: _Replies,
+    cloudpickle: Any,
 ) -> tuple[Any, list[Any]] | None:
     """The function and the calls of a message; None if they do not load (then answered)."""
     try:
@@ -426,11 +432,13 @@ def _load(
             _write(replies, ("ser", ("function", _error_text(exc))))
         return None
     try:
-        # One pickle of them all, or one per call when calls could share a mutable argument
-        # (then each gets its own copy, as a call sent alone does).
-        calls: list[Any] = (
-            list(map(cloudpickle.loads, blob)) if type(blob) is list else cloudpickle.loads(blob)
-        )
+        # One pickle of them all (in a 1-tuple: of their positional arguments), or one per
+        # call when calls could share a mutable argument (then each gets its own copy, as a
+        # call sent alone does).
+        if type(blob) is list:
+            calls: list[Any] = list(map(cloudpickle.loads, blob))
+        else:
+            calls = cloudpickle.loads(blob[0] if type(blob) is tuple else blob)
     except BaseException as exc:  # (a __reduce__ may raise anything, SystemExit included)
         text = _error_text(exc)
         reply = ("ser", ("arguments", text)) if count == 1 else ("unbatch", text)
@@ -443,7 +451,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     payload: bytes,
     is_async: bool,
     ident: tuple[str, frozenset[str], str],
-    blob: bytes | list[bytes],
+    blob: bytes | list[bytes] | tuple[bytes],
     contexts: list[int | tuple[int, int]],
     replies: _Replies,
     notify: bool = False,
@@ -481,9 +489,11 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         raise ValueError(f"{len(calls)} calls came with {len(contexts)} run contexts")
     if ledger is not None:  # the body's run context, by the worker's position in the ledger
         asyncflow_run_context = _ContextAt(contexts, numbers)
-    # A call is its keyword arguments alone, or (args, kwargs); a sync function called with
-    # keyword arguments alone (the common case) is called so, with no more checks per call.
-    kwargs_only = not is_async and set(map(type, calls)) == {dict}
+    # A call is its keyword arguments alone, or (args, kwargs), or, sent so, the tuple of its
+    # positional arguments; a sync function called with either alone (the common case) is
+    # called so, with no more checks per call.
+    by_position = type(blob) is tuple
+    kwargs_only = not is_async and not by_position and set(map(type, calls)) == {dict}
     for index, call in enumerate(calls):
         if ledger is not None:
             numbers[at] = 2 * index + 1  # type: ignore[index]
@@ -497,6 +507,8 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         try:
             if kwargs_only:
                 value = fn(**call)
+            elif by_position:
+                value = fn(*call)
             else:
                 args, kwargs = ((), call) if type(call) is dict else call
                 if is_async:

@@ -2160,7 +2160,8 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     message, calls = workers._packed(sent[1])
     _, is_async, (name, _, _), args, contexts = message
     assert (is_async, name) == (False, "double")
-    assert pickle.loads(args) == [{"x": i} for i in range(1000, 2000)]
+    (by_position,) = args  # (x is double's first parameter: its calls go by position)
+    assert pickle.loads(by_position) == [(i,) for i in range(1000, 2000)]
     assert contexts == range(int(runs[1000]._id), int(runs[-1]._id) + 1)  # (consecutive)
     assert calls == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
     # A run cancelled while its batch waited is left out of the message.
@@ -2499,6 +2500,33 @@ def test_calls_of_a_batch_each_get_their_own_copy_of_a_shared_argument() -> None
         assert runner.submit(take_mode, {"item": 0, "options": {"mode": "strict"}}).result(TIMEOUT)
         modes = runner.map(take_mode, {"item": range(200), "options": unmapped({"mode": "s"})})
         assert modes.result(TIMEOUT) == ["s"] * 200
+
+
+def pair(x: int, y: int, *, z: int = 0) -> tuple[int, int, int]:
+    return x, y, z
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_map_batch_passes_each_parameter_to_its_own_name() -> None:
+    # By position when the parameters of its calls are the leading ones in order, else by
+    # name: each value gets to its own parameter either way.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(pair, {"x": 0, "y": 0}).result(TIMEOUT) == (0, 0, 0)
+        maps = [
+            runner.map(pair, {"x": range(50), "y": range(50, 100)}),
+            runner.map(pair, {"y": range(50), "x": range(50, 100)}),
+            runner.map(pair, {"x": unmapped(7), "y": range(50)}),
+            runner.map(pair, {"y": unmapped(7), "x": range(50)}),
+            runner.map(pair, {"x": range(50), "y": unmapped(1), "z": unmapped(2)}),
+        ]
+        results = [m.result(TIMEOUT) for m in maps]
+    assert results == [
+        [(i, 50 + i, 0) for i in range(50)],
+        [(50 + i, i, 0) for i in range(50)],
+        [(7, i, 0) for i in range(50)],
+        [(i, 7, 0) for i in range(50)],
+        [(i, 1, 2) for i in range(50)],
+    ]
 
 
 def take_first_byte(item: int, buffer: bytearray) -> int:
