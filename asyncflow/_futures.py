@@ -139,6 +139,29 @@ def _nothing() -> None:
     pass
 
 
+class _LoopAwaits(threading.local):
+    """The awaits on futures under way in a loop that a sync body runs in its worker thread
+    (several at once under ``gather``): the first lends the thread's slot and its run's
+    limits, the last takes them back (as one ``.result()`` would)."""
+
+    count = 0
+    lending: Lending | None = None
+
+    def begin(self) -> None:
+        if not self.count:
+            self.lending = Lending().lend()
+        self.count += 1
+
+    def end(self, waited_to_the_end: bool) -> None:
+        self.count -= 1
+        if not self.count and self.lending is not None:
+            lending, self.lending = self.lending, None
+            lending.give_back(waited_to_the_end)
+
+
+_loop_awaits = _LoopAwaits()
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -355,6 +378,11 @@ class Future(Generic[R]):
                 and run._scheduler.loop is loop
                 and run._scheduler.lend_limits(run, current_attempt.get())
             )
+            # A sync body's thread running a loop of its own (asyncio.run in the body) waits
+            # here as in .result(): it lends its worker slot (and its run's limits) meanwhile.
+            in_body_loop = getattr(blocking_hooks, "slot", None) is not None
+            if in_body_loop:
+                _loop_awaits.begin()
             try:
                 yield from waiter
             except BaseException:
@@ -363,7 +391,11 @@ class Future(Generic[R]):
                         self._waiters.remove(waiter)
                 if lent:  # interrupted (cancelled, timed out): take the limits back at once
                     run._scheduler.reclaim_limits(run, _nothing, current_attempt.get(), True)
+                if in_body_loop:
+                    _loop_awaits.end(waited_to_the_end=False)
                 raise
+            if in_body_loop:
+                _loop_awaits.end(waited_to_the_end=True)
             if lent:
                 back = loop.create_future()
                 if not run._scheduler.reclaim_limits(

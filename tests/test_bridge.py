@@ -173,6 +173,25 @@ def test_one_slot_parent_blocking_on_its_child_completes() -> None:
         assert runner.submit(blocking_parent_many, {"x": 1}).result(timeout=TIMEOUT) == [2, 3, 4]
 
 
+@task
+def parent_running_a_loop(x: int) -> list[int]:
+    # A sync body running a loop of its own that awaits its children: its thread waits there
+    # as in .result(), and gives its slot back meanwhile.
+    async def children() -> list[int]:
+        one = await leaf.submit(x)
+        both = await asyncio.gather(leaf.submit(one), leaf.submit(one + 1))
+        return [one, *both]
+
+    return asyncio.run(children())
+
+
+def test_one_slot_parent_awaiting_its_children_in_a_loop_of_its_own_completes() -> None:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(parent_running_a_loop, {"x": 1})
+        assert fut.result(timeout=TIMEOUT) == [2, 3, 4]
+        assert runner.submit(leaf, {"x": 5}).result(timeout=TIMEOUT) == 6  # the slot is back
+
+
 def test_two_slots_two_parents_each_blocking_on_a_child_complete() -> None:
     both_in = threading.Barrier(2)
 
