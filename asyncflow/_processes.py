@@ -87,6 +87,7 @@ _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
+_START_PAUSE = 5.0  # seconds after the last of those before one more start is tried
 # Reply kinds (see _process_worker).
 _OK, _LOG, _HELD_KIND = ord("o"), ord("l"), ord("h")  # a result; a log record; held replies
 _STARTED = ord("s")  # the body of a lone call with a timeout starts (not a reply)
@@ -585,6 +586,7 @@ class ProcessWorkers:
         self._env = worker_env
         self._failed_starts = 0  # workers in a row that could not start
         self._last_start_error = ""
+        self._last_failed_start = 0.0  # (time.monotonic) when the last of them died
         try:
             init = None if initializer is None else cloudpickle.dumps((initializer, initargs))
         except Exception as exc:
@@ -811,10 +813,14 @@ class ProcessWorkers:
 
     async def _spawn(self, task_name: str) -> _Worker:
         """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
-        if self._failed_starts >= _MAX_FAILED_STARTS:
+        paused = _START_PAUSE - (time.monotonic() - self._last_failed_start)
+        if self._failed_starts >= _MAX_FAILED_STARTS and paused > 0:
+            # Runs fail at once instead of starting workers forever; once the pause is over,
+            # another start is tried (the cause, such as a full disk, may have passed).
             raise WorkerStartError(
                 f"task {task_name!r}: worker processes keep failing to start "
-                f"({self._failed_starts} in a row); the last one said:\n{self._last_start_error}",
+                f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
+                f"the last one said:\n{self._last_start_error}",
                 0,
                 None,
                 self._last_start_error,
@@ -864,6 +870,7 @@ class ProcessWorkers:
             await worker.reap()
             self._workers.discard(worker)
             self._failed_starts += 1
+            self._last_failed_start = time.monotonic()
             tail = worker.stderr.decode(errors="replace").strip()
             self._last_start_error = "\n".join(tail.splitlines()[-15:])
             raise WorkerStartError(

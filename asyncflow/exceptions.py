@@ -138,5 +138,5 @@ class RemoteError(AsyncflowError):
 
 class WorkerStartError(WorkerCrashedError):
     """A worker process could not start (an initializer that raised, an import that failed).
-    After a few such starts in a row, queued runs fail with it at once instead of starting
-    workers forever."""
+    After a few such starts in a row, runs fail with it at once instead of starting workers
+    forever, until a pause has passed: then another start is tried."""

@@ -741,6 +741,38 @@ def test_a_worker_that_cannot_start_fails_runs_with_its_stderr_and_starts_stop(
     assert len(starts.read_text().split()) < len(futures)
 
 
+def refuse_while(down: str, starts: str) -> None:
+    """An initializer that records the attempt, then fails while the file ``down`` exists."""
+    with open(starts, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if os.path.exists(down):
+        raise RuntimeError("the database is down")
+
+
+def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down, starts = tmp_path / "down", tmp_path / "starts"
+    down.touch()
+    runner = ProcessPoolTaskRunner(
+        max_workers=1, initializer=refuse_while, initargs=(str(down), str(starts))
+    )
+    with runner:
+        for _ in range(3):  # three failed starts in a row
+            err = runner.submit(double, {"x": 1}).exception(TIMEOUT)
+            assert isinstance(err, WorkerStartError)
+            assert "the database is down" in err.stderr_tail
+        paused = runner.submit(double, {"x": 1}).exception(TIMEOUT)
+        assert isinstance(paused, WorkerStartError)
+        assert "keep failing to start (3 in a row;" in str(paused)
+        assert "another start is tried" in str(paused)
+        assert len(starts.read_text().split()) == 3  # no worker was started for it
+        down.unlink()  # the cause passed
+        monkeypatch.setattr(asyncflow._processes, "_START_PAUSE", 0.0)  # (and the pause)
+        assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
+        assert runner.submit(double, {"x": 3}).result(TIMEOUT) == 6
+
+
 # -- row 16: timeouts and cancellation kill the worker's process group --------------------------
 @pytest.mark.parametrize("stubborn", [False, True], ids=["terminated", "killed"])
 def test_a_timeout_kills_the_worker_and_its_children_and_a_fresh_worker_takes_over(
