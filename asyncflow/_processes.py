@@ -77,6 +77,7 @@ _START = _SKIPS + 1024  # offset of the held replies
 _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes them out
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
+_STDERR_GRACE = 0.5  # seconds a worker's stderr is read for after it exited, if it has not ended
 _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
@@ -282,18 +283,36 @@ class _Worker:
         self.idle_since = 0.0
         self.announced: Any = None  # the last run it was sent that subscribers saw start
 
-    async def drain_stderr(self) -> None:
-        """Read its stderr until it ends; once the worker has exited, end its group (see
-        ``reap``) at once, even while it is idle and nothing else looks at it."""
-        assert self.process.stderr is not None
-        try:
+    async def drain_stderr(self, fd: int) -> None:
+        """Read its stderr (the read end ``fd`` of the pipe, this task's to close) until it
+        ends; once the worker has exited, end its group (see ``reap``) at once, even while it
+        is idle and nothing else looks at it. The reading stops ``_STDERR_GRACE`` seconds
+        after the worker exited if its stderr has not ended by then: a process it started in
+        a session of its own (a daemon) may keep the pipe open for as long as it lives, and
+        must not hold the runner's exit. (The pipe is this pool's own, not the loop's: a wait
+        for the process would wait for it to close too.)"""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def readable() -> None:
             try:
-                async for chunk in self.process.stderr:
-                    self.stderr += chunk
-                    del self.stderr[:-_TAIL]
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self.stderr += data
+                del self.stderr[:-_TAIL]
+            elif not ended.done():
+                ended.set_result(None)
+                loop.remove_reader(fd)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
+        try:
             await self.process.wait()
+            await asyncio.wait({ended}, timeout=_STDERR_GRACE)  # (what it wrote last)
         except asyncio.CancelledError:
             # The loop is being torn down (an error escaped it): the worker goes now, with its
             # group and its watcher, which nothing will stop later.
@@ -301,6 +320,10 @@ class _Worker:
             if watcher is not None:
                 watcher.stop_now()
             raise
+        finally:
+            if not ended.done():
+                loop.remove_reader(fd)
+            os.close(fd)
         await self._end_group()
 
     async def _end_group(self) -> None:
@@ -811,12 +834,12 @@ class ProcessWorkers:
             int(_BATCH_TIME / per_call),
         )
 
-    async def _spawn(self, task_name: str) -> _Worker:
-        """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
+    def _check_starts(self, task_name: str) -> None:
+        """After ``_MAX_FAILED_STARTS`` workers in a row failed to start, runs fail at once
+        instead of starting workers forever; once ``_START_PAUSE`` has passed since the last,
+        another start is tried (the cause, such as a full disk, may have passed)."""
         paused = _START_PAUSE - (time.monotonic() - self._last_failed_start)
         if self._failed_starts >= _MAX_FAILED_STARTS and paused > 0:
-            # Runs fail at once instead of starting workers forever; once the pause is over,
-            # another start is tried (the cause, such as a full disk, may have passed).
             raise WorkerStartError(
                 f"task {task_name!r}: worker processes keep failing to start "
                 f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
@@ -825,14 +848,20 @@ class ProcessWorkers:
                 None,
                 self._last_start_error,
             )
+
+    async def _spawn(self, task_name: str) -> _Worker:
+        """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
+        self._check_starts(task_name)
         ledger = _ledger()
         fd = None if ledger is None else ledger[0]
+        errors = None
         try:
+            errors = os.pipe()  # its stderr (see _Worker.drain_stderr)
             process = await anyio.open_process(
                 [sys.executable, "-u", _WORKER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=errors[1],
                 start_new_session=True,  # its own process group: killed as a whole
                 env=self._env,
                 pass_fds=() if fd is None else (fd,),
@@ -840,6 +869,8 @@ class ProcessWorkers:
         except BaseException as exc:
             if ledger is not None:
                 ledger[1].close()
+            if errors is not None:
+                os.close(errors[0])
             if not isinstance(exc, OSError):
                 raise
             # (Not counted among the failed starts: no process started, so none can storm,
@@ -853,9 +884,12 @@ class ProcessWorkers:
         finally:
             if fd is not None:
                 os.close(fd)  # the worker has its own; the map here keeps the file
+            if errors is not None:
+                os.close(errors[1])  # (the worker has its own)
         worker = _Worker(process, None if ledger is None else ledger[1])
         self._workers.add(worker)
-        drain = worker.drain = asyncio.get_running_loop().create_task(worker.drain_stderr())
+        reading = worker.drain_stderr(errors[0])
+        drain = worker.drain = asyncio.get_running_loop().create_task(reading)
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
         self._starting.add(worker)

@@ -773,6 +773,35 @@ def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
         assert runner.submit(double, {"x": 3}).result(TIMEOUT) == 6
 
 
+def start_daemon() -> int:
+    """A body that starts a process of its own session, which keeps the worker's stderr."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return daemon.pid
+
+
+def test_a_daemon_that_keeps_a_worker_s_stderr_does_not_hold_the_runner_s_exit() -> None:
+    fired = threading.Event()
+
+    def end_daemon() -> None:  # (if the exit waited for the daemon: it ends it, and the exit)
+        fired.set()
+        os.kill(daemon, signal.SIGKILL)
+
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        daemon = runner.submit(start_daemon).result(TIMEOUT)
+        stop = threading.Timer(TIMEOUT, end_daemon)
+        stop.start()
+    stop.cancel()
+    stop.join()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(daemon, signal.SIGKILL)
+    assert not fired.is_set(), "the runner's exit waited for the daemon"
+
+
 # -- row 16: timeouts and cancellation kill the worker's process group --------------------------
 @pytest.mark.parametrize("stubborn", [False, True], ids=["terminated", "killed"])
 def test_a_timeout_kills_the_worker_and_its_children_and_a_fresh_worker_takes_over(
