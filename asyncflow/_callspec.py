@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,9 +65,15 @@ class CallSpec:
         self.required = frozenset(required)
         self.positional = tuple(positional)
         self.simple = not positional and self.varpos is None
-        # Of a simple one: the names of the parameters that may be passed by position, in order.
-        self.leading = tuple(
-            p.name for p in sig.parameters.values() if p.kind is _P.POSITIONAL_OR_KEYWORD
+        # Of a plain function: the names of its parameters that may be passed by position, in
+        # order, read from its code (what it takes, whatever its signature says: a decorator's
+        # wrapper of (*args, **kwargs) shows the signature of the function it wraps, and may
+        # look its arguments up by name).
+        code = fn.__code__ if type(fn) is types.FunctionType else None
+        self.leading: tuple[str, ...] = (
+            code.co_varnames[: code.co_argcount]
+            if code is not None and not code.co_posonlyargcount
+            else ()
         )
 
     def check(self, parameters: Mapping[str, Any], task_name: str) -> None:

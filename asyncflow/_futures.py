@@ -97,9 +97,12 @@ class _Owner(Protocol):
 class Lending:
     """What a thread blocked on other futures lends while it waits: its worker slot, and the
     concurrency limits its run holds (a parent waiting for its child must not keep the slot
-    the child needs). Limits are taken back first, then the slot: the order runs start in."""
+    the child needs). Limits are taken back first, then the slot: the order runs start in.
 
-    __slots__ = ("_attempt", "_hooks", "_run")
+    Waits of one thread may overlap (awaits and a ``.result()`` in a loop a sync body runs):
+    the first lends, the last to end takes back, once (see ``_Lent``)."""
+
+    __slots__ = ("_attempt", "_generation", "_hooks", "_run")
 
     def __init__(self) -> None:
         self._hooks = getattr(blocking_hooks, "slot", None)
@@ -107,8 +110,15 @@ class Lending:
         pol = None if run is None else run._policy
         self._run = run if pol is not None and pol.limits else None
         self._attempt = current_attempt.get()
+        self._generation = -1
 
     def lend(self) -> Lending:
+        lent = _lent
+        self._generation = lent.generation
+        lent.depth += 1
+        if lent.depth > 1:
+            return self  # (lent already, by a wait of this thread still under way)
+        lent.first = self
         run = self._run
         if run is not None:
             run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
@@ -117,6 +127,15 @@ class Lending:
         return self
 
     def give_back(self, waited_to_the_end: bool) -> None:
+        lent = _lent
+        if self._generation != lent.generation:
+            return  # its body ended meanwhile, and took back what was lent (take_back_lent)
+        lent.depth -= 1
+        if not lent.depth:
+            lent.first = None
+            self._take_back(waited_to_the_end)
+
+    def _take_back(self, waited_to_the_end: bool) -> None:
         run = self._run
         if run is not None:
             # After a timed wait that timed out, take them back at once: the timeout is kept.
@@ -135,31 +154,34 @@ class Lending:
             self._hooks.reacquire(wait=waited_to_the_end)
 
 
+class _Lent(threading.local):
+    """A thread's waits under way that lent its slot and limits (``depth``), and the number
+    of the body whose waits they are (``generation``: a wait of a body that has ended gives
+    back nothing)."""
+
+    depth = 0
+    generation = 0
+    first: Lending | None = None  # the one that lent
+
+
+_lent = _Lent()
+
+
+def take_back_lent() -> None:
+    """A worker thread, once its body has returned: what a wait of the body left lent (an
+    await left pending in a loop of its own) is taken back now, before the body's end is
+    reported; those waits, should they end later, give back nothing."""
+    lent = _lent
+    if lent.depth:
+        first, lent.first = lent.first, None
+        lent.depth = 0
+        lent.generation += 1
+        if first is not None:
+            first._take_back(waited_to_the_end=False)
+
+
 def _nothing() -> None:
     pass
-
-
-class _LoopAwaits(threading.local):
-    """The awaits on futures under way in a loop that a sync body runs in its worker thread
-    (several at once under ``gather``): the first lends the thread's slot and its run's
-    limits, the last takes them back (as one ``.result()`` would)."""
-
-    count = 0
-    lending: Lending | None = None
-
-    def begin(self) -> None:
-        if not self.count:
-            self.lending = Lending().lend()
-        self.count += 1
-
-    def end(self, waited_to_the_end: bool) -> None:
-        self.count -= 1
-        if not self.count and self.lending is not None:
-            lending, self.lending = self.lending, None
-            lending.give_back(waited_to_the_end)
-
-
-_loop_awaits = _LoopAwaits()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -380,9 +402,9 @@ class Future(Generic[R]):
             )
             # A sync body's thread running a loop of its own (asyncio.run in the body) waits
             # here as in .result(): it lends its worker slot (and its run's limits) meanwhile.
-            in_body_loop = getattr(blocking_hooks, "slot", None) is not None
-            if in_body_loop:
-                _loop_awaits.begin()
+            lending = (
+                Lending().lend() if getattr(blocking_hooks, "slot", None) is not None else None
+            )
             try:
                 yield from waiter
             except BaseException:
@@ -391,11 +413,11 @@ class Future(Generic[R]):
                         self._waiters.remove(waiter)
                 if lent:  # interrupted (cancelled, timed out): take the limits back at once
                     run._scheduler.reclaim_limits(run, _nothing, current_attempt.get(), True)
-                if in_body_loop:
-                    _loop_awaits.end(waited_to_the_end=False)
+                if lending is not None:
+                    lending.give_back(waited_to_the_end=False)
                 raise
-            if in_body_loop:
-                _loop_awaits.end(waited_to_the_end=True)
+            if lending is not None:
+                lending.give_back(waited_to_the_end=True)
             if lent:
                 back = loop.create_future()
                 if not run._scheduler.reclaim_limits(

@@ -357,6 +357,7 @@ def _serve() -> str:
     parent = os.getppid()
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    os.register_at_fork(before=_note_run_context, after_in_child=_keep_run_context)
     # The pipes move to descriptors of their own (not inherited by what a body starts): a
     # body reading its stdin reads nothing, and a print() goes to stderr, not in the replies.
     inbox = os.fdopen(os.dup(0), "rb")
@@ -415,6 +416,24 @@ class _ContextAt:
     def __call__(self) -> int | tuple[int, int]:
         # Call i runs at position 2 * i + 1, and its body has returned at 2 * i + 2.
         return self.contexts[(self.numbers[_AT // 4] - 1) // 2]
+
+
+_forked_context: int | tuple[int, int] | None = None  # (see _keep_run_context)
+
+
+def _note_run_context() -> None:
+    """Just before a body forks: the run context it is forked in, for the child."""
+    global _forked_context
+    call = asyncflow_run_context
+    _forked_context = call() if isinstance(call, _ContextAt) else call
+
+
+def _keep_run_context() -> None:
+    """In a process a body forks: the run context stays the one it was forked in (the
+    worker's position in the ledger, which a batch's context is read at, moves on, maybe
+    before this child runs at all)."""
+    global asyncflow_run_context
+    asyncflow_run_context = _forked_context
 
 
 def _load(

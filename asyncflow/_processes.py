@@ -87,6 +87,7 @@ _BATCH_TIME = 0.01  # seconds of work (by the last call's time) a batch holds at
 _RECHECK = 0.05  # seconds: a cancel marked in a batch checks then that its call is not running
 assert _BATCH_MAX <= _START - _SKIPS  # a skip mark for every call of a batch
 _BATCH_COST = 0.002  # seconds: calls taking longer are not batched
+_RECUT = 4.0  # a map's queued batches are cut again when its calls take this many times longer
 _MAX_FAILED_STARTS = 3  # workers in a row dying before their first answer: stop starting more
 _START_PAUSE = 5.0  # seconds after the last of those before one more start is tried
 # Reply kinds (see _process_worker).
@@ -199,16 +200,18 @@ def _plain(item: Any) -> bool:
 
 class _MapBatch(list[Future[Any]]):
     """A batch of a map's runs made when the map was submitted (see ``_prepared``): the
-    runs, with their parameters and run numbers."""
+    runs, with their parameters and run numbers, and the time a call was taken to take
+    then."""
 
-    __slots__ = ("ids", "params", "shareable")
+    __slots__ = ("cost", "ids", "params", "shareable")
 
-    def __init__(self, runs: PlainRuns, start: int, size: int) -> None:
+    def __init__(self, runs: PlainRuns, start: int, size: int, cost: float) -> None:
         end = start + size
         super().__init__(runs[start:end])
         self.params = runs.params[start:end]
         self.ids = runs.ids[start:end]
         self.shareable = runs.shareable
+        self.cost = cost
 
 
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
@@ -629,7 +632,8 @@ class ProcessWorkers:
         # Seconds the last call of each task took (by its function: see _cost_key): cheap ones
         # are sent in batches.
         self._cost: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-        self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()  # arguments failed to load
+        # Tasks (by _cost_key) whose batch's arguments failed to load: not batched again.
+        self._unbatchable: weakref.WeakSet[Any] = weakref.WeakSet()
         # Runs reported started (to event subscribers) whose batch then never ran: not again.
         self._announced: weakref.WeakSet[Any] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
@@ -662,7 +666,26 @@ class ProcessWorkers:
         size = self._batch_size(task, -(-len(runs) // self._max))
         if size <= 1:
             return runs
-        return [_MapBatch(runs, start, size) for start in range(0, len(runs), size)]
+        cost = self._cost[_cost_key(task)]
+        return [_MapBatch(runs, start, size, cost) for start in range(0, len(runs), size)]
+
+    def _recheck(self, batch: _MapBatch) -> None:
+        """A batch made at submit was answered: if its calls took much longer than its
+        task's calls were taken to take then, the batches of that task still queued were cut
+        too big (idle workers would wait for the one running a long batch); their runs go
+        back to the queue one by one, batched by their time now (see ``_take_batch``)."""
+        task = batch[0]._task
+        if self._cost.get(_cost_key(task), 0.0) <= _RECUT * batch.cost:
+            return
+        ready = self._ready
+        items: list[Any] = []
+        for item in ready:
+            if type(item) is _MapBatch and item[0]._task is task:
+                items += item
+            else:
+                items.append(item)
+        ready.clear()
+        ready.extend(items)
 
     def _pump_soon(self) -> None:
         # Later in this loop turn, once: the items submitted with this one (a whole map) are
@@ -677,7 +700,7 @@ class ProcessWorkers:
         body returned is left alone (its reply is dropped), one not started is marked to be
         skipped (and the worker serves on); only the call whose body runs is stopped. Without
         a ledger there are no marks: the worker is stopped when the call is the first one
-        unanswered (at once, or once the replies before it are in; see ``_replies``), which
+        unanswered (at once, or once the replies before it are in; see ``_take_replies``), which
         may stop the call after it if the worker moved on meanwhile (that one is queued again
         and runs twice)."""
         if item in self._busy:  # sent alone
@@ -696,7 +719,7 @@ class ProcessWorkers:
             if ledger is None:  # (no ledger on this system) only the first unanswered runs
                 if index != worker.batch_size - len(worker.unanswered):
                     # Unless the replies before it are still on their way: the worker is
-                    # stopped once they are in and it is the first unanswered (_replies).
+                    # stopped once they are in and it is the first unanswered (_take_replies).
                     worker.stop_at.add(item)
                     return True
             elif not self._runs(ledger, index, mark=True):
@@ -819,9 +842,10 @@ class ProcessWorkers:
     def _batch_size(self, task: Any, share: int) -> int:
         """How many plain calls of ``task`` one batch takes, each worker's ``share`` of the
         queue given: 1 if its calls go one by one."""
-        if self._max_tasks is not None or task in self._unbatchable:
+        key = _cost_key(task)
+        if self._max_tasks is not None or key in self._unbatchable:
             return 1
-        cost = self._cost.get(_cost_key(task))
+        cost = self._cost.get(key)
         if cost is None or cost > _BATCH_COST:
             # Unknown or slow bodies go one by one: batching long calls would leave workers idle.
             return 1
@@ -838,16 +862,21 @@ class ProcessWorkers:
         """After ``_MAX_FAILED_STARTS`` workers in a row failed to start, runs fail at once
         instead of starting workers forever; once ``_START_PAUSE`` has passed since the last,
         another start is tried (the cause, such as a full disk, may have passed)."""
-        paused = _START_PAUSE - (time.monotonic() - self._last_failed_start)
-        if self._failed_starts >= _MAX_FAILED_STARTS and paused > 0:
-            raise WorkerStartError(
-                f"task {task_name!r}: worker processes keep failing to start "
-                f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
-                f"the last one said:\n{self._last_start_error}",
-                0,
-                None,
-                self._last_start_error,
-            )
+        if self._failed_starts < _MAX_FAILED_STARTS:
+            return
+        now = time.monotonic()
+        paused = _START_PAUSE - (now - self._last_failed_start)
+        if paused <= 0:
+            self._last_failed_start = now  # one start is tried: the others wait for it
+            return
+        raise WorkerStartError(
+            f"task {task_name!r}: worker processes keep failing to start "
+            f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
+            f"the last one said:\n{self._last_start_error}",
+            0,
+            None,
+            self._last_start_error,
+        )
 
     async def _spawn(self, task_name: str) -> _Worker:
         """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
@@ -946,7 +975,7 @@ class ProcessWorkers:
             if len(calls) == 1:  # (a batch of several may be down to one by now)
                 alone = calls[0][0]
             await worker.send((*message, worker.take(calls, self._sched.events is None), notify))
-            last = await self._replies(worker, calls)
+            last = await self._replies(worker, calls, batch)
             if last is not None:
                 answered_by, worker, handed_back = worker, None, True
                 await self._hand_back_then_answer(answered_by, last, calls)
@@ -1083,7 +1112,16 @@ class ProcessWorkers:
         self._workers.discard(worker)
         self._in_background(worker.reap())
 
-    async def _replies(self, worker: _Worker, calls: deque[Any]) -> list[bytes] | None:
+    async def _replies(
+        self, worker: _Worker, calls: deque[Any], batch: list[Any]
+    ) -> list[bytes] | None:
+        """``_take_replies``; then, for a batch made at submit, ``_recheck``."""
+        last = await self._take_replies(worker, calls)
+        if type(batch) is _MapBatch:
+            self._recheck(batch)
+        return last
+
+    async def _take_replies(self, worker: _Worker, calls: deque[Any]) -> list[bytes] | None:
         """Take the replies of a batch as they come, in order (``calls``: those still to
         answer); each ends its run. The time per call is remembered (cheap tasks are
         batched). Returns the replies not handled yet when they are the results of the whole
@@ -1189,7 +1227,7 @@ class ProcessWorkers:
             return True
         reply = pickle.loads(frame[1:])  # our own pipe from our own worker
         if reply[0] == "unbatch":  # none of the batch ran; resend them one by one
-            self._unbatchable.add(task)
+            self._unbatchable.add(_cost_key(task))
             if worker.announced is item:  # subscribers were told it started
                 self._announced.add(item)
             calls.appendleft(call)
@@ -1228,7 +1266,7 @@ class ProcessWorkers:
             # It died before it ran any (perhaps loading the arguments killed it): no one is
             # blamed, and the task's calls go one by one from now on, so a call that kills its
             # worker again takes only its own run down.
-            self._unbatchable.add(calls[0][1])
+            self._unbatchable.add(_cost_key(calls[0][1]))
             if worker.announced is calls[0][0]:  # subscribers were told it started
                 self._announced.add(calls[0][0])
         elif calls and not blamed:

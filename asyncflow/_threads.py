@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._futures import COMPLETED, blocking_hooks
+from ._futures import COMPLETED, blocking_hooks, take_back_lent
 from ._scheduler import call_sync
 
 if TYPE_CHECKING:
@@ -203,6 +203,7 @@ class ThreadWorkers:
                     outcome = (item, True, ctx.copy().run(call_sync, item))
                 except BaseException as exc:  # reported to the scheduler, never lost
                     outcome = (item, False, exc)
+                take_back_lent()
             del item, ctx
             done.append(outcome)
             del outcome

@@ -21,6 +21,7 @@ from ._futures import (
     MapGroup,
     add_done_callback_to_all,
     all_results,
+    blocking_hooks,
     refuse_waiting_on_itself,
     status_of,
 )
@@ -336,6 +337,7 @@ async def _wait_all_async(
 
     loop_thread = threading.get_ident()
     waiter, detach = _watch_all(pending, stop_on_failure, signal, group)
+    lending = _lending_in_body_loop()
     try:
         if deadline is None:
             await done
@@ -343,8 +345,16 @@ async def _wait_all_async(
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
     finally:
         detach()  # those still running keep no callback of a finished wait
+        if lending is not None:
+            lending.give_back(done.done())
         done.cancel()
     return waiter.failed
+
+
+def _lending_in_body_loop() -> Lending | None:
+    """In a loop a sync body runs in its worker thread (``asyncio.run`` in the body), an
+    await lends the thread's slot and limits, as ``.result()`` does (see ``Lending``)."""
+    return Lending().lend() if getattr(blocking_hooks, "slot", None) is not None else None
 
 
 def _async_queue(
@@ -381,12 +391,19 @@ async def _async_completions(
     q, notify = _async_queue(pending)
     try:
         for _ in range(len(pending)):
+            lending = _lending_in_body_loop()
+            got = None
             try:
                 if deadline is None:
                     got = await q.get()
                 else:
                     got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
+                pass
+            finally:
+                if lending is not None:
+                    lending.give_back(got is not None)
+            if got is None:
                 yield None
                 return
             yield got

@@ -21,11 +21,13 @@ from asyncflow import (
     FutureList,
     ThreadPoolTaskRunner,
     as_completed,
+    as_completed_async,
     flow,
     quote,
     resolve_futures_to_results,
     task,
     wait,
+    wait_async,
 )
 from asyncflow.exceptions import TaskCancelledError, UpstreamFailedError
 
@@ -190,6 +192,104 @@ def test_one_slot_parent_awaiting_its_children_in_a_loop_of_its_own_completes() 
         fut = runner.submit(parent_running_a_loop, {"x": 1})
         assert fut.result(timeout=TIMEOUT) == [2, 3, 4]
         assert runner.submit(leaf, {"x": 5}).result(timeout=TIMEOUT) == 6  # the slot is back
+
+
+together = threading.Barrier(2, timeout=1)
+
+
+@task
+def alone_or_together(name: str) -> str:
+    """Says whether another body ran at the same time (a barrier of two passes only then)."""
+    try:
+        together.wait()
+    except threading.BrokenBarrierError:
+        return "alone"
+    finally:
+        together.reset()
+    return "together"
+
+
+@task
+def parent_awaiting_and_blocking_in_its_loop() -> list[str]:
+    # An await under way and a .result() in the same loop: the slot is lent once.
+    async def children() -> list[str]:
+        first = asyncio.ensure_future(alone_or_together.submit("x"))
+        await asyncio.sleep(0)  # (its await is under way)
+        second = alone_or_together.submit("y").result(timeout=TIMEOUT)
+        return [await first, second]
+
+    return asyncio.run(children())
+
+
+def test_a_body_s_loop_lends_its_one_slot_once_to_waits_under_way_together() -> None:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        ran = runner.submit(parent_awaiting_and_blocking_in_its_loop).result(timeout=TIMEOUT)
+    assert ran == ["alone", "alone"]  # (never two children at once)
+
+
+released = threading.Event()
+
+
+@task
+def held_child() -> int:
+    released.wait(TIMEOUT)
+    return 1
+
+
+@task
+def parent_leaving_an_await_pending(children: list[Future[int]]) -> str:
+    loop = asyncio.new_event_loop()
+
+    async def wait_a_little() -> str:
+        child = held_child.submit()
+        children.append(child)
+        done, _ = await asyncio.wait({asyncio.ensure_future(child)}, timeout=0.05)
+        return "done" if done else "timed out"
+
+    try:
+        return loop.run_until_complete(wait_a_little())  # (the await is left pending)
+    finally:
+        loop.close()
+
+
+def test_an_await_a_body_left_pending_in_its_loop_does_not_keep_its_slot_lent() -> None:
+    children: list[Future[int]] = []
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        parent = runner.submit(parent_leaving_an_await_pending, {"children": children})
+        assert parent.result(timeout=TIMEOUT) == "timed out"
+        released.set()
+        assert children[0].result(timeout=TIMEOUT) == 1
+        # One slot, taken back when the parent returned: two bodies never run together, and
+        # the runner closes (it waited forever for a slot lent for good).
+        pair = runner.map(alone_or_together, {"name": ["a", "b"]})
+        assert pair.result(timeout=TIMEOUT) == ["alone", "alone"]
+
+
+async def await_list(x: int) -> list[int]:
+    return await leaf.map(x=[x, x + 1])
+
+
+async def by_wait_async(x: int) -> list[int]:
+    children = leaf.map(x=[x, x + 1])
+    await wait_async(children)
+    return children.result()
+
+
+async def by_as_completed_async(x: int) -> list[int]:
+    return sorted([f.result() async for f in as_completed_async(leaf.map(x=[x, x + 1]))])
+
+
+@task
+def parent_waiting_in_its_loop(how: str) -> list[int]:
+    waits = {"list": await_list, "wait": by_wait_async, "completed": by_as_completed_async}
+    return asyncio.run(waits[how](1))
+
+
+@pytest.mark.parametrize("how", ["list", "wait", "completed"])
+def test_one_slot_parent_waiting_for_a_list_in_a_loop_of_its_own_completes(how: str) -> None:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        fut = runner.submit(parent_waiting_in_its_loop, {"how": how})
+        assert fut.result(timeout=TIMEOUT) == [2, 3]
 
 
 def test_two_slots_two_parents_each_blocking_on_a_child_complete() -> None:

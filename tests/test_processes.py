@@ -2236,12 +2236,28 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     assert list(unknown._ready) == runs
 
 
+def test_queued_map_batches_are_cut_again_when_its_calls_turn_out_slower() -> None:
+    t, runs = cheap_map(3000)
+    workers, _ = pump_only(t, 1e-6)
+    workers.submit_many(runs)
+    first = workers._ready.popleft()  # (it goes out; its replies say how long calls take)
+    assert list(map(len, workers._ready)) == [1024, 952]
+    workers._cost[t.fn] = 2e-6  # twice as long: the batches are left as they are
+    workers._recheck(first)
+    assert list(map(len, workers._ready)) == [1024, 952]
+    workers._cost[t.fn] = 1e-5  # ten times as long: the runs go back one by one
+    workers._recheck(first)
+    assert list(workers._ready) == runs[1024:]
+
+
 def test_the_time_of_a_plain_function_s_calls_outlives_its_task() -> None:
     # A plain function's task is made again once no run holds it (a map after a first call,
     # its future dropped): the time of that call is the function's, and still known.
     workers, _ = pump_only(as_task(double), 1e-6)
     assert workers._batch_size(Task(double), 1000) == 1000
     assert workers._batch_size(Task(functools.partial(double)), 1000) == 1  # (not known)
+    workers._unbatchable.add(double)  # (a batch's arguments failed to load: so is that)
+    assert workers._batch_size(Task(double), 1000) == 1
 
 
 def test_runs_under_limits_give_their_slots_back_in_process_workers() -> None:
@@ -2588,6 +2604,82 @@ def test_a_map_batch_passes_each_parameter_to_its_own_name() -> None:
         [(i, 7, 0) for i in range(50)],
         [(i, 1, 2) for i in range(50)],
     ]
+
+
+def by_name_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator whose wrapper takes keyword arguments alone (its signature is fn's)."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    return wrapper
+
+
+def memo_by_name(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator whose wrapper remembers results by the keyword arguments of the call."""
+    memo: dict[Any, Any] = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = tuple(sorted(kwargs.items()))
+        if key not in memo:
+            memo[key] = fn(*args, **kwargs)
+        return memo[key]
+
+    return wrapper
+
+
+@by_name_only
+def add_ten(x: int, y: int = 10) -> int:
+    return x + y
+
+
+@memo_by_name
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.usefixtures("batches")
+@pytest.mark.parametrize("fn", [add_ten, square], ids=["by-name-only", "memo-by-name"])
+def test_a_map_batch_calls_a_decorated_function_as_its_wrapper_takes_them(
+    fn: Callable[..., Any],
+) -> None:
+    # Its signature is the wrapped function's; the wrapper takes keyword arguments.
+    expected = [fn.__wrapped__(x=i) for i in range(40)]  # type: ignore[attr-defined]
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.map(fn, {"x": range(40)}).result(TIMEOUT) == expected  # (learns its time)
+        assert runner.map(fn, {"x": range(40)}).result(TIMEOUT) == expected  # (in batches)
+
+
+def fork_a_reporter(x: int, go: str, out: str) -> str:
+    """Run 0's body forks a helper that says its run context once the whole map is done."""
+    if x == 0 and os.fork() == 0:
+        try:
+            Path(go).read_text()
+            Path(out).write_text(str(asyncflow.get_run_context().task_run_id))
+        finally:
+            os._exit(0)
+    return str(asyncflow.get_run_context().task_run_id)
+
+
+@pytest.mark.usefixtures("batches")
+def test_a_process_a_body_of_a_batch_forks_keeps_the_run_context_it_was_forked_in(
+    tmp_path: Path,
+) -> None:
+    go, out = tmp_path / "go", tmp_path / "out"
+    os.mkfifo(go)
+    os.mkfifo(out)
+    params = {"go": str(go), "out": str(out)}
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        runner.submit(fork_a_reporter, {"x": 1, **params}).result(TIMEOUT)
+        mapped = runner.map(
+            fork_a_reporter, {"x": range(5), **{k: unmapped(v) for k, v in params.items()}}
+        )
+        ids = mapped.result(TIMEOUT)
+        go.write_text("go")  # (the whole batch is done)
+        seen = out.read_text()
+    assert seen == ids[0]
 
 
 def take_first_byte(item: int, buffer: bytearray) -> int:
