@@ -100,25 +100,36 @@ class Lending:
     the child needs). Limits are taken back first, then the slot: the order runs start in.
 
     Waits of one thread may overlap (awaits and a ``.result()`` in a loop a sync body runs):
-    the first lends, the last to end takes back, once (see ``_Lent``)."""
+    the first lends, the last to end takes back, once (see ``_LentState``). A wait may also
+    end on another thread (an await left pending, finalized by the garbage collector there):
+    it counts against the thread that lent, and takes back without blocking."""
 
-    __slots__ = ("_attempt", "_generation", "_hooks", "_run")
+    __slots__ = ("_attempt", "_generation", "_hooks", "_run", "_state", "_thread")
 
     def __init__(self) -> None:
         self._hooks = getattr(blocking_hooks, "slot", None)
         run = current_future.get()
         pol = None if run is None else run._policy
-        self._run = run if pol is not None and pol.limits else None
+        self._thread = threading.get_ident()
+        # Not the limits of a run whose scheduler runs on this very thread (a runner in a
+        # loop a sync body runs): its own awaits lend those, and a take back that blocked
+        # here would wait for this thread.
+        self._run = (
+            run
+            if pol is not None and pol.limits and run._scheduler.thread_id != self._thread
+            else None
+        )
         self._attempt = current_attempt.get()
+        self._state: _LentState = _lent.state
         self._generation = -1
 
     def lend(self) -> Lending:
-        lent = _lent
-        self._generation = lent.generation
-        lent.depth += 1
-        if lent.depth > 1:
+        state = self._state
+        self._generation = state.generation
+        state.depth += 1
+        if state.depth > 1:
             return self  # (lent already, by a wait of this thread still under way)
-        lent.first = self
+        state.first = self
         run = self._run
         if run is not None:
             run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
@@ -127,18 +138,20 @@ class Lending:
         return self
 
     def give_back(self, waited_to_the_end: bool) -> None:
-        lent = _lent
-        if self._generation != lent.generation:
+        state = self._state
+        if self._generation != state.generation or not state.depth:
             return  # its body ended meanwhile, and took back what was lent (take_back_lent)
-        lent.depth -= 1
-        if not lent.depth:
-            lent.first = None
-            self._take_back(waited_to_the_end)
+        state.depth -= 1
+        if not state.depth:
+            state.first = None
+            self._take_back(waited_to_the_end and threading.get_ident() == self._thread)
 
     def _take_back(self, waited_to_the_end: bool) -> None:
+        """``waited_to_the_end`` False: at once (a timed wait that timed out keeps its
+        timeout; a wait ending on another thread must not block it), so the pool may run one
+        body over its size, or over a limit, for a moment."""
         run = self._run
         if run is not None:
-            # After a timed wait that timed out, take them back at once: the timeout is kept.
             back = threading.Event()
             run._scheduler.post(
                 run._scheduler.reclaim_limits,
@@ -147,21 +160,28 @@ class Lending:
                 self._attempt,
                 not waited_to_the_end,
             )
-            back.wait()
+            if threading.get_ident() == self._thread:
+                back.wait()
         if self._hooks is not None:
-            # After a timed wait that timed out, the slot is taken back at once (the caller's
-            # timeout is kept; the pool may run one body over its size for a moment).
             self._hooks.reacquire(wait=waited_to_the_end)
 
 
-class _Lent(threading.local):
-    """A thread's waits under way that lent its slot and limits (``depth``), and the number
-    of the body whose waits they are (``generation``: a wait of a body that has ended gives
-    back nothing)."""
+class _LentState:
+    """One worker thread's waits under way that lent its slot and limits (``depth``), the one
+    that lent (``first``), and the number of the body whose waits they are (``generation``:
+    a wait of a body that has ended gives back nothing)."""
 
-    depth = 0
-    generation = 0
-    first: Lending | None = None  # the one that lent
+    __slots__ = ("depth", "first", "generation")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.first: Lending | None = None
+        self.generation = 0
+
+
+class _Lent(threading.local):
+    def __init__(self) -> None:
+        self.state = _LentState()
 
 
 _lent = _Lent()
@@ -171,11 +191,11 @@ def take_back_lent() -> None:
     """A worker thread, once its body has returned: what a wait of the body left lent (an
     await left pending in a loop of its own) is taken back now, before the body's end is
     reported; those waits, should they end later, give back nothing."""
-    lent = _lent
-    if lent.depth:
-        first, lent.first = lent.first, None
-        lent.depth = 0
-        lent.generation += 1
+    state = _lent.state
+    if state.depth:
+        first, state.first = state.first, None
+        state.depth = 0
+        state.generation += 1
         if first is not None:
             first._take_back(waited_to_the_end=False)
 

@@ -414,8 +414,9 @@ class _ContextAt:
         self.numbers = numbers
 
     def __call__(self) -> int | tuple[int, int]:
-        # Call i runs at position 2 * i + 1, and its body has returned at 2 * i + 2.
-        return self.contexts[(self.numbers[_AT // 4] - 1) // 2]
+        # Call i runs at position 2 * i + 1, and its body has returned at 2 * i + 2 (0: the
+        # first has not started yet).
+        return self.contexts[max(self.numbers[_AT // 4] - 1, 0) // 2]
 
 
 _forked_context: int | tuple[int, int] | None = None  # (see _keep_run_context)

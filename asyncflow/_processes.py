@@ -283,17 +283,22 @@ class _Worker:
         self.reaped = False  # exited, and whatever it left in its process group killed
         self.calls = 0  # calls answered
         self.drain: asyncio.Task[None] | None = None  # reads its stderr
+        self.stderr_fd = -1  # the read end of its stderr pipe, until its drain task takes it
         self.idle_since = 0.0
         self.announced: Any = None  # the last run it was sent that subscribers saw start
 
-    async def drain_stderr(self, fd: int) -> None:
-        """Read its stderr (the read end ``fd`` of the pipe, this task's to close) until it
-        ends; once the worker has exited, end its group (see ``reap``) at once, even while it
-        is idle and nothing else looks at it. The reading stops ``_STDERR_GRACE`` seconds
-        after the worker exited if its stderr has not ended by then: a process it started in
-        a session of its own (a daemon) may keep the pipe open for as long as it lives, and
-        must not hold the runner's exit. (The pipe is this pool's own, not the loop's: a wait
-        for the process would wait for it to close too.)"""
+    async def drain_stderr(self, lingering: set[int]) -> None:
+        """Read its stderr (the read end ``stderr_fd`` of the pipe, this task's to close) until
+        it ends; once the worker has exited, end its group (see ``reap``) at once, even while
+        it is idle and nothing else looks at it.
+
+        A process it started in a session of its own (a daemon) may keep the pipe open for as
+        long as it lives, and must not hold the runner's exit: ``_STDERR_GRACE`` seconds after
+        the worker exited, the task ends all the same, and the pipe is left in ``lingering``,
+        read on (its output dropped) until it ends or the pool closes it (the daemon's writes
+        then fail, as when this process exits). (The pipe is this pool's own, not the loop's
+        subprocess pipe: the exit did not end a wait for the process through that one.)"""
+        fd, self.stderr_fd = self.stderr_fd, -1  # (this task's from now on)
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
 
@@ -307,27 +312,48 @@ class _Worker:
             if data:
                 self.stderr += data
                 del self.stderr[:-_TAIL]
+                return
+            loop.remove_reader(fd)
+            if fd in lingering:  # (the task is over)
+                lingering.discard(fd)
+                os.close(fd)
             elif not ended.done():
                 ended.set_result(None)
-                loop.remove_reader(fd)
 
         os.set_blocking(fd, False)
         loop.add_reader(fd, readable)
         try:
             await self.process.wait()
             await asyncio.wait({ended}, timeout=_STDERR_GRACE)  # (what it wrote last)
-        except asyncio.CancelledError:
-            # The loop is being torn down (an error escaped it): the worker goes now, with its
-            # group and its watcher, which nothing will stop later.
-            watcher = self._kill_group()
-            if watcher is not None:
-                watcher.stop_now()
-            raise
-        finally:
+        except BaseException:
+            # The loop is being torn down (an error escaped it; or it was closed, and this
+            # task dropped): the worker goes now, with its group and its watcher, which
+            # nothing will stop later.
             if not ended.done():
-                loop.remove_reader(fd)
+                with contextlib.suppress(Exception):  # (a closed loop has no readers left)
+                    loop.remove_reader(fd)
             os.close(fd)
+            self._stop_now()
+            raise
+        if ended.done():
+            os.close(fd)
+        else:
+            lingering.add(fd)
         await self._end_group()
+
+    def _stop_now(self) -> None:
+        """Kill its group and stop its watcher, at once (the loop is being torn down)."""
+        watcher = self._kill_group()
+        if watcher is not None:
+            watcher.stop_now()
+
+    def drain_ended(self, task: asyncio.Task[None]) -> None:
+        """Its stderr task ended: if it never ran (cancelled at once, the loop being torn
+        down), what it would have closed and stopped is, now."""
+        if self.stderr_fd >= 0:
+            os.close(self.stderr_fd)
+            self.stderr_fd = -1
+            self._stop_now()
 
     async def _end_group(self) -> None:
         """The worker has exited: kill whatever it left in its process group, and stop its
@@ -613,6 +639,7 @@ class ProcessWorkers:
         self._failed_starts = 0  # workers in a row that could not start
         self._last_start_error = ""
         self._last_failed_start = 0.0  # (time.monotonic) when the last of them died
+        self._trying: asyncio.Future[None] | None = None  # a start tried after them, if under way
         try:
             init = None if initializer is None else cloudpickle.dumps((initializer, initargs))
         except Exception as exc:
@@ -638,6 +665,7 @@ class ProcessWorkers:
         self._announced: weakref.WeakSet[Any] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
+        self._lingering: set[int] = set()  # stderr pipes a worker's daemon holds (drain_stderr)
         self._workers: set[_Worker] = set()
         self._starting: set[_Worker] = set()  # started, not ready yet (their initializer runs)
         self._closing = False
@@ -778,6 +806,11 @@ class ProcessWorkers:
             self._workers.discard(worker)
         if self._drains:  # each ends when its worker has exited
             await asyncio.wait(set(self._drains))
+        loop = asyncio.get_running_loop()
+        for fd in self._lingering:  # (stderr pipes that daemons of its workers hold)
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._lingering.clear()
 
     # -- loop side -----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -858,29 +891,36 @@ class ProcessWorkers:
             int(_BATCH_TIME / per_call),
         )
 
-    def _check_starts(self, task_name: str) -> None:
-        """After ``_MAX_FAILED_STARTS`` workers in a row failed to start, runs fail at once
-        instead of starting workers forever; once ``_START_PAUSE`` has passed since the last,
-        another start is tried (the cause, such as a full disk, may have passed)."""
-        if self._failed_starts < _MAX_FAILED_STARTS:
-            return
-        now = time.monotonic()
-        paused = _START_PAUSE - (now - self._last_failed_start)
-        if paused <= 0:
-            self._last_failed_start = now  # one start is tried: the others wait for it
-            return
-        raise WorkerStartError(
-            f"task {task_name!r}: worker processes keep failing to start "
-            f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
-            f"the last one said:\n{self._last_start_error}",
-            0,
-            None,
-            self._last_start_error,
-        )
-
     async def _spawn(self, task_name: str) -> _Worker:
-        """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``."""
-        self._check_starts(task_name)
+        """A new worker, set up and ready (its initializer ran), or ``WorkerStartError``.
+
+        After ``_MAX_FAILED_STARTS`` workers in a row failed to start, runs fail at once
+        instead of starting workers forever; once ``_START_PAUSE`` has passed since the last,
+        one more start is tried (the cause, such as a full disk, may have passed), and the
+        runs that need a worker meanwhile wait for it."""
+        while self._trying is not None:
+            await asyncio.shield(self._trying)
+        if self._failed_starts < _MAX_FAILED_STARTS:
+            return await self._start(task_name)
+        paused = _START_PAUSE - (time.monotonic() - self._last_failed_start)
+        if paused > 0:
+            raise WorkerStartError(
+                f"task {task_name!r}: worker processes keep failing to start "
+                f"({self._failed_starts} in a row; another start is tried in {paused:.1f} s); "
+                f"the last one said:\n{self._last_start_error}",
+                0,
+                None,
+                self._last_start_error,
+            )
+        self._trying = asyncio.get_running_loop().create_future()
+        try:
+            return await self._start(task_name)
+        finally:
+            trying, self._trying = self._trying, None
+            trying.set_result(None)
+
+    async def _start(self, task_name: str) -> _Worker:
+        """A new worker (see ``_spawn``)."""
         ledger = _ledger()
         fd = None if ledger is None else ledger[0]
         errors = None
@@ -917,10 +957,12 @@ class ProcessWorkers:
                 os.close(errors[1])  # (the worker has its own)
         worker = _Worker(process, None if ledger is None else ledger[1])
         self._workers.add(worker)
-        reading = worker.drain_stderr(errors[0])
+        worker.stderr_fd = errors[0]
+        reading = worker.drain_stderr(self._lingering)
         drain = worker.drain = asyncio.get_running_loop().create_task(reading)
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
+        drain.add_done_callback(worker.drain_ended)
         self._starting.add(worker)
         if self._closing:  # every run is final: it serves none (see aclose)
             worker.kill()

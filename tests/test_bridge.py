@@ -227,21 +227,18 @@ def test_a_body_s_loop_lends_its_one_slot_once_to_waits_under_way_together() -> 
     assert ran == ["alone", "alone"]  # (never two children at once)
 
 
-released = threading.Event()
-
-
 @task
-def held_child() -> int:
-    released.wait(TIMEOUT)
+def held_child(gate: threading.Event) -> int:
+    gate.wait(TIMEOUT)
     return 1
 
 
 @task
-def parent_leaving_an_await_pending(children: list[Future[int]]) -> str:
+def parent_leaving_an_await_pending(children: list[Future[int]], gate: threading.Event) -> str:
     loop = asyncio.new_event_loop()
 
     async def wait_a_little() -> str:
-        child = held_child.submit()
+        child = held_child.submit(gate)
         children.append(child)
         done, _ = await asyncio.wait({asyncio.ensure_future(child)}, timeout=0.05)
         return "done" if done else "timed out"
@@ -252,17 +249,85 @@ def parent_leaving_an_await_pending(children: list[Future[int]]) -> str:
         loop.close()
 
 
-def test_an_await_a_body_left_pending_in_its_loop_does_not_keep_its_slot_lent() -> None:
+def leave_an_await_pending(runner: ThreadPoolTaskRunner) -> None:
+    """A body of ``runner`` leaves an await pending in its loop, which it closes, and returns."""
     children: list[Future[int]] = []
+    gate = threading.Event()
+    parent = runner.submit(parent_leaving_an_await_pending, {"children": children, "gate": gate})
+    assert parent.result(timeout=TIMEOUT) == "timed out"
+    gate.set()
+    assert children[0].result(timeout=TIMEOUT) == 1
+
+
+def test_an_await_a_body_left_pending_in_its_loop_does_not_keep_its_slot_lent() -> None:
     with ThreadPoolTaskRunner(max_workers=1) as runner:
-        parent = runner.submit(parent_leaving_an_await_pending, {"children": children})
-        assert parent.result(timeout=TIMEOUT) == "timed out"
-        released.set()
-        assert children[0].result(timeout=TIMEOUT) == 1
+        leave_an_await_pending(runner)
         # One slot, taken back when the parent returned: two bodies never run together, and
         # the runner closes (it waited forever for a slot lent for good).
         pair = runner.map(alone_or_together, {"name": ["a", "b"]})
         assert pair.result(timeout=TIMEOUT) == ["alone", "alone"]
+    gc.collect()  # (that await, finalized: it gives back nothing now)
+
+
+@task
+def parent_awaiting_while_collecting() -> int:
+    async def main() -> int:
+        child = asyncio.ensure_future(leaf.submit(1))
+        await asyncio.sleep(0)  # (its await is under way: the slot is lent)
+        gc.collect()  # (the collector may finalize another body's pending await here)
+        return await child
+
+    return asyncio.run(main())
+
+
+def test_an_await_left_pending_and_collected_on_another_thread_counts_for_its_own() -> None:
+    # The await a body of the first runner left pending is finalized by the collector on a
+    # worker thread of the second, in the middle of an await of its own there: what it gives
+    # back is the first thread's (nothing, its body has ended), not the second's.
+    gc.disable()  # (only the collection in the body)
+    try:
+        with (
+            ThreadPoolTaskRunner(max_workers=1) as first,
+            ThreadPoolTaskRunner(max_workers=1) as second,
+        ):
+            leave_an_await_pending(first)
+            assert second.submit(parent_awaiting_while_collecting).result(TIMEOUT) == 2
+            for runner in (first, second):  # (each closes: none waits for a slot lent for good)
+                pair = runner.map(alone_or_together, {"name": ["a", "b"]})
+                assert pair.result(timeout=TIMEOUT) == ["alone", "alone"]
+    finally:
+        gc.enable()
+
+
+@task
+async def inner_leaf(x: int) -> int:
+    return x + 1
+
+
+@task
+async def inner_parent(x: int, how: str) -> int:
+    if how == "one":
+        return await inner_leaf.submit(x)
+    return sum(await inner_leaf.map(x=[x, x]))
+
+
+@task
+def body_running_a_runner(how: str) -> int:
+    # The inner runner's async bodies run on this worker thread, in this body's loop.
+    async def main() -> int:
+        async with ThreadPoolTaskRunner(max_workers=1, max_concurrency=2) as inner:
+            fut = inner.submit(inner_parent, {"x": 1, "how": how})
+        result: int = fut.result()
+        return result
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["one", "list"])
+def test_a_runner_with_limits_in_a_body_s_loop_lends_them_without_blocking_it(how: str) -> None:
+    with ThreadPoolTaskRunner(max_workers=2) as outer:
+        fut = outer.submit(body_running_a_runner, {"how": how})
+        assert fut.result(timeout=TIMEOUT) == (2 if how == "one" else 4)
 
 
 async def await_list(x: int) -> list[int]:

@@ -14,6 +14,7 @@ import contextvars
 import copyreg
 import dataclasses
 import functools
+import gc
 import json
 import operator
 import os
@@ -771,6 +772,99 @@ def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
         monkeypatch.setattr(asyncflow._processes, "_START_PAUSE", 0.0)  # (and the pause)
         assert runner.submit(double, {"x": 2}).result(TIMEOUT) == 4
         assert runner.submit(double, {"x": 3}).result(TIMEOUT) == 6
+
+
+def test_runs_that_need_a_worker_while_the_start_after_the_pause_is_tried_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    down, starts = tmp_path / "down", tmp_path / "starts"
+    down.touch()
+    runner = ProcessPoolTaskRunner(
+        max_workers=2, initializer=refuse_while, initargs=(str(down), str(starts))
+    )
+    with runner:
+        for _ in range(3):
+            assert isinstance(runner.submit(double, {"x": 1}).exception(TIMEOUT), WorkerStartError)
+        down.unlink()
+        workers: Any = runner._scheduler.backend  # type: ignore[union-attr]
+
+        async def pause_over() -> None:  # (on its loop: as if the pause had passed)
+            workers._last_failed_start -= asyncflow._processes._START_PAUSE
+
+        runner._loop_thread.run(pause_over()).result(TIMEOUT)  # type: ignore[union-attr]
+        # Two runs need a worker at once: one start is tried, the other run waits for it,
+        # then starts its own.
+        assert runner.map(double, {"x": [1, 2]}).result(TIMEOUT) == [2, 4]
+
+
+def start_logging_daemon(go: str, out: str) -> int:
+    """A body that starts a daemon (a session of its own, the worker's stderr kept) that logs
+    a line once told to, then says so in a file."""
+    daemon = subprocess.Popen(
+        ["/bin/sh", "-c", f'read go < {go}; echo "a log line" >&2; echo logged > {out}'],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return daemon.pid
+
+
+def test_a_daemon_keeps_its_stderr_while_the_runner_lives_after_its_worker_is_gone(
+    tmp_path: Path,
+) -> None:
+    go, out = tmp_path / "go", tmp_path / "out"
+    os.mkfifo(go)
+    with ProcessPoolTaskRunner(max_workers=1, max_tasks_per_worker=1) as runner:
+        daemon = psutil.Process(
+            runner.submit(start_logging_daemon, {"go": str(go), "out": str(out)}).result(TIMEOUT)
+        )
+        assert runner.submit(pid).result(TIMEOUT) != daemon.ppid()  # (a fresh worker)
+        workers: Any = runner._scheduler.backend  # type: ignore[union-attr]
+
+        async def drains_over() -> None:  # (both workers were retired: their stderr tasks end)
+            while workers._drains:
+                await asyncio.wait(set(workers._drains))
+
+        runner._loop_thread.run(drains_over()).result(TIMEOUT)  # type: ignore[union-attr]
+        go.write_text("go\n")  # the daemon logs to the stderr it kept, then writes its file
+        daemon.wait(TIMEOUT)
+    assert out.read_text() == "logged\n"  # (a closed pipe would have killed it: SIGPIPE)
+
+
+class NeverExits:
+    """Stands for a worker process that does not exit (for its stderr task alone)."""
+
+    pid = 2**22 + 12345  # (no such process group: killing it fails quietly)
+    returncode = None
+
+    async def wait(self) -> None:
+        await asyncio.get_running_loop().create_future()
+
+
+@pytest.mark.parametrize("how", ["cancelled-at-once", "loop-closed"])
+def test_a_worker_s_stderr_task_torn_down_with_its_loop_closes_its_pipe(how: str) -> None:
+    read_end, write_end = os.pipe()
+    worker = asyncflow._processes._Worker(NeverExits())  # type: ignore[arg-type]
+    worker.stderr_fd = read_end
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(worker.drain_stderr(set()))
+        task.add_done_callback(worker.drain_ended)
+        if how == "cancelled-at-once":  # (before its first step)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+            loop.run_until_complete(asyncio.sleep(0))  # (its done-callbacks)
+        else:  # its first step ran; the loop is closed under it, and the task dropped
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            del task
+            gc.collect()
+    finally:
+        loop.close()
+        os.close(write_end)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(read_end)
 
 
 def start_daemon() -> int:
