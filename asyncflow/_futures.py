@@ -99,10 +99,12 @@ class Lending:
     concurrency limits its run holds (a parent waiting for its child must not keep the slot
     the child needs). Limits are taken back first, then the slot: the order runs start in.
 
-    Waits of one thread may overlap (awaits and a ``.result()`` in a loop a sync body runs):
-    the first lends, the last to end takes back, once (see ``_LentState``). A wait may also
-    end on another thread (an await left pending, finalized by the garbage collector there):
-    it counts against the thread that lent, and takes back without blocking."""
+    Waits of one thread may overlap (awaits and a ``.result()`` in a loop a sync body runs,
+    for its own run or for a run of a runner inside that loop): the thread's slot is lent by
+    the first and taken back by the last of them; a run's limits, by the first and the last
+    of the waits for that run (see ``_LentState``). A wait may also end on another thread
+    (an await left pending, finalized by the garbage collector there): it counts against the
+    thread that lent, and takes back without blocking."""
 
     __slots__ = ("_attempt", "_generation", "_hooks", "_run", "_state", "_thread")
 
@@ -126,56 +128,73 @@ class Lending:
     def lend(self) -> Lending:
         state = self._state
         self._generation = state.generation
-        state.depth += 1
-        if state.depth > 1:
-            return self  # (lent already, by a wait of this thread still under way)
-        state.first = self
         run = self._run
         if run is not None:
-            run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
+            waits = state.runs.get(run)
+            if waits is None:
+                state.runs[run] = [1, self]
+                run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
+            else:
+                waits[0] += 1
         if self._hooks is not None:
-            self._hooks.release()
+            state.slot_waits += 1
+            if state.slot_waits == 1:
+                state.slot_lent_by = self
+                self._hooks.release()
         return self
 
     def give_back(self, waited_to_the_end: bool) -> None:
         state = self._state
-        if self._generation != state.generation or not state.depth:
+        if self._generation != state.generation:
             return  # its body ended meanwhile, and took back what was lent (take_back_lent)
-        state.depth -= 1
-        if not state.depth:
-            state.first = None
-            self._take_back(waited_to_the_end and threading.get_ident() == self._thread)
+        limits = False
+        run = self._run
+        if run is not None and (waits := state.runs.get(run)) is not None:
+            waits[0] -= 1
+            if not waits[0]:
+                del state.runs[run]
+                limits = True
+        slot = False
+        if self._hooks is not None and state.slot_waits:
+            state.slot_waits -= 1
+            if not state.slot_waits:
+                state.slot_lent_by = None
+                slot = True
+        here = threading.get_ident() == self._thread
+        self._take_back(waited_to_the_end and here, limits=limits, slot=slot)
 
-    def _take_back(self, waited_to_the_end: bool) -> None:
+    def _take_back(self, waited_to_the_end: bool, *, limits: bool, slot: bool) -> None:
         """``waited_to_the_end`` False: at once (a timed wait that timed out keeps its
         timeout; a wait ending on another thread must not block it), so the pool may run one
         body over its size, or over a limit, for a moment."""
         run = self._run
-        if run is not None:
+        if limits and run is not None:
             back = threading.Event()
-            run._scheduler.post(
-                run._scheduler.reclaim_limits,
-                run,
-                back.set,
-                self._attempt,
-                not waited_to_the_end,
-            )
+            sched = run._scheduler
+            sched.post(sched.reclaim_limits, run, back.set, self._attempt, not waited_to_the_end)
             if threading.get_ident() == self._thread:
-                back.wait()
-        if self._hooks is not None:
+                # (Its runner's loop may have closed meanwhile: nothing would answer then.)
+                while not back.wait(_CLOSED_CHECK) and not sched.loop.is_closed():
+                    pass
+        if slot and self._hooks is not None:
             self._hooks.reacquire(wait=waited_to_the_end)
 
 
-class _LentState:
-    """One worker thread's waits under way that lent its slot and limits (``depth``), the one
-    that lent (``first``), and the number of the body whose waits they are (``generation``:
-    a wait of a body that has ended gives back nothing)."""
+_CLOSED_CHECK = 0.1  # seconds between looks at whether a runner's loop closed under a wait
 
-    __slots__ = ("depth", "first", "generation")
+
+class _LentState:
+    """What one worker thread's waits under way have lent: its slot (``slot_waits`` of them,
+    ``slot_lent_by`` the one that lent it), and each run's limits (``runs``: the run -> the
+    waits for it, and the one that lent them); and the number of the body whose waits they
+    are (``generation``: a wait of a body that has ended gives back nothing)."""
+
+    __slots__ = ("generation", "runs", "slot_lent_by", "slot_waits")
 
     def __init__(self) -> None:
-        self.depth = 0
-        self.first: Lending | None = None
+        self.slot_waits = 0
+        self.slot_lent_by: Lending | None = None
+        self.runs: dict[Future[Any], list[Any]] = {}
         self.generation = 0
 
 
@@ -192,12 +211,15 @@ def take_back_lent() -> None:
     await left pending in a loop of its own) is taken back now, before the body's end is
     reported; those waits, should they end later, give back nothing."""
     state = _lent.state
-    if state.depth:
-        first, state.first = state.first, None
-        state.depth = 0
+    if state.slot_waits or state.runs:
+        slot_lent_by, state.slot_lent_by = state.slot_lent_by, None
+        runs, state.runs = state.runs, {}
+        state.slot_waits = 0
         state.generation += 1
-        if first is not None:
-            first._take_back(waited_to_the_end=False)
+        for _, lent_by in runs.values():
+            lent_by._take_back(waited_to_the_end=False, limits=True, slot=False)
+        if slot_lent_by is not None:
+            slot_lent_by._take_back(waited_to_the_end=False, limits=False, slot=True)
 
 
 def _nothing() -> None:

@@ -347,6 +347,15 @@ class _Worker:
         if watcher is not None:
             watcher.stop_now()
 
+    def __del__(self) -> None:
+        # A stderr task that never ran, dropped with a loop closed at once (no done-callback
+        # runs then): its pipe is closed here, at the last.
+        fd = getattr(self, "stderr_fd", -1)  # (one made without __init__ has none)
+        if fd >= 0:
+            self.stderr_fd = -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def drain_ended(self, task: asyncio.Task[None]) -> None:
         """Its stderr task ended: if it never ran (cancelled at once, the loop being torn
         down), what it would have closed and stopped is, now."""
@@ -917,7 +926,8 @@ class ProcessWorkers:
             return await self._start(task_name)
         finally:
             trying, self._trying = self._trying, None
-            trying.set_result(None)
+            with contextlib.suppress(RuntimeError):  # (its loop closed under it: no one waits)
+                trying.set_result(None)
 
     async def _start(self, task_name: str) -> _Worker:
         """A new worker (see ``_spawn``)."""

@@ -22,6 +22,8 @@ from ._scheduler import call_sync
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
+_CLOSED_CHECK = 0.1  # seconds between looks at whether the loop closed under a waiting body
+
 __all__ = ("ThreadWorkers",)
 
 logger = logging.getLogger("asyncflow")
@@ -154,11 +156,13 @@ class ThreadWorkers:
         self._threads.clear()
 
     # -- worker threads ----------------------------------------------------------------------
-    def _call_soon(self, fn: Any, *args: Any) -> None:
+    def _call_soon(self, fn: Any, *args: Any) -> bool:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the runner is gone, nothing escapes
             logger.debug("runner loop closed; a worker dropped %r", fn)
+            return False
+        return True
 
     def release(self) -> None:
         """Worker side: this thread is about to block; lend its slot to queued work."""
@@ -174,8 +178,12 @@ class ThreadWorkers:
             self._call_soon(self._on_reacquire_now)
             return
         event = threading.Event()
-        self._call_soon(self._on_reacquire, event)
-        event.wait()
+        if not self._call_soon(self._on_reacquire, event):
+            return
+        # (The loop may close before it answers: an abandoned body's wait ends after its
+        # runner was left, by Ctrl-C. Then there is no slot to wait for.)
+        while not event.wait(_CLOSED_CHECK) and not self._loop.is_closed():
+            pass
 
     def _on_reacquire_now(self) -> None:
         self._active += 1

@@ -29,6 +29,7 @@ from asyncflow import (
     wait,
     wait_async,
 )
+from asyncflow._context import current_future
 from asyncflow.exceptions import TaskCancelledError, UpstreamFailedError
 
 TIMEOUT = 5.0
@@ -355,6 +356,87 @@ def test_one_slot_parent_waiting_for_a_list_in_a_loop_of_its_own_completes(how: 
     with ThreadPoolTaskRunner(max_workers=1) as runner:
         fut = runner.submit(parent_waiting_in_its_loop, {"how": how})
         assert fut.result(timeout=TIMEOUT) == [2, 3]
+
+
+@task
+def outer_child() -> int:
+    return 1
+
+
+@task
+async def held_inner_child(gate: asyncio.Event) -> int:
+    await gate.wait()
+    return 10
+
+
+@task
+async def inner_parent_waiting(gate: asyncio.Event, waiting: asyncio.Event) -> int:
+    waiting.set()
+    return await held_inner_child.submit(gate)
+
+
+@task
+def body_with_two_runs_waiting(order: str) -> tuple[int, bool]:
+    """Waits for a run of its own runner and, in its loop, a run of an inner runner waits
+    too, on the same thread: each run's limits are lent and taken back by its own waits."""
+    run = current_future.get()
+    assert run is not None
+
+    async def main() -> tuple[int, bool]:
+        gate, waiting = asyncio.Event(), asyncio.Event()
+        async with ThreadPoolTaskRunner(max_workers=1) as inner:
+            if order == "inner-first":
+                parent = inner.submit(inner_parent_waiting, {"gate": gate, "waiting": waiting})
+                await waiting.wait()  # (the inner run's await is under way)
+                got = await outer_child.submit()  # needs this body's max_concurrency lent
+                lent_after = run._policy.lent
+            else:
+                mine = asyncio.ensure_future(outer_child.submit())  # (lends first)
+                await asyncio.sleep(0)
+                parent = inner.submit(inner_parent_waiting, {"gate": gate, "waiting": waiting})
+                await waiting.wait()
+                got = await mine  # ends first: this body's limits come back now
+                lent_after = run._policy.lent
+            gate.set()
+            return got + await parent, lent_after
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("order", ["inner-first", "own-first"])
+def test_a_body_s_limits_are_lent_by_its_own_waits_beside_an_inner_runner_s(order: str) -> None:
+    with ThreadPoolTaskRunner(max_workers=2, max_concurrency=1) as outer:
+        fut = outer.submit(body_with_two_runs_waiting, {"order": order})
+        assert fut.result(timeout=TIMEOUT) == (11, False)  # (its limits back once it waited)
+
+
+def test_a_wait_that_ends_after_its_runner_was_left_does_not_hang_its_body() -> None:
+    # An abandoned body (its runner left by Ctrl-C) blocked under a limit on another runner's
+    # run: once that run ends, the body goes on, though its runner's loop is closed.
+    gate, waiting, done = threading.Event(), threading.Event(), threading.Event()
+
+    @task
+    def held() -> int:
+        gate.wait(TIMEOUT)
+        return 1
+
+    @task
+    def waiter(other: Future[int]) -> int:
+        waiting.set()
+        try:
+            return other.result()
+        finally:
+            done.set()
+
+    with ThreadPoolTaskRunner(max_workers=1) as other_runner:
+        other = other_runner.submit(held)
+        runner = ThreadPoolTaskRunner(max_workers=1, max_concurrency=1)
+        runner.__enter__()
+        runner.submit(waiter, {"other": quote(other)})
+        assert waiting.wait(TIMEOUT)
+        runner.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)  # (the body is left)
+        gate.set()
+        assert done.wait(TIMEOUT), "the body hung after its runner was left"
 
 
 def test_two_slots_two_parents_each_blocking_on_a_child_complete() -> None:
