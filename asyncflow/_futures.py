@@ -222,6 +222,44 @@ def take_back_lent() -> None:
             slot_lent_by._take_back(waited_to_the_end=False, limits=False, slot=True)
 
 
+class LoopLending:
+    """A coroutine body of a runner waiting on that runner's own loop lends its run's limits
+    meanwhile (a parent awaiting its children must not keep the slot they need), and takes
+    them back before it goes on, waiting in the limits' queues (``ended``), or at once when
+    its wait was interrupted (``interrupted``). The async waits on many futures use it;
+    ``Future.__await__`` does the same, inline."""
+
+    __slots__ = ("_attempt", "_loop", "_run")
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        run = current_future.get()
+        attempt = current_attempt.get()
+        lent = (
+            run is not None
+            and run._policy is not None
+            and run._scheduler.loop is loop
+            and run._scheduler.lend_limits(run, attempt)
+        )
+        self._run = run if lent else None
+        self._attempt = attempt
+        self._loop = loop
+
+    def interrupted(self) -> None:
+        run = self._run
+        if run is not None:
+            self._run = None
+            run._scheduler.reclaim_limits(run, _nothing, self._attempt, True)
+
+    async def ended(self) -> None:
+        run = self._run
+        if run is not None:
+            self._run = None
+            back = self._loop.create_future()
+            if not run._scheduler.reclaim_limits(run, lambda: _wake(back), self._attempt):
+                await back
+
+
 def _nothing() -> None:
     pass
 

@@ -18,6 +18,7 @@ from ._futures import (
     CountingCallback,
     Future,
     Lending,
+    LoopLending,
     MapGroup,
     add_done_callback_to_all,
     all_results,
@@ -338,6 +339,8 @@ async def _wait_all_async(
     loop_thread = threading.get_ident()
     waiter, detach = _watch_all(pending, stop_on_failure, signal, group)
     lending = _lending_in_body_loop()
+    limits = LoopLending()
+    finished = False
     try:
         if deadline is None:
             await done
@@ -345,9 +348,13 @@ async def _wait_all_async(
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
     finally:
         detach()  # those still running keep no callback of a finished wait
+        finished = done.done()
         if lending is not None:
-            lending.give_back(done.done())
+            lending.give_back(finished)
         done.cancel()
+        if not finished:  # (interrupted, or timed out: back at once, the timeout is kept)
+            limits.interrupted()
+    await limits.ended()
     return waiter.failed
 
 
@@ -392,6 +399,7 @@ async def _async_completions(
     try:
         for _ in range(len(pending)):
             lending = _lending_in_body_loop()
+            limits = LoopLending()
             got = None
             try:
                 if deadline is None:
@@ -400,12 +408,17 @@ async def _async_completions(
                     got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
                 pass
+            except BaseException:
+                limits.interrupted()
+                raise
             finally:
                 if lending is not None:
                     lending.give_back(got is not None)
             if got is None:
+                limits.interrupted()  # (timed out: back at once, the timeout is kept)
                 yield None
                 return
+            await limits.ended()
             yield got
     finally:  # a timed-out or abandoned wait must not leave its callbacks behind
         for f in pending:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from helpers import Stuck
 
-from asyncflow import Future, ThreadPoolTaskRunner, task
+from asyncflow import Future, ThreadPoolTaskRunner, as_completed_async, task, wait_async
 from asyncflow.exceptions import TaskCancelledError, TaskTimeoutError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
@@ -438,6 +438,26 @@ async def async_child(x: int) -> int:
 @task
 async def async_parent(x: int) -> int:
     return await async_child.submit(x) * 10
+
+
+@task
+async def async_parent_of_a_list(x: int, how: str) -> list[int]:
+    children = async_child.map(x=[x, x + 1])
+    if how == "list":
+        return await children
+    if how == "wait":
+        await wait_async(children)
+        return children.result()
+    return sorted([f.result() async for f in as_completed_async(children)])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["list", "wait", "completed"])
+async def test_an_async_parent_waiting_for_a_list_of_children_lends_its_slot(how: str) -> None:
+    async with ThreadPoolTaskRunner(max_concurrency=1) as runner:
+        fut = runner.submit(async_parent_of_a_list, {"x": 1, "how": how})
+        with anyio.fail_after(TIMEOUT):
+            assert await fut == [2, 3]
 
 
 @task(tags=["db"])
