@@ -346,14 +346,17 @@ async def _wait_all_async(
             await done
         else:
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
+        finished = done.done()
+    except BaseException:  # (a cancel also cancels ``done``: it is done, not finished)
+        limits.interrupted()
+        raise
     finally:
         detach()  # those still running keep no callback of a finished wait
-        finished = done.done()
         if lending is not None:
             lending.give_back(finished)
         done.cancel()
-        if not finished:  # (interrupted, or timed out: back at once, the timeout is kept)
-            limits.interrupted()
+    if not finished:  # timed out: back at once, the timeout is kept
+        limits.interrupted()
     await limits.ended()
     return waiter.failed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,15 @@ import anyio
 import pytest
 from helpers import Stuck
 
-from asyncflow import Future, ThreadPoolTaskRunner, as_completed_async, task, wait_async
+from asyncflow import (
+    Future,
+    ThreadPoolTaskRunner,
+    as_completed_async,
+    task,
+    unmapped,
+    wait_async,
+)
+from asyncflow._context import current_future
 from asyncflow.exceptions import TaskCancelledError, TaskTimeoutError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
@@ -458,6 +467,44 @@ async def test_an_async_parent_waiting_for_a_list_of_children_lends_its_slot(how
         fut = runner.submit(async_parent_of_a_list, {"x": 1, "how": how})
         with anyio.fail_after(TIMEOUT):
             assert await fut == [2, 3]
+
+
+@task
+async def gated_async_child(x: int, gate: asyncio.Event, started: asyncio.Event) -> int:
+    started.set()  # (it runs: its parent lent it the slot)
+    await gate.wait()
+    return x
+
+
+@task
+async def parent_cancelled_while_waiting_for_a_list(how: str) -> bool:
+    run = current_future.get()
+    assert run is not None
+    assert run._policy is not None
+    gate, started = asyncio.Event(), asyncio.Event()
+    children = gated_async_child.map(gate=unmapped(gate), started=unmapped(started), x=[1])
+
+    async def wait_for_them() -> object:
+        return await children if how == "list" else await wait_async(children)
+
+    waiting = asyncio.ensure_future(wait_for_them())
+    await started.wait()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    lent: bool = run._policy.lent  # its limits: back with the body, which goes on
+    gate.set()
+    await children
+    return lent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["list", "wait"])
+async def test_a_wait_for_a_list_cancelled_gives_the_limits_back_to_its_body(how: str) -> None:
+    async with ThreadPoolTaskRunner(max_concurrency=1) as runner:
+        fut = runner.submit(parent_cancelled_while_waiting_for_a_list, {"how": how})
+        with anyio.fail_after(TIMEOUT):
+            assert await fut is False
 
 
 @task(tags=["db"])
