@@ -223,16 +223,31 @@ def take_back_lent() -> None:
 
 
 class LoopLending:
-    """A coroutine body of a runner waiting on that runner's own loop lends its run's limits
-    meanwhile (a parent awaiting its children must not keep the slot they need), and takes
-    them back before it goes on, waiting in the limits' queues (``ended``), or at once when
-    its wait was interrupted (``interrupted``). The async waits on many futures use it;
-    ``Future.__await__`` does the same, inline."""
+    """What an await on a loop lends while it waits (``start``), and takes back before the
+    awaiting code goes on (``take_back``, ``ended``), or at once when the wait was interrupted
+    or timed out (``interrupted``):
 
-    __slots__ = ("_attempt", "_loop", "_run")
+    - a coroutine body of a runner waiting on that runner's own loop lends its run's limits (a
+      parent awaiting its children must not keep the slot they need), taken back waiting in
+      the limits' queues;
+    - a sync body's worker thread running a loop of its own (``asyncio.run`` in the body)
+      lends its slot and its run's limits, as ``.result()`` does (see ``Lending``)."""
 
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
+    __slots__ = ("_attempt", "_lending", "_loop", "_run")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, run: Future[Any] | None, attempt: int | None
+    ) -> None:
+        self._loop = loop
+        self._run = run
+        self._attempt = attempt
+        self._lending = (
+            Lending().lend() if getattr(blocking_hooks, "slot", None) is not None else None
+        )
+
+    @classmethod
+    def start(cls, loop: asyncio.AbstractEventLoop) -> LoopLending | None:
+        """What an await on ``loop`` starting now lends; None if nothing (the common case)."""
         run = current_future.get()
         attempt = current_attempt.get()
         lent = (
@@ -241,23 +256,35 @@ class LoopLending:
             and run._scheduler.loop is loop
             and run._scheduler.lend_limits(run, attempt)
         )
-        self._run = run if lent else None
-        self._attempt = attempt
-        self._loop = loop
+        if not lent and getattr(blocking_hooks, "slot", None) is None:
+            return None
+        return cls(loop, run if lent else None, attempt)
 
     def interrupted(self) -> None:
-        run = self._run
+        lending, self._lending = self._lending, None
+        if lending is not None:
+            lending.give_back(waited_to_the_end=False)
+        run, self._run = self._run, None
         if run is not None:
-            self._run = None
             run._scheduler.reclaim_limits(run, _nothing, self._attempt, True)
 
+    def take_back(self) -> asyncio.Future[None] | None:
+        """Take back what was lent; a future to wait for if the limits must queue."""
+        lending, self._lending = self._lending, None
+        if lending is not None:
+            lending.give_back(waited_to_the_end=True)
+        run, self._run = self._run, None
+        if run is None:
+            return None
+        back = self._loop.create_future()
+        if run._scheduler.reclaim_limits(run, lambda: _wake(back), self._attempt):
+            return None
+        return back
+
     async def ended(self) -> None:
-        run = self._run
-        if run is not None:
-            self._run = None
-            back = self._loop.create_future()
-            if not run._scheduler.reclaim_limits(run, lambda: _wake(back), self._attempt):
-                await back
+        back = self.take_back()
+        if back is not None:
+            await back
 
 
 def _nothing() -> None:
@@ -471,38 +498,20 @@ class Future(Generic[R]):
                         self._waiters.append(waiter)
                 else:
                     waiter.set_result(None)
-            # A run waiting for another lends its concurrency limits meanwhile (a parent
-            # awaiting its child must not keep the slot the child needs).
-            run = current_future.get()
-            lent = (
-                run is not None
-                and run._policy is not None
-                and run._scheduler.loop is loop
-                and run._scheduler.lend_limits(run, current_attempt.get())
-            )
-            # A sync body's thread running a loop of its own (asyncio.run in the body) waits
-            # here as in .result(): it lends its worker slot (and its run's limits) meanwhile.
-            lending = (
-                Lending().lend() if getattr(blocking_hooks, "slot", None) is not None else None
-            )
+            # A run waiting for another lends what it holds meanwhile (see LoopLending).
+            lent = LoopLending.start(loop)
             try:
                 yield from waiter
             except BaseException:
                 with _lock:
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
-                if lent:  # interrupted (cancelled, timed out): take the limits back at once
-                    run._scheduler.reclaim_limits(run, _nothing, current_attempt.get(), True)
-                if lending is not None:
-                    lending.give_back(waited_to_the_end=False)
+                if lent is not None:  # interrupted (cancelled, timed out): back at once
+                    lent.interrupted()
                 raise
-            if lending is not None:
-                lending.give_back(waited_to_the_end=True)
-            if lent:
-                back = loop.create_future()
-                if not run._scheduler.reclaim_limits(
-                    run, lambda: _wake(back), current_attempt.get()
-                ):
+            if lent is not None:
+                back = lent.take_back()
+                if back is not None:
                     yield from back
         return self._awaited_outcome()
 

@@ -22,7 +22,6 @@ from ._futures import (
     MapGroup,
     add_done_callback_to_all,
     all_results,
-    blocking_hooks,
     refuse_waiting_on_itself,
     status_of,
 )
@@ -338,8 +337,7 @@ async def _wait_all_async(
 
     loop_thread = threading.get_ident()
     waiter, detach = _watch_all(pending, stop_on_failure, signal, group)
-    lending = _lending_in_body_loop()
-    limits = LoopLending()
+    lent = LoopLending.start(loop)
     finished = False
     try:
         if deadline is None:
@@ -347,24 +345,16 @@ async def _wait_all_async(
         else:
             await asyncio.wait({done}, timeout=max(deadline - time.monotonic(), 0))
         finished = done.done()
-    except BaseException:  # (a cancel also cancels ``done``: it is done, not finished)
-        limits.interrupted()
-        raise
     finally:
         detach()  # those still running keep no callback of a finished wait
-        if lending is not None:
-            lending.give_back(finished)
         done.cancel()
-    if not finished:  # timed out: back at once, the timeout is kept
-        limits.interrupted()
-    await limits.ended()
+        # (Interrupted, or timed out: back at once, the timeout is kept. A cancel also
+        # cancels ``done``: it is done then, not finished.)
+        if lent is not None and not finished:
+            lent.interrupted()
+    if lent is not None:
+        await lent.ended()
     return waiter.failed
-
-
-def _lending_in_body_loop() -> Lending | None:
-    """In a loop a sync body runs in its worker thread (``asyncio.run`` in the body), an
-    await lends the thread's slot and limits, as ``.result()`` does (see ``Lending``)."""
-    return Lending().lend() if getattr(blocking_hooks, "slot", None) is not None else None
 
 
 def _async_queue(
@@ -400,9 +390,9 @@ async def _async_completions(
         return
     q, notify = _async_queue(pending)
     try:
+        loop = asyncio.get_running_loop()
         for _ in range(len(pending)):
-            lending = _lending_in_body_loop()
-            limits = LoopLending()
+            lent = LoopLending.start(loop)
             got = None
             try:
                 if deadline is None:
@@ -411,17 +401,14 @@ async def _async_completions(
                     got = await asyncio.wait_for(q.get(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
                 pass
-            except BaseException:
-                limits.interrupted()
-                raise
             finally:
-                if lending is not None:
-                    lending.give_back(got is not None)
+                if lent is not None and got is None:  # (interrupted, or timed out: at once)
+                    lent.interrupted()
             if got is None:
-                limits.interrupted()  # (timed out: back at once, the timeout is kept)
                 yield None
                 return
-            await limits.ended()
+            if lent is not None:
+                await lent.ended()
             yield got
     finally:  # a timed-out or abandoned wait must not leave its callbacks behind
         for f in pending:

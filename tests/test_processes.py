@@ -145,6 +145,19 @@ def script_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
 
 
+def run_script(path: Path, text: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as the script ``path`` with this checkout of asyncflow; its output."""
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
 # -- task bodies (module level: they travel to the workers) ------------------------------------
 class TwoArgsError(Exception):
     """Pickles, but cannot be unpickled: its ``args`` do not match its ``__init__``."""
@@ -630,17 +643,9 @@ if __name__ == "__main__":
 
 
 def test_functions_and_exceptions_defined_in_main_travel_to_workers(tmp_path: Path) -> None:
-    script = tmp_path / "main_script.py"
-    script.write_text(MAIN_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        env=script_env(),
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().splitlines() == [
+    done = run_script(tmp_path / "main_script.py", MAIN_SCRIPT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
         "42",
         "True",
         "caught MainError raised in a worker",
@@ -870,7 +875,7 @@ def test_a_worker_s_stderr_task_torn_down_with_its_loop_closes_its_pipe(how: str
 def start_daemon() -> int:
     """A body that starts a process of its own session, which keeps the worker's stderr."""
     daemon = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"],
+        [sys.executable, "-c", "import signal; signal.pause()"],  # (until it is killed)
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -1248,16 +1253,7 @@ def test_a_loop_torn_down_under_a_runner_leaves_no_worker_and_no_watcher(tmp_pat
     # A KeyboardInterrupt on the main thread goes on (it may be the user's Ctrl-C): here one
     # comes out of loading a result, escapes the loop, and asyncio.run tears it down. The
     # tasks that would end the worker and its watcher are cancelled: they end them at once.
-    script = tmp_path / "teardown.py"
-    script.write_text(TEARDOWN_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=60,
-        check=False,
-    )
+    done = run_script(tmp_path / "teardown.py", TEARDOWN_SCRIPT, timeout=60)
     assert done.stdout.splitlines() == ["interrupted", "[]"], done.stdout + done.stderr
 
 
