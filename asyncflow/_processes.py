@@ -30,7 +30,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +214,67 @@ class _MapBatch(list[Future[Any]]):
         self.cost = cost
 
 
+class _MapCalls:
+    """The calls of a batch made at submit, as a deque of ``(item, task, ((), params))`` holds
+    them (``popleft``, ``appendleft`` of the call just taken, ``clear``, ``len``, indexing,
+    iteration), each call made only when read: the common path (the whole batch answered at
+    once) reads none of them (``items``), and the batch keeps no object per call for the
+    garbage collector to walk while it runs."""
+
+    __slots__ = ("_params", "_runs", "_start", "_task")
+
+    def __init__(self, runs: list[Any], params: list[dict[str, Any]], task: Any) -> None:
+        self._runs = runs
+        self._params = params
+        self._task = task
+        self._start = 0
+
+    def _call(self, index: int) -> _Call:
+        return (self._runs[index], self._task, ((), self._params[index]))
+
+    def items(self) -> list[Any]:
+        """The items of the calls left, in order."""
+        return self._runs[self._start :]
+
+    def __len__(self) -> int:
+        return len(self._runs) - self._start
+
+    def __getitem__(self, index: int) -> _Call:
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError("index out of range")
+        return self._call(self._start + index % size)
+
+    def __iter__(self) -> Iterator[_Call]:
+        return map(self._call, range(self._start, len(self._runs)))
+
+    def __reversed__(self) -> Iterator[_Call]:
+        return map(self._call, reversed(range(self._start, len(self._runs))))
+
+    def popleft(self) -> _Call:
+        if self._start >= len(self._runs):
+            raise IndexError("pop from an empty batch")
+        self._start += 1
+        return self._call(self._start - 1)
+
+    def appendleft(self, call: _Call) -> None:
+        """Put back the call ``popleft`` took last (the only one that may come back)."""
+        if self._start == 0 or call[0] is not self._runs[self._start - 1]:
+            raise ValueError("only the call taken last can be put back")
+        self._start -= 1
+
+    def clear(self) -> None:
+        self._start = len(self._runs)
+
+
+_Calls = deque[_Call] | _MapCalls
+
+
+def _items_of(calls: _Calls) -> list[Any]:
+    """The items of ``calls``, in order."""
+    return calls.items() if type(calls) is _MapCalls else list(map(_item_of, calls))
+
+
 class _Died(Exception):  # noqa: N818 - internal signal, never escapes
     def __init__(self, blamed: bool = False) -> None:
         super().__init__()
@@ -267,7 +328,7 @@ class _Worker:
         self.batches = 0  # numbered batches sent to it
         self.holding = -1  # the number of the batch it runs now, if numbered
         self.batch_size = 0  # the calls of the batch it was sent last
-        self.unanswered: deque[Any] | None = None  # the calls of its batch not answered yet
+        self.unanswered: _Calls | None = None  # the calls of its batch not answered yet
         self.runs: list[Any] = []  # the runs of its batch of several, in order
         # The same, run -> index: made when a cancel first looks for one (most batches never).
         self.positions: dict[Any, int] | None = None
@@ -416,7 +477,7 @@ class _Worker:
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _Died from None
 
-    def take(self, calls: deque[Any], may_hold: bool) -> int | None:
+    def take(self, calls: _Calls, may_hold: bool) -> int | None:
         """The worker is sent the batch ``calls``: for a batch of several, its calls are
         listed, and the ledger's numbers and skip marks cleared (without a ledger, the calls to
         stop at); if it ``may_hold`` the replies
@@ -426,7 +487,7 @@ class _Worker:
         if len(calls) <= 1:
             return None
         self.unanswered = calls
-        self.runs = list(map(_item_of, calls))
+        self.runs = _items_of(calls)
         self.positions = None
         if self.ledger is None:
             self.stop_at = set()
@@ -1004,13 +1065,13 @@ class ProcessWorkers:
     async def _run(self, batch: list[Any]) -> None:
         worker = None
         alone = None  # the call, if it went alone (then listed in _busy)
-        calls: deque[_Call] = deque()
+        calls: _Calls = deque()
         packed_yet = False
         handed_back = False  # (the worker went back before the last replies were handled)
         try:
             # (An argument that cannot be sent fails its run here: no worker is started.)
             message, packed = self._packed(batch)
-            calls = deque(packed)
+            calls = packed if type(packed) is _MapCalls else deque(packed)
             packed_yet = True
             if not calls:
                 return
@@ -1059,7 +1120,7 @@ class ProcessWorkers:
                 self._pump()
 
     async def _hand_back_then_answer(
-        self, worker: _Worker, frames: list[bytes], calls: deque[Any]
+        self, worker: _Worker, frames: list[bytes], calls: _Calls
     ) -> None:
         """The results of a whole batch are in: the worker's next batch goes out before they
         are handled (so it works while this loop does), then they end their runs."""
@@ -1117,7 +1178,7 @@ class ProcessWorkers:
                 self._report(item, False, exc)
         return calls
 
-    def _mark_running(self, worker: _Worker, calls: deque[Any]) -> bool:
+    def _mark_running(self, worker: _Worker, calls: _Calls) -> bool:
         """The calls of a batch go to ``worker``: they are running from now on.
 
         The worker runs a batch one call after another: each call after the first is reported
@@ -1130,10 +1191,10 @@ class ProcessWorkers:
         mark_running = self._sched.mark_running
         label: str | None = worker.label
         now = time.time()
-        if len(calls) == 1:
-            self._busy[calls[0][0]] = worker
-        for call in calls:
-            item = call[0]
+        items = _items_of(calls)
+        if len(items) == 1:
+            self._busy[items[0]] = worker
+        for item in items:
             if type(item) is Future and label is None:
                 item._status = RUNNING  # mark_running's work, inlined for the rest of a batch
                 item._timestamp = now
@@ -1165,7 +1226,7 @@ class ProcessWorkers:
         self._in_background(worker.reap())
 
     async def _replies(
-        self, worker: _Worker, calls: deque[Any], batch: list[Any]
+        self, worker: _Worker, calls: _Calls, batch: list[Any]
     ) -> list[bytes] | None:
         """``_take_replies``; then, for a batch made at submit, ``_recheck``."""
         last = await self._take_replies(worker, calls)
@@ -1173,7 +1234,7 @@ class ProcessWorkers:
             self._recheck(batch)
         return last
 
-    async def _take_replies(self, worker: _Worker, calls: deque[Any]) -> list[bytes] | None:
+    async def _take_replies(self, worker: _Worker, calls: _Calls) -> list[bytes] | None:
         """Take the replies of a batch as they come, in order (``calls``: those still to
         answer); each ends its run. The time per call is remembered (cheap tasks are
         batched). Returns the replies not handled yet when they are the results of the whole
@@ -1202,7 +1263,7 @@ class ProcessWorkers:
             clock = now
         return None
 
-    def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: deque[Any]) -> int:
+    def _answer(self, worker: _Worker, task: Any, frames: list[bytes], calls: _Calls) -> int:
         """End the runs of ``calls`` that ``frames`` answer, in order; return how many."""
         sched = self._sched
         answered = 0
@@ -1233,7 +1294,7 @@ class ProcessWorkers:
                     continue
                 # A batch of several holds plain runs only: they end together (those
                 # cancelled meanwhile are left as they are).
-                items += map(_item_of, calls)
+                items += _items_of(calls)
                 values += results
                 calls.clear()
                 answered += n
@@ -1259,9 +1320,7 @@ class ProcessWorkers:
             sched.complete_many(items, values)
         return answered
 
-    def _reply(
-        self, worker: _Worker, task: Any, call: Any, frame: bytes, calls: deque[Any]
-    ) -> bool:
+    def _reply(self, worker: _Worker, task: Any, call: Any, frame: bytes, calls: _Calls) -> bool:
         """End the run of ``call`` as ``frame`` says; False: the batch never ran, and its calls
         are queued again (``calls`` is empty then)."""
         item = call[0]
@@ -1295,7 +1354,7 @@ class ProcessWorkers:
             self._sched.worker_took(calls[0][0], worker.label)
         return True
 
-    async def _buried(self, worker: _Worker | None, calls: deque[Any], blamed: bool) -> None:
+    async def _buried(self, worker: _Worker | None, calls: _Calls, blamed: bool) -> None:
         """The worker died: blame the call it was running (unless that call already told us
         why); the rest of its batch never started and goes back to the front of the queue.
         Replies it held and did not write out end their runs first."""
@@ -1331,7 +1390,7 @@ class ProcessWorkers:
             # the run it was running did nothing wrong and goes back to the queue with the rest.
         self._requeue(calls)
 
-    def _requeue(self, calls: deque[Any]) -> None:
+    def _requeue(self, calls: _Calls) -> None:
         """Calls that never ran go back to the front of the queue, in order, as not started."""
         for item, *_ in reversed(calls):
             self._busy.pop(item, None)
@@ -1385,13 +1444,13 @@ class ProcessWorkers:
             ]
         return (fn, task.is_async, (task.name, task.tags, task.key), blob, contexts), calls
 
-    def _packed(self, batch: list[Any]) -> tuple[Any, list[Any]]:
+    def _packed(self, batch: list[Any]) -> tuple[Any, list[Any] | _MapCalls]:
         """The message of ``batch`` and its calls (see ``_pack``)."""
         if type(batch) is _MapBatch:
             return self._pack_map_batch(batch)
         return self._pack(self._calls(batch))
 
-    def _pack_map_batch(self, batch: _MapBatch) -> tuple[Any, list[Any]]:
+    def _pack_map_batch(self, batch: _MapBatch) -> tuple[Any, list[Any] | _MapCalls]:
         """What ``_pack(self._calls(batch))`` gives, from the arguments and run numbers the
         batch was made with (one was cancelled meanwhile, or they cannot be pickled
         together: ``_pack`` then)."""
@@ -1399,7 +1458,7 @@ class ProcessWorkers:
         if max(map(status_of, batch)) >= COMPLETED:  # one was cancelled while queued
             return self._pack(self._calls(batch))
         params = batch.params
-        calls = list(zip(batch, itertools.repeat(task), zip(itertools.repeat(()), params)))
+        calls = _MapCalls(batch, params, task)
         try:
             fn = _dumps(task.fn)
             if not batch.shareable:
@@ -1413,7 +1472,7 @@ class ProcessWorkers:
         except BaseException as exc:
             if not _fails_its_run(exc):
                 raise
-            return self._pack(calls)  # (which says which call or the function is at fault)
+            return self._pack(list(calls))  # (which says which call or the function is at fault)
         return (fn, task.is_async, (task.name, task.tags, task.key), args, batch.ids), calls
 
     def _pack_one_by_one(

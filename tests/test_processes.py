@@ -30,6 +30,7 @@ import threading
 import time
 import types
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -45,7 +46,7 @@ import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
-from asyncflow._processes import ProcessWorkers
+from asyncflow._processes import ProcessWorkers, _items_of, _MapCalls
 from asyncflow._task import Task, as_task
 from asyncflow.exceptions import (
     RemoteError,
@@ -2314,7 +2315,7 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     (by_position,) = args  # (x is double's first parameter: its calls go by position)
     assert pickle.loads(by_position) == [(i,) for i in range(1000, 2000)]
     assert contexts == range(int(runs[1000]._id), int(runs[-1]._id) + 1)  # (consecutive)
-    assert calls == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
+    assert list(calls) == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
     # A run cancelled while its batch waited is left out of the message.
     runs[999]._status = CANCELLED  # (the last run of the first batch)
     message, calls = workers._packed(sent[0])
@@ -2324,6 +2325,33 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     unknown, _ = pump_only(t, None)
     unknown.submit_many(runs)
     assert list(unknown._ready) == runs
+
+
+def test_the_calls_of_a_map_batch_read_as_a_deque_of_its_calls_would() -> None:
+    # A batch made at submit keeps no tuple per call (the garbage collector would walk them
+    # while it runs): each call is made when read, as the deque of calls it stands for has it.
+    t, runs = cheap_map(5)
+    calls = _MapCalls(runs, [{"x": i} for i in range(5)], t)
+    same: deque[Any] = deque((run, t, ((), {"x": i})) for i, run in enumerate(runs))
+    assert list(calls) == list(same)
+    assert list(reversed(calls)) == list(reversed(same))
+    assert (calls[0], calls[-1], len(calls)) == (same[0], same[-1], 5)
+    with pytest.raises(IndexError):
+        calls[5]
+    assert calls.popleft() == same.popleft()
+    second = calls.popleft()
+    assert second == same.popleft()
+    with pytest.raises(ValueError, match="taken last"):
+        calls.appendleft((runs[0], t, ((), {"x": 0})))
+    calls.appendleft(second)
+    same.appendleft(second)
+    assert list(calls) == list(same)
+    assert calls.items() == runs[1:]  # (the items of the calls left, without their tuples)
+    assert _items_of(same) == runs[1:]
+    calls.clear()
+    assert (len(calls), list(calls), bool(calls)) == (0, [], False)
+    with pytest.raises(IndexError):
+        calls.popleft()
 
 
 def test_queued_map_batches_are_cut_again_when_its_calls_turn_out_slower() -> None:
