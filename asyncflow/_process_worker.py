@@ -439,7 +439,7 @@ def _keep_run_context() -> None:
 
 def _load(
     payload: bytes,
-    blob: bytes | list[bytes] | tuple[bytes],
+    blob: bytes | list[bytes] | tuple[bytes, ...],
     count: int,
     replies: _Replies,
     cloudpickle: Any,
@@ -452,9 +452,9 @@ def _load(
             _write(replies, ("ser", ("function", _error_text(exc))))
         return None
     try:
-        # One pickle of them all (in a 1-tuple: of their positional arguments), or one per
-        # call when calls could share a mutable argument (then each gets its own copy, as a
-        # call sent alone does).
+        # One pickle of them all (in a tuple: of their positional arguments, or in a 2-tuple
+        # of their only ones), or one per call when calls could share a mutable argument
+        # (then each gets its own copy, as a call sent alone does).
         if type(blob) is list:
             calls: list[Any] = list(map(cloudpickle.loads, blob))
         else:
@@ -471,7 +471,7 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     payload: bytes,
     is_async: bool,
     ident: tuple[str, frozenset[str], str],
-    blob: bytes | list[bytes] | tuple[bytes],
+    blob: bytes | list[bytes] | tuple[bytes, ...],
     contexts: list[int | tuple[int, int]],
     replies: _Replies,
     notify: bool = False,
@@ -510,9 +510,10 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     if ledger is not None:  # the body's run context, by the worker's position in the ledger
         asyncflow_run_context = _ContextAt(contexts, numbers)
     # A call is its keyword arguments alone, or (args, kwargs), or, sent so, the tuple of its
-    # positional arguments; a sync function called with either alone (the common case) is
-    # called so, with no more checks per call.
+    # positional arguments, or its only one; a sync function called with either alone (the
+    # common case) is called so, with no more checks per call.
     by_position = type(blob) is tuple
+    only_argument = by_position and len(blob) > 1
     kwargs_only = not is_async and not by_position and set(map(type, calls)) == {dict}
     for index, call in enumerate(calls):
         if ledger is not None:
@@ -525,7 +526,9 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         if notify:
             _send(replies.fd, b"s", b"")
         try:
-            if kwargs_only:
+            if only_argument:
+                value = fn(call)
+            elif kwargs_only:
                 value = fn(**call)
             elif by_position:
                 value = fn(*call)

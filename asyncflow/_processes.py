@@ -1455,7 +1455,9 @@ class ProcessWorkers:
         batch was made with (one was cancelled meanwhile, or they cannot be pickled
         together: ``_pack`` then)."""
         task = batch[0]._task
-        if max(map(status_of, batch)) >= COMPLETED:  # one was cancelled while queued
+        # One was cancelled while queued? (Not while no run of the map has ended.)
+        group = batch[0]._group
+        if (group is None or not group.untouched) and max(map(status_of, batch)) >= COMPLETED:
             return self._pack(self._calls(batch))
         params = batch.params
         calls = _MapCalls(batch, params, task)
@@ -1463,8 +1465,8 @@ class ProcessWorkers:
             fn = _dumps(task.fn)
             if not batch.shareable:
                 args: Any = _pickled_arguments(params)
-            elif (rows := _by_position(task, params)) is not None:
-                args = (pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL),)
+            elif (by_position := _by_position(task, params)) is not None:
+                args = by_position
             else:
                 # Values of immutable plain types only: one plain pickle, as
                 # _pickled_arguments makes it (and nothing there refers to a module).
@@ -1526,15 +1528,24 @@ def _batch_results(kind: int, loaded: list[Any]) -> list[Any] | None:
         return None
 
 
-def _by_position(task: Any, params: list[dict[str, Any]]) -> list[tuple[Any, ...]] | None:
-    """The calls of a sync task's map as the tuples of their positional arguments (a call by
-    position is cheaper in the worker, and so is the load), when their parameters (the same
-    names in the same order in every dict of a map) are its leading ones, in order; else
+def _by_position(task: Any, params: list[dict[str, Any]]) -> tuple[bytes, ...] | None:
+    """What a worker is sent of the calls of a sync task's map when they go by position (a
+    call by position is cheaper in the worker, and so is the load): when their parameters
+    (the same names in the same order in every dict of a map) are its leading ones, in order,
+    the pickle of the tuples of their positional arguments, in a 1-tuple; or, with one
+    parameter, the pickle of their only arguments, in a 2-tuple (each call takes one); else
     None."""
     names = tuple(params[0])
     if task.is_async or names != task.spec.leading[: len(names)]:
         return None
-    return list(map(tuple, map(dict.values, params)))  # (in C)
+    protocol = pickle.HIGHEST_PROTOCOL
+    # (In C: a getter of several names gives the tuple of their values.)
+    values = list(map(operator.itemgetter(*names), params))
+    return (
+        (pickle.dumps(values, protocol), b"1")
+        if len(names) == 1
+        else (pickle.dumps(values, protocol),)
+    )
 
 
 def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:

@@ -2312,12 +2312,18 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     message, calls = workers._packed(sent[1])
     _, is_async, (name, _, _), args, contexts = message
     assert (is_async, name) == (False, "double")
-    (by_position,) = args  # (x is double's first parameter: its calls go by position)
-    assert pickle.loads(by_position) == [(i,) for i in range(1000, 2000)]
+    # (x is double's first and only parameter: each call takes its only argument)
+    by_position, _ = args
+    assert pickle.loads(by_position) == list(range(1000, 2000))
     assert contexts == range(int(runs[1000]._id), int(runs[-1]._id) + 1)  # (consecutive)
     assert list(calls) == [(run, t, ((), {"x": i})) for i, run in enumerate(runs[1000:], 1000)]
     # A run cancelled while its batch waited is left out of the message.
     runs[999]._status = CANCELLED  # (the last run of the first batch)
+    message, calls = workers._packed(sent[0])
+    assert len(pickle.loads(message[3][0])) == 1000  # (not seen: no run of the map ended)
+    group = runs[999]._group
+    assert group is not None
+    group.ended(1, runs[999])  # (as a cancel does)
     message, calls = workers._packed(sent[0])
     assert pickle.loads(message[3]) == [{"x": i} for i in range(999)]
     assert [call[0] for call in calls] == runs[:999]
