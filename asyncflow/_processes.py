@@ -749,6 +749,11 @@ class ProcessWorkers:
     def submit_many(self, items: list[Any]) -> None:
         if type(items) is PlainRuns and len(items) > 1:
             items = self._prepared(items)
+            if items and type(items[0]) is _MapBatch:
+                # The whole map is cut already: its batches go out now, a loop turn sooner.
+                self._ready.extend(items)
+                self._pump()
+                return
         self._ready.extend(items)
         if self._active < self._max and not self._pump_due:
             self._pump_soon()

@@ -2263,7 +2263,8 @@ def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, exp
 def pump_only(t: Any, cost: float | None) -> tuple[ProcessWorkers, list[list[Any]]]:
     """A pool of 2 workers with only what ``submit_many``, ``_pump`` and ``_take_batch`` read,
     calls of ``t`` known to take ``cost`` seconds; the batches ``_pump`` sends out are listed
-    instead of run (and ``submit_many`` leaves the pumping to the test)."""
+    instead of run (and ``submit_many`` leaves the pumping to the test, unless it cut a map
+    into batches: they go out at once)."""
     workers = ProcessWorkers.__new__(ProcessWorkers)
     workers._ready = collections.deque()
     workers._max, workers._active, workers._max_tasks = 2, 0, None
@@ -2305,9 +2306,8 @@ def test_a_map_of_calls_known_to_be_cheap_is_batched_as_it_is_submitted() -> Non
     # from the map, not read from each run again.
     t, runs = cheap_map(2000)
     workers, sent = pump_only(t, 1e-6)
-    workers.submit_many(runs)
-    assert list(map(len, workers._ready)) == [1000, 1000]  # the queue holds two batches
-    workers._pump()
+    workers.submit_many(runs)  # (both workers are free: its two batches go out at once)
+    assert not workers._ready
     assert [list(batch) for batch in sent] == [runs[:1000], runs[1000:]]
     message, calls = workers._packed(sent[1])
     _, is_async, (name, _, _), args, contexts = message
@@ -2363,6 +2363,7 @@ def test_the_calls_of_a_map_batch_read_as_a_deque_of_its_calls_would() -> None:
 def test_queued_map_batches_are_cut_again_when_its_calls_turn_out_slower() -> None:
     t, runs = cheap_map(3000)
     workers, _ = pump_only(t, 1e-6)
+    workers._active = 2  # (both workers busy: the batches are queued)
     workers.submit_many(runs)
     first = workers._ready.popleft()  # (it goes out; its replies say how long calls take)
     assert list(map(len, workers._ready)) == [1024, 952]
