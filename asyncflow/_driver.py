@@ -31,6 +31,7 @@ from ._futures import (
     Future,
     cancelled_error,
     crashed_error,
+    params_of,
 )
 from ._params import resolve_parameters
 from .exceptions import TaskTimeoutError, WorkerCrashedError
@@ -325,7 +326,7 @@ async def _attempts(
     sched: Scheduler, fut: Future[Any], pol: RunPolicy
 ) -> tuple[int, Any, str | None]:
     task = fut._task
-    params = fut._params
+    params = params_of(fut)
     if params is None:
         raise asyncio.CancelledError
     if fut._deps is not None:

@@ -19,6 +19,7 @@ import time
 import types
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._limits import RunPolicy
+    from ._mapping import MapRows
     from ._task import Task
 
 R = TypeVar("R")
@@ -62,7 +64,8 @@ blocking_hooks = threading.local()
 # only when someone asks. The number is there from the start at no cost, and a worker process
 # given it makes the same UUID, so a body and its future always agree on the id.
 _RUN_ID_BASE = secrets.randbits(64) << 64
-_next_run_number = itertools.count(1).__next__
+_run_numbers = itertools.count(1)
+_next_run_number = _run_numbers.__next__
 
 
 def run_uuid(number: int) -> uuid.UUID:
@@ -338,7 +341,8 @@ class Future(Generic[R]):
     ) -> None:
         self._scheduler = scheduler
         self._task = task
-        self._params: dict[str, Any] | None = params
+        # (A plain map's run holds its index in its map's rows instead: see params_of.)
+        self._params: dict[str, Any] | int | None = params
         # Inputs (one entry per occurrence), and those whose failure the run accepts.
         self._deps = deps
         self._allowed = allowed
@@ -679,7 +683,6 @@ class Future(Generic[R]):
 
 status_of = operator.attrgetter("_status")  # a future's state, for scans in C
 _value_of = operator.attrgetter("_value")
-_id_of = operator.attrgetter("_id")
 
 
 def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -> list[Any]:
@@ -692,40 +695,53 @@ def all_results(futures: Sequence[Future[Any]], raise_on_failure: bool = True) -
 
 class PlainRuns(list["Future[Any]"]):
     """The runs of a map with no inputs and no policy (``plain_runs`` makes them), with what a
-    backend may send them with without reading each run again: their parameters (the same
-    names in the same order in each dict, as ``map`` makes them), their run ids, and whether
-    every value is of a type no call can change (``shareable``)."""
+    backend may send them with without reading each run again: their parameters (``rows``,
+    by column), their run ids (consecutive), and whether every value is of a type no call can
+    change (``shareable``)."""
 
-    __slots__ = ("ids", "params", "shareable")
+    __slots__ = ("ids", "rows", "shareable")
 
-    params: list[dict[str, Any]]
-    ids: Sequence[int]  # (a range when consecutive, as they are unless another thread took one)
+    rows: MapRows
+    ids: range
     shareable: bool
+
+
+def run_ids(n: int) -> range:
+    """The ids of ``n`` new runs, consecutive: their numbers are taken in one call in C, so
+    no other thread takes one in between."""
+    last = deque(itertools.islice(_run_numbers, n), maxlen=1)
+    if not last:
+        return range(0)
+    end = _RUN_ID_BASE | (last[0] + 1)
+    return range(end - n, end)
 
 
 def plain_runs(
     scheduler: _Owner,
     task: Task[..., Any],
-    children: list[dict[str, Any]],
+    rows: MapRows,
     ctx: contextvars.Context,
     group: MapGroup,
     *,
     shareable: bool = False,
 ) -> PlainRuns:
-    """The runs of a map with no inputs and no policy, one per parameters dict in
-    ``children``, all in ``group``: what ``Future(scheduler, task, params, None, None, ctx)``
-    makes, with the fields set here directly (no ``__init__`` call per run: a big map makes
-    thousands at once). A test checks that both make the same."""
+    """The runs of a map with no inputs and no policy, one per child of ``rows``, all in
+    ``group`` (which keeps ``rows``): what ``Future(scheduler, task, params, None, None,
+    ctx)`` makes, with the fields set here directly (no ``__init__`` call per run: a big map
+    makes thousands at once), but for the parameters: each run holds its index in ``rows``
+    (``params_of`` makes its dict when asked for; no dict per run for the garbage collector
+    to count meanwhile). A test checks that both make the same."""
+    group.rows = rows
+    ids = run_ids(len(rows))
     runs = PlainRuns()
     append = runs.append
     new = object.__new__
     now = time.time()
-    next_number = _next_run_number
-    for params in children:
+    for index, run_id in enumerate(ids):
         fut = new(Future)
         fut._scheduler = scheduler
         fut._task = task
-        fut._params = params
+        fut._params = index
         fut._deps = fut._allowed = fut._policy = None
         fut._ctx = ctx
         fut._status = PENDING
@@ -733,17 +749,24 @@ def plain_runs(
         fut._timestamp = now
         fut._callbacks = fut._waiters = fut._event = fut._handle = None
         fut._group = group
-        fut._id = _RUN_ID_BASE | next_number()
+        fut._id = run_id
         append(fut)
-    runs.params = children
-    # The run ids, consecutive unless another thread took a number meanwhile: then a range
-    # (cheaper to send). Each is an int: no other thread has seen these runs yet.
-    first: int = runs[0]._id if runs else 0  # type: ignore[assignment]
-    last: int = runs[-1]._id if runs else -1  # type: ignore[assignment]
-    consecutive = last - first == len(runs) - 1
-    runs.ids = range(first, last + 1) if consecutive else list(map(_id_of, runs))
+    runs.rows = rows
+    runs.ids = ids
     runs.shareable = shareable
     return runs
+
+
+def params_of(fut: Future[Any]) -> dict[str, Any] | None:
+    """A run's parameters, None once it let go of them (it ended); a plain map's run holds
+    its index in its map's rows (see ``plain_runs``): its dict is made here, each time."""
+    params = fut._params
+    if type(params) is int:
+        group = fut._group
+        rows = None if group is None else group.rows
+        assert rows is not None
+        return rows.row(params)
+    return params  # type: ignore[return-value]
 
 
 class CountingCallback:
@@ -763,10 +786,11 @@ class MapGroup:
     """The runs of one ``map``, counted as they end: a wait on the whole list watches this one
     object instead of putting a callback on each run (``FutureList`` knows its group)."""
 
-    __slots__ = ("_failed", "_left", "_lock", "_watchers", "size")
+    __slots__ = ("_failed", "_left", "_lock", "_watchers", "rows", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.rows: MapRows | None = None  # their parameters, when they hold their index there
         self._left = size  # runs not final yet
         self._lock = threading.Lock()
         self._watchers: list[CountingCallback] = []

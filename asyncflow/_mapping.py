@@ -10,7 +10,7 @@ from ._annotations import allow_failure, quote, unmapped
 from ._futures import Future
 from .exceptions import MappingLengthMismatch, MappingMissingIterable
 
-__all__ = ("expand",)
+__all__ = ("MapRows", "expand")
 
 _STATIC = (str, bytes, bytearray, io.IOBase, unmapped, quote)
 
@@ -34,9 +34,53 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
     return None
 
 
-def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, Any]], set[type]]:
-    """One parameters dict per child, in order (``unmapped``/static values go to every
-    child), and the types of all their values (gathered per parameter, in C)."""
+class MapRows:
+    """The parameters of a map's children, kept by column: the values passed to every child
+    (``static``) and one list of values per mapped parameter (``names``, ``columns``). A
+    child's dict is made when asked for: a plain map's runs hold their index here instead of
+    a dict each (see ``Future._params``)."""
+
+    __slots__ = ("columns", "names", "static")
+
+    def __init__(self, static: dict[str, Any], names: tuple[str, ...], columns: list[list[Any]]):
+        self.static = static
+        self.names = names
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def keys(self) -> tuple[str, ...]:
+        """The parameter names of every child's dict, in its order."""
+        return (*self.static, *self.names)
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The parameters dict of child ``index``."""
+        names = self.names
+        if len(names) == 1:
+            if not self.static:
+                return {names[0]: self.columns[0][index]}
+            return {**self.static, names[0]: self.columns[0][index]}
+        values = [column[index] for column in self.columns]
+        return {**self.static, **dict(zip(names, values, strict=True))}
+
+    def rows(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
+        """The parameters dicts of children ``start`` to ``end``, in order."""
+        static = self.static
+        if len(self.names) == 1:  # the common case, built without a dict per child to merge
+            name = self.names[0]
+            column = self.columns[0][start:end]
+            if not static:
+                return [{name: value} for value in column]
+            return [{**static, name: value} for value in column]
+        names = self.names
+        rows = zip(*(column[start:end] for column in self.columns), strict=True)
+        return [{**static, **dict(zip(names, values, strict=True))} for values in rows]
+
+
+def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[type]]:
+    """The parameters of each child, in order (``unmapped``/static values go to every
+    child), by column, and the types of all their values (gathered per parameter, in C)."""
     sequences: dict[str, list[Any]] = {}
     static: dict[str, Any] = {}
     for name, value in parameters.items():
@@ -60,11 +104,4 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[list[dict[str, A
     types = set(map(type, static.values()))
     for seq in sequences.values():
         types.update(map(type, seq))
-    if len(sequences) == 1:  # the common case, built without a dict per child to merge
-        ((name, seq),) = sequences.items()
-        if not static:
-            return [{name: value} for value in seq], types
-        return [{**static, name: value} for value in seq], types
-    names = list(sequences)
-    rows = zip(*sequences.values(), strict=True)
-    return [{**static, **dict(zip(names, values, strict=True))} for values in rows], types
+    return MapRows(static, tuple(sequences), list(sequences.values())), types

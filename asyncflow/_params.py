@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._annotations import BaseAnnotation, allow_failure, quote
-from ._futures import COMPLETED, Future, FutureList
+from ._futures import COMPLETED, Future, FutureList, params_of
 
 __all__ = (
     "ATOMIC",
@@ -215,7 +215,7 @@ def inputs_of(fut: Future[Any]) -> list[Future[Any]]:
     deps = fut._deps
     if deps is not TOP_LEVEL:
         return deps or []
-    params = fut._params
+    params = params_of(fut)
     return [] if params is None else [value for value in params.values() if type(value) is Future]
 
 

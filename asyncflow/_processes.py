@@ -46,6 +46,7 @@ from ._futures import (
     Future,
     PlainRuns,
     cancelled_error,
+    params_of,
     status_of,
 )
 from ._logging import TASK_RUNS, handle_remote_record
@@ -61,6 +62,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from ._mapping import MapRows
     from ._scheduler import Scheduler
 
 __all__ = ("ProcessWorkers",)
@@ -200,16 +202,17 @@ def _plain(item: Any) -> bool:
 
 class _MapBatch(list[Future[Any]]):
     """A batch of a map's runs made when the map was submitted (see ``_prepared``): the
-    runs, with their parameters and run numbers, and the time a call was taken to take
-    then."""
+    runs, with their run numbers and where their parameters are (the map's rows, from
+    ``start`` to ``end``), and the time a call was taken to take then."""
 
-    __slots__ = ("cost", "ids", "params", "shareable")
+    __slots__ = ("cost", "end", "ids", "rows", "shareable", "start")
 
     def __init__(self, runs: PlainRuns, start: int, size: int, cost: float) -> None:
-        end = start + size
-        super().__init__(runs[start:end])
-        self.params = runs.params[start:end]
-        self.ids = runs.ids[start:end]
+        super().__init__(runs[start : start + size])
+        self.rows = runs.rows
+        self.start = start
+        self.end = start + len(self)
+        self.ids = runs.ids[start : self.end]
         self.shareable = runs.shareable
         self.cost = cost
 
@@ -221,16 +224,17 @@ class _MapCalls:
     once) reads none of them (``items``), and the batch keeps no object per call for the
     garbage collector to walk while it runs."""
 
-    __slots__ = ("_params", "_runs", "_start", "_task")
+    __slots__ = ("_first", "_rows", "_runs", "_start", "_task")
 
-    def __init__(self, runs: list[Any], params: list[dict[str, Any]], task: Any) -> None:
+    def __init__(self, runs: list[Any], rows: MapRows, first: int, task: Any) -> None:
         self._runs = runs
-        self._params = params
+        self._rows = rows  # (the map's: run i of this batch is its child ``first + i``)
+        self._first = first
         self._task = task
         self._start = 0
 
     def _call(self, index: int) -> _Call:
-        return (self._runs[index], self._task, ((), self._params[index]))
+        return (self._runs[index], self._task, ((), self._rows.row(self._first + index)))
 
     def items(self) -> list[Any]:
         """The items of the calls left, in order."""
@@ -1161,6 +1165,8 @@ class ProcessWorkers:
             # The common case, in C: a batch of plain runs of one task (checked by
             # _take_batch), none with inputs (then their parameters are their arguments).
             each = list(map(_params_of, batch))
+            if type(each[0]) is int:  # a map's runs: each holds its index in the map's rows
+                each = list(map(params_of, batch))
             deps = list(map(_deps_of, batch))
             if set(map(type, each)) == {dict} and deps.count(None) == len(deps):
                 task = first._task
@@ -1172,7 +1178,7 @@ class ProcessWorkers:
         call_parts = self._sched.call_parts
         split = first._task.spec.split if type(first) is Future else None
         for item in batch:
-            if split is not None and item._deps is None and (params := item._params) is not None:
+            if split is not None and item._deps is None and (params := params_of(item)) is not None:
                 # The common case: a plain run (a batch holds runs of one task).
                 append((item, item._task, split(params)))
                 continue
@@ -1464,18 +1470,18 @@ class ProcessWorkers:
         group = batch[0]._group
         if (group is None or not group.untouched) and max(map(status_of, batch)) >= COMPLETED:
             return self._pack(self._calls(batch))
-        params = batch.params
-        calls = _MapCalls(batch, params, task)
+        rows, start, end = batch.rows, batch.start, batch.end
+        calls = _MapCalls(batch, rows, start, task)
         try:
             fn = _dumps(task.fn)
             if not batch.shareable:
-                args: Any = _pickled_arguments(params)
-            elif (by_position := _by_position(task, params)) is not None:
+                args: Any = _pickled_arguments(rows.rows(start, end))
+            elif (by_position := _by_position(task, rows, start, end)) is not None:
                 args = by_position
             else:
                 # Values of immutable plain types only: one plain pickle, as
                 # _pickled_arguments makes it (and nothing there refers to a module).
-                args = pickle.dumps(params, protocol=pickle.HIGHEST_PROTOCOL)
+                args = pickle.dumps(rows.rows(start, end), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:
             if not _fails_its_run(exc):
                 raise
@@ -1533,24 +1539,23 @@ def _batch_results(kind: int, loaded: list[Any]) -> list[Any] | None:
         return None
 
 
-def _by_position(task: Any, params: list[dict[str, Any]]) -> tuple[bytes, ...] | None:
-    """What a worker is sent of the calls of a sync task's map when they go by position (a
-    call by position is cheaper in the worker, and so is the load): when their parameters
-    (the same names in the same order in every dict of a map) are its leading ones, in order,
-    the pickle of the tuples of their positional arguments, in a 1-tuple; or, with one
-    parameter, the pickle of their only arguments, in a 2-tuple (each call takes one); else
-    None."""
-    names = tuple(params[0])
+def _by_position(task: Any, rows: MapRows, start: int, end: int) -> tuple[bytes, ...] | None:
+    """What a worker is sent of the calls of children ``start`` to ``end`` of a sync task's
+    map when they go by position (a call by position is cheaper in the worker, and so is the
+    load): when their parameters are its leading ones, in order, the pickle of the tuples of
+    their positional arguments, in a 1-tuple; or, with one parameter, the pickle of their only
+    arguments, in a 2-tuple (each call takes one); else None."""
+    names = rows.keys()
     if task.is_async or names != task.spec.leading[: len(names)]:
         return None
     protocol = pickle.HIGHEST_PROTOCOL
-    # (In C: a getter of several names gives the tuple of their values.)
-    values = list(map(operator.itemgetter(*names), params))
-    return (
-        (pickle.dumps(values, protocol), b"1")
-        if len(names) == 1
-        else (pickle.dumps(values, protocol),)
-    )
+    if rows.static:  # (then two names or more: a getter of several gives a tuple, in C)
+        values = list(map(operator.itemgetter(*names), rows.rows(start, end)))
+    elif len(names) == 1:
+        return (pickle.dumps(rows.columns[0][start:end], protocol), b"1")
+    else:
+        values = list(zip(*(column[start:end] for column in rows.columns), strict=True))
+    return (pickle.dumps(values, protocol),)
 
 
 def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:

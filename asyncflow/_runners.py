@@ -289,14 +289,14 @@ class TaskRunner(abc.ABC):
                 f"parameters of task {t.name!r} must be a dict of name -> value, "
                 f"not {type(parameters).__name__}"
             )
-        children, types = expand(t.name, dict(parameters))
+        rows, types = expand(t.name, dict(parameters))
         waits = None if wait_for is None else list(wait_for)
         spec = t.spec
-        if children and spec.varpos is None:
+        if len(rows) and spec.varpos is None:
             # The children differ only in their values: one check holds for all of them.
-            spec.check(children[0], t.name)
+            spec.check(rows.row(0), t.name)
         else:
-            for p in children:
+            for p in rows.rows():
                 spec.check(p, t.name)
         plain = types <= ATOMIC and waits is None and limit is None
         plain = plain and not (t.driven or sched.any_policy)
@@ -304,11 +304,11 @@ class TaskRunner(abc.ABC):
         if plain:
             # No value can hold a future, and there is no policy: no inputs to look for.
             ctx = contextvars.copy_context()  # one snapshot (each run copies it as it starts)
-            group = MapGroup(len(children))  # counts them as they end, for whole-list waits
-            runs = plain_runs(sched, t, children, ctx, group, shareable=types <= IMMUTABLE)
+            group = MapGroup(len(rows))  # counts them as they end, for whole-list waits
+            runs = plain_runs(sched, t, rows, ctx, group, shareable=types <= IMMUTABLE)
         else:
             make = self._make
-            runs = [make(sched, t, p, waits, None, limit) for p in children]
+            runs = [make(sched, t, p, waits, None, limit) for p in rows.rows()]
             group = MapGroup(len(runs))
             for run in runs:
                 run._group = group

@@ -36,6 +36,7 @@ from ._futures import (
     cancelled_error,
     complete_all,
     crashed_error,
+    params_of,
 )
 from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
@@ -121,7 +122,7 @@ def call_parts(item: Any) -> tuple[Any, dict[str, Any]]:
     """The task and resolved parameters of a work item (for backends that ship calls away)."""
     if type(item) is not Future:
         return item.fut._task, item.params
-    params = item._params
+    params = params_of(item)
     if params is None:  # cancelled before its turn; the outcome is ignored
         raise cancelled_error(item._task.name)
     if item._deps is not None:
@@ -139,7 +140,7 @@ def call_sync(fut: Any) -> Any:
     # one statement, left to right), so inputs read as None here mean the parameters are None
     # too. Read the other way round, a cancel in between gave the body its futures unresolved.
     deps = fut._deps
-    params = fut._params
+    params = params_of(fut)
     if params is None:  # cancelled before a worker picked it up; the outcome is ignored
         raise cancelled_error(task.name)
     if deps is not None:
@@ -516,7 +517,7 @@ class Scheduler:
         current_future.set(fut)
         task = fut._task
         try:
-            params = fut._params
+            params = params_of(fut)
             if params is None:
                 raise asyncio.CancelledError  # noqa: TRY301 - cancelled before it started
             deps = fut._deps

@@ -536,7 +536,7 @@ def test_a_cancel_between_the_reads_of_a_starting_run_never_passes_futures_unres
     up: Future[Any] = Future(owner, as_task(body), {"x": 1}, None, None, ctx, None)
     lines, first = inspect.getsourcelines(call_sync)
     reads = [
-        first + i for i, text in enumerate(lines) if "fut._params" in text or "fut._deps" in text
+        first + i for i, text in enumerate(lines) if "params_of(fut)" in text or "fut._deps" in text
     ]
     assert len(reads) == 2  # the two reads, in the order they run
     for inputs in ([up], TOP_LEVEL):

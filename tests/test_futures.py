@@ -38,7 +38,8 @@ from asyncflow import (
     wait,
     wait_async,
 )
-from asyncflow._futures import MapGroup, add_done_callback_to_all, plain_runs
+from asyncflow._futures import MapGroup, add_done_callback_to_all, params_of, plain_runs
+from asyncflow._mapping import MapRows, expand
 from asyncflow._task import as_task
 from asyncflow.exceptions import TaskCancelledError, TaskCrashedError, UpstreamFailedError
 
@@ -551,22 +552,32 @@ def test_a_run_kept_from_a_map_does_not_keep_the_run_that_failed(
     assert kept.result() == 0
 
 
+def column(*values: Any) -> MapRows:
+    """The rows of a map over ``x``."""
+    return expand("double", {"x": list(values)})[0]
+
+
 def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
     owner: Any = object()
     ctx = contextvars.copy_context()
     group = MapGroup(2)
-    made = plain_runs(owner, as_task(double), [{"x": 1}, {"x": 2}], ctx, group)
+    made = plain_runs(owner, as_task(double), column(1, 2), ctx, group)
     expected = Future(owner, as_task(double), {"x": 2}, None, None, ctx, None)
     expected._group = group
     slots = [name for name in Future.__slots__ if name != "__weakref__"]
     for name in slots:
-        if name not in ("_id", "_timestamp", "_task"):
+        if name not in ("_id", "_timestamp", "_task", "_params"):
             assert getattr(made[1], name) == getattr(expected, name), name
+    # Each holds its index in the map's rows, its dict made when asked for.
+    assert made[1]._params == 1
+    assert params_of(made[1]) == expected._params == {"x": 2}
+    assert params_of(made[1]) is not params_of(made[1])  # (made each time: no dict kept)
     assert made[1]._task.fn is double
     assert type(made[0]._id) is int
     assert made[1]._id == made[0]._id + 1  # a run number of its own
     # What a backend may send them with, without reading each run again.
-    assert made.params == [{"x": 1}, {"x": 2}]
+    assert made.rows.rows() == [{"x": 1}, {"x": 2}]
+    assert group.rows is made.rows
     first, second = made[0]._id, made[1]._id
     assert type(first) is int
     assert type(second) is int
@@ -575,21 +586,36 @@ def test_plain_runs_are_made_as_the_constructor_makes_them() -> None:
     assert made[1].task_run_id != made[0].task_run_id
 
 
-def test_plain_runs_list_their_ids_when_another_thread_took_a_number_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_run_ids_are_taken_together() -> None:
     owner: Any = object()
-    monkeypatch.setattr(futures_module, "_next_run_number", iter([5, 7, 8]).__next__)
-    params = [{"x": 1}, {"x": 2}, {"x": 3}]
-    made = plain_runs(owner, as_task(double), params, contextvars.copy_context(), MapGroup(3))
-    assert made.ids == [run._id for run in made]
-    assert [int(run._id) & 0xFFFF for run in made] == [5, 7, 8]
+    ids = futures_module.run_ids(3)
+    assert len(ids) == 3
+    after = Future(owner, as_task(double), {}, None, None, contextvars.copy_context())
+    assert after._id == ids[-1] + 1  # (the numbers were taken: the next run has the next one)
+    assert futures_module.run_ids(0) == range(0)
+
+
+def test_the_rows_of_a_map_are_the_dicts_its_children_get() -> None:
+    rows, types = expand("pair", {"x": range(3), "y": unmapped([7]), "z": "ab"})
+    assert types == {int, list, str}
+    assert rows.keys() == ("y", "z", "x")  # (values for every child first)
+    assert rows.rows() == [{"y": [7], "z": "ab", "x": i} for i in range(3)]
+    assert [rows.row(i) for i in range(3)] == rows.rows()
+    assert rows.rows(1, 2) == [{"y": [7], "z": "ab", "x": 1}]
+    several, _ = expand("pair", {"x": [1, 2], "y": (3, 4)})
+    assert (len(several), several.keys()) == (2, ("x", "y"))
+    assert (
+        several.rows() == [several.row(0), several.row(1)] == [{"x": 1, "y": 3}, {"x": 2, "y": 4}]
+    )
+    assert several.rows(1) == [{"x": 2, "y": 4}]
+    alone, _ = expand("double", {"x": {"a": 1, "b": 2}})  # (a dict maps over its keys)
+    assert alone.rows() == [alone.row(0), alone.row(1)] == [{"x": "a"}, {"x": "b"}]
 
 
 def test_a_map_group_says_when_none_of_its_runs_ended_and_when_all_completed() -> None:
     owner: Any = object()
     (failed,) = plain_runs(
-        owner, as_task(double), [{"x": 1}], contextvars.copy_context(), MapGroup(1)
+        owner, as_task(double), column(1), contextvars.copy_context(), MapGroup(1)
     )
     completing = MapGroup(3)
     assert (completing.untouched, completing.all_completed) == (True, False)

@@ -46,6 +46,7 @@ import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
+from asyncflow._mapping import expand
 from asyncflow._processes import ProcessWorkers, _items_of, _MapCalls
 from asyncflow._task import Task, as_task
 from asyncflow.exceptions import (
@@ -2247,8 +2248,8 @@ def test_a_batch_down_to_one_call_leaves_no_trace_behind() -> None:
 def test_a_batch_takes_a_share_of_the_queue_bounded_by_its_work(cost: float, expected: int) -> None:
     owner: Any = object()
     t = as_task(double)
-    params = [{"x": i} for i in range(600)]
-    runs = plain_runs(owner, t, params, contextvars.copy_context(), MapGroup(600))
+    rows, _ = expand("double", {"x": range(600)})
+    runs = plain_runs(owner, t, rows, contextvars.copy_context(), MapGroup(600))
     workers = ProcessWorkers.__new__(ProcessWorkers)  # only what _take_batch reads
     workers._ready = collections.deque(runs)
     workers._max = 8
@@ -2285,9 +2286,9 @@ def pump_only(t: Any, cost: float | None) -> tuple[ProcessWorkers, list[list[Any
 def cheap_map(size: int) -> tuple[Task[..., Any], list[Future[Any]]]:
     owner: Any = object()
     t = as_task(double)
-    params = [{"x": i} for i in range(size)]
+    rows, _ = expand("double", {"x": range(size)})
     ctx = contextvars.copy_context()
-    return t, plain_runs(owner, t, params, ctx, MapGroup(size), shareable=True)
+    return t, plain_runs(owner, t, rows, ctx, MapGroup(size), shareable=True)
 
 
 def test_workers_free_together_split_the_queue_evenly() -> None:
@@ -2337,7 +2338,7 @@ def test_the_calls_of_a_map_batch_read_as_a_deque_of_its_calls_would() -> None:
     # A batch made at submit keeps no tuple per call (the garbage collector would walk them
     # while it runs): each call is made when read, as the deque of calls it stands for has it.
     t, runs = cheap_map(5)
-    calls = _MapCalls(runs, [{"x": i} for i in range(5)], t)
+    calls = _MapCalls(runs, expand("double", {"x": range(5)})[0], 0, t)
     same: deque[Any] = deque((run, t, ((), {"x": i})) for i, run in enumerate(runs))
     assert list(calls) == list(same)
     assert list(reversed(calls)) == list(reversed(same))
