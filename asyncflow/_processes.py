@@ -1133,8 +1133,10 @@ class ProcessWorkers:
     ) -> None:
         """The results of a whole batch are in: the worker's next batch goes out before they
         are handled (so it works while this loop does), then they end their runs."""
+        queued = bool(self._ready)
         self._hand_back(worker)
-        await asyncio.sleep(0)  # (the next batch's task runs first: it was scheduled first)
+        if queued:
+            await asyncio.sleep(0)  # (the next batch's task runs first: it was scheduled first)
         try:
             self._answer(worker, calls[0][1], frames, calls)
         except _Died:  # (results in one message never come with a crash: this is a fault)
