@@ -127,10 +127,10 @@ class _Replies:
     not keep the replies before it.
 
     Only this thread appends to the ledger, without a lock: a reply is written, then the count
-    of bytes in use (``used``, here and in the ledger). The flusher sends up to the count it
-    reads. The lock keeps the flusher and the rare moves of this thread that send held replies
-    (the end of a batch, a full ledger) or change the results kept for the end of a batch
-    (``to_pickles``) apart."""
+    of bytes in use (in the ledger, and in ``used`` once the batch loop gives it back). The
+    flusher sends up to the count it reads in the ledger. The lock keeps the flusher and the
+    rare moves of this thread that send held replies (the end of a batch, a full ledger) or
+    change the results kept for the end of a batch (``to_pickles``) apart."""
 
     def __init__(self, fd: int, ledger_fd: int | None) -> None:
         self.fd = fd
@@ -232,8 +232,12 @@ class _Replies:
     def _flush(self) -> None:
         """Write the held replies not out yet to the pipe (one message). Under the lock."""
         ledger = self.ledger
-        used = self.used  # (this thread may append after it meanwhile)
-        if ledger is None or self.batch is None or used == self.sent:
+        if ledger is None or self.batch is None:
+            return
+        # The count in the ledger, not ``used``: the batch loop keeps that to itself while
+        # its results are ints (see _batch); it may append after it meanwhile.
+        used: int = _U32.unpack_from(ledger, 0)[0]
+        if used == self.sent:
             return
         # Some replies go out before the end: so do the rest (and no result is kept here).
         self.results = self.values = None
@@ -492,19 +496,12 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     numbers = replies.numbers
     skips = replies.skips
     at = _AT // 4  # (the index of the position in ``numbers``)
-    by_value = replies.result_by_value
-    send = replies.send
-    record = _RECORD.pack_into
     int_record = _INT_RECORD.pack_into
     int_record_size = _INT_RECORD.size
     # The ledger when it holds the replies (a batch of several sent with a number), and its
     # size: set for the whole batch.
     held = ledger if ledger is not None and replies.batch is not None else None
     size = replies.size
-    dumps = pickle.dumps
-    marshal_dumps = marshal.dumps
-    protocol = pickle.HIGHEST_PROTOCOL
-    plain_values = _PLAIN_VALUES
     if len(calls) != len(contexts):
         raise ValueError(f"{len(calls)} calls came with {len(contexts)} run contexts")
     if ledger is not None:  # the body's run context, by the worker's position in the ledger
@@ -515,11 +512,18 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
     by_position = type(blob) is tuple
     only_argument = by_position and len(blob) > 1
     kwargs_only = not is_async and not by_position and set(map(type, calls)) == {dict}
+    # Kept here while results are ints held in the ledger (the common case of a batch of
+    # quick calls), and given back to ``replies`` before anything else uses them: the bytes of
+    # the ledger in use (the flusher reads them from the ledger itself), the replies so far,
+    # and the results kept for the batch's last message.
+    used, answered, values = replies.used, replies.index, replies.values
     for index, call in enumerate(calls):
         if ledger is not None:
             numbers[at] = 2 * index + 1  # type: ignore[index]
             if skips[index]:  # type: ignore[index]
+                replies.used, replies.index = used, answered
                 _write(replies, ("skipped", None))
+                used, answered, values = replies.used, replies.index, replies.values
                 continue
         else:
             asyncflow_run_context = contexts[index]
@@ -543,67 +547,77 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
         except Exception as exc:
             if ledger is not None:
                 numbers[at] = 2 * index + 2  # type: ignore[index]
+            replies.used, replies.index = used, answered
             _write(replies, _exception_reply(exc, cloudpickle))
+            used, answered, values = replies.used, replies.index, replies.values
             continue
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: this worker is done
             text = _traceback_text(exc)
+            replies.used, replies.index = used, answered
             _write(replies, ("crash", (type(exc).__qualname__, _message_of(exc), text)))
             return False
         if ledger is not None:
             numbers[at] = 2 * index + 2  # type: ignore[index]
-        # An int result held in the ledger (the common case of a batch of quick calls): one
-        # record of a fixed size, no marshal.
+        # An int result held in the ledger: one record of a fixed size, no marshal.
         if (
             type(value) is int
             and held is not None
             and _I64_MIN <= value < _I64_END
-            and (values := replies.values) is not None
-            and (end := (start := replies.used) + int_record_size) <= size
+            and values is not None
+            and (end := used + int_record_size) <= size
         ):
-            int_record(held, start, _INT_SIZE, _INT, value)
+            int_record(held, used, _INT_SIZE, _INT, value)
             values.append(value)
-            numbers[0] = end  # type: ignore[index]
-            replies.used = end
-            replies.index += 1
+            numbers[0] = used = end  # type: ignore[index]
+            answered += 1
             continue
-        # The result, by marshal (a plain value) or plain pickle; kept for the batch's last
-        # message (see _Replies.stop) unless it cannot be one.
-        data = b""
-        if type(value) in plain_values:
-            try:
-                data = marshal_dumps(value)
-            except ValueError:  # (a str or bytes of 2 GiB or more: pickle carries it)
-                pass
-        if data:
-            kind, code = b"p", _PLAIN
-            values = replies.values
-            if values is not None:
-                values.append(value)
-            elif (results := replies.results) is not None:
-                results.append(dumps(value, protocol))
-        else:
-            try:  # plain pickle, and the end of replies.result_by_value: once per call
-                kind, code, data = b"o", _OK, dumps(value, protocol)
-            except BaseException:  # (a __reduce__ may raise anything, SystemExit included)
-                by_value(value, cloudpickle)  # (by cloudpickle, or it says why it cannot)
-                continue
-            if replies.values is not None:
-                replies.to_pickles()
-            if (results := replies.results) is not None:
-                results.append(data)
-        start = replies.used
-        end = start + 5 + len(data)
-        if held is None or end > size:
-            send(kind, data)  # (straight to the pipe, or the ledger starts again)
-            continue
-        # replies.send inlined for a result held in the ledger (once per call): the record,
-        # then the count of bytes in use (a change there goes here).
-        record(held, start, len(data) + 1, code)
-        held[start + 5 : end] = data
-        numbers[0] = end  # type: ignore[index]
-        replies.used = end
-        replies.index += 1
+        replies.used, replies.index = used, answered
+        _reply(replies, value, held, cloudpickle)
+        used, answered, values = replies.used, replies.index, replies.values
+    replies.used, replies.index = used, answered
     return True
+
+
+def _reply(replies: _Replies, value: Any, held: mmap.mmap | None, cloudpickle: Any) -> None:
+    """The reply of a call that returned ``value``, when not an int held as such (see
+    ``_batch``): by marshal (a plain value) or plain pickle, held in the ledger ``held`` when
+    it fits, else straight to the pipe; kept for the batch's last message unless it cannot
+    be one."""
+    data = b""
+    if type(value) in _PLAIN_VALUES:
+        try:
+            data = marshal.dumps(value)
+        except ValueError:  # (a str or bytes of 2 GiB or more: pickle carries it)
+            pass
+    if data:
+        kind, code = b"p", _PLAIN
+        values = replies.values
+        if values is not None:
+            values.append(value)
+        elif (results := replies.results) is not None:
+            results.append(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    else:
+        try:  # plain pickle, and the end of replies.result_by_value: once per call
+            kind, code, data = b"o", _OK, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except BaseException:  # (a __reduce__ may raise anything, SystemExit included)
+            replies.result_by_value(value, cloudpickle)  # (by cloudpickle, or why it cannot)
+            return
+        if replies.values is not None:
+            replies.to_pickles()
+        if (results := replies.results) is not None:
+            results.append(data)
+    start = replies.used
+    end = start + 5 + len(data)
+    if held is None or end > replies.size:
+        replies.send(kind, data)  # (straight to the pipe, or the ledger starts again)
+        return
+    # replies.send inlined for a result held in the ledger: the record, then the count of
+    # bytes in use (a change there goes here).
+    _RECORD.pack_into(held, start, len(data) + 1, code)
+    held[start + 5 : end] = data
+    _U32.pack_into(held, 0, end)
+    replies.used = end
+    replies.index += 1
 
 
 if __name__ == "__main__":

@@ -2032,6 +2032,26 @@ def test_a_batch_of_plain_results_comes_back_as_one_list_of_values(
     assert with_lambda[:5] + with_lambda[6:] == [i for i in range(30) if i != 5]
 
 
+def int_or_gated(i: int, hub: Address) -> int:
+    return gated(hub, "last", i) if i == 20 else i
+
+
+@pytest.mark.usefixtures("batches")
+def test_int_results_held_by_a_batch_reach_the_parent_while_a_later_call_runs(
+    hub: Hub,
+) -> None:
+    # The worker's flusher sends the replies held in the ledger every 20 ms: the ints the
+    # batch loop keeps count of by itself come through too, before the batch ends.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(int_or_gated, {"i": 0, "hub": hub.address}).result(TIMEOUT) == 0
+        futures = runner.map(int_or_gated, {"i": range(21), "hub": unmapped(hub.address)})
+        hub.arrivals(1)  # the last call runs, and waits
+        assert [f.result(TIMEOUT) for f in futures[:20]] == list(range(20))
+        assert not futures[20].done()
+        hub.release("last")
+        assert futures[20].result(TIMEOUT) == 20
+
+
 @asyncflow.task(name="whoami", tags={"etl", "nightly"})
 def whoami(i: int) -> tuple[int, str, str, frozenset[str], str, int]:
     ctx = asyncflow.get_run_context()
