@@ -759,13 +759,14 @@ def plain_runs(
 
 def params_of(fut: Future[Any]) -> dict[str, Any] | None:
     """A run's parameters, None once it let go of them (it ended); a plain map's run holds
-    its index in its map's rows (see ``plain_runs``): its dict is made here, each time."""
+    its index in its map's rows (see ``plain_runs``): its dict is made here, each time. (Its
+    map lets go of the rows once every run of it ended, when none needs them: a run read as
+    unfinished just before its end may find them gone, and is then one that ended.)"""
     params = fut._params
     if type(params) is int:
         group = fut._group
         rows = None if group is None else group.rows
-        assert rows is not None
-        return rows.row(params)
+        return None if rows is None else rows.row(params)
     return params  # type: ignore[return-value]
 
 
@@ -790,7 +791,8 @@ class MapGroup:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.rows: MapRows | None = None  # their parameters, when they hold their index there
+        # Their parameters, when they hold their index there, until every run ended.
+        self.rows: MapRows | None = None
         self._left = size  # runs not final yet
         self._lock = threading.Lock()
         self._watchers: list[CountingCallback] = []
@@ -802,6 +804,10 @@ class MapGroup:
         """Producer side: ``count`` runs ended, Completed (``failed`` None) or not."""
         with self._lock:
             self._left -= count
+            if not self._left:
+                # Every run is final: the map's parameters go (a run kept by someone keeps its
+                # value, not the values of its whole map).
+                self.rows = None
             if failed is not None and self._failed is None:
                 self._failed = weakref.ref(failed)
             for watcher in self._watchers:

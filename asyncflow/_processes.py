@@ -753,8 +753,9 @@ class ProcessWorkers:
     def submit_many(self, items: list[Any]) -> None:
         if type(items) is PlainRuns and len(items) > 1:
             items = self._prepared(items)
-            if items and type(items[0]) is _MapBatch:
+            if items and type(items[0]) is _MapBatch and self._sched.loop.is_running():
                 # The whole map is cut already: its batches go out now, a loop turn sooner.
+                # (Not from the loop's thread while it is not running: nothing could start.)
                 self._ready.extend(items)
                 self._pump()
                 return

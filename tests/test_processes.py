@@ -2032,6 +2032,52 @@ def test_a_batch_of_plain_results_comes_back_as_one_list_of_values(
     assert with_lambda[:5] + with_lambda[6:] == [i for i in range(30) if i != 5]
 
 
+def test_a_map_from_the_loop_s_own_thread_while_it_is_not_running_runs_once_it_runs() -> None:
+    # Entered from a loop driven by hand: a map made between two turns of it (its batches cut
+    # at submit, its calls known to be cheap) is queued, and runs in the next turns.
+    loop = asyncio.new_event_loop()
+    runner = ProcessPoolTaskRunner(max_workers=2)
+
+    async def results(futures: asyncflow.FutureList[int]) -> list[int]:
+        async def awaited() -> list[int]:
+            return await futures
+
+        return await asyncio.wait_for(awaited(), TIMEOUT)
+
+    try:
+        loop.run_until_complete(runner.__aenter__())
+        first = loop.run_until_complete(results(runner.map(double, {"x": range(3)})))
+        assert first == [0, 2, 4]  # (and the call is known to be cheap from now on)
+        futures = runner.map(double, {"x": range(2000)})
+        assert loop.run_until_complete(results(futures)) == [2 * x for x in range(2000)]
+    finally:
+        loop.run_until_complete(asyncio.wait_for(runner.__aexit__(None, None, None), TIMEOUT))
+        loop.close()
+
+
+def size(value: str) -> int:
+    return len(value)
+
+
+@pytest.mark.parametrize("runner_class", [ThreadPoolTaskRunner, ProcessPoolTaskRunner])
+def test_a_map_lets_go_of_its_arguments_once_its_runs_ended(runner_class: Any) -> None:
+    # Its runs hold their index into the map's parameters: once every run ended, a future
+    # kept (the list, or one run of it) keeps none of the map's arguments alive.
+    values = [str(i) * 1000 for i in range(300)]
+    before = list(map(sys.getrefcount, values))
+    with runner_class(max_workers=2) as runner:
+        assert runner.map(size, {"value": values[:2]}).result(TIMEOUT) == [1000, 1000]
+        futures = runner.map(size, {"value": values})
+        assert futures.result(TIMEOUT) == [len(v) for v in values]
+        kept = futures[0]
+        gc.collect()
+        assert list(map(sys.getrefcount, values)) == before
+        del futures
+        gc.collect()
+        assert list(map(sys.getrefcount, values)) == before
+        assert kept.result() == 1000
+
+
 def int_or_gated(i: int, hub: Address) -> int:
     return gated(hub, "last", i) if i == 20 else i
 
@@ -2291,6 +2337,7 @@ def pump_only(t: Any, cost: float | None) -> tuple[ProcessWorkers, list[list[Any
     workers._max, workers._active, workers._max_tasks = 2, 0, None
     workers._busy = {}
     workers._pump_due = True
+    workers._sched = types.SimpleNamespace(loop=types.SimpleNamespace(is_running=lambda: True))  # type: ignore[assignment]
     workers._unbatchable = weakref.WeakSet()
     workers._cost = weakref.WeakKeyDictionary({} if cost is None else {t.fn: cost})
     sent: list[list[Any]] = []
