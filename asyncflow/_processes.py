@@ -325,8 +325,16 @@ def _held_replies(data: Any, start: int, end: int) -> list[bytes]:
 class _Worker:
     """One worker process and its pipes; runs one call at a time."""
 
-    def __init__(self, process: Process, ledger: mmap.mmap | None = None) -> None:
+    def __init__(
+        self,
+        process: Process,
+        loop: asyncio.AbstractEventLoop,
+        ledger: mmap.mmap | None = None,
+    ) -> None:
         self.process = process
+        # Its pool's loop: a cancel may stop it between two turns of a loop run by hand, when
+        # no loop is running.
+        self.loop = loop
         self.watcher: Watcher | None = None  # ends its group if this process dies
         self.ledger = ledger  # where it holds the replies of a numbered batch
         self.batches = 0  # numbered batches sent to it
@@ -546,7 +554,7 @@ class _Worker:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        asyncio.get_running_loop().call_later(_GRACE, self._kill_hard)
+        self.loop.call_later(_GRACE, self._kill_hard)
 
     def _kill_hard(self) -> None:
         if self.reaped:  # its group is gone already, and its number may be another's by now
@@ -833,8 +841,7 @@ class ProcessWorkers:
             elif not self._runs(ledger, index, mark=True):
                 # Skipped when the worker gets there, or returned already. Look again soon:
                 # the worker may have read the mark before it was set.
-                loop = asyncio.get_running_loop()
-                loop.call_later(_RECHECK, self._interrupt_if_running, worker, item)
+                self._sched.loop.call_later(_RECHECK, self._interrupt_if_running, worker, item)
                 return True
         if not worker.killed:
             worker.kill()
@@ -1036,11 +1043,11 @@ class ProcessWorkers:
                 os.close(fd)  # the worker has its own; the map here keeps the file
             if errors is not None:
                 os.close(errors[1])  # (the worker has its own)
-        worker = _Worker(process, None if ledger is None else ledger[1])
+        worker = _Worker(process, asyncio.get_running_loop(), None if ledger is None else ledger[1])
         self._workers.add(worker)
         worker.stderr_fd = errors[0]
         reading = worker.drain_stderr(self._lingering)
-        drain = worker.drain = asyncio.get_running_loop().create_task(reading)
+        drain = worker.drain = worker.loop.create_task(reading)
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)
         drain.add_done_callback(worker.drain_ended)

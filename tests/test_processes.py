@@ -44,7 +44,7 @@ from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 import asyncflow
 import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
-from asyncflow import ProcessPoolTaskRunner, ThreadPoolTaskRunner, task, unmapped
+from asyncflow import ProcessPoolTaskRunner, StateType, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
 from asyncflow._mapping import expand
 from asyncflow._processes import ProcessWorkers, _items_of, _MapCalls
@@ -851,9 +851,9 @@ class NeverExits:
 @pytest.mark.parametrize("how", ["cancelled-at-once", "loop-closed"])
 def test_a_worker_s_stderr_task_torn_down_with_its_loop_closes_its_pipe(how: str) -> None:
     read_end, write_end = os.pipe()
-    worker = asyncflow._processes._Worker(NeverExits())  # type: ignore[arg-type]
-    worker.stderr_fd = read_end
     loop = asyncio.new_event_loop()
+    worker = asyncflow._processes._Worker(NeverExits(), loop)  # type: ignore[arg-type]
+    worker.stderr_fd = read_end
     try:
         task = loop.create_task(worker.drain_stderr(set()))
         task.add_done_callback(worker.drain_ended)
@@ -2055,6 +2055,37 @@ def test_a_map_from_the_loop_s_own_thread_while_it_is_not_running_runs_once_it_r
         loop.close()
 
 
+def first_waits(x: int, hub: Address) -> int:
+    return gated(hub, "first", x) if x == 0 else x
+
+
+def test_a_cancel_between_two_turns_of_a_hand_driven_loop_skips_a_call_of_a_batch(hub: Hub) -> None:
+    # Its call is marked to be skipped, and the look again soon is set on the pool's loop
+    # (none runs at the moment of the cancel): the rest of the batch completes, and the
+    # runner closes.
+    loop = asyncio.new_event_loop()
+    runner = ProcessPoolTaskRunner(max_workers=1)
+
+    async def results(futures: asyncflow.FutureList[int]) -> list[Any]:
+        await asyncflow.wait_async(futures, TIMEOUT)
+        return [f.state.type for f in futures]
+
+    try:
+        loop.run_until_complete(runner.__aenter__())
+        warm = runner.map(first_waits, {"x": [1, 2], "hub": unmapped(hub.address)})
+        assert loop.run_until_complete(results(warm)) == [StateType.COMPLETED] * 2
+        futures = runner.map(first_waits, {"x": range(10), "hub": unmapped(hub.address)})
+        loop.run_until_complete(asyncio.to_thread(hub.arrivals, 1))  # its batch runs, at 0
+        assert futures[8].cancel()  # (the loop is not running now)
+        hub.release("first")
+        states = loop.run_until_complete(results(futures))
+        assert states == [StateType.COMPLETED] * 8 + [StateType.CANCELLED, StateType.COMPLETED]
+        assert [f.result() for f in futures[:8]] == list(range(8))
+    finally:
+        loop.run_until_complete(asyncio.wait_for(runner.__aexit__(None, None, None), TIMEOUT))
+        loop.close()
+
+
 def size(value: str) -> int:
     return len(value)
 
@@ -2076,6 +2107,12 @@ def test_a_map_lets_go_of_its_arguments_once_its_runs_ended(runner_class: Any) -
         gc.collect()
         assert list(map(sys.getrefcount, values)) == before
         assert kept.result() == 1000
+        # (A map of no runs never ends: it keeps nothing either.)
+        whole = "w" * 1000
+        alone = sys.getrefcount(whole)
+        empty = runner.map(pair, {"x": [], "y": unmapped(whole)})
+        assert empty.result(TIMEOUT) == []
+        assert sys.getrefcount(whole) == alone
 
 
 def int_or_gated(i: int, hub: Address) -> int:
