@@ -57,12 +57,10 @@ class MapRows:
     def row(self, index: int) -> dict[str, Any]:
         """The parameters dict of child ``index``."""
         names = self.names
-        if len(names) == 1:
-            if not self.static:
-                return {names[0]: self.columns[0][index]}
-            return {**self.static, names[0]: self.columns[0][index]}
-        values = [column[index] for column in self.columns]
-        return {**self.static, **dict(zip(names, values, strict=True))}
+        if len(names) == 1 and not self.static:  # the common case
+            return {names[0]: self.columns[0][index]}
+        mapped = zip(names, self.columns, strict=True)
+        return {**self.static, **{name: column[index] for name, column in mapped}}
 
     def rows(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
         """The parameters dicts of children ``start`` to ``end``, in order."""

@@ -201,7 +201,8 @@ class _Replies:
             self.values = None
 
     def send(self, kind: bytes, data: bytes) -> None:
-        # (_batch holds a result in the ledger itself, as this does: a change here goes there.)
+        # (_batch holds an int result in the ledger itself, as this does: a change here goes
+        # there.)
         ledger = self.ledger
         if self.batch is None or ledger is None:
             _send(self.fd, kind, data)
@@ -572,17 +573,16 @@ def _batch(  # noqa: PLR0915, PLR0917 - a private helper; its loop runs once per
             answered += 1
             continue
         replies.used, replies.index = used, answered
-        _reply(replies, value, held, cloudpickle)
+        _reply(replies, value, cloudpickle)
         used, answered, values = replies.used, replies.index, replies.values
     replies.used, replies.index = used, answered
     return True
 
 
-def _reply(replies: _Replies, value: Any, held: mmap.mmap | None, cloudpickle: Any) -> None:
+def _reply(replies: _Replies, value: Any, cloudpickle: Any) -> None:
     """The reply of a call that returned ``value``, when not an int held as such (see
-    ``_batch``): by marshal (a plain value) or plain pickle, held in the ledger ``held`` when
-    it fits, else straight to the pipe; kept for the batch's last message unless it cannot
-    be one."""
+    ``_batch``): by marshal (a plain value) or plain pickle, kept for the batch's last message
+    unless it cannot be one."""
     data = b""
     if type(value) in _PLAIN_VALUES:
         try:
@@ -590,7 +590,7 @@ def _reply(replies: _Replies, value: Any, held: mmap.mmap | None, cloudpickle: A
         except ValueError:  # (a str or bytes of 2 GiB or more: pickle carries it)
             pass
     if data:
-        kind, code = b"p", _PLAIN
+        kind = b"p"
         values = replies.values
         if values is not None:
             values.append(value)
@@ -598,7 +598,7 @@ def _reply(replies: _Replies, value: Any, held: mmap.mmap | None, cloudpickle: A
             results.append(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
     else:
         try:  # plain pickle, and the end of replies.result_by_value: once per call
-            kind, code, data = b"o", _OK, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            kind, data = b"o", pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except BaseException:  # (a __reduce__ may raise anything, SystemExit included)
             replies.result_by_value(value, cloudpickle)  # (by cloudpickle, or why it cannot)
             return
@@ -606,18 +606,7 @@ def _reply(replies: _Replies, value: Any, held: mmap.mmap | None, cloudpickle: A
             replies.to_pickles()
         if (results := replies.results) is not None:
             results.append(data)
-    start = replies.used
-    end = start + 5 + len(data)
-    if held is None or end > replies.size:
-        replies.send(kind, data)  # (straight to the pipe, or the ledger starts again)
-        return
-    # replies.send inlined for a result held in the ledger: the record, then the count of
-    # bytes in use (a change there goes here).
-    _RECORD.pack_into(held, start, len(data) + 1, code)
-    held[start + 5 : end] = data
-    _U32.pack_into(held, 0, end)
-    replies.used = end
-    replies.index += 1
+    replies.send(kind, data)
 
 
 if __name__ == "__main__":

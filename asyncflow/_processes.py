@@ -30,7 +30,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,16 +203,15 @@ def _plain(item: Any) -> bool:
 class _MapBatch(list[Future[Any]]):
     """A batch of a map's runs made when the map was submitted (see ``_prepared``): the
     runs, with their run numbers and where their parameters are (the map's rows, from
-    ``start`` to ``end``), and the time a call was taken to take then."""
+    ``start`` on), and the time a call was taken to take then."""
 
-    __slots__ = ("cost", "end", "ids", "rows", "shareable", "start")
+    __slots__ = ("cost", "ids", "rows", "shareable", "start")
 
     def __init__(self, runs: PlainRuns, start: int, size: int, cost: float) -> None:
         super().__init__(runs[start : start + size])
         self.rows = runs.rows
         self.start = start
-        self.end = start + len(self)
-        self.ids = runs.ids[start : self.end]
+        self.ids = runs.ids[start : start + size]
         self.shareable = runs.shareable
         self.cost = cost
 
@@ -759,16 +758,16 @@ class ProcessWorkers:
             self._pump_soon()
 
     def submit_many(self, items: list[Any]) -> None:
+        cut = False  # (a whole map cut into batches already)
         if type(items) is PlainRuns and len(items) > 1:
             items = self._prepared(items)
-            if items and type(items[0]) is _MapBatch and self._sched.loop.is_running():
-                # The whole map is cut already: its batches go out now, a loop turn sooner.
-                # (Not from the loop's thread while it is not running: nothing could start.)
-                self._ready.extend(items)
-                self._pump()
-                return
+            cut = bool(items) and type(items[0]) is _MapBatch
         self._ready.extend(items)
-        if self._active < self._max and not self._pump_due:
+        if cut and self._sched.loop.is_running():
+            # Its batches go out now, a loop turn sooner. (Not from the loop's thread while it
+            # is not running: nothing could start.)
+            self._pump()
+        elif self._active < self._max and not self._pump_due:
             self._pump_soon()
 
     def _prepared(self, runs: PlainRuns) -> list[Any]:
@@ -1480,7 +1479,8 @@ class ProcessWorkers:
         group = batch[0]._group
         if (group is None or not group.untouched) and max(map(status_of, batch)) >= COMPLETED:
             return self._pack(self._calls(batch))
-        rows, start, end = batch.rows, batch.start, batch.end
+        rows, start = batch.rows, batch.start
+        end = start + len(batch)
         calls = _MapCalls(batch, rows, start, task)
         try:
             fn = _dumps(task.fn)
@@ -1559,13 +1559,12 @@ def _by_position(task: Any, rows: MapRows, start: int, end: int) -> tuple[bytes,
     if task.is_async or names != task.spec.leading[: len(names)]:
         return None
     protocol = pickle.HIGHEST_PROTOCOL
-    if rows.static:  # (then two names or more: a getter of several gives a tuple, in C)
-        values = list(map(operator.itemgetter(*names), rows.rows(start, end)))
-    elif len(names) == 1:
+    if len(names) == 1:
         return (pickle.dumps(rows.columns[0][start:end], protocol), b"1")
-    else:
-        values = list(zip(*(column[start:end] for column in rows.columns), strict=True))
-    return (pickle.dumps(values, protocol),)
+    # (The values passed whole come first in a child's dict, then the mapped ones.)
+    parts: list[Iterable[Any]] = [itertools.repeat(v, end - start) for v in rows.static.values()]
+    parts += (column[start:end] for column in rows.columns)
+    return (pickle.dumps(list(zip(*parts, strict=True)), protocol),)
 
 
 def _pickled_arguments(arguments: list[Any]) -> bytes | list[bytes]:

@@ -757,14 +757,21 @@ def refuse_while(down: str, starts: str) -> None:
         raise RuntimeError("the database is down")
 
 
-def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def refusing_pool(tmp_path: Path, max_workers: int) -> tuple[ProcessPoolTaskRunner, Path, Path]:
+    """A runner whose workers' initializer fails while the file ``down`` (made here) exists,
+    each attempt recorded in the file ``starts``; and both files."""
     down, starts = tmp_path / "down", tmp_path / "starts"
     down.touch()
     runner = ProcessPoolTaskRunner(
-        max_workers=1, initializer=refuse_while, initargs=(str(down), str(starts))
+        max_workers=max_workers, initializer=refuse_while, initargs=(str(down), str(starts))
     )
+    return runner, down, starts
+
+
+def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, down, starts = refusing_pool(tmp_path, 1)
     with runner:
         for _ in range(3):  # three failed starts in a row
             err = runner.submit(double, {"x": 1}).exception(TIMEOUT)
@@ -784,11 +791,7 @@ def test_a_pool_whose_workers_kept_failing_to_start_tries_again_after_a_pause(
 def test_runs_that_need_a_worker_while_the_start_after_the_pause_is_tried_wait_for_it(
     tmp_path: Path,
 ) -> None:
-    down, starts = tmp_path / "down", tmp_path / "starts"
-    down.touch()
-    runner = ProcessPoolTaskRunner(
-        max_workers=2, initializer=refuse_while, initargs=(str(down), str(starts))
-    )
+    runner, down, _ = refusing_pool(tmp_path, 2)
     with runner:
         for _ in range(3):
             assert isinstance(runner.submit(double, {"x": 1}).exception(TIMEOUT), WorkerStartError)
