@@ -620,6 +620,26 @@ class Future(Generic[R]):
         """Whether the body is running now (Retrying between attempts counts as running)."""
         return self._status in (RUNNING, RETRYING)
 
+    # -- a worker thread taking a queued run itself (see ThreadWorkers) -----------------------
+    def _claim(self) -> bool:
+        """Worker thread: mark this queued run Running, to start its body now; False if it was
+        cancelled (or is being cancelled: see ``_withdraw``) first."""
+        with _lock:
+            if self._ctx is None or self._status >= COMPLETED:
+                return False
+            self._status = RUNNING
+            self._timestamp = time.time()
+        return True
+
+    def _withdraw(self) -> bool:
+        """Producer, cancelling: whether the run is Running; if not, no worker may claim it
+        from now on (its context goes, as it would once it is Cancelled)."""
+        with _lock:
+            if self._status == RUNNING:
+                return True
+            self._ctx = None
+        return False
+
     # -- producer side: only the scheduler calls these, on its loop thread --------------------
     def _release_inputs(self) -> None:
         """Producer only: drop what the run needed to start (its body is not running)."""

@@ -681,7 +681,8 @@ class Scheduler:
                 pol.cancelling = True  # whatever the body raises now, the run is not retried
                 handle.cancel()  # the driver stops its attempt and records the outcome
             return
-        running = fut._status == RUNNING
+        # Under the futures' lock: a worker thread may be claiming this queued run right now.
+        running = fut._withdraw()
         if handle is not None:
             handle.cancel()
             if running:

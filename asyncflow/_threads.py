@@ -4,7 +4,8 @@ Why not ``anyio.to_thread.run_sync`` per task: it costs ~134 µs a call here (ag
 a ``ThreadPoolExecutor`` round trip) and its threads are cached per event loop beyond the
 runner's life, so a runner could not promise "no thread left behind" on exit. Instead, a few
 long-lived threads take ready bodies from a queue and hand outcomes back in batches, with one
-wake-up of the loop per batch. The loop side owns every counter; threads only take and post.
+wake-up of the loop per batch. The loop side owns every counter; threads only take and post
+(a thread going on to the next queued run on its own slot posts that too).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._futures import COMPLETED, blocking_hooks, take_back_lent
+from ._futures import COMPLETED, Future, blocking_hooks, take_back_lent
 from ._scheduler import call_sync
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 _CLOSED_CHECK = 0.1  # seconds between looks at whether the loop closed under a waiting body
+_KEPT = object()  # in place of an outcome's ok: a worker took this run itself, on its slot
 
 __all__ = ("ThreadWorkers",)
 
@@ -49,7 +51,7 @@ class ThreadWorkers:
         self._threads: list[threading.Thread] = []
         # Outcomes (item, ok, value) in the order bodies ended; while someone listens to events,
         # also (item, None, worker name) when a thread takes an item, ahead of its outcome.
-        self._done: deque[tuple[Any, bool | None, Any]] = deque()
+        self._done: deque[tuple[Any, object, Any]] = deque()
         self._done_scheduled = False
         self._quiet: asyncio.Event | None = None
         self._abandon = False
@@ -106,13 +108,15 @@ class ThreadWorkers:
         on_outcome = self._sched.on_outcome
         while done:
             item, ok, value = done.popleft()
-            if ok is None:  # not an outcome: a worker took ``item`` (``value`` names it)
+            if ok is True or ok is False:
+                # The slot is free before the outcome is handled: a run it makes ready may take
+                # it (in queue order) instead of a new thread being started.
+                self._active -= 1
+                on_outcome(item, ok, value)
+            elif ok is _KEPT:  # a worker took ``item`` from the queue itself, on its own slot
+                self._active += 1
+            else:  # a worker started ``item`` (``value`` names it): told while someone listens
                 self._sched.worker_took(item, value)
-                continue
-            # The slot is free before the outcome is handled: a run it makes ready may take it
-            # (in queue order) instead of a new thread being started.
-            self._active -= 1
-            on_outcome(item, ok, value)
         self._pump()
         self._maybe_quiet()
 
@@ -189,19 +193,42 @@ class ThreadWorkers:
         self._active += 1
         self._parked -= 1
 
+    def _take_ready(self) -> Any | None:
+        """Worker side, holding a slot whose body just ended: the next queued run, claimed to
+        run on that slot, or None (the slot then goes back through the loop).
+
+        A worker going straight on to the next run skips two thread wake-ups per run (the
+        loop's, to hand it over, and its own). Only plain runs are taken this way, and only
+        while no waiting body asks for its slot back (those go first)."""
+        ready = self._ready
+        while ready and not self._regrants and not self._abandon:
+            try:
+                item = ready.popleft()
+            except IndexError:  # the loop took the last one meanwhile
+                return None
+            if type(item) is not Future:  # an attempt of a driven run: the loop starts it
+                ready.appendleft(item)
+                return None
+            if item._claim():
+                return item
+            # Cancelled while queued: nothing to report (the loop skips those too).
+        return None
+
     def _work(self) -> None:
         blocking_hooks.slot = self
         get = self._queue.get
         done = self._done
         sched = self._sched
         worker = f"thread {threading.current_thread().name}"
+        item = None
         while True:
-            item = get()
             if item is None:
-                return
+                item = get()
+                if item is None:
+                    return
             ctx = item._ctx
             if ctx is None or item._status >= COMPLETED:
-                outcome: tuple[Any, bool | None, Any] = (item, False, None)
+                outcome: tuple[Any, object, Any] = (item, False, None)
             else:
                 if sched.events is not None:
                     done.append((item, None, worker))
@@ -212,7 +239,10 @@ class ThreadWorkers:
                 except BaseException as exc:  # reported to the scheduler, never lost
                     outcome = (item, False, exc)
                 take_back_lent()
-            del item, ctx
+            del ctx
+            item = self._take_ready() if self._ready else None
+            if item is not None:  # counted ahead of the outcome that frees the slot
+                done.append((item, _KEPT, None))
             done.append(outcome)
             del outcome
             if not self._done_scheduled:

@@ -555,6 +555,105 @@ def test_thread_pool_never_runs_more_than_max_workers_sync_bodies() -> None:
     assert peak == limit
 
 
+def _gated_first(
+    ran: list[str], gate: threading.Event, started: threading.Event
+) -> Callable[[str], str]:
+    """A body recording its name in ``ran``; the one named "first" waits for ``gate``."""
+
+    def body(name: str) -> str:
+        if name == "first":
+            started.set()
+            if not gate.wait(TIMEOUT):
+                raise TimeoutError("the gate never opened")
+        ran.append(name)
+        return name
+
+    return body
+
+
+def test_a_thread_going_on_to_queued_runs_skips_the_cancelled_ones_and_keeps_the_order() -> None:
+    # One thread: when a body returns, its thread takes the next queued run itself.
+    ran: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+    body = _gated_first(ran, gate, started)
+    names = ["first", "b", "c", "d", "e", "f"]
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        futures = [runner.submit(body, {"name": n}) for n in names]
+        assert started.wait(TIMEOUT)
+        assert futures[2].cancel()
+        assert futures[4].cancel()
+        gate.set()
+        for f in futures:
+            f.wait(TIMEOUT)
+        assert runner.statistics().abandoned_threads == 0
+    assert ran == ["first", "b", "d", "f"]
+    assert [f.cancelled() for f in futures] == [False, False, True, False, True, False]
+    assert [f.result() for f in futures if not f.cancelled()] == ["first", "b", "d", "f"]
+
+
+def test_a_run_with_retries_queued_between_plain_runs_starts_in_its_turn() -> None:
+    ran: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+    body = _gated_first(ran, gate, started)
+    driven = task(retries=1)(body)  # its attempts are started by the loop, not taken by a thread
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        first = runner.submit(body, {"name": "first"})
+        assert started.wait(TIMEOUT)
+        rest = [runner.submit(body, {"name": "b"}), runner.submit(driven, {"name": "retried"})]
+        # The retried run's attempt is queued by its driver, a few loop turns later: look
+        # once a turn until it is there, before the last plain run is queued behind it.
+        sched = scheduler_of(runner)
+        queued = lambda: any(type(x) is not Future for x in sched.backend._ready)  # noqa: E731
+        assert any(sched.call_in_loop(queued) for _ in range(1000))
+        rest.append(runner.submit(body, {"name": "c"}))
+        gate.set()
+        assert [f.result(timeout=TIMEOUT) for f in [first, *rest]] == ["first", "b", "retried", "c"]
+    assert ran == ["first", "b", "retried", "c"]
+
+
+def test_a_cancel_while_a_thread_takes_the_queued_run_means_its_body_never_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The loop decides "not running" for a queued run at the very moment a thread, done with
+    # its body, takes that run from the queue: the thread's claim must then fail.
+    ran: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+    body = _gated_first(ran, gate, started)
+    claims: dict[str, bool] = {}
+    claimed = threading.Event()
+    target: list[Future[Any]] = []
+    withdraw, claim = Future._withdraw, Future._claim
+
+    def slow_withdraw(self: Future[Any]) -> bool:
+        running = withdraw(self)
+        if target and self is target[0]:
+            gate.set()  # the first body returns; its thread goes for the queued run now
+            assert claimed.wait(TIMEOUT), "the thread never tried to take the queued run"
+        return running
+
+    def watched_claim(self: Future[Any]) -> bool:
+        won = claim(self)
+        if target and self is target[0]:
+            claims["b"] = won
+            claimed.set()
+        return won
+
+    monkeypatch.setattr(Future, "_withdraw", slow_withdraw)
+    monkeypatch.setattr(Future, "_claim", watched_claim)
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        first = runner.submit(body, {"name": "first"})
+        assert started.wait(TIMEOUT)
+        b = runner.submit(body, {"name": "b"})
+        c = runner.submit(body, {"name": "c"})
+        target.append(b)
+        assert b.cancel()
+        assert first.result(timeout=TIMEOUT) == "first"
+        assert c.result(timeout=TIMEOUT) == "c"
+    assert claims == {"b": False}
+    assert b.cancelled()
+    assert ran == ["first", "c"]
+
+
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "3")
     runner = ThreadPoolTaskRunner()
