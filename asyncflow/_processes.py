@@ -872,6 +872,9 @@ class ProcessWorkers:
         if index is not None and self._runs(worker.ledger, index):
             worker.kill()
 
+    def hold(self, on: bool) -> None:
+        """Nothing to do: only the loop hands out queued calls here (no worker takes one)."""
+
     def abandon(self) -> None:
         for worker in list(self._workers):
             worker.kill()

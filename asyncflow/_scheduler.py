@@ -82,7 +82,8 @@ class Backend(Protocol):
     for).
 
     When it hands an item to a worker it calls ``scheduler.mark_running(item, worker)``, naming
-    the worker (``"process <pid>"``) if it knows it then; otherwise, while
+    the worker (``"process <pid>"``) if it knows it then (a worker thread that takes a queued
+    plain run itself marks it with ``Future._claim`` instead); otherwise, while
     ``scheduler.events`` is not None, it reports ``scheduler.worker_took(item, worker)`` on the
     loop once the worker took it (before that item's outcome)."""
 
@@ -94,6 +95,10 @@ class Backend(Protocol):
 
     async def aclose(self, abandon: bool = False) -> None:
         """Stop the workers; with ``abandon``, do not wait for bodies still running."""
+        ...
+
+    def hold(self, on: bool) -> None:
+        """While on, start no queued item (every run is being cancelled); when off, go on."""
         ...
 
     def abandon(self) -> None:
@@ -722,8 +727,15 @@ class Scheduler:
     def _cancel_all(self) -> None:
         if self._inbox:
             self._drain_inbox()
-        for fut in list(self._live):
-            self._cancel(fut)
+        # Nothing queued may start while the runs are cancelled one by one (a worker thread
+        # whose body returns meanwhile would go on to a queued run not cancelled yet).
+        backend = self.backend
+        backend.hold(True)
+        try:
+            for fut in list(self._live):
+                self._cancel(fut)
+        finally:
+            backend.hold(False)
 
     def _watch_external(self, up: Future[Any]) -> None:
         """An unfinished input from another runner: finish its graph key when it is final."""

@@ -55,6 +55,9 @@ class ThreadWorkers:
         self._done_scheduled = False
         self._quiet: asyncio.Event | None = None
         self._abandon = False
+        # Taking from ``_ready`` (the loop, or a thread going on to the next run) and ``_hold``.
+        self._take = threading.Lock()
+        self._hold = False
 
     # -- loop side ---------------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -74,9 +77,12 @@ class ThreadWorkers:
                 self._parked -= 1
                 self._regrants.popleft().set()
                 continue
-            if not self._ready:
+            if self._hold:  # cancelling everything: nothing queued starts meanwhile
                 return
-            item = self._ready.popleft()
+            with self._take:  # (a thread going on may pop from the other side of this check)
+                if not self._ready:
+                    return
+                item = self._ready.popleft()
             if item._status >= COMPLETED:  # cancelled while it waited for a slot
                 continue
             self._active += 1
@@ -201,18 +207,24 @@ class ThreadWorkers:
         loop's, to hand it over, and its own). Only plain runs are taken this way, and only
         while no waiting body asks for its slot back (those go first)."""
         ready = self._ready
-        while ready and not self._regrants and not self._abandon:
-            try:
-                item = ready.popleft()
-            except IndexError:  # the loop took the last one meanwhile
-                return None
-            if type(item) is not Future:  # an attempt of a driven run: the loop starts it
-                ready.appendleft(item)
-                return None
-            if item._claim():
-                return item
-            # Cancelled while queued: nothing to report (the loop skips those too).
+        with self._take:
+            while ready and not (self._hold or self._regrants or self._abandon):
+                item = ready[0]
+                if type(item) is not Future:  # an attempt of a driven run: the loop starts it
+                    return None
+                ready.popleft()
+                if item._claim():
+                    return item
+                # Cancelled while queued: nothing to report (the loop skips those too).
         return None
+
+    def hold(self, on: bool) -> None:
+        """Loop side: while on (the scheduler cancels every run), nothing queued is started,
+        by the loop or by a thread going on; when off again, queued runs go on."""
+        with self._take:
+            self._hold = on
+        if not on and self._active < self._max:
+            self._pump()
 
     def _work(self) -> None:
         blocking_hooks.slot = self

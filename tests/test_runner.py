@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import gc
@@ -652,6 +653,68 @@ def test_a_cancel_while_a_thread_takes_the_queued_run_means_its_body_never_runs(
     assert claims == {"b": False}
     assert b.cancelled()
     assert ran == ["first", "c"]
+
+
+def test_cancel_all_starts_no_queued_run_even_when_a_body_returns_meanwhile() -> None:
+    # The first body returns while the loop is in the middle of cancel_all (the first queued
+    # run's done-callback opens its gate and waits until its thread has reported): that thread
+    # must not go on to a queued run that is not cancelled yet.
+    ran: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+    body = _gated_first(ran, gate, started)
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        first = runner.submit(body, {"name": "first"})
+        assert started.wait(TIMEOUT)
+        rest = [runner.submit(body, {"name": n}) for n in "bcdefgh"]
+        workers = scheduler_of(runner).backend
+        reported = threading.Event()
+        call_soon = workers._call_soon
+
+        def watched_call_soon(fn: Any, *args: Any) -> bool:
+            reported.set()  # the first body's thread posts its outcome
+            return bool(call_soon(fn, *args))
+
+        workers._call_soon = watched_call_soon
+        opened: list[bool] = []
+
+        def on_cancelled(_: Future[Any]) -> None:  # on the loop, inside cancel_all
+            if not opened:
+                opened.append(True)
+                gate.set()
+                assert reported.wait(TIMEOUT)
+
+        for f in rest:
+            f.add_done_callback(on_cancelled)
+        runner.cancel_all()
+    assert opened == [True]
+    assert all(f.cancelled() for f in [first, *rest])
+    assert ran == ["first"]  # (leaving waited for the first body to return)
+
+
+def test_the_loop_and_a_thread_going_on_take_queued_runs_one_at_a_time() -> None:
+    # Both sides pop the thread backend's queue; each pop (and the look before it) happens
+    # under the backend's lock, so neither finds the other's run gone between look and pop.
+    pops: list[tuple[bool, bool]] = []  # (from the loop thread, under the lock)
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        sched = scheduler_of(runner)
+        workers = sched.backend
+
+        class Watched(collections.deque):  # type: ignore[type-arg]
+            def popleft(self) -> Any:
+                pops.append((threading.get_ident() == sched.thread_id, workers._take.locked()))
+                return super().popleft()
+
+        sched.call_in_loop(lambda: setattr(workers, "_ready", Watched(workers._ready)))
+        ran: list[str] = []
+        gate, started = threading.Event(), threading.Event()
+        body = _gated_first(ran, gate, started)
+        futures = [runner.submit(body, {"name": n}) for n in ("first", "b", "c")]
+        assert started.wait(TIMEOUT)
+        gate.set()
+        assert [f.result(timeout=TIMEOUT) for f in futures] == ["first", "b", "c"]
+    assert (True, True) in pops  # the loop handed out the first
+    assert (False, True) in pops  # the thread went on to the others
+    assert all(locked for _, locked in pops)
 
 
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
