@@ -207,7 +207,12 @@ class ThreadWorkers:
         loop's, to hand it over, and its own). Only plain runs are taken this way, and only
         while no waiting body asks for its slot back (those go first)."""
         ready = self._ready
-        with self._take:
+        take = self._take
+        # Not waiting for the lock: another thread taking (or the loop) has it only briefly,
+        # and a thread put to sleep on it costs more than the loop handing this slot on.
+        if not take.acquire(blocking=False):
+            return None
+        try:
             while ready and not (self._hold or self._regrants or self._abandon):
                 item = ready[0]
                 if type(item) is not Future:  # an attempt of a driven run: the loop starts it
@@ -216,6 +221,8 @@ class ThreadWorkers:
                 if item._claim():
                     return item
                 # Cancelled while queued: nothing to report (the loop skips those too).
+        finally:
+            take.release()
         return None
 
     def hold(self, on: bool) -> None:
