@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from multiprocessing.connection import Connection
 
-__all__ = ("burn", "burn_timed", "noop", "step")
+__all__ = ("burn", "burn_calls", "burn_timed", "noop", "step")
 
 
 def noop(x: int) -> int:
@@ -29,6 +30,14 @@ def burn(loops: int) -> int:
     for _ in range(loops):
         x = (x * 31 + 7) % 1_000_003
     return x
+
+
+def burn_calls(conn: Connection) -> None:
+    """B6: a bare worker process. For each ``(loops, calls)`` it receives, ``calls`` calls of
+    ``burn(loops)``, their results sent back in one list; ``None`` ends it."""
+    while (job := conn.recv()) is not None:
+        loops, calls = job
+        conn.send([burn(loops) for _ in range(calls)])
 
 
 def burn_timed(loops: int) -> tuple[int, float, int]:

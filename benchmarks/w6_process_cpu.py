@@ -6,6 +6,9 @@ for about 50 ms per call (the best of five probes), so the floor is about 16 x 5
 another, in this process, while the workers are idle, halved; a slow patch on the machine moves
 it with the rest. (One call per round, times 8, was too noisy: within one run such a call took
 from 30 to 50 ms.)
+A second reference: two bare processes, started outside the timer, each sent one message
+asking for 8 calls (no scheduling at all): what two processes running at once get on this
+machine, which is not always twice what one gets (two vCPUs of a virtual machine).
 Every system is started and warmed up outside the timer, and every run checks every result.
 asyncflow: ``runner.map`` in one ``with ProcessPoolTaskRunner(2)`` session. The others:
 ``ProcessPoolExecutor(2)`` (spawn) ``map``, anyio's ``to_process.run_sync`` at most 2 at once,
@@ -37,7 +40,7 @@ from ._systems import (
     prefect_task,
     uvloop_missing,
 )
-from ._work import burn
+from ._work import burn, burn_calls
 
 __all__ = ("TARGET", "TASKS", "WORKERS", "calibrate", "run")
 
@@ -124,6 +127,44 @@ def _others(
     return anyio_run, dask_job, prefect_job
 
 
+@contextlib.contextmanager
+def _bare(loops: int, check: _Check) -> Iterator[Run]:
+    """``WORKERS`` processes started outside the timer, each sent one message: its share of
+    the calls, all run there one after another."""
+    spawn = multiprocessing.get_context("spawn")
+    pipes: list[Any] = []
+    procs: list[Any] = []
+    try:
+        for _ in range(WORKERS):
+            parent, child = spawn.Pipe()
+            proc = spawn.Process(target=burn_calls, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            pipes.append(parent)
+            procs.append(proc)
+
+        def run() -> float:
+            start = time.perf_counter()
+            for conn in pipes:
+                conn.send((loops, TASKS // WORKERS))
+            results = [value for conn in pipes for value in conn.recv()]
+            seconds = time.perf_counter() - start
+            check(results)
+            return seconds
+
+        run()
+        yield run
+    finally:
+        for conn in pipes:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def systems(loops: int) -> list[System | Skip]:
     check = _Check(loops)
     args = [loops] * TASKS
@@ -174,6 +215,12 @@ def systems(loops: int) -> list[System | Skip]:
             goal=GOAL,
             note=f"ratio: asyncflow over the floor; {loops:,} loop turns per call",
             floor=True,
+        ),
+        System(
+            f"{WORKERS} bare processes, {TASKS // WORKERS} calls each, one message to start",
+            TASKS,
+            lambda: _bare(loops, check),
+            note="what two processes at once get on this machine: no scheduling at all",
         ),
         System("ProcessPoolExecutor(2) (spawn), map", TASKS, executor),
         Skip(anyio_name, no_uvloop)
