@@ -251,12 +251,17 @@ async def _attempt_sync(
     limit: float | None,
 ) -> Any:
     item = Attempt(sched, fut, params, attempt, limit)
+    pol = fut._policy
+    assert pol is not None
+    pol.queued = item  # (a cancel skips it at once while no worker has taken it)
     sched.backend.submit(item)
     try:
         return await item.waiter
     except asyncio.CancelledError:
         item.abandon("was cancelled")
         raise
+    finally:
+        pol.queued = None
 
 
 _MISS: Any = object()

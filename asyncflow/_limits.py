@@ -65,6 +65,7 @@ class RunPolicy:
         "held",
         "lent",
         "limits",
+        "queued",
         "resume",
         "retries",
         "started",
@@ -84,6 +85,8 @@ class RunPolicy:
         # Set while a running body waits to take back the limits it lent: called when it has.
         self.resume: Callable[[], object] | None = None
         self.cancelling = False  # cancel() reached a started driver: no more retries
+        # The attempt of a sync body handed to the backend, until it is over (see Attempt).
+        self.queued: Any = None
 
 
 def acquire(run: Any, pol: RunPolicy) -> bool:

@@ -29,6 +29,7 @@ from ._futures import (
     COMPLETED,
     CRASHED,
     FAILED,
+    PENDING,
     RETRYING,
     RUN_CODE,
     RUNNING,
@@ -685,6 +686,10 @@ class Scheduler:
             if not pol.finishing:  # once attempts are over, hooks run to the end
                 pol.cancelling = True  # whatever the body raises now, the run is not retried
                 handle.cancel()  # the driver stops its attempt and records the outcome
+                queued = pol.queued
+                if queued is not None and queued._status == PENDING:
+                    # Still queued: never handed out, even before the driver sees the cancel.
+                    queued._status = CANCELLED
             return
         # Under the futures' lock: a worker thread may be claiming this queued run right now.
         running = fut._withdraw()

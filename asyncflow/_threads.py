@@ -58,6 +58,8 @@ class ThreadWorkers:
         # Taking from ``_ready`` (the loop, or a thread going on to the next run) and ``_hold``.
         self._take = threading.Lock()
         self._hold = False
+        # Per worker thread: its body took back a lent slot without waiting (over the bound).
+        self._over = threading.local()
 
     # -- loop side ---------------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -185,6 +187,7 @@ class ThreadWorkers:
         running one body over the limit, so the caller's timeout is kept.
         """
         if not wait:
+            self._over.slot = True  # this body now runs over the bound until it returns
             self._call_soon(self._on_reacquire_now)
             return
         event = threading.Event()
@@ -239,6 +242,8 @@ class ThreadWorkers:
         done = self._done
         sched = self._sched
         worker = f"thread {threading.current_thread().name}"
+        over = self._over
+        over.slot = False
         item = None
         while True:
             if item is None:
@@ -259,7 +264,11 @@ class ThreadWorkers:
                     outcome = (item, False, exc)
                 take_back_lent()
             del ctx
-            item = self._take_ready() if self._ready else None
+            if over.slot:  # its slot was one over the bound: the outcome hands it back
+                over.slot = False
+                item = None
+            else:
+                item = self._take_ready() if self._ready else None
             if item is not None:  # counted ahead of the outcome that frees the slot
                 done.append((item, _KEPT, None))
             done.append(outcome)

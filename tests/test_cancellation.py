@@ -261,7 +261,7 @@ def test_cancelling_the_root_of_a_diamond_ends_every_node(root_phase: str, stuck
         assert [f.state.name for f in nodes] == ["Cancelled"] * 4
         stuck.release()
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
-        sched = runner._scheduler
+        sched: Any = runner._scheduler
         assert sched is not None
         assert runner.statistics().queued == runner.statistics().running == 0
         assert sched.graph_size == 0
@@ -549,3 +549,44 @@ def test_a_cancel_between_the_reads_of_a_starting_run_never_passes_futures_unres
         finally:
             sys.settrace(before)
     assert called == []
+
+
+def test_a_run_with_retries_cancelled_while_its_attempt_is_queued_never_starts_its_body() -> None:
+    # D's first attempt waits in the queue behind A. A's done-callback (on the loop, while A's
+    # outcome is handled) cancels D: the slot A frees must not go to D's queued attempt (its
+    # body would then run, or at least its thread be counted abandoned, though D never started).
+    ran: list[str] = []
+    a_started, a_gate = threading.Event(), threading.Event()
+    handed: list[bool] = []  # for each attempt handed to a worker: was its run's cancel asked?
+
+    def body(name: str) -> str:
+        if name == "a":
+            a_started.set()
+            assert a_gate.wait(TIMEOUT)
+        ran.append(name)
+        return name
+
+    driven = task(retries=1)(body)
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        a = runner.submit(body, {"name": "a"})
+        assert a_started.wait(TIMEOUT)
+        sched: Any = runner._scheduler
+        assert sched is not None
+        mark_running = sched.mark_running
+
+        def watched(item: Any, *args: Any, **kwargs: Any) -> bool:
+            if type(item) is not Future:
+                handed.append(item.fut._policy.cancelling)
+            return bool(mark_running(item, *args, **kwargs))
+
+        sched.mark_running = watched
+        d = runner.submit(driven, {"name": "d"})
+        queued = lambda: any(type(x) is not Future for x in sched.backend._ready)  # noqa: E731
+        assert any(sched.call_in_loop(queued) for _ in range(1000))
+        a.add_done_callback(lambda _: d.cancel())
+        a_gate.set()
+        assert a.result(timeout=TIMEOUT) == "a"
+        d.wait(TIMEOUT)
+        assert d.cancelled()
+    assert handed == [], "a cancelled run's queued attempt was handed to a worker"
+    assert ran == ["a"], ran

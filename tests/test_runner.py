@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import functools
 import gc
@@ -715,6 +716,107 @@ def test_the_loop_and_a_thread_going_on_take_queued_runs_one_at_a_time() -> None
     assert (True, True) in pops  # the loop handed out the first
     assert (False, True) in pops  # the thread went on to the others
     assert all(locked for _, locked in pops)
+
+
+def test_a_body_that_left_its_slot_lent_does_not_go_on_over_max_workers() -> None:
+    # P's body awaits C in a loop of its own and leaves that await pending when it returns:
+    # its slot was lent (C got it), and is taken back at once when P returns (take_back_lent,
+    # over the limit "for a moment"). P's thread must not start D on that slot while C runs.
+    p_go, c_started, c_gate, d_gate = (threading.Event() for _ in range(4))
+    holder: list[Future[Any]] = []
+    kept: list[Any] = []
+
+    def p() -> str:
+        assert p_go.wait(TIMEOUT)
+        loop = asyncio.new_event_loop()
+
+        async def waiter() -> None:
+            await holder[0]
+
+        kept.append((loop, loop.create_task(waiter())))
+        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        assert c_started.wait(TIMEOUT)  # C runs on the lent slot
+        return "p"
+
+    def c() -> str:
+        c_started.set()
+        assert c_gate.wait(TIMEOUT)
+        return "c"
+
+    def d() -> str:
+        assert d_gate.wait(TIMEOUT)
+        return "d"
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            pf = runner.submit(p)
+            cf = runner.submit(c)
+            df = runner.submit(d)
+            holder.append(cf)
+            p_go.set()
+            assert pf.result(timeout=TIMEOUT) == "p"
+            stats = runner.statistics()
+            d_running = df.running()
+            c_gate.set()
+            d_gate.set()
+            assert cf.result(timeout=TIMEOUT) == "c"
+            assert df.result(timeout=TIMEOUT) == "d"
+    finally:
+        c_gate.set()
+        d_gate.set()
+        for loop, t in kept:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(t)
+            loop.close()
+    assert not d_running, "D started while C held the only slot"
+    assert stats.running == 1
+
+
+def test_a_body_back_from_a_timed_out_wait_does_not_go_on_over_max_workers() -> None:
+    # B's .result(timeout=) lends its slot (C takes it), times out and takes the slot back at
+    # once, over the limit "for a moment" (until B returns). B's thread must not then start D
+    # on that extra slot while C still runs.
+    b_go, c_started, c_gate, d_gate = (threading.Event() for _ in range(4))
+    holder: list[Future[Any]] = []
+
+    def b() -> str:
+        assert b_go.wait(TIMEOUT)
+        try:
+            holder[0].result(timeout=0.05)  # C is gated: this times out
+        except TimeoutError:
+            pass
+        assert c_started.wait(TIMEOUT)
+        return "b"
+
+    def c() -> str:
+        c_started.set()
+        assert c_gate.wait(TIMEOUT)
+        return "c"
+
+    def d() -> str:
+        assert d_gate.wait(TIMEOUT)
+        return "d"
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            bf = runner.submit(b)
+            cf = runner.submit(c)
+            df = runner.submit(d)
+            holder.append(cf)
+            b_go.set()
+            assert bf.result(timeout=TIMEOUT) == "b"
+            running = runner.statistics().running
+            d_running = df.running()
+            c_gate.set()
+            d_gate.set()
+            assert cf.result(timeout=TIMEOUT) == "c"
+            assert df.result(timeout=TIMEOUT) == "d"
+    finally:
+        c_gate.set()
+        d_gate.set()
+    assert not d_running, "D started while C held the only slot"
+    assert running == 1
 
 
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
