@@ -180,7 +180,7 @@ class Lending:
                 while not back.wait(_CLOSED_CHECK) and not sched.loop.is_closed():
                     pass
         if slot and self._hooks is not None:
-            self._hooks.reacquire(wait=waited_to_the_end)
+            self._hooks.reacquire(wait=waited_to_the_end, thread=self._thread)
 
 
 _CLOSED_CHECK = 0.1  # seconds between looks at whether a runner's loop closed under a wait

@@ -58,8 +58,8 @@ class ThreadWorkers:
         # Taking from ``_ready`` (the loop, or a thread going on to the next run) and ``_hold``.
         self._take = threading.Lock()
         self._hold = False
-        # Per worker thread: its body took back a lent slot without waiting (over the bound).
-        self._over = threading.local()
+        # Worker threads (ids) whose body took back a lent slot without waiting: over the bound.
+        self._over: set[int] = set()
 
     # -- loop side ---------------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -180,14 +180,17 @@ class ThreadWorkers:
         """Worker side: this thread is about to block; lend its slot to queued work."""
         self._call_soon(self._on_release)
 
-    def reacquire(self, wait: bool = True) -> None:
+    def reacquire(self, wait: bool = True, thread: int | None = None) -> None:
         """Worker side: wait until a slot is free again, then go on.
 
-        ``wait=False`` (a timed wait that timed out) takes the slot back at once, briefly
-        running one body over the limit, so the caller's timeout is kept.
-        """
+        ``wait=False`` (a timed wait that timed out, or a wait that ended on another thread)
+        takes the slot back at once, briefly running one body over the limit, so the caller's
+        timeout is kept. ``thread``: the id of the worker thread whose slot it is, if not this
+        one."""
         if not wait:
-            self._over.slot = True  # this body now runs over the bound until it returns
+            # That thread's body now runs over the bound until it returns: its thread must not
+            # go on to a queued run after it (the outcome hands the slot back through the loop).
+            self._over.add(threading.get_ident() if thread is None else thread)
             self._call_soon(self._on_reacquire_now)
             return
         event = threading.Event()
@@ -243,7 +246,7 @@ class ThreadWorkers:
         sched = self._sched
         worker = f"thread {threading.current_thread().name}"
         over = self._over
-        over.slot = False
+        me = threading.get_ident()
         item = None
         while True:
             if item is None:
@@ -264,8 +267,8 @@ class ThreadWorkers:
                     outcome = (item, False, exc)
                 take_back_lent()
             del ctx
-            if over.slot:  # its slot was one over the bound: the outcome hands it back
-                over.slot = False
+            if over and me in over:  # its slot was one over the bound: the outcome hands it back
+                over.discard(me)
                 item = None
             else:
                 item = self._take_ready() if self._ready else None

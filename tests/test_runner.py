@@ -819,6 +819,64 @@ def test_a_body_back_from_a_timed_out_wait_does_not_go_on_over_max_workers() -> 
     assert running == 1
 
 
+def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max_workers() -> None:
+    # P awaits C in a loop of its own (its slot is lent: C gets it). While P still runs, that
+    # await ends on another thread (closed there, as the garbage collector may finalize it
+    # there): the slot is taken back at once, over the bound. P's thread must not then go on
+    # to D when P returns.
+    p_go, lent, closed, c_started, c_gate, d_gate = (threading.Event() for _ in range(6))
+    holder: list[Future[Any]] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def p() -> str:
+        assert p_go.wait(TIMEOUT)
+        loop = asyncio.new_event_loop()
+        loops.append(loop)
+
+        async def waiter() -> None:
+            await holder[0]
+
+        tasks.append(loop.create_task(waiter()))
+        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        lent.set()
+        assert closed.wait(TIMEOUT)  # the await ended on the test's thread meanwhile
+        return "p"
+
+    def c() -> str:
+        c_started.set()
+        assert c_gate.wait(TIMEOUT)
+        return "c"
+
+    def d() -> str:
+        assert d_gate.wait(TIMEOUT)
+        return "d"
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            pf, cf, df = runner.submit(p), runner.submit(c), runner.submit(d)
+            holder.append(cf)
+            p_go.set()
+            assert lent.wait(TIMEOUT)
+            assert c_started.wait(TIMEOUT)  # C runs on P's lent slot
+            tasks[0].get_coro().close()  # the pending await ends here, not on P's thread
+            closed.set()
+            assert pf.result(timeout=TIMEOUT) == "p"
+            d_running = df.running()
+            running = runner.statistics().running
+            c_gate.set()
+            d_gate.set()
+            assert cf.result(timeout=TIMEOUT) == "c"
+            assert df.result(timeout=TIMEOUT) == "d"
+    finally:
+        for gate in (c_gate, d_gate, closed):
+            gate.set()
+        for loop in loops:
+            loop.close()
+    assert not d_running, "D started while C held the only slot"
+    assert running == 1
+
+
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "3")
     runner = ThreadPoolTaskRunner()
