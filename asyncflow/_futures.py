@@ -130,40 +130,51 @@ class Lending:
 
     def lend(self) -> Lending:
         state = self._state
-        self._generation = state.generation
-        run = self._run
-        if run is not None:
-            waits = state.runs.get(run)
-            if waits is None:
-                state.runs[run] = [1, self]
-                run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
-            else:
-                waits[0] += 1
-        if self._hooks is not None:
-            state.slot_waits += 1
-            if state.slot_waits == 1:
-                state.slot_lent_by = self
-                self._hooks.release()
+        with state.lock:
+            self._generation = state.generation
+            run = self._run
+            if run is not None:
+                waits = state.runs.get(run)
+                if waits is None:
+                    state.runs[run] = [1, self]
+                    run._scheduler.post(run._scheduler.lend_limits, run, self._attempt)
+                else:
+                    waits[0] += 1
+            if self._hooks is not None:
+                state.slot_waits += 1
+                if state.slot_waits == 1:
+                    state.slot_lent_by = self
+                    self._hooks.release()
         return self
 
     def give_back(self, waited_to_the_end: bool) -> None:
         state = self._state
-        if self._generation != state.generation:
-            return  # its body ended meanwhile, and took back what was lent (take_back_lent)
-        limits = False
-        run = self._run
-        if run is not None and (waits := state.runs.get(run)) is not None:
-            waits[0] -= 1
-            if not waits[0]:
-                del state.runs[run]
-                limits = True
-        slot = False
-        if self._hooks is not None and state.slot_waits:
-            state.slot_waits -= 1
-            if not state.slot_waits:
-                state.slot_lent_by = None
-                slot = True
         here = threading.get_ident() == self._thread
+        # Under the state's lock: a wait ending on another thread and the body's own end
+        # (take_back_lent) must not both take back what was lent.
+        with state.lock:
+            if self._generation != state.generation:
+                return  # its body ended meanwhile, and took back what was lent
+            limits = False
+            run = self._run
+            if run is not None and (waits := state.runs.get(run)) is not None:
+                waits[0] -= 1
+                if not waits[0]:
+                    del state.runs[run]
+                    limits = True
+            slot = False
+            hooks = self._hooks
+            if hooks is not None and state.slot_waits:
+                if state.slot_waits == 1 and not (waited_to_the_end and here):
+                    # At once (the pool runs one over its size until the body returns): asked
+                    # before the wait counts off, so that the body, which looks at the count
+                    # without this lock when it returns, cannot report its end first.
+                    hooks.reacquire(wait=False, thread=self._thread)
+                else:
+                    slot = state.slot_waits == 1
+                state.slot_waits -= 1
+                if not state.slot_waits:
+                    state.slot_lent_by = None
         self._take_back(waited_to_the_end and here, limits=limits, slot=slot)
 
     def _take_back(self, waited_to_the_end: bool, *, limits: bool, slot: bool) -> None:
@@ -192,9 +203,12 @@ class _LentState:
     waits for it, and the one that lent them); and the number of the body whose waits they
     are (``generation``: a wait of a body that has ended gives back nothing)."""
 
-    __slots__ = ("generation", "runs", "slot_lent_by", "slot_waits")
+    __slots__ = ("generation", "lock", "runs", "slot_lent_by", "slot_waits")
 
     def __init__(self) -> None:
+        # Taken by the waits of the thread's body, by a wait of it that ends on another
+        # thread, and by the body's end (take_back_lent); never held while blocking.
+        self.lock = threading.Lock()
         self.slot_waits = 0
         self.slot_lent_by: Lending | None = None
         self.runs: dict[Future[Any], list[Any]] = {}
@@ -214,15 +228,16 @@ def take_back_lent() -> None:
     await left pending in a loop of its own) is taken back now, before the body's end is
     reported; those waits, should they end later, give back nothing."""
     state = _lent.state
-    if state.slot_waits or state.runs:
-        slot_lent_by, state.slot_lent_by = state.slot_lent_by, None
-        runs, state.runs = state.runs, {}
-        state.slot_waits = 0
-        state.generation += 1
+    if state.slot_waits or state.runs:  # (looked at again under the lock)
+        with state.lock:  # see Lending.give_back
+            slot_lent_by, state.slot_lent_by = state.slot_lent_by, None
+            runs, state.runs = state.runs, {}
+            state.slot_waits = 0
+            state.generation += 1
+            if slot_lent_by is not None and slot_lent_by._hooks is not None:
+                slot_lent_by._hooks.reacquire(wait=False, thread=slot_lent_by._thread)
         for _, lent_by in runs.values():
             lent_by._take_back(waited_to_the_end=False, limits=True, slot=False)
-        if slot_lent_by is not None:
-            slot_lent_by._take_back(waited_to_the_end=False, limits=False, slot=True)
 
 
 class LoopLending:

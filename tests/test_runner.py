@@ -20,7 +20,7 @@ import trio
 import uvloop
 from helpers import adouble, double, hold, noop
 
-from asyncflow import Future, FutureList, ThreadPoolTaskRunner, allow_failure, quote, task
+from asyncflow import Future, FutureList, ThreadPoolTaskRunner, _futures, allow_failure, quote, task
 from asyncflow.exceptions import TaskCancelledError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
@@ -875,6 +875,158 @@ def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max
             loop.close()
     assert not d_running, "D started while C held the only slot"
     assert running == 1
+
+
+class _WatchedLock:
+    """A lock that says (``waiting[who]``) when a thread whose name starts with ``who`` is
+    about to take it."""
+
+    def __init__(self, *who: str) -> None:
+        self.lock = threading.Lock()
+        self.waiting = {name: threading.Event() for name in who}
+
+    def __enter__(self) -> bool:
+        for name, event in self.waiting.items():
+            if threading.current_thread().name.startswith(name):
+                event.set()
+        return self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+class _Lent:
+    """P, which awaits C in a loop of its own and returns with that await pending (its slot is
+    lent: C gets it); C and D wait for their gates. ``state`` (P's thread's record of what its
+    waits lent) takes a ``_WatchedLock``."""
+
+    def __init__(self) -> None:
+        self.p_go, self.lent, self.p_return = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+        self.c_started, self.c_gate, self.d_gate = (threading.Event() for _ in range(3))
+        self.holder: list[Future[Any]] = []
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.lock = _WatchedLock("asyncflow-", "closer")
+        self.state: Any = None
+
+    def p(self) -> str:
+        assert self.p_go.wait(TIMEOUT)
+        self.state = _futures._lent.state
+        self.state.lock = self.lock
+        loop = asyncio.new_event_loop()
+        self.loops.append(loop)
+
+        async def waiter() -> None:
+            await self.holder[0]
+
+        self.tasks.append(loop.create_task(waiter()))
+        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        self.lent.set()
+        assert self.p_return.wait(TIMEOUT)
+        return "p"  # the await is still pending: the thread takes back the slot now
+
+    def c(self) -> str:
+        self.c_started.set()
+        assert self.c_gate.wait(TIMEOUT)
+        return "c"
+
+    def d(self) -> str:
+        assert self.d_gate.wait(TIMEOUT)
+        return "d"
+
+    def start(self, runner: ThreadPoolTaskRunner) -> list[Future[str]]:
+        futures = [runner.submit(self.p), runner.submit(self.c), runner.submit(self.d)]
+        self.holder.append(futures[1])
+        self.p_go.set()
+        assert self.lent.wait(TIMEOUT)
+        assert self.c_started.wait(TIMEOUT)
+        for event in self.lock.waiting.values():
+            event.clear()  # (P's wait took the lock to lend)
+        return futures
+
+    def close(self) -> None:
+        for gate in (self.p_go, self.p_return, self.c_gate, self.d_gate):
+            gate.set()
+        for loop in self.loops:
+            loop.close()
+
+
+def _slot_counts(runner: ThreadPoolTaskRunner) -> tuple[int, int]:
+    sched = scheduler_of(runner)
+    workers = sched.backend
+    active, parked = sched.call_in_loop(lambda: (workers._active, workers._parked))
+    return active, parked
+
+
+def test_a_wait_ending_on_another_thread_as_its_body_returns_starts_no_run_over_the_bound() -> None:
+    # Another thread ends P's pending await and takes its slot back; it is held inside that
+    # take back while P returns. P's thread must wait for it (the lock of what P's waits lent),
+    # and then neither take the slot back again nor go on to D while C runs.
+    lent = _Lent()
+    in_take_back, go_on = threading.Event(), threading.Event()
+    closer = threading.Thread(target=lambda: lent.tasks[0].get_coro().close(), name="closer")
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            workers = scheduler_of(runner).backend
+            reacquire = workers.reacquire
+
+            def held_reacquire(*args: Any, **kwargs: Any) -> None:
+                if threading.current_thread() is closer:
+                    in_take_back.set()
+                    assert go_on.wait(TIMEOUT)
+                reacquire(*args, **kwargs)
+
+            workers.reacquire = held_reacquire
+            pf, cf, df = lent.start(runner)
+            closer.start()
+            assert in_take_back.wait(TIMEOUT)
+            lent.p_return.set()
+            assert lent.lock.waiting["asyncflow-"].wait(TIMEOUT)  # P's thread, at its end
+            go_on.set()
+            closer.join(TIMEOUT)
+            assert pf.result(timeout=TIMEOUT) == "p"
+            counts = _slot_counts(runner)
+            d_running = df.running()
+            lent.c_gate.set()
+            lent.d_gate.set()
+            assert cf.result(timeout=TIMEOUT) == "c"
+            assert df.result(timeout=TIMEOUT) == "d"
+    finally:
+        go_on.set()
+        lent.close()
+    assert not d_running, "D started while C held the only slot"
+    assert counts == (1, 0)
+
+
+def test_a_wait_ending_on_another_thread_while_its_body_ends_takes_the_slot_back_once() -> None:
+    # P returns with its await pending, and its thread takes the slot back (take_back_lent)
+    # while another thread ends that await: one of the two takes it back, not both (else the
+    # pool would count a slot in use for good, and a later run would never start).
+    lent = _Lent()
+    closer = threading.Thread(target=lambda: lent.tasks[0].get_coro().close(), name="closer")
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            pf, cf, df = lent.start(runner)
+            with lent.lock:  # P's thread, at its end, and the closer wait here together
+                lent.p_return.set()
+                closer.start()
+                assert lent.lock.waiting["asyncflow-"].wait(TIMEOUT)
+                assert lent.lock.waiting["closer"].wait(TIMEOUT)
+            closer.join(TIMEOUT)
+            assert pf.result(timeout=TIMEOUT) == "p"
+            lent.c_gate.set()
+            lent.d_gate.set()
+            assert cf.result(timeout=TIMEOUT) == "c"
+            assert df.result(timeout=TIMEOUT) == "d"
+            assert runner.submit(noop).result(timeout=TIMEOUT) is None
+            counts = _slot_counts(runner)
+    finally:
+        lent.close()
+    assert counts == (0, 0)
 
 
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
