@@ -1029,6 +1029,52 @@ def test_a_wait_ending_on_another_thread_while_its_body_ends_takes_the_slot_back
     assert counts == (0, 0)
 
 
+def test_a_body_back_from_a_wait_gets_its_slot_before_a_thread_goes_on_to_a_queued_run() -> None:
+    # P waits for X (its slot is lent: X runs on it); X's thread then goes on to Q1. P, woken
+    # by X's end, asks for its slot back while Q1 runs: when Q1 returns, its thread must leave
+    # the slot to P rather than go on to Q2.
+    order: list[str] = []
+    p_go, x_gate, q1_started, q1_gate = (threading.Event() for _ in range(4))
+    holder: list[Future[str]] = []
+
+    def p() -> str:
+        assert p_go.wait(TIMEOUT)
+        assert holder[0].result(timeout=TIMEOUT) == "x"
+        order.append("p resumed")
+        return "p"
+
+    def x() -> str:
+        assert x_gate.wait(TIMEOUT)
+        return "x"
+
+    def q(name: str) -> str:
+        order.append(f"{name} started")
+        if name == "q1":
+            q1_started.set()
+            assert q1_gate.wait(TIMEOUT)
+        return name
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            workers = scheduler_of(runner).backend
+            pf = runner.submit(p)
+            holder.append(runner.submit(x))
+            qs = [runner.submit(q, {"name": n}) for n in ("q1", "q2")]
+            p_go.set()  # P waits for X, lending its slot
+            x_gate.set()
+            assert q1_started.wait(TIMEOUT)
+            # P asks for its slot back; look once a loop turn until its request is queued.
+            asked = lambda: bool(workers._regrants)  # noqa: E731
+            assert any(scheduler_of(runner).call_in_loop(asked) for _ in range(1000))
+            q1_gate.set()
+            assert pf.result(timeout=TIMEOUT) == "p"
+            assert [f.result(timeout=TIMEOUT) for f in qs] == ["q1", "q2"]
+    finally:
+        for gate in (p_go, x_gate, q1_gate):
+            gate.set()
+    assert order == ["q1 started", "p resumed", "q2 started"]
+
+
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "3")
     runner = ThreadPoolTaskRunner()
