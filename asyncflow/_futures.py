@@ -207,8 +207,10 @@ class _LentState:
 
     def __init__(self) -> None:
         # Taken by the waits of the thread's body, by a wait of it that ends on another
-        # thread, and by the body's end (take_back_lent); never held while blocking.
-        self.lock = threading.Lock()
+        # thread, and by the body's end (take_back_lent); never held while blocking. Reentrant:
+        # a collection run by an allocation in there may finalize a pending await of the same
+        # body, on this thread, whose end gives back too.
+        self.lock = threading.RLock()
         self.slot_waits = 0
         self.slot_lent_by: Lending | None = None
         self.runs: dict[Future[Any], list[Any]] = {}

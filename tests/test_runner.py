@@ -1075,6 +1075,71 @@ def test_a_body_back_from_a_wait_gets_its_slot_before_a_thread_goes_on_to_a_queu
     assert order == ["q1 started", "p resumed", "q2 started"]
 
 
+class _FinalizingState(_futures._LentState):
+    """A thread's record of what its waits lent that, when the body's end takes back what
+    they lent, first finalizes ``victim`` (a pending await of the same body) on this thread,
+    as a collection triggered by an allocation there may."""
+
+    def __init__(self) -> None:
+        self.victim: Any = None
+        super().__init__()
+
+    @property
+    def runs(self) -> Any:
+        return self._runs
+
+    @runs.setter
+    def runs(self, value: Any) -> None:
+        self._runs = value
+        victim, self.victim = self.victim, None
+        if victim is not None:
+            victim.close()
+
+
+def test_a_pending_await_finalized_on_its_own_thread_as_its_body_ends_does_not_hang() -> None:
+    p_go, c_gate = threading.Event(), threading.Event()
+    holder: list[Future[str]] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def p() -> str:
+        assert p_go.wait(TIMEOUT)
+        state = _futures._lent.state = _FinalizingState()
+
+        async def waiter() -> None:
+            await holder[0]
+
+        for _ in range(2):  # two waits under way: the slot is lent once
+            loop = asyncio.new_event_loop()
+            loops.append(loop)
+            tasks.append(loop.create_task(waiter()))
+            loop.run_until_complete(asyncio.sleep(0))
+        state.victim = tasks[1].get_coro()
+        return "p"  # both awaits pending: the body's end takes back what they lent
+
+    def c() -> str:
+        assert c_gate.wait(TIMEOUT)
+        return "c"
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            pf = runner.submit(p)
+            holder.append(runner.submit(c))
+            p_go.set()
+            assert pf.result(timeout=TIMEOUT) == "p"
+            tasks[0].get_coro().close()  # (gives back nothing: its body ended)
+            c_gate.set()
+            assert holder[0].result(timeout=TIMEOUT) == "c"
+            assert runner.submit(noop).result(timeout=TIMEOUT) is None
+            counts = _slot_counts(runner)
+    finally:
+        p_go.set()
+        c_gate.set()
+        for loop in loops:
+            loop.close()
+    assert counts == (0, 0)
+
+
 def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS", "3")
     runner = ThreadPoolTaskRunner()
