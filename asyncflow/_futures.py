@@ -100,7 +100,9 @@ class _Owner(Protocol):
 class Lending:
     """What a thread blocked on other futures lends while it waits: its worker slot, and the
     concurrency limits its run holds (a parent waiting for its child must not keep the slot
-    the child needs). Limits are taken back first, then the slot: the order runs start in.
+    the child needs). Waiting for them, limits are taken back first, then the slot: the order
+    runs start in (taken back at once, the slot is asked for first, under the lock of what the
+    thread's waits lent: see ``_LentState``).
 
     Waits of one thread may overlap (awaits and a ``.result()`` in a loop a sync body runs,
     for its own run or for a run of a runner inside that loop): the thread's slot is lent by
@@ -155,26 +157,31 @@ class Lending:
         with state.lock:
             if self._generation != state.generation:
                 return  # its body ended meanwhile, and took back what was lent
-            limits = False
-            run = self._run
-            if run is not None and (waits := state.runs.get(run)) is not None:
-                waits[0] -= 1
-                if not waits[0]:
-                    del state.runs[run]
-                    limits = True
-            slot = False
-            hooks = self._hooks
-            if hooks is not None and state.slot_waits:
-                if state.slot_waits == 1 and not (waited_to_the_end and here):
-                    # At once (the pool runs one over its size until the body returns): asked
-                    # before the wait counts off, so that the body, which looks at the count
-                    # without this lock when it returns, cannot report its end first.
-                    hooks.reacquire(wait=False, thread=self._thread)
-                else:
-                    slot = state.slot_waits == 1
-                state.slot_waits -= 1
-                if not state.slot_waits:
-                    state.slot_lent_by = None
+            # Counted off first: a pending await of the same body that a collection finalizes
+            # in here (on this thread: the lock is reentrant) then finds the count as it is.
+            # ``busy`` until the slot is asked back: the body, which looks without this lock
+            # when it returns, then waits for it rather than report its end first.
+            state.busy = True
+            try:
+                limits = False
+                run = self._run
+                if run is not None and (waits := state.runs.get(run)) is not None:
+                    waits[0] -= 1
+                    if not waits[0]:
+                        del state.runs[run]
+                        limits = True
+                slot = False
+                hooks = self._hooks
+                if hooks is not None and state.slot_waits:
+                    state.slot_waits -= 1
+                    if not state.slot_waits:
+                        state.slot_lent_by = None
+                        if waited_to_the_end and here:
+                            slot = True  # taken back below, waiting for a free slot
+                        else:  # at once: the pool runs one over its size until the body returns
+                            hooks.reacquire(wait=False, thread=self._thread)
+            finally:
+                state.busy = False
         self._take_back(waited_to_the_end and here, limits=limits, slot=slot)
 
     def _take_back(self, waited_to_the_end: bool, *, limits: bool, slot: bool) -> None:
@@ -203,7 +210,7 @@ class _LentState:
     waits for it, and the one that lent them); and the number of the body whose waits they
     are (``generation``: a wait of a body that has ended gives back nothing)."""
 
-    __slots__ = ("generation", "lock", "runs", "slot_lent_by", "slot_waits")
+    __slots__ = ("busy", "generation", "lock", "runs", "slot_lent_by", "slot_waits")
 
     def __init__(self) -> None:
         # Taken by the waits of the thread's body, by a wait of it that ends on another
@@ -211,6 +218,7 @@ class _LentState:
         # a collection run by an allocation in there may finalize a pending await of the same
         # body, on this thread, whose end gives back too.
         self.lock = threading.RLock()
+        self.busy = False  # a wait ending on another thread is taking the slot back
         self.slot_waits = 0
         self.slot_lent_by: Lending | None = None
         self.runs: dict[Future[Any], list[Any]] = {}
@@ -230,12 +238,13 @@ def take_back_lent() -> None:
     await left pending in a loop of its own) is taken back now, before the body's end is
     reported; those waits, should they end later, give back nothing."""
     state = _lent.state
-    if state.slot_waits or state.runs:  # (looked at again under the lock)
+    if state.slot_waits or state.runs or state.busy:  # (looked at again under the lock)
         with state.lock:  # see Lending.give_back
-            slot_lent_by, state.slot_lent_by = state.slot_lent_by, None
-            runs, state.runs = state.runs, {}
-            state.slot_waits = 0
+            # The generation first: a wait of this body finalized in here gives back nothing.
             state.generation += 1
+            slot_lent_by, state.slot_lent_by = state.slot_lent_by, None
+            state.slot_waits = 0
+            runs, state.runs = state.runs, {}
             if slot_lent_by is not None and slot_lent_by._hooks is not None:
                 slot_lent_by._hooks.reacquire(wait=False, thread=slot_lent_by._thread)
         for _, lent_by in runs.values():

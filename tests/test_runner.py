@@ -1109,13 +1109,12 @@ def test_a_pending_await_finalized_on_its_own_thread_as_its_body_ends_does_not_h
         async def waiter() -> None:
             await holder[0]
 
-        for _ in range(2):  # two waits under way: the slot is lent once
-            loop = asyncio.new_event_loop()
-            loops.append(loop)
-            tasks.append(loop.create_task(waiter()))
-            loop.run_until_complete(asyncio.sleep(0))
-        state.victim = tasks[1].get_coro()
-        return "p"  # both awaits pending: the body's end takes back what they lent
+        loop = asyncio.new_event_loop()
+        loops.append(loop)
+        tasks.append(loop.create_task(waiter()))
+        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        state.victim = tasks[0].get_coro()
+        return "p"  # the await pending: the body's end takes back what it lent, once
 
     def c() -> str:
         assert c_gate.wait(TIMEOUT)
@@ -1127,7 +1126,6 @@ def test_a_pending_await_finalized_on_its_own_thread_as_its_body_ends_does_not_h
             holder.append(runner.submit(c))
             p_go.set()
             assert pf.result(timeout=TIMEOUT) == "p"
-            tasks[0].get_coro().close()  # (gives back nothing: its body ended)
             c_gate.set()
             assert holder[0].result(timeout=TIMEOUT) == "c"
             assert runner.submit(noop).result(timeout=TIMEOUT) is None
