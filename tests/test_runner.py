@@ -730,11 +730,14 @@ def test_a_body_that_left_its_slot_lent_does_not_go_on_over_max_workers() -> Non
         assert p_go.wait(TIMEOUT)
         loop = asyncio.new_event_loop()
 
+        awaiting = asyncio.Event()
+
         async def waiter() -> None:
+            awaiting.set()  # (the await below starts in the same loop turn)
             await holder[0]
 
         kept.append((loop, loop.create_task(waiter())))
-        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
         assert c_started.wait(TIMEOUT)  # C runs on the lent slot
         return "p"
 
@@ -834,11 +837,14 @@ def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max
         loop = asyncio.new_event_loop()
         loops.append(loop)
 
+        awaiting = asyncio.Event()
+
         async def waiter() -> None:
+            awaiting.set()  # (the await below starts in the same loop turn)
             await holder[0]
 
         tasks.append(loop.create_task(waiter()))
-        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
         lent.set()
         assert closed.wait(TIMEOUT)  # the await ended on the test's thread meanwhile
         return "p"
@@ -920,11 +926,14 @@ class _Lent:
         loop = asyncio.new_event_loop()
         self.loops.append(loop)
 
+        awaiting = asyncio.Event()
+
         async def waiter() -> None:
+            awaiting.set()  # (the await below starts in the same loop turn)
             await self.holder[0]
 
         self.tasks.append(loop.create_task(waiter()))
-        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
         self.lent.set()
         assert self.p_return.wait(TIMEOUT)
         return "p"  # the await is still pending: the thread takes back the slot now
@@ -1106,13 +1115,16 @@ def test_a_pending_await_finalized_on_its_own_thread_as_its_body_ends_does_not_h
         assert p_go.wait(TIMEOUT)
         state = _futures._lent.state = _FinalizingState()
 
+        awaiting = asyncio.Event()
+
         async def waiter() -> None:
+            awaiting.set()  # (the await below starts in the same loop turn)
             await holder[0]
 
         loop = asyncio.new_event_loop()
         loops.append(loop)
         tasks.append(loop.create_task(waiter()))
-        loop.run_until_complete(asyncio.sleep(0))  # the await starts: the slot is lent
+        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
         state.victim = tasks[0].get_coro()
         return "p"  # the await pending: the body's end takes back what it lent, once
 
