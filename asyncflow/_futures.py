@@ -161,7 +161,7 @@ class Lending:
             # in here (on this thread: the lock is reentrant) then finds the count as it is.
             # ``busy`` until the slot is asked back: the body, which looks without this lock
             # when it returns, then waits for it rather than report its end first.
-            state.busy = True
+            busy, state.busy = state.busy, True  # (restored: a nested give_back here too)
             try:
                 limits = False
                 run = self._run
@@ -181,7 +181,7 @@ class Lending:
                         else:  # at once: the pool runs one over its size until the body returns
                             hooks.reacquire(wait=False, thread=self._thread)
             finally:
-                state.busy = False
+                state.busy = busy
         self._take_back(waited_to_the_end and here, limits=limits, slot=slot)
 
     def _take_back(self, waited_to_the_end: bool, *, limits: bool, slot: bool) -> None:

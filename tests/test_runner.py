@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import contextvars
 import functools
 import gc
@@ -718,177 +717,12 @@ def test_the_loop_and_a_thread_going_on_take_queued_runs_one_at_a_time() -> None
     assert all(locked for _, locked in pops)
 
 
-def test_a_body_that_left_its_slot_lent_does_not_go_on_over_max_workers() -> None:
-    # P's body awaits C in a loop of its own and leaves that await pending when it returns:
-    # its slot was lent (C got it), and is taken back at once when P returns (take_back_lent,
-    # over the limit "for a moment"). P's thread must not start D on that slot while C runs.
-    p_go, c_started, c_gate, d_gate = (threading.Event() for _ in range(4))
-    holder: list[Future[Any]] = []
-    kept: list[Any] = []
-
-    def p() -> str:
-        assert p_go.wait(TIMEOUT)
-        loop = asyncio.new_event_loop()
-
-        awaiting = asyncio.Event()
-
-        async def waiter() -> None:
-            awaiting.set()  # (the await below starts in the same loop turn)
-            await holder[0]
-
-        kept.append((loop, loop.create_task(waiter())))
-        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
-        assert c_started.wait(TIMEOUT)  # C runs on the lent slot
-        return "p"
-
-    def c() -> str:
-        c_started.set()
-        assert c_gate.wait(TIMEOUT)
-        return "c"
-
-    def d() -> str:
-        assert d_gate.wait(TIMEOUT)
-        return "d"
-
-    try:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
-            pf = runner.submit(p)
-            cf = runner.submit(c)
-            df = runner.submit(d)
-            holder.append(cf)
-            p_go.set()
-            assert pf.result(timeout=TIMEOUT) == "p"
-            stats = runner.statistics()
-            d_running = df.running()
-            c_gate.set()
-            d_gate.set()
-            assert cf.result(timeout=TIMEOUT) == "c"
-            assert df.result(timeout=TIMEOUT) == "d"
-    finally:
-        c_gate.set()
-        d_gate.set()
-        for loop, t in kept:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(t)
-            loop.close()
-    assert not d_running, "D started while C held the only slot"
-    assert stats.running == 1
-
-
-def test_a_body_back_from_a_timed_out_wait_does_not_go_on_over_max_workers() -> None:
-    # B's .result(timeout=) lends its slot (C takes it), times out and takes the slot back at
-    # once, over the limit "for a moment" (until B returns). B's thread must not then start D
-    # on that extra slot while C still runs.
-    b_go, c_started, c_gate, d_gate = (threading.Event() for _ in range(4))
-    holder: list[Future[Any]] = []
-
-    def b() -> str:
-        assert b_go.wait(TIMEOUT)
-        try:
-            holder[0].result(timeout=0.05)  # C is gated: this times out
-        except TimeoutError:
-            pass
-        assert c_started.wait(TIMEOUT)
-        return "b"
-
-    def c() -> str:
-        c_started.set()
-        assert c_gate.wait(TIMEOUT)
-        return "c"
-
-    def d() -> str:
-        assert d_gate.wait(TIMEOUT)
-        return "d"
-
-    try:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
-            bf = runner.submit(b)
-            cf = runner.submit(c)
-            df = runner.submit(d)
-            holder.append(cf)
-            b_go.set()
-            assert bf.result(timeout=TIMEOUT) == "b"
-            running = runner.statistics().running
-            d_running = df.running()
-            c_gate.set()
-            d_gate.set()
-            assert cf.result(timeout=TIMEOUT) == "c"
-            assert df.result(timeout=TIMEOUT) == "d"
-    finally:
-        c_gate.set()
-        d_gate.set()
-    assert not d_running, "D started while C held the only slot"
-    assert running == 1
-
-
-def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max_workers() -> None:
-    # P awaits C in a loop of its own (its slot is lent: C gets it). While P still runs, that
-    # await ends on another thread (closed there, as the garbage collector may finalize it
-    # there): the slot is taken back at once, over the bound. P's thread must not then go on
-    # to D when P returns.
-    p_go, lent, closed, c_started, c_gate, d_gate = (threading.Event() for _ in range(6))
-    holder: list[Future[Any]] = []
-    loops: list[asyncio.AbstractEventLoop] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    def p() -> str:
-        assert p_go.wait(TIMEOUT)
-        loop = asyncio.new_event_loop()
-        loops.append(loop)
-
-        awaiting = asyncio.Event()
-
-        async def waiter() -> None:
-            awaiting.set()  # (the await below starts in the same loop turn)
-            await holder[0]
-
-        tasks.append(loop.create_task(waiter()))
-        loop.run_until_complete(awaiting.wait())  # the await started: the slot is lent
-        lent.set()
-        assert closed.wait(TIMEOUT)  # the await ended on the test's thread meanwhile
-        return "p"
-
-    def c() -> str:
-        c_started.set()
-        assert c_gate.wait(TIMEOUT)
-        return "c"
-
-    def d() -> str:
-        assert d_gate.wait(TIMEOUT)
-        return "d"
-
-    try:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
-            pf, cf, df = runner.submit(p), runner.submit(c), runner.submit(d)
-            holder.append(cf)
-            p_go.set()
-            assert lent.wait(TIMEOUT)
-            assert c_started.wait(TIMEOUT)  # C runs on P's lent slot
-            tasks[0].get_coro().close()  # the pending await ends here, not on P's thread
-            closed.set()
-            assert pf.result(timeout=TIMEOUT) == "p"
-            d_running = df.running()
-            running = runner.statistics().running
-            c_gate.set()
-            d_gate.set()
-            assert cf.result(timeout=TIMEOUT) == "c"
-            assert df.result(timeout=TIMEOUT) == "d"
-    finally:
-        for gate in (c_gate, d_gate, closed):
-            gate.set()
-        for loop in loops:
-            loop.close()
-    assert not d_running, "D started while C held the only slot"
-    assert running == 1
-
-
 class _WatchedLock:
     """A lock that says (``waiting[who]``) when a thread whose name starts with ``who`` is
     about to take it."""
 
     def __init__(self, *who: str) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # as the lock it stands in for
         self.waiting = {name: threading.Event() for name in who}
 
     def __enter__(self) -> bool:
@@ -901,19 +735,51 @@ class _WatchedLock:
         self.lock.release()
 
 
-class _Lent:
-    """P, which awaits C in a loop of its own and returns with that await pending (its slot is
-    lent: C gets it); C and D wait for their gates. ``state`` (P's thread's record of what its
-    waits lent) takes a ``_WatchedLock``."""
+class _Behind:
+    """C, which runs on the slot a body P lends it (``c_started``) and waits for ``c_gate``;
+    D, queued behind it, which waits for ``d_gate``. ``holder[0]``: C's future."""
 
     def __init__(self) -> None:
-        self.p_go, self.lent, self.p_return = (
-            threading.Event(),
-            threading.Event(),
-            threading.Event(),
-        )
         self.c_started, self.c_gate, self.d_gate = (threading.Event() for _ in range(3))
         self.holder: list[Future[Any]] = []
+
+    def c(self) -> str:
+        self.c_started.set()
+        assert self.c_gate.wait(TIMEOUT)
+        return "c"
+
+    def d(self) -> str:
+        assert self.d_gate.wait(TIMEOUT)
+        return "d"
+
+    def submit(self, runner: ThreadPoolTaskRunner, p: Callable[[], str]) -> list[Future[str]]:
+        futures = [runner.submit(p), runner.submit(self.c), runner.submit(self.d)]
+        self.holder.append(futures[1])
+        return futures
+
+    def after_p(self, runner: ThreadPoolTaskRunner, futures: list[Future[str]]) -> tuple[bool, int]:
+        """Once P returned: whether D runs, and how many runs do; then C and D end."""
+        pf, cf, df = futures
+        assert pf.result(timeout=TIMEOUT) == "p"
+        seen = df.running(), runner.statistics().running
+        self.open()
+        assert cf.result(timeout=TIMEOUT) == "c"
+        assert df.result(timeout=TIMEOUT) == "d"
+        return seen
+
+    def open(self) -> None:
+        self.c_gate.set()
+        self.d_gate.set()
+
+
+class _Lent(_Behind):
+    """P, which awaits C in a loop of its own and returns with that await pending once
+    ``p_return`` is set (its slot is lent: C gets it). ``state`` (P's thread's record of what
+    its waits lent) takes a ``_WatchedLock``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p_go, self.lent, self.p_return = (threading.Event() for _ in range(3))
         self.loops: list[asyncio.AbstractEventLoop] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.lock = _WatchedLock("asyncflow-", "closer")
@@ -938,30 +804,84 @@ class _Lent:
         assert self.p_return.wait(TIMEOUT)
         return "p"  # the await is still pending: the thread takes back the slot now
 
-    def c(self) -> str:
-        self.c_started.set()
-        assert self.c_gate.wait(TIMEOUT)
-        return "c"
-
-    def d(self) -> str:
-        assert self.d_gate.wait(TIMEOUT)
-        return "d"
-
     def start(self, runner: ThreadPoolTaskRunner) -> list[Future[str]]:
-        futures = [runner.submit(self.p), runner.submit(self.c), runner.submit(self.d)]
-        self.holder.append(futures[1])
+        futures = self.submit(runner, self.p)
         self.p_go.set()
         assert self.lent.wait(TIMEOUT)
-        assert self.c_started.wait(TIMEOUT)
+        assert self.c_started.wait(TIMEOUT)  # C runs on P's lent slot
         for event in self.lock.waiting.values():
             event.clear()  # (P's wait took the lock to lend)
         return futures
 
     def close(self) -> None:
-        for gate in (self.p_go, self.p_return, self.c_gate, self.d_gate):
-            gate.set()
+        self.open()
+        self.p_go.set()
+        self.p_return.set()
+        for pending in self.tasks:
+            pending.get_coro().close()  # (if still pending: it gives back nothing now)
         for loop in self.loops:
             loop.close()
+
+
+def test_a_body_that_left_its_slot_lent_does_not_go_on_over_max_workers() -> None:
+    # P's body returns with an await of C left pending in a loop of its own: its slot was lent
+    # (C got it), and is taken back at once when P returns (take_back_lent, over the limit "for
+    # a moment"). P's thread must not start D on that slot while C runs.
+    lent = _Lent()
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            futures = lent.start(runner)
+            lent.p_return.set()
+            d_running, running = lent.after_p(runner, futures)
+    finally:
+        lent.close()
+    assert not d_running, "D started while C held the only slot"
+    assert running == 1
+
+
+def test_a_body_back_from_a_timed_out_wait_does_not_go_on_over_max_workers() -> None:
+    # B's .result(timeout=) lends its slot (C takes it), times out and takes the slot back at
+    # once, over the limit "for a moment" (until B returns). B's thread must not then start D
+    # on that extra slot while C still runs.
+    behind = _Behind()
+    b_go = threading.Event()
+
+    def b() -> str:
+        assert b_go.wait(TIMEOUT)
+        try:
+            behind.holder[0].result(timeout=0.05)  # C is gated: this times out
+        except TimeoutError:
+            pass
+        assert behind.c_started.wait(TIMEOUT)
+        return "p"
+
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            futures = behind.submit(runner, b)
+            b_go.set()
+            d_running, running = behind.after_p(runner, futures)
+    finally:
+        b_go.set()
+        behind.open()
+    assert not d_running, "D started while C held the only slot"
+    assert running == 1
+
+
+def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max_workers() -> None:
+    # While P still runs, its pending await ends on another thread (closed there, as the
+    # garbage collector may finalize it there): the slot is taken back at once, over the
+    # bound. P's thread must not then go on to D when P returns.
+    lent = _Lent()
+    try:
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            futures = lent.start(runner)
+            lent.tasks[0].get_coro().close()  # the pending await ends here, not on P's thread
+            lent.p_return.set()
+            d_running, running = lent.after_p(runner, futures)
+    finally:
+        lent.close()
+    assert not d_running, "D started while C held the only slot"
+    assert running == 1
 
 
 def _slot_counts(runner: ThreadPoolTaskRunner) -> tuple[int, int]:
