@@ -823,14 +823,21 @@ class _Lent(_Behind):
             loop.close()
 
 
-def test_a_body_that_left_its_slot_lent_does_not_go_on_over_max_workers() -> None:
-    # P's body returns with an await of C left pending in a loop of its own: its slot was lent
-    # (C got it), and is taken back at once when P returns (take_back_lent, over the limit "for
-    # a moment"). P's thread must not start D on that slot while C runs.
+@pytest.mark.parametrize("ends_elsewhere", [False, True], ids=["ends-with-p", "ends-elsewhere"])
+def test_a_body_whose_lent_slot_is_taken_back_at_once_does_not_go_on_over_max_workers(
+    ends_elsewhere: bool,
+) -> None:
+    # P's body has an await of C pending in a loop of its own: its slot was lent (C got it).
+    # Either P returns with it pending (its thread takes the slot back at once: take_back_lent),
+    # or, while P still runs, the await ends on another thread (closed there, as the garbage
+    # collector may finalize it there), which takes it back at once. Either way the pool runs
+    # one over its size until P returns: P's thread must not then go on to D while C runs.
     lent = _Lent()
     try:
         with ThreadPoolTaskRunner(max_workers=1) as runner:
             futures = lent.start(runner)
+            if ends_elsewhere:
+                lent.tasks[0].get_coro().close()  # the pending await ends here, not on P's thread
             lent.p_return.set()
             d_running, running = lent.after_p(runner, futures)
     finally:
@@ -863,23 +870,6 @@ def test_a_body_back_from_a_timed_out_wait_does_not_go_on_over_max_workers() -> 
     finally:
         b_go.set()
         behind.open()
-    assert not d_running, "D started while C held the only slot"
-    assert running == 1
-
-
-def test_a_wait_that_ends_on_another_thread_does_not_let_its_body_go_on_over_max_workers() -> None:
-    # While P still runs, its pending await ends on another thread (closed there, as the
-    # garbage collector may finalize it there): the slot is taken back at once, over the
-    # bound. P's thread must not then go on to D when P returns.
-    lent = _Lent()
-    try:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
-            futures = lent.start(runner)
-            lent.tasks[0].get_coro().close()  # the pending await ends here, not on P's thread
-            lent.p_return.set()
-            d_running, running = lent.after_p(runner, futures)
-    finally:
-        lent.close()
     assert not d_running, "D started while C held the only slot"
     assert running == 1
 
