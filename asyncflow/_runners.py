@@ -186,10 +186,10 @@ class TaskRunner(abc.ABC):
         if type(parameters) is dict:  # _future, inlined for the common case: once per run
             params = parameters.copy()
             t.spec.check(params, t.name)
-            fut = self._make(sched, t, params, wait_for, dependencies, None)
+            fut, inputs = self._make(sched, t, params, wait_for, dependencies, None)
         else:
-            fut = self._future(sched, t, parameters, wait_for, dependencies, None)
-        sched.submit(fut)
+            fut, inputs = self._future(sched, t, parameters, wait_for, dependencies, None)
+        sched.submit(fut, inputs)
         return fut
 
     def _future(  # noqa: PLR0917 - private, per run
@@ -200,8 +200,8 @@ class TaskRunner(abc.ABC):
         wait_for: Iterable[Any] | None,
         dependencies: Mapping[str, Iterable[Any]] | None,
         map_limit: Limit | None,
-    ) -> Future[Any]:
-        """A new run of ``t``, checked and ready to hand to the scheduler."""
+    ) -> tuple[Future[Any], list[Future[Any]]]:
+        """A new run of ``t``, checked and ready to hand to the scheduler, and its inputs."""
         if type(parameters) is dict:
             params = parameters.copy()
         elif parameters is None:
@@ -224,8 +224,9 @@ class TaskRunner(abc.ABC):
         wait_for: Iterable[Any] | None,
         dependencies: Mapping[str, Iterable[Any]] | None,
         map_limit: Limit | None,
-    ) -> Future[Any]:
-        """A new run of ``t`` with ``params`` (its own dict, already checked)."""
+    ) -> tuple[Future[Any], list[Future[Any]]]:
+        """A new run of ``t`` with ``params`` (its own dict, already checked), and its inputs
+        (what ``inputs_of`` would find again: the scheduler registers it with them)."""
         strict: list[Future[Any]] = []
         allowed: list[Future[Any]] = _NO_FUTURES  # replaced by a list of its own when needed
         annotated = False
@@ -263,7 +264,8 @@ class TaskRunner(abc.ABC):
             if t.driven or sched.any_policy or map_limit is not None
             else None
         )
-        return Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
+        fut = Future(sched, t, params, deps, allow_only, contextvars.copy_context(), policy)
+        return fut, strict
 
     def map(
         self,
@@ -308,7 +310,7 @@ class TaskRunner(abc.ABC):
             runs = plain_runs(sched, t, rows, ctx, group, shareable=types <= IMMUTABLE)
         else:
             make = self._make
-            runs = [make(sched, t, p, waits, None, limit) for p in rows.rows()]
+            runs = [make(sched, t, p, waits, None, limit)[0] for p in rows.rows()]
             group = MapGroup(len(runs))
             for run in runs:
                 run._group = group

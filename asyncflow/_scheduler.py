@@ -207,13 +207,15 @@ class Scheduler:
         self.call_parts = call_parts
 
     # -- from any thread ---------------------------------------------------------------------
-    def submit(self, fut: Future[Any]) -> None:
+    def submit(self, fut: Future[Any], inputs: list[Future[Any]] | None = None) -> None:
+        """``inputs``: what ``inputs_of(fut)`` says, if the caller has it already (spares the
+        loop's thread the second look)."""
         if threading.get_ident() == self.thread_id:
             if not self._accepting:
                 raise RuntimeError(f"runner {self.runner.name!r} is closed")
             if self._inbox:
                 self._drain_inbox()  # keep submission order across threads
-            self._register(fut)
+            self._register(fut, inputs)
             return
         with self._lock:
             if not self._accepting:
@@ -372,7 +374,7 @@ class Scheduler:
         else:
             self.backend.submit_many(futures)
 
-    def _register(self, fut: Future[Any]) -> None:
+    def _register(self, fut: Future[Any], inputs: list[Future[Any]] | None = None) -> None:
         if (events := self.events) is not None:
             events.submitted(fut)
         self._live.add(fut)
@@ -384,7 +386,7 @@ class Scheduler:
         deps = fut._deps
         if deps is not None:
             if deps is TOP_LEVEL:
-                deps = inputs_of(fut)
+                deps = inputs_of(fut) if inputs is None else inputs
             edges: list[Future[Any]] | None = deps
             for up in deps:
                 if up._status >= COMPLETED or up._scheduler is not self:
