@@ -54,7 +54,15 @@ _TYPES = (
 )
 _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", "Crashed")
 
-_lock = threading.Lock()
+# Reentrant: a garbage collection can run inside any section it guards (on an allocation
+# there) and close an abandoned wait in a reference cycle, whose cleanup takes it again on the
+# same thread (``__await__``'s except clause, ``as_completed``'s finally). A plain lock would
+# hang that thread for good. A nested cleanup only removes its own waiter or callback. The
+# sections that may allocate between reading a future's list and writing it back either found
+# None there (nothing a removal could change), or are ``remove_done_callback`` (which may then
+# keep a callback the nested one removed: a stale call once the run is final, to a wait that
+# is gone, as when its removal comes too late). An RLock costs no more than a Lock here.
+_lock = threading.RLock()
 
 # Set by a worker-thread pool on its threads: how a blocked ``.result()`` gives its slot back.
 blocking_hooks = threading.local()

@@ -889,3 +889,113 @@ def test_a_callback_put_on_many_futures_at_once_runs_once_for_each(
     held.release()
     assert last.wait(TIMEOUT)
     assert seen == [*final, held.future]
+
+
+class _TakenAgain:
+    """Stands in for the futures' lock, around it: every take has a time limit, so a lock
+    that cannot be taken again by the thread holding it fails (``stuck``), not hangs."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.stuck = 0
+
+    def __enter__(self) -> None:
+        if not self.real.acquire(timeout=5):
+            self.stuck += 1
+            raise RuntimeError("the futures' lock could not be taken again")
+
+    def __exit__(self, *exc: object) -> None:
+        self.real.release()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _abandon_an_await(fut: Future[Any], gate: threading.Event, cleaned: threading.Event) -> None:
+    """An ``await fut`` left pending in a loop that is then closed; ``fut`` then ends (gate),
+    and the await is a reference cycle only: its task, its coroutine and its waiter."""
+    entered = asyncio.Event()
+
+    async def waits() -> None:
+        try:
+            entered.set()
+            await fut  # (in the same step: its waiter is registered by then)
+        finally:
+            cleaned.set()
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(waits())
+        await entered.wait()
+        return task
+
+    other = asyncio.new_event_loop()
+    task = other.run_until_complete(start())
+    assert fut._waiters
+    other.close()  # with the await still pending
+    gate.set()
+    assert fut.result(timeout=10) == 0
+    del task
+
+
+def _abandon_as_completed(
+    runner: ThreadPoolTaskRunner,
+    fut: Future[Any],
+    cleaned: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ``as_completed`` over ``quick`` and ``fut`` that yielded ``quick`` and was then left
+    in a reference cycle, its callback still on ``fut`` (pending)."""
+    quick_gate = threading.Event()
+    quick = runner.submit(hold, {"started": _nothing, "gate": quick_gate})
+    register = futures_module.add_done_callback_to_all
+
+    def then_open(futures: Any, fn: Any) -> None:
+        register(futures, fn)
+        quick_gate.set()  # quick ends once the wait watches both
+
+    monkeypatch.setattr(waiting_module, "add_done_callback_to_all", then_open)
+
+    def completions() -> Iterator[Future[Any]]:
+        try:
+            yield from as_completed([quick, fut])
+        finally:
+            cleaned.set()
+
+    cycle: list[Any] = [completions()]
+    cycle.append(cycle)
+    assert next(cycle[0]) is quick
+    assert fut._callbacks
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("wait", ["await", "as_completed"])
+def test_an_abandoned_wait_collected_while_the_futures_lock_is_held_does_not_hang(
+    monkeypatch: pytest.MonkeyPatch, wait: str
+) -> None:
+    # A wait left pending in a reference cycle is closed by the garbage collector, which can
+    # run inside any locked section of the futures (an allocation there). The wait's cleanup
+    # takes the futures' lock: it must not hang the thread that holds it already.
+    cleaned = threading.Event()
+    gate = threading.Event()
+    started = threading.Event()
+    gc.disable()
+    try:
+        with ThreadPoolTaskRunner(max_workers=2) as runner:
+            fut = runner.submit(hold, {"started": started.set, "gate": gate})
+            assert started.wait(10)
+            if wait == "await":
+                _abandon_an_await(fut, gate, cleaned)
+            else:
+                _abandon_as_completed(runner, fut, cleaned, monkeypatch)
+            assert not cleaned.is_set()
+            lock = _TakenAgain(futures_module._lock)
+            monkeypatch.setattr(futures_module, "_lock", lock)
+            with lock:
+                gc.collect()
+            monkeypatch.undo()
+            gate.set()
+    finally:
+        gc.enable()
+    assert cleaned.is_set()
+    assert lock.stuck == 0
