@@ -2,6 +2,9 @@
 package), so it starts fast: it imports only the standard library, plus cloudpickle when the
 first call arrives.
 
+Its one argument: the descriptor number of the reply ledger (below), or "-"; every other
+descriptor it inherited past stderr it closes first (see ``_close_inherited``).
+
 Protocol on the private pipes (the original stdin: calls in; the original stdout: replies out;
 both moved to descriptors of their own, with stdin then reading ``/dev/null`` and ``print`` in a
 task going to stderr). Every message is a 4-byte big-endian length and a body.
@@ -356,9 +359,36 @@ def main() -> None:
             os.killpg(0, signal.SIGKILL)
 
 
+_STDERR = 2
+
+
+def _close_inherited() -> None:
+    """Close every descriptor this worker inherited but its pipes (0 to 2) and the reply
+    ledger (the first argument: its number, or "-"). The parent's loop may be uvloop, whose
+    spawn (libuv's) closes none: one the parent left inheritable (or was started with, such as
+    a build tool's jobserver pipe) would stay open here as long as the worker lives, and a
+    pipe's other end would never see it end."""
+    kept = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else -1
+    try:
+        open_now = [int(name) for name in os.listdir("/dev/fd")]  # (Linux: /proc/self/fd)
+    except OSError:  # no such listing: every number up to the limit
+        top = os.sysconf("SC_OPEN_MAX")
+        os.closerange(3, kept if kept > 0 else top)
+        if kept > 0:
+            os.closerange(kept + 1, top)
+        return
+    for fd in open_now:
+        if fd > _STDERR and fd != kept:
+            try:
+                os.close(fd)
+            except OSError:  # (the listing's own descriptor, closed already)
+                pass
+
+
 def _serve() -> str:
     """Serve calls; say how it ended: "bye" (the parent closed us), "eof" or "crash"."""
     global asyncflow_run_context, asyncflow_log_level, _outbox  # read by asyncflow in the body
+    _close_inherited()
     parent = os.getppid()
     os.environ["ASYNCFLOW_PROCESS_WORKER"] = "1"  # task.submit() here says it is not available
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()

@@ -1017,7 +1017,8 @@ class ProcessWorkers:
         try:
             errors = os.pipe()  # its stderr (see _Worker.drain_stderr)
             process = await anyio.open_process(
-                [sys.executable, "-u", _WORKER],
+                # (The ledger's descriptor: the one the worker keeps of those it inherits.)
+                [sys.executable, "-u", _WORKER, "-" if fd is None else str(fd)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=errors[1],

@@ -3173,3 +3173,39 @@ def test_what_raises_system_exit_as_the_worker_describes_or_sends_it_fails_only_
         with pytest.raises(SerializationError, match="its result cannot be sent back"):
             runner.submit(return_exits_when_pickled, {}).result(TIMEOUT)
         assert runner.submit(pid, {}).result(TIMEOUT) == before  # the same worker serves on
+
+
+def _pipe_in_worker(fd: int) -> tuple[int, int] | None:
+    """What descriptor ``fd`` is in this worker (device, inode), or None if it is closed."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_worker_keeps_no_descriptor_the_parent_left_inheritable(
+    monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    # uvloop's spawn (libuv's) closes no descriptors: one the parent made inheritable (or was
+    # started with, such as a build tool's jobserver pipe) would stay open in every worker for
+    # its whole life, and the other end would never see the pipe end.
+    monkeypatch.setenv("ASYNCFLOW_EVENT_LOOP", loop)
+    read_end, write_end = os.pipe()
+    try:
+        os.set_inheritable(write_end, True)
+        here = os.fstat(write_end)
+        with ProcessPoolTaskRunner(1) as runner:
+            assert type(runner._scheduler.loop).__module__.startswith(loop)  # type: ignore[union-attr]
+            there = runner.submit(_pipe_in_worker, {"fd": write_end}).result(timeout=TIMEOUT)
+            assert there != (here.st_dev, here.st_ino)
+            os.close(write_end)
+            write_end = -1
+            # Every writer is gone (the worker holds none): the read end sees the pipe end.
+            assert select.select([read_end], [], [], TIMEOUT)[0] == [read_end]
+            assert os.read(read_end, 1) == b""
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
