@@ -13,6 +13,21 @@ __all__ = ("Watcher",)
 
 _STOP_WAIT = 2.0  # seconds a killed watcher may take to exit before it is left to subprocess
 
+# The writing ends of the live watchers' pipes. A child forked from this process (without an
+# exec: multiprocessing's fork start method, say) would hold them too, and a watcher's read
+# would not end when this process dies while that child lives: the child closes them at once.
+_hangups: set[int] = set()
+
+
+def _close_hangups_in_child() -> None:
+    for fd in _hangups:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _hangups.clear()  # (the child's copies of the watchers then close nothing: see _kill)
+
+
+os.register_at_fork(after_in_child=_close_hangups_in_child)
+
 
 class Watcher:
     """Kills a worker's process group when this process dies, even by SIGKILL, and even while
@@ -56,6 +71,7 @@ class Watcher:
             return None
         finally:
             os.close(read_end)
+        _hangups.add(write_end)
         return cls(process, write_end)
 
     async def stop(self) -> None:
@@ -73,9 +89,10 @@ class Watcher:
     def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # (gone already)
             self._process.kill()
-        if self._hangup >= 0:
+        if self._hangup in _hangups:  # (not in a forked child: closed there already)
+            _hangups.discard(self._hangup)
             os.close(self._hangup)
-            self._hangup = -1
+        self._hangup = -1
 
 
 async def _exited(process: subprocess.Popen[bytes]) -> None:

@@ -1195,6 +1195,35 @@ def test_an_idle_worker_killed_from_outside_has_its_group_ended_at_once() -> Non
             kill_quietly(child)
 
 
+def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
+    # A watcher's read ends when every holder of its pipe's writing end is gone. A child forked
+    # without an exec (multiprocessing's fork start method) would hold it too: the watcher
+    # would not act when this process dies while that child lives.
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(pid).result(TIMEOUT) > 0
+        backend = runner._scheduler.backend  # type: ignore[union-attr]
+        (worker,) = backend._workers  # type: ignore[attr-defined]
+        hangup = worker.watcher._hangup
+        pipe = os.fstat(hangup)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # (only system calls here, then out)
+            try:
+                there = os.fstat(hangup)
+                same = (there.st_dev, there.st_ino) == (pipe.st_dev, pipe.st_ino)
+            except OSError:
+                same = False
+            os.write(write_end, b"held" if same else b"none")
+            os._exit(0)
+        os.close(write_end)
+        try:
+            assert os.read(read_end, 4) == b"none"
+        finally:
+            os.close(read_end)
+            os.waitpid(child, 0)
+        assert os.fstat(hangup).st_ino == pipe.st_ino  # (this process keeps its own)
+
+
 @pytest.mark.parametrize("failing", ["pipe", "Popen"])
 def test_a_watcher_that_cannot_start_leaves_the_worker_to_watch_alone(
     monkeypatch: pytest.MonkeyPatch, failing: str
