@@ -1202,7 +1202,9 @@ def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(pid).result(TIMEOUT) > 0
         backend = runner._scheduler.backend  # type: ignore[union-attr]
-        (worker,) = backend._workers  # type: ignore[attr-defined]
+        assert isinstance(backend, ProcessWorkers)
+        (worker,) = backend._workers
+        assert worker.watcher is not None
         hangup = worker.watcher._hangup
         pipe = os.fstat(hangup)
         read_end, write_end = os.pipe()
