@@ -656,7 +656,13 @@ class Scheduler:
         else:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
-            err.__cause__ = cause._value
+            root = cause._value
+            if type(root) is UpstreamFailedError and root.__cause__ is not None:
+                # The first failure, not the upstream's own UpstreamFailedError: down a long
+                # chain, causes would nest as deep as the chain, and printing the last one
+                # (Python's traceback walks every cause) would run out of stack.
+                root = root.__cause__
+            err.__cause__ = root
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's
             # frames were cleared when that run ended. Frames someone's .result() or await hung
             # on that shared object since are left alone: clearing them could finalize a

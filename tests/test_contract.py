@@ -408,6 +408,24 @@ def test_an_upstream_failure_skips_dependents_with_the_root_cause_chained(
     assert not mark.exists()  # a dependent of a failure never runs
 
 
+def test_the_first_failure_of_a_long_chain_is_the_cause_of_every_error_below(
+    runner: TaskRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each error's cause is the first failure, not its upstream's own error: a chain's causes
+    # do not nest as deep as the chain (printing the last error walks every cause).
+    with runner:
+        fut = runner.submit(raise_boom, {"message": "root cause"})
+        for _ in range(1_000):
+            fut = runner.submit(double, {"x": fut})
+        fut.wait(TIMEOUT)
+    err = fut.exception()
+    assert isinstance(err, UpstreamFailedError)
+    assert err.upstream_name == "double"
+    assert isinstance(err.__cause__, BoomError)
+    sys.__excepthook__(type(err), err, err.__traceback__)  # as an uncaught error is printed
+    assert "BoomError: root cause" in capsys.readouterr().err
+
+
 def exit_now() -> int:
     raise SystemExit(3)
 
