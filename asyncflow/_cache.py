@@ -143,13 +143,32 @@ class MemoryCacheStore(CacheStore):
 default_store = MemoryCacheStore()
 
 
+def _check_private(path: Path, st: os.stat_result, others: int, fix: str) -> None:
+    """Refuse ``path`` unless it is this user's own and has none of the ``others`` mode bits."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:  # pragma: no cover - not POSIX: no owner or mode bits to check
+        return
+    if st.st_uid != getuid():
+        raise PermissionError(
+            f"cache {path} belongs to another user (uid {st.st_uid}); cached values are "
+            "loaded as code, so the cache must be your own: choose another directory"
+        )
+    if st.st_mode & others:
+        raise PermissionError(
+            f"cache {path} is open to other users (mode {st.st_mode & 0o777:o}); cached "
+            f"values are loaded as code, so the cache must be private: run `{fix} {path}`"
+        )
+
+
 class FileCacheStore(CacheStore):
     """Results kept as files under a directory (default: ``ASYNCFLOW_CACHE_DIR``, else
     ``~/.cache/asyncflow``).
 
     Values are serialised with cloudpickle, which is code: every file carries an HMAC made with
     a secret key kept in the directory (created with mode 0600), and a file whose HMAC does not
-    match is ignored, never unpickled. Keep the directory private to its user.
+    match is ignored, never unpickled. The directory must be its user's own: one owned by
+    another user or writable by others (so others could write the key or the files), or a key
+    others may read, is refused with ``PermissionError``.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -160,19 +179,24 @@ class FileCacheStore(CacheStore):
             path = configured or Path.home() / ".cache" / "asyncflow"
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_private(self.path, os.stat(self.path), 0o022, "chmod go-w")
         self._secret = self._load_secret()
 
     def _load_secret(self) -> bytes:
         key_file = self.path / ".key"
         try:
-            return key_file.read_bytes()
+            fd = os.open(key_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             pass
+        else:
+            with os.fdopen(fd, "rb") as f:
+                _check_private(key_file, os.fstat(fd), 0o077, "chmod 600")
+                return f.read()
         secret = secrets.token_bytes(32)
         try:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process made it first
-            return key_file.read_bytes()
+            return self._load_secret()
         with os.fdopen(fd, "wb") as f:
             f.write(secret)
         return secret

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import stat
 import threading
 import time
@@ -503,6 +504,35 @@ def test_file_store_across_runners(tmp_path: Path) -> None:
     assert hit.state.name == "Cached"
     assert hit.result() == 81
     assert calls.count == 1
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o757])
+def test_file_store_refuses_a_directory_others_may_write(tmp_path: Path, mode: int) -> None:
+    # Others could write the key, or files signed with it: the values are loaded as code.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    with pytest.raises(PermissionError, match=f"cache {shared} is open to other users") as caught:
+        FileCacheStore(shared)
+    assert "chmod go-w" in str(caught.value)
+    shared.chmod(0o755)  # readable by others, writable by its user alone: fine
+    FileCacheStore(shared).set("k", 1, None)
+
+
+def test_file_store_refuses_a_key_others_may_read(tmp_path: Path) -> None:
+    FileCacheStore(tmp_path)
+    (tmp_path / ".key").chmod(0o644)  # others could sign files of their own with it
+    with pytest.raises(PermissionError, match=r"\.key is open to other users \(mode 644\)"):
+        FileCacheStore(tmp_path)
+
+
+def test_file_store_refuses_a_directory_of_another_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = os.stat(tmp_path).st_uid
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # as if another user made it
+    with pytest.raises(PermissionError, match=f"belongs to another user \\(uid {uid}\\)"):
+        FileCacheStore(tmp_path)
 
 
 def test_file_store_expired_entry_is_a_miss(tmp_path: Path) -> None:
