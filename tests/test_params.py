@@ -379,8 +379,8 @@ def test_failed_upstream_chain_keeps_the_root_cause(runner: ThreadPoolTaskRunner
     mid_exc = middle.exception()
     assert isinstance(mid_exc, UpstreamFailedError)
     assert mid_exc.upstream_name == "root"
-    assert exc.__cause__ is mid_exc
     assert mid_exc.__cause__ is root.exception()
+    assert exc.__cause__ is root.exception()  # the first failure, not the middle's own error
     assert isinstance(mid_exc.__cause__, ValueError)
     assert str(mid_exc.__cause__) == "boom"
 
@@ -389,7 +389,7 @@ def test_a_failure_down_a_long_chain_clears_each_exception_once(
     runner: ThreadPoolTaskRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Row 33: work per task is O(1). Each run down the chain ends with an error whose cause is
-    # the one above it: the frames of the chain are cleared once, not again at every link.
+    # the root's: the frames of the chain are cleared once, not again at every link.
     cleared: list[object] = []
     monkeypatch.setattr(futures_module, "_clear_traceback_frame", cleared.append)
     gate = threading.Event()
