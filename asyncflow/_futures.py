@@ -157,7 +157,8 @@ class Lending:
                     self._hooks.release()
         return self
 
-    def give_back(self, waited_to_the_end: bool) -> None:
+    def give_back(self, waited_to_the_end: bool, wait: bool = True) -> None:
+        """``wait`` False: never wait for the loop (see ``_take_back``)."""
         state = self._state
         here = threading.get_ident() == self._thread
         # Under the state's lock: a wait ending on another thread and the body's own end
@@ -190,18 +191,23 @@ class Lending:
                             hooks.reacquire(wait=False, thread=self._thread)
             finally:
                 state.busy = busy
-        self._take_back(waited_to_the_end and here, limits=limits, slot=slot)
+        self._take_back(waited_to_the_end and here, limits=limits, slot=slot, wait=wait)
 
-    def _take_back(self, waited_to_the_end: bool, *, limits: bool, slot: bool) -> None:
+    def _take_back(
+        self, waited_to_the_end: bool, *, limits: bool, slot: bool, wait: bool = True
+    ) -> None:
         """``waited_to_the_end`` False: at once (a timed wait that timed out keeps its
         timeout; a wait ending on another thread must not block it), so the pool may run one
-        body over its size, or over a limit, for a moment."""
+        body over its size, or over a limit, for a moment. ``wait`` False: not even until the
+        loop has counted the limits back (a wait closed by a garbage collection, which may run
+        while this thread holds a lock the loop needs first): they are counted back a moment
+        later, or not at all if the run has ended by then (its end frees them)."""
         run = self._run
         if limits and run is not None:
             back = threading.Event()
             sched = run._scheduler
             sched.post(sched.reclaim_limits, run, back.set, self._attempt, not waited_to_the_end)
-            if threading.get_ident() == self._thread:
+            if wait and threading.get_ident() == self._thread:
                 # (Its runner's loop may have closed meanwhile: nothing would answer then.)
                 while not back.wait(_CLOSED_CHECK) and not sched.loop.is_closed():
                     pass
@@ -297,10 +303,12 @@ class LoopLending:
             return None
         return cls(loop, run if lent else None, attempt)
 
-    def interrupted(self) -> None:
+    def interrupted(self, wait: bool = True) -> None:
+        """``wait`` False: the await was closed (a garbage collection may be closing it, on
+        any allocation, here while this thread holds a lock): nothing may wait for the loop."""
         lending, self._lending = self._lending, None
         if lending is not None:
-            lending.give_back(waited_to_the_end=False)
+            lending.give_back(waited_to_the_end=False, wait=wait)
         run, self._run = self._run, None
         if run is not None:
             run._scheduler.reclaim_limits(run, _nothing, self._attempt, True)
@@ -540,12 +548,12 @@ class Future(Generic[R]):
             lent = LoopLending.start(loop)
             try:
                 yield from waiter
-            except BaseException:
+            except BaseException as exc:
                 with _lock:
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
                 if lent is not None:  # interrupted (cancelled, timed out): back at once
-                    lent.interrupted()
+                    lent.interrupted(wait=not isinstance(exc, GeneratorExit))
                 raise
             if lent is not None:
                 back = lent.take_back()

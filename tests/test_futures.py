@@ -912,30 +912,37 @@ def _nothing() -> None:
     pass
 
 
+def _park_and_close(coro_fn: Callable[[asyncio.Event], Any]) -> None:
+    """Run ``coro_fn(entered)`` on a loop of its own until it set ``entered``, then close the
+    loop with it pending."""
+    entered = asyncio.Event()
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro_fn(entered))
+        await entered.wait()
+        return task
+
+    other = asyncio.new_event_loop()
+    task = other.run_until_complete(start())
+    other.close()
+    del task
+
+
 def _abandon_an_await(fut: Future[Any], gate: threading.Event, cleaned: threading.Event) -> None:
     """An ``await fut`` left pending in a loop that is then closed; ``fut`` then ends (gate),
     and the await is a reference cycle only: its task, its coroutine and its waiter."""
-    entered = asyncio.Event()
 
-    async def waits() -> None:
+    async def waits(entered: asyncio.Event) -> None:
         try:
             entered.set()
             await fut  # (in the same step: its waiter is registered by then)
         finally:
             cleaned.set()
 
-    async def start() -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(waits())
-        await entered.wait()
-        return task
-
-    other = asyncio.new_event_loop()
-    task = other.run_until_complete(start())
+    _park_and_close(waits)
     assert fut._waiters
-    other.close()  # with the await still pending
     gate.set()
     assert fut.result(timeout=10) == 0
-    del task
 
 
 def _abandon_as_completed(
@@ -999,3 +1006,61 @@ def test_an_abandoned_wait_collected_while_the_futures_lock_is_held_does_not_han
         gc.enable()
     assert cleaned.is_set()
     assert lock.stuck == 0
+
+
+def test_an_abandoned_await_of_a_limited_body_collected_under_the_futures_lock_does_not_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sync body of a run with limits awaits on a loop of its own (lending its slot and its
+    # limits), and abandons the await. A collection on the body's thread, while it holds the
+    # futures' lock, closes the await: taking the limits back must not wait for the loop,
+    # which may need that lock first (here: an add_done_callback queued ahead of the answer;
+    # in life, any run ending).
+    gate_f, gate_g, started = threading.Event(), threading.Event(), threading.Event()
+    abandoned, f_ended, cleaned = threading.Event(), threading.Event(), threading.Event()
+    shared: list[Any] = []
+    lock = _TakenAgain(futures_module._lock)
+
+    def body() -> int:
+        f, g, sched = shared
+
+        async def waits(entered: asyncio.Event) -> None:
+            try:
+                entered.set()
+                await f
+            finally:
+                cleaned.set()
+
+        _park_and_close(waits)
+        abandoned.set()
+        assert f_ended.wait(10)  # f's end let go of the await: a reference cycle only now
+        with lock:
+            sched.post(g.add_done_callback, _ignore)
+            gc.collect()
+        return 1
+
+    gc.disable()
+    try:
+        with ThreadPoolTaskRunner(max_workers=3, max_concurrency=10) as runner:
+            f = runner.submit(hold, {"started": started.set, "gate": gate_f})
+            g = runner.submit(hold, {"started": _nothing, "gate": gate_g})
+            assert started.wait(10)
+            shared[:] = [f, g, runner._scheduler]
+            monkeypatch.setattr(futures_module, "_lock", lock)
+            b = runner.submit(body)
+            assert abandoned.wait(10)
+            gate_f.set()
+            assert f.result(timeout=10) == 0
+            f_ended.set()
+            assert b.result(timeout=20) == 1
+            monkeypatch.undo()
+            gate_g.set()
+            assert g.result(timeout=10) == 0
+    finally:
+        gc.enable()
+    assert cleaned.is_set()
+    assert lock.stuck == 0
+
+
+def _ignore(_: object) -> None:
+    pass
