@@ -131,7 +131,11 @@ class EventHub:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards changes of the lists below, not emission
+        # Guards changes of the lists below, not emission. Reentrant: a garbage collection can
+        # run inside a section it guards (on an allocation there) and close an abandoned
+        # ``with runner.subscribe(...)`` or ``runner.events()`` in a reference cycle, whose
+        # cleanup changes them again on the same thread (see ``_change``).
+        self._lock = threading.RLock()
         self._callbacks: tuple[Callable[[TaskEvent], object], ...] = ()
         self._failed: set[int] = set()  # ids of subscribers that raised: logged once each
         self._schedulers: list[Any] = []
@@ -141,25 +145,37 @@ class EventHub:
     def subscribe(self, callback: Callable[[TaskEvent], object]) -> Subscription:
         if not callable(callback):
             raise TypeError(f"subscribe() needs a callable taking a TaskEvent, not {callback!r}")
-        with self._lock:
-            self._callbacks = (*self._callbacks, callback)
-            self._switch()
+        self._change(lambda old: (*old, callback))
         return Subscription(self, callback)
 
     def unsubscribe(self, callback: Callable[[TaskEvent], object]) -> None:
-        with self._lock:
-            kept = list(self._callbacks)
+        def without(old: tuple[Callable[[TaskEvent], object], ...]) -> tuple[Any, ...]:
+            kept = list(old)
             if callback in kept:
                 kept.remove(callback)
-            self._callbacks = tuple(kept)
-            self._failed.discard(id(callback))
-            self._switch()
+            return tuple(kept)
+
+        self._change(without)
+        self._failed.discard(id(callback))
+
+    def _change(self, change: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> None:
+        """The subscribers become ``change(subscribers)``: made before the lock is taken, and
+        stored only if they are still what it was made from. A change made in between (by a
+        collection on this thread, or by another thread) is never undone: this one is made
+        again from it."""
+        while True:
+            old = self._callbacks
+            new = change(old)
+            with self._lock:
+                if self._callbacks is old:
+                    self._callbacks = new
+                    self._switch()
+                    return
 
     def _switch(self) -> None:
         """Point every attached scheduler at this hub while it has subscribers (lock held)."""
-        events = self if self._callbacks else None
         for sched in self._schedulers:
-            sched.events = events
+            sched.events = self if self._callbacks else None
 
     def attach(self, scheduler: Any) -> None:
         """A session of the runner starts: it emits to the subscribers from now on."""

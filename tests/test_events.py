@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
 import logging
 import os
@@ -496,3 +497,105 @@ def test_what_subscribe_and_events_return_are_public_names() -> None:
     subscription.close()
     assert isinstance(runner.events(), asyncflow.EventStream)
     assert {"Subscription", "EventStream"} <= set(asyncflow.__all__)
+
+
+class _TimedLock:
+    """Stands in for a lock, around it: every take has a time limit, so a lock that cannot be
+    taken again by the thread holding it fails (``stuck``), not hangs."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.stuck = 0
+
+    def __enter__(self) -> None:
+        if not self.real.acquire(timeout=5):
+            self.stuck += 1
+            raise RuntimeError("the lock could not be taken again")
+
+    def __exit__(self, *exc: object) -> None:
+        self.real.release()
+
+
+@pytest.mark.parametrize("how", ["subscribe", "events"])
+def test_an_abandoned_subscription_collected_under_the_hub_lock_does_not_hang(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # A subscription left open in a coroutine pending in a reference cycle is closed by the
+    # garbage collector, which can run inside any section holding the hub's lock (on an
+    # allocation there): its close takes that lock again on the same thread.
+    cleaned = threading.Event()
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    entered = asyncio.Event()
+
+    async def watch() -> None:
+        try:
+            if how == "subscribe":
+                with runner.subscribe(_ignore):
+                    entered.set()
+                    await asyncio.Event().wait()
+            else:
+                async with runner.events():
+                    entered.set()
+                    await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(watch())
+        await entered.wait()
+        return task
+
+    hub = runner._hub
+    gc.disable()
+    try:
+        other = asyncio.new_event_loop()
+        task = other.run_until_complete(start())
+        other.close()  # with the subscription still open
+        del task  # a reference cycle only now
+        assert not cleaned.is_set()
+        lock = _TimedLock(hub._lock)
+        monkeypatch.setattr(hub, "_lock", lock)
+        with lock:
+            gc.collect()
+        monkeypatch.undo()
+    finally:
+        gc.enable()
+    assert cleaned.is_set()
+    assert lock.stuck == 0
+    assert hub._callbacks == ()
+
+
+class _ClosingOnRead(tuple):  # type: ignore[type-arg]
+    """The subscribers, which close ``closing`` the first time they are read through (as a
+    collection run by an allocation there would finalize a subscription left open)."""
+
+    closing: Any = None
+
+    def __iter__(self) -> Any:
+        closing, type(self).closing = type(self).closing, None
+        if closing is not None:
+            closing.close()
+        return super().__iter__()
+
+
+def test_a_subscription_closed_by_a_collection_inside_a_subscribe_stays_closed() -> None:
+    # The collection runs while subscribe makes the new list of subscribers from the old one:
+    # what it then stores must not bring back the one closed meanwhile.
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    hub = runner._hub
+    closing = runner.subscribe(_ignore)
+    _ClosingOnRead.closing = closing
+    hub._callbacks = _ClosingOnRead(hub._callbacks)
+    kept = runner.subscribe(_also_ignore)
+    assert _ClosingOnRead.closing is None  # (it was read through)
+    assert hub._callbacks == (_also_ignore,)
+    kept.close()
+    assert not hub._callbacks
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+def _also_ignore(_: object) -> None:
+    pass
