@@ -72,6 +72,7 @@ _OUTCOMES = (
     Outcome.FAILED,
 )
 assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
+_SKIPPED = "UpstreamFailed"  # the state name of a run skipped for a failed upstream
 
 
 class Backend(Protocol):
@@ -657,10 +658,11 @@ class Scheduler:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
             root = cause._value
-            if type(root) is UpstreamFailedError and root.__cause__ is not None:
-                # The first failure, not the upstream's own UpstreamFailedError: down a long
-                # chain, causes would nest as deep as the chain, and printing the last one
-                # (Python's traceback walks every cause) would run out of stack.
+            if cause._state_name == _SKIPPED and root.__cause__ is not None:
+                # The upstream was skipped too: the first failure, not the error made for that
+                # skip. Down a long chain, causes would nest as deep as the chain, and printing
+                # the last one (Python's traceback walks every cause) would run out of stack.
+                # (One a body raised is kept as it is: its cause is its own.)
                 root = root.__cause__
             err.__cause__ = root
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's
@@ -668,7 +670,7 @@ class Scheduler:
             # on that shared object since are left alone: clearing them could finalize a
             # coroutine suspended among them, and rewriting its traceback would change what
             # that caller, or a run that raised it again, shows.)
-            fut._set_final(FAILED, err, "UpstreamFailed", fresh=True)
+            fut._set_final(FAILED, err, _SKIPPED, fresh=True)
         self._counts[fut._status] += 1
         if (events := self.events) is not None:
             events.final(fut, 0)

@@ -426,6 +426,24 @@ def test_the_first_failure_of_a_long_chain_is_the_cause_of_every_error_below(
     assert "BoomError: root cause" in capsys.readouterr().err
 
 
+def test_an_upstream_failed_error_a_body_raised_is_its_dependents_cause_as_it_is(
+    runner: TaskRunner,
+) -> None:
+    # Only the errors made for skipped runs are passed over for their first failure: one a
+    # body raised (here, a skipped run's, handed in through allow_failure) is the cause.
+    with runner:
+        root = runner.submit(raise_boom, {"message": "root cause"})
+        skipped = runner.submit(double, {"x": root})
+        raised = runner.submit(reraise, {"error": allow_failure(skipped)})
+        below = runner.submit(double, {"x": raised})
+        below.wait(TIMEOUT)
+    err = below.exception()
+    assert isinstance(err, UpstreamFailedError)
+    assert err.upstream_name == "reraise"
+    assert isinstance(raised.exception(), UpstreamFailedError)
+    assert err.__cause__ is raised.exception()
+
+
 def exit_now() -> int:
     raise SystemExit(3)
 
