@@ -58,6 +58,9 @@ class Watcher:
             read_end, write_end = os.pipe()
         except OSError:
             return None
+        # Known at once: a fork by another thread while the shell starts (Popen lets go of
+        # the interpreter lock) closes it in the child too.
+        _hangups.add(write_end)
         try:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", f"read -r line; kill -KILL -{group}"],
@@ -67,11 +70,11 @@ class Watcher:
                 start_new_session=True,
             )
         except Exception:
+            _hangups.discard(write_end)
             os.close(write_end)
             return None
         finally:
             os.close(read_end)
-        _hangups.add(write_end)
         return cls(process, write_end)
 
     async def stop(self) -> None:

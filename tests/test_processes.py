@@ -1226,6 +1226,54 @@ def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
         assert os.fstat(hangup).st_ino == pipe.st_ino  # (this process keeps its own)
 
 
+def _same_pipe(fd: int, pipe: os.stat_result) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (pipe.st_dev, pipe.st_ino)
+
+
+def test_a_child_forked_while_a_watcher_starts_holds_no_watcher_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Starting the watcher's shell lets go of the interpreter lock: another thread may fork
+    # meanwhile. That child must not keep the pipe's writing end either.
+    held: list[bytes] = []
+    real = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        read_end = kwargs["stdin"]
+        pipe = os.fstat(read_end)
+        (write_end,) = [
+            fd for fd in map(int, os.listdir("/dev/fd")) if fd != read_end and _same_pipe(fd, pipe)
+        ]
+        answer, tell = os.pipe()
+        child = os.fork()  # (as another thread's fork would, now)
+        if child == 0:  # (only system calls here, then out)
+            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
+            os._exit(0)
+        os.close(tell)
+        held.append(os.read(answer, 4))
+        os.close(answer)
+        os.waitpid(child, 0)
+        return real(*args, **kwargs)
+
+    proxy = types.SimpleNamespace(
+        Popen=popen, DEVNULL=subprocess.DEVNULL, TimeoutExpired=subprocess.TimeoutExpired
+    )
+    monkeypatch.setattr(watcher_module, "subprocess", proxy)
+    group = real(["sleep", "60"], start_new_session=True)
+    try:
+        watcher = watcher_module.Watcher.start(group.pid)
+        assert watcher is not None
+        watcher.stop_now()
+    finally:
+        group.kill()
+        group.wait()
+    assert held == [b"none"]
+
+
 @pytest.mark.parametrize("failing", ["pipe", "Popen"])
 def test_a_watcher_that_cannot_start_leaves_the_worker_to_watch_alone(
     monkeypatch: pytest.MonkeyPatch, failing: str
