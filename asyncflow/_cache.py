@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -160,6 +163,41 @@ def _check_private(path: Path, st: os.stat_result, others: int, fix: str) -> Non
         )
 
 
+_KEY_BYTES = 32
+
+
+def _read_secret(key_file: Path) -> bytes | None:
+    """The key in ``key_file``, None if there is none yet; refused unless it is a private
+    file of this user's, whole."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(key_file, flags)  # (not blocking: a FIFO there must not hang this)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise PermissionError(
+            f"cache key {key_file} is a symbolic link; the key must be a file of its own: "
+            "remove the link (the entries it signed are then ignored)"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionError(
+                f"cache key {key_file} is not a regular file: remove it (the entries it "
+                "signed are then ignored)"
+            )
+        _check_private(key_file, st, 0o077, "chmod 600")
+        secret = f.read(_KEY_BYTES + 1)
+    if len(secret) != _KEY_BYTES:
+        raise ValueError(
+            f"cache key {key_file} is damaged ({len(secret)} bytes, not {_KEY_BYTES}): remove "
+            "it (the entries it signed are then ignored)"
+        )
+    return secret
+
+
 class FileCacheStore(CacheStore):
     """Results kept as files under a directory (default: ``ASYNCFLOW_CACHE_DIR``, else
     ``~/.cache/asyncflow``).
@@ -184,21 +222,24 @@ class FileCacheStore(CacheStore):
 
     def _load_secret(self) -> bytes:
         key_file = self.path / ".key"
+        secret = _read_secret(key_file)
+        if secret is not None:
+            return secret
+        # Written whole to a file of its own, then linked into place (which fails if another
+        # process linked one first): ``.key`` is never seen empty or half written.
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-key-")
         try:
-            fd = os.open(key_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            pass
-        else:
-            with os.fdopen(fd, "rb") as f:
-                _check_private(key_file, os.fstat(fd), 0o077, "chmod 600")
-                return f.read()
-        secret = secrets.token_bytes(32)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return self._load_secret()
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # (another process's is the key)
+                os.link(tmp, key_file)
+        finally:
+            os.unlink(tmp)
+        secret = _read_secret(key_file)
+        if secret is None:
+            raise FileNotFoundError(f"cache key {key_file} was removed as it was made")
         return secret
 
     def _file(self, key: str) -> Path:

@@ -535,6 +535,46 @@ def test_file_store_refuses_a_directory_of_another_user(
         FileCacheStore(tmp_path)
 
 
+def test_file_store_key_is_never_seen_before_it_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process opening the cache while the key is written must not read it empty.
+    seen: list[bool] = []
+    fsync = os.fsync
+
+    def check(fd: int) -> None:
+        seen.append((tmp_path / ".key").exists())
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", check)
+    FileCacheStore(tmp_path)
+    assert seen == [False]  # not there while it was written, and made once
+    assert len((tmp_path / ".key").read_bytes()) == 32
+
+
+@pytest.mark.parametrize("kind", ["empty", "short", "symlink", "fifo"])
+def test_file_store_refuses_a_key_it_cannot_trust(tmp_path: Path, kind: str) -> None:
+    key = tmp_path / ".key"
+    if kind in ("empty", "short"):
+        key.write_bytes(b"" if kind == "empty" else b"k" * 5)
+        key.chmod(0o600)
+        size = 0 if kind == "empty" else 5
+        with pytest.raises(ValueError, match=rf"\.key is damaged \({size} bytes, not 32\)"):
+            FileCacheStore(tmp_path)
+        return
+    if kind == "symlink":
+        real = tmp_path / "real-key"
+        real.write_bytes(b"k" * 32)
+        real.chmod(0o600)
+        key.symlink_to(real)
+        message = r"\.key is a symbolic link"
+    else:
+        os.mkfifo(key, 0o600)  # (opening one for reading would wait for a writer)
+        message = r"\.key is not a regular file"
+    with pytest.raises(PermissionError, match=message):
+        FileCacheStore(tmp_path)
+
+
 def test_file_store_expired_entry_is_a_miss(tmp_path: Path) -> None:
     store = FileCacheStore(tmp_path)
     store.set("old", "stale", time.time() - 1)
