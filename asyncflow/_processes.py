@@ -159,8 +159,35 @@ def _reducers() -> dict[Any, Any]:
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
-    data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return data
+    buffer = io.BytesIO()
+    _Pickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # (cloudpickle is untyped)
+    """cloudpickle's pickler, but for code objects: see ``_code_keeping_its_file``."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        table = _reducers()
+        table[types.CodeType] = _code_keeping_its_file
+        # Read by the pickler's own init (which copies it in): set before it runs, on this
+        # instance, over the class's table.
+        self.dispatch_table = table
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_DYNAMIC_CODE = "<dynamic-code>"  # the file cloudpickle gives every code object it sends
+
+
+def _code_keeping_its_file(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object (a function sent by value: one of a script's,
+    a lambda, a closure), with the file it was defined in kept: a body's remote traceback then
+    names its file, and shows its lines where the worker can read that file."""
+    make, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)
+    if _DYNAMIC_CODE not in args:  # (another version of cloudpickle: as it is)
+        return make, args
+    at = args.index(_DYNAMIC_CODE)
+    return make, (*args[:at], code.co_filename, *args[at + 1 :])
 
 
 def _fails_its_run(exc: BaseException) -> bool:

@@ -3308,3 +3308,17 @@ def test_what_a_process_body_prints_reaches_this_process_stderr(
     err = capfd.readouterr().err  # (the worker's output is in by the time the runner closed)
     assert "out: hello from the worker\n" in err
     assert "err: hello from the worker\n" in err
+
+
+def test_a_remote_traceback_names_the_file_of_a_body_sent_by_value() -> None:
+    # A body sent by value (a script's function, a lambda, a closure) is named in its remote
+    # traceback by its file and line, with the line's text, as one sent by reference is.
+    def fails(x: int) -> int:
+        raise KeyError(f"no {x}")  # the line the traceback shows
+
+    with ProcessPoolTaskRunner(1) as runner:
+        err = runner.submit(fails, {"x": 3}).exception(TIMEOUT)
+    assert isinstance(err, KeyError)
+    text = str(err.__cause__)
+    assert f'File "{__file__}", line ' in text, text
+    assert 'raise KeyError(f"no {x}")  # the line the traceback shows' in text
