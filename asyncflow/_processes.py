@@ -394,7 +394,7 @@ class _Worker:
         A process it started in a session of its own (a daemon) may keep the pipe open for as
         long as it lives, and must not hold the runner's exit: ``_STDERR_GRACE`` seconds after
         the worker exited, the task ends all the same, and the pipe is left in ``lingering``,
-        read on (and passed on) until it ends or the pool closes it (the daemon's writes
+        read on (its output dropped) until it ends or the pool closes it (the daemon's writes
         then fail, as when this process exits). (The pipe is this pool's own, not the loop's
         subprocess pipe: the exit did not end a wait for the process through that one.)"""
         fd, self.stderr_fd = self.stderr_fd, -1  # (this task's from now on)
@@ -411,7 +411,6 @@ class _Worker:
             if data:
                 self.stderr += data
                 del self.stderr[:-_TAIL]
-                _to_stderr(data)
                 return
             loop.remove_reader(fd)
             if fd in lingering:  # (the task is over)
@@ -637,19 +636,6 @@ class _Worker:
         if tail:
             message += "; last lines of its stderr:\n" + "\n".join(tail.splitlines()[-15:])
         return WorkerCrashedError(message, self.pid, code, tail)
-
-
-def _to_stderr(data: bytes) -> None:
-    """A worker's output (its stderr, and its stdout, which goes there), passed on to this
-    process's stderr as it comes: as from a child that inherited it, nothing a body prints is
-    lost. (Through the descriptor, as such a child writes: the shell's redirection, a
-    terminal or a test's capture see it the same way.)"""
-    view = memoryview(data)
-    # (If someone made it non-blocking and it is full, the rest is dropped: this loop must
-    # not wait. Without a stderr, closed, there is nowhere to say it.)
-    with contextlib.suppress(OSError):
-        while view:
-            view = view[os.write(2, view) :]
 
 
 def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -3290,26 +3290,6 @@ def test_a_worker_keeps_no_descriptor_the_parent_left_inheritable(
             os.close(write_end)
 
 
-def say(text: str) -> int:
-    """A body that prints ``text`` (to its stdout) and writes it to its stderr."""
-    print(f"out: {text}", flush=True)
-    sys.stderr.write(f"err: {text}\n")
-    sys.stderr.flush()
-    return len(text)
-
-
-def test_what_a_process_body_prints_reaches_this_process_stderr(
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    # As from a child that inherited this process's stderr (ProcessPoolExecutor's workers):
-    # nothing a body prints is lost, not only the tail kept for crash errors.
-    with ProcessPoolTaskRunner(1) as runner:
-        assert runner.submit(say, {"text": "hello from the worker"}).result(TIMEOUT) == 21
-    err = capfd.readouterr().err  # (the worker's output is in by the time the runner closed)
-    assert "out: hello from the worker\n" in err
-    assert "err: hello from the worker\n" in err
-
-
 def test_a_remote_traceback_names_the_file_of_a_body_sent_by_value() -> None:
     # A body sent by value (a script's function, a lambda, a closure) is named in its remote
     # traceback by its file and line, with the line's text, as one sent by reference is.
