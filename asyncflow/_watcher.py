@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import threading
 
 import anyio
 
@@ -17,16 +18,33 @@ _STOP_WAIT = 2.0  # seconds a killed watcher may take to exit before it is left 
 # exec: multiprocessing's fork start method, say) would hold them too, and a watcher's read
 # would not end when this process dies while that child lives: the child closes them at once.
 _hangups: set[int] = set()
+# Held while a pipe is made and its writing end put in ``_hangups`` (making it lets go of the
+# interpreter lock), and by a fork meanwhile: a fork never sees a writing end not yet there.
+_forking = threading.Lock()
 
 
-def _close_hangups_in_child() -> None:
+def _before_fork() -> None:
+    _forking.acquire()  # (looked up now: a child's is a lock of its own, see below)
+
+
+def _after_fork_in_parent() -> None:
+    _forking.release()
+
+
+def _after_fork_in_child() -> None:
+    global _forking
+    _forking = threading.Lock()  # (the parent's is held, by the thread that forked)
     for fd in _hangups:
         with contextlib.suppress(OSError):
             os.close(fd)
     _hangups.clear()  # (the child's copies of the watchers then close nothing: see _kill)
 
 
-os.register_at_fork(after_in_child=_close_hangups_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 class Watcher:
@@ -54,13 +72,14 @@ class Watcher:
     def start(cls, group: int) -> Watcher | None:
         """A watcher of process group ``group``, or None (no shell, no process or descriptor
         to spare): then the worker's own watching is all there is."""
-        try:
-            read_end, write_end = os.pipe()
-        except OSError:
-            return None
-        # Known at once: a fork by another thread while the shell starts (Popen lets go of
-        # the interpreter lock) closes it in the child too.
-        _hangups.add(write_end)
+        with _forking:  # (see _forking)
+            try:
+                read_end, write_end = os.pipe()
+            except OSError:
+                return None
+            # Known at once: a fork by another thread while the shell starts (Popen lets go
+            # of the interpreter lock) closes it in the child too.
+            _hangups.add(write_end)
         try:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", f"read -r line; kill -KILL -{group}"],
@@ -69,9 +88,11 @@ class Watcher:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        except Exception:
+        except BaseException as exc:
             _hangups.discard(write_end)
             os.close(write_end)
+            if not isinstance(exc, Exception):
+                raise
             return None
         finally:
             os.close(read_end)

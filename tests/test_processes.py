@@ -1274,6 +1274,75 @@ def test_a_child_forked_while_a_watcher_starts_holds_no_watcher_pipe(
     assert held == [b"none"]
 
 
+class _AskedLock:
+    """Stands in for a lock, around it: ``asked`` is set when the thread named ``by`` asks
+    for it."""
+
+    def __init__(self, real: Any, by: str) -> None:
+        self.real = real
+        self.by = by
+        self.asked = threading.Event()
+
+    def acquire(self) -> bool:
+        if threading.current_thread().name == self.by:
+            self.asked.set()
+        return bool(self.real.acquire())
+
+    def release(self) -> None:
+        self.real.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_fork_while_a_watcher_pipe_is_made_waits_until_its_end_is_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Making the pipe lets go of the interpreter lock: another thread may fork then, before
+    # the writing end is among those a forked child closes. Such a fork waits for it.
+    real_pipe = os.pipe
+    lock = _AskedLock(watcher_module._forking, "forker")
+    monkeypatch.setattr(watcher_module, "_forking", lock)
+    made: list[tuple[int, os.stat_result]] = []
+    held: list[bytes] = []
+
+    def fork() -> None:  # another thread of the program (multiprocessing's fork, say)
+        answer, tell = real_pipe()
+        write_end, pipe = made[0]
+        child = os.fork()
+        if child == 0:  # (only system calls here, then out)
+            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
+            os._exit(0)
+        os.close(tell)
+        held.append(os.read(answer, 4))
+        os.close(answer)
+        os.waitpid(child, 0)
+
+    forker = threading.Thread(target=fork, name="forker")
+
+    def pipe() -> tuple[int, int]:
+        ends = real_pipe()
+        made.append((ends[1], os.fstat(ends[1])))
+        forker.start()  # it forks now, while this writing end is not yet known
+        assert lock.asked.wait(TIMEOUT)  # its fork waits for the lock this thread holds
+        return ends
+
+    monkeypatch.setattr(watcher_module, "os", types.SimpleNamespace(pipe=pipe, close=os.close))
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        watcher = watcher_module.Watcher.start(group.pid)
+        forker.join(TIMEOUT)
+        assert watcher is not None
+        watcher.stop_now()
+    finally:
+        group.kill()
+        group.wait()
+    assert held == [b"none"]
+
+
 @pytest.mark.parametrize("failing", ["pipe", "Popen"])
 def test_a_watcher_that_cannot_start_leaves_the_worker_to_watch_alone(
     monkeypatch: pytest.MonkeyPatch, failing: str
