@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import contextlib
 import errno
 import hashlib
 import hmac
@@ -198,6 +197,19 @@ def _read_secret(key_file: Path) -> bytes | None:
     return secret
 
 
+def _create_key(key_file: Path, secret: bytes) -> None:
+    """``secret`` into a new ``key_file``, unless another process made one first (where files
+    cannot be linked into place: it is then empty for a moment)."""
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class FileCacheStore(CacheStore):
     """Results kept as files under a directory (default: ``ASYNCFLOW_CACHE_DIR``, else
     ``~/.cache/asyncflow``).
@@ -227,14 +239,19 @@ class FileCacheStore(CacheStore):
             return secret
         # Written whole to a file of its own, then linked into place (which fails if another
         # process linked one first): ``.key`` is never seen empty or half written.
+        secret = secrets.token_bytes(_KEY_BYTES)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-key-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(_KEY_BYTES))
+                f.write(secret)
                 f.flush()
                 os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # (another process's is the key)
+            try:
                 os.link(tmp, key_file)
+            except FileExistsError:  # (another process's is the key)
+                pass
+            except OSError:  # no hard links on this file system (vfat, some network mounts)
+                _create_key(key_file, secret)
         finally:
             os.unlink(tmp)
         secret = _read_secret(key_file)

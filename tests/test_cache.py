@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 import stat
@@ -550,6 +551,23 @@ def test_file_store_key_is_never_seen_before_it_is_whole(
     FileCacheStore(tmp_path)
     assert seen == [False]  # not there while it was written, and made once
     assert len((tmp_path / ".key").read_bytes()) == 32
+
+
+@pytest.mark.parametrize("errno_", [errno.EPERM, errno.EOPNOTSUPP])
+def test_file_store_makes_its_key_where_files_cannot_be_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_: int
+) -> None:
+    # vfat, exFAT and some network mounts refuse hard links.
+    def refuse(*args: object) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "link", refuse)
+    FileCacheStore(tmp_path).set("k", 7, None)
+    entry = FileCacheStore(tmp_path).get("k")
+    assert entry is not None
+    assert entry.value == 7
+    assert len((tmp_path / ".key").read_bytes()) == 32
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
 @pytest.mark.parametrize("kind", ["empty", "short", "symlink", "fifo"])
