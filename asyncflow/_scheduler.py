@@ -43,7 +43,7 @@ from ._graph import Graph, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
 from ._stats import RunnerStatistics
-from .exceptions import UpstreamFailedError
+from .exceptions import RemoteTraceback, UpstreamFailedError
 
 T = TypeVar("T")
 
@@ -73,6 +73,13 @@ _OUTCOMES = (
 )
 assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 _SKIPPED = "UpstreamFailed"  # the state name of a run skipped for a failed upstream
+
+
+def _chained(cause: BaseException | None) -> bool:
+    """Whether an UpstreamFailedError's ``cause`` is the failure it tells of: not when there is
+    none, or when it is the remote traceback of one that came back from a worker process (the
+    failure itself stayed there)."""
+    return cause is not None and not isinstance(cause, RemoteTraceback)
 
 
 class Backend(Protocol):
@@ -658,11 +665,11 @@ class Scheduler:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
             root = cause._value
-            if cause._state_name == _SKIPPED and root.__cause__ is not None:
-                # The upstream was skipped too: the first failure, not the error made for that
-                # skip. Down a long chain, causes would nest as deep as the chain, and printing
-                # the last one (Python's traceback walks every cause) would run out of stack.
-                # (One a body raised is kept as it is: its cause is its own.)
+            while type(root) is UpstreamFailedError and _chained(root.__cause__):
+                # The first failure, not an upstream's UpstreamFailedError (made for its skip,
+                # or raised again by its body): down a long chain, causes would nest as deep
+                # as the chain, and printing the last one (Python's traceback walks every
+                # cause) would run out of stack.
                 root = root.__cause__
             err.__cause__ = root
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's

@@ -30,6 +30,7 @@ from asyncflow import (
     wait,
 )
 from asyncflow.exceptions import (
+    RemoteTraceback,
     TaskCancelledError,
     TaskCrashedError,
     TaskTimeoutError,
@@ -426,11 +427,12 @@ def test_the_first_failure_of_a_long_chain_is_the_cause_of_every_error_below(
     assert "BoomError: root cause" in capsys.readouterr().err
 
 
-def test_an_upstream_failed_error_a_body_raised_is_its_dependents_cause_as_it_is(
+def test_an_upstream_failed_error_a_body_raised_again_has_the_first_failure_as_cause(
     runner: TaskRunner,
 ) -> None:
-    # Only the errors made for skipped runs are passed over for their first failure: one a
-    # body raised (here, a skipped run's, handed in through allow_failure) is the cause.
+    # A body raises a skipped run's error (handed in through allow_failure): its dependents'
+    # cause is still the first failure, and one that came back from a worker process (its only
+    # cause there, its remote traceback) is the cause as it is.
     with runner:
         root = runner.submit(raise_boom, {"message": "root cause"})
         skipped = runner.submit(double, {"x": root})
@@ -440,8 +442,30 @@ def test_an_upstream_failed_error_a_body_raised_is_its_dependents_cause_as_it_is
     err = below.exception()
     assert isinstance(err, UpstreamFailedError)
     assert err.upstream_name == "reraise"
-    assert isinstance(raised.exception(), UpstreamFailedError)
-    assert err.__cause__ is raised.exception()
+    again = raised.exception()
+    assert isinstance(again, UpstreamFailedError)
+    if isinstance(runner, ProcessPoolTaskRunner):
+        assert err.__cause__ is again
+        assert isinstance(again.__cause__, RemoteTraceback)
+    else:
+        assert err.__cause__ is root.exception()
+
+
+def test_causes_stay_shallow_down_a_chain_of_skips_and_bodies_raising_them_again(
+    runner: TaskRunner,
+) -> None:
+    with runner:
+        fut = runner.submit(raise_boom, {"message": "root cause"})
+        for _ in range(200):
+            skipped = runner.submit(double, {"x": fut})
+            fut = runner.submit(reraise, {"error": allow_failure(skipped)})
+        fut.wait(TIMEOUT * 4)
+    depth = 0
+    err: BaseException | None = fut.exception()
+    while err is not None:
+        depth += 1
+        err = err.__cause__
+    assert depth <= 3
 
 
 def exit_now() -> int:
