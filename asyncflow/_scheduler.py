@@ -75,6 +75,11 @@ assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 _SKIPPED = "UpstreamFailed"  # the state name of a run skipped for a failed upstream
 
 
+# Causes followed at most to find a skipped run's first failure: those asyncflow makes are one
+# step from it (or two, raised again); user code may make longer chains, or a cycle.
+_CAUSE_STEPS = 8
+
+
 def _chained(cause: BaseException | None) -> bool:
     """Whether an UpstreamFailedError's ``cause`` is the failure it tells of: not when there is
     none, or when it is the remote traceback of one that came back from a worker process (the
@@ -665,11 +670,13 @@ class Scheduler:
             how = "crashed" if cause._status == CRASHED else "failed"
             err = UpstreamFailedError(name, cause._task.name, how)
             root = cause._value
-            while type(root) is UpstreamFailedError and _chained(root.__cause__):
+            for _ in range(_CAUSE_STEPS):
                 # The first failure, not an upstream's UpstreamFailedError (made for its skip,
                 # or raised again by its body): down a long chain, causes would nest as deep
                 # as the chain, and printing the last one (Python's traceback walks every
                 # cause) would run out of stack.
+                if type(root) is not UpstreamFailedError or not _chained(root.__cause__):
+                    break
                 root = root.__cause__
             err.__cause__ = root
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's

@@ -684,3 +684,21 @@ def test_statistics_count_each_kind_of_ending(runner: TaskRunner, hub: Hub) -> N
     stats = runner.statistics()
     assert (stats.submitted, stats.running, stats.queued) == (5, 0, 0)
     assert (stats.completed, stats.failed, stats.cancelled, stats.retried) == (2, 2, 1, 0)
+
+
+def raise_in_a_cycle() -> None:
+    first = UpstreamFailedError("a", "b", "failed")
+    second = UpstreamFailedError("c", "d", "failed")
+    first.__cause__ = second
+    second.__cause__ = first  # (user code can make a cycle of causes)
+    raise first
+
+
+def test_a_cycle_of_causes_a_body_raised_does_not_hang_its_dependents(runner: TaskRunner) -> None:
+    with runner:
+        up = runner.submit(raise_in_a_cycle)
+        down = runner.submit(double, {"x": up})
+        err = down.exception(TIMEOUT)
+    assert isinstance(err, UpstreamFailedError)
+    assert err.upstream_name == "raise_in_a_cycle"
+    assert isinstance(err.__cause__, UpstreamFailedError)
