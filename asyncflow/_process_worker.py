@@ -350,7 +350,7 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()  # before any exit below: the parent shows it in its error
         sys.stderr.flush()
-        raise SystemExit(1) from None  # (not printed a second time on the way out)
+        raise
     finally:
         if ending == "eof" or os.getppid() != parent:
             # Our input ended without a goodbye: the parent died. Whatever this worker started

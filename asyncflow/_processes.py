@@ -51,7 +51,6 @@ from ._futures import (
 )
 from ._logging import TASK_RUNS, handle_remote_record
 from ._params import IMMUTABLE
-from ._stderr_relay import StderrRelay
 from ._watcher import Watcher
 from .exceptions import (
     RemoteError,
@@ -81,7 +80,6 @@ _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes th
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _STDERR_GRACE = 0.5  # seconds a worker's stderr is read for after it exited, if it has not ended
-_RELAY_WAIT = 1.0  # seconds a closing pool waits for its workers' output to be written out
 _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
@@ -388,21 +386,20 @@ class _Worker:
         self.idle_since = 0.0
         self.announced: Any = None  # the last run it was sent that subscribers saw start
 
-    async def drain_stderr(self, lingering: set[int], relay: StderrRelay) -> None:
+    async def drain_stderr(self, lingering: set[int]) -> None:
         """Read its stderr (the read end ``stderr_fd`` of the pipe, this task's to close) until
-        it ends, passing it on (``relay``); once the worker has exited, end its group (see
-        ``reap``) at once, even while it is idle and nothing else looks at it.
+        it ends; once the worker has exited, end its group (see ``reap``) at once, even while
+        it is idle and nothing else looks at it.
 
         A process it started in a session of its own (a daemon) may keep the pipe open for as
         long as it lives, and must not hold the runner's exit: ``_STDERR_GRACE`` seconds after
         the worker exited, the task ends all the same, and the pipe is left in ``lingering``,
-        read on (and passed on) until it ends or the pool closes it (the daemon's writes
+        read on (its output dropped) until it ends or the pool closes it (the daemon's writes
         then fail, as when this process exits). (The pipe is this pool's own, not the loop's
         subprocess pipe: the exit did not end a wait for the process through that one.)"""
         fd, self.stderr_fd = self.stderr_fd, -1  # (this task's from now on)
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
-        decoder = relay.decoder()
 
         def readable() -> None:
             try:
@@ -414,7 +411,6 @@ class _Worker:
             if data:
                 self.stderr += data
                 del self.stderr[:-_TAIL]
-                relay.put(decoder, data)
                 return
             loop.remove_reader(fd)
             if fd in lingering:  # (the task is over)
@@ -778,7 +774,6 @@ class ProcessWorkers:
         self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
         self._lingering: set[int] = set()  # stderr pipes a worker's daemon holds (drain_stderr)
-        self._relay = StderrRelay()  # what workers write to stderr, passed on
         self._workers: set[_Worker] = set()
         self._starting: set[_Worker] = set()  # started, not ready yet (their initializer runs)
         self._closing = False
@@ -932,7 +927,6 @@ class ProcessWorkers:
             loop.remove_reader(fd)
             os.close(fd)
         self._lingering.clear()
-        self._relay.close(_RELAY_WAIT)
 
     # -- loop side -----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -1082,7 +1076,7 @@ class ProcessWorkers:
         worker = _Worker(process, asyncio.get_running_loop(), None if ledger is None else ledger[1])
         self._workers.add(worker)
         worker.stderr_fd = errors[0]
-        reading = worker.drain_stderr(self._lingering, self._relay)
+        reading = worker.drain_stderr(self._lingering)
         drain = worker.drain = worker.loop.create_task(reading)
         self._drains.add(drain)
         drain.add_done_callback(self._drains.discard)

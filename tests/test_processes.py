@@ -43,13 +43,11 @@ from test_contract import TIMEOUT, Address, Hub, check_in, double, gated
 
 import asyncflow
 import asyncflow._driver as driver_module
-import asyncflow._stderr_relay
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, StateType, ThreadPoolTaskRunner, task, unmapped
 from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
 from asyncflow._mapping import expand
 from asyncflow._processes import ProcessWorkers, _items_of, _MapCalls
-from asyncflow._stderr_relay import StderrRelay
 from asyncflow._task import Task, as_task
 from asyncflow.exceptions import (
     RemoteError,
@@ -860,7 +858,7 @@ def test_a_worker_s_stderr_task_torn_down_with_its_loop_closes_its_pipe(how: str
     worker = asyncflow._processes._Worker(NeverExits(), loop)  # type: ignore[arg-type]
     worker.stderr_fd = read_end
     try:
-        task = loop.create_task(worker.drain_stderr(set(), StderrRelay()))
+        task = loop.create_task(worker.drain_stderr(set()))
         task.add_done_callback(worker.drain_ended)
         if how == "cancelled-at-once":  # (before its first step)
             task.cancel()
@@ -3373,81 +3371,3 @@ def test_a_remote_traceback_names_the_file_of_a_body_sent_by_value() -> None:
     text = str(err.__cause__)
     assert f'File "{__file__}", line ' in text, text
     assert 'raise KeyError(f"no {x}")  # the line the traceback shows' in text
-
-
-def say(text: str) -> int:
-    """A body that prints ``text`` (to its stdout) and writes it to its stderr."""
-    print(f"out: {text}", flush=True)
-    sys.stderr.write(f"err: {text}\n")
-    sys.stderr.flush()
-    return len(text)
-
-
-def test_what_a_process_body_prints_reaches_this_process_stderr(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # As from a child that inherited this process's stderr (ProcessPoolExecutor's workers):
-    # what a body prints is not lost (not only the tail kept for crash errors).
-    with ProcessPoolTaskRunner(1) as runner:
-        assert runner.submit(say, {"text": "hello from the worker"}).result(TIMEOUT) == 21
-    err = capsys.readouterr().err  # (all of it is out once the runner closed)
-    assert "out: hello from the worker\n" in err
-    assert "err: hello from the worker\n" in err
-
-
-class _StalledStderr:
-    """A stderr nobody reads: a write says so (``writing``) and waits for ``gate``."""
-
-    def __init__(self) -> None:
-        self.writing = threading.Event()
-        self.gate = threading.Event()
-        self.text: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.writing.set()
-        if not self.gate.wait(TIMEOUT):
-            raise TimeoutError("the gate never opened")
-        self.text.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def test_a_stderr_nobody_reads_stalls_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What a body prints is passed on from a thread of the pool's own: while that thread
-    # waits for a stderr nobody reads, the runner goes on (its loop, its timeouts).
-    stalled = _StalledStderr()
-    monkeypatch.setattr(sys, "stderr", stalled)
-    monkeypatch.setattr(asyncflow._stderr_relay, "_BUDGET", 200)
-    with ProcessPoolTaskRunner(1) as runner:
-        assert runner.submit(say, {"text": "first"}).result(TIMEOUT) == 5
-        assert stalled.writing.wait(TIMEOUT)  # the relay waits in a write now
-        assert runner.submit(say, {"text": "x" * 300}).result(TIMEOUT) == 300  # (dropped)
-        assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8
-        stalled.gate.set()
-        assert runner.submit(say, {"text": "after"}).result(TIMEOUT) == 5
-    text = "".join(stalled.text)
-    assert "out: first\n" in text
-    assert "x" * 300 not in text  # over the budget of what may wait: dropped, and said so
-    assert "bytes process workers wrote to their stderr were dropped" in text
-    assert "err: after\n" in text
-
-
-def test_a_stderr_whose_reader_is_gone_kills_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A program may put SIGPIPE back to its default (command-line tools do): a write to a pipe
-    # whose reader is gone must fail quietly in the relay, not kill this process.
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    gone = os.fdopen(write_end, "w")
-    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
-        monkeypatch.setattr(sys, "stderr", gone)
-        with ProcessPoolTaskRunner(1) as runner:
-            assert runner.submit(say, {"text": "into nothing"}).result(TIMEOUT) == 12
-            assert runner.submit(double, {"x": 4}).result(TIMEOUT) == 8
-        monkeypatch.undo()
-    finally:
-        signal.signal(signal.SIGPIPE, previous)
-        with contextlib.suppress(OSError):
-            gone.close()
