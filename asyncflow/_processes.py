@@ -184,9 +184,10 @@ def _code_keeping_its_file(code: types.CodeType) -> Any:
     a lambda, a closure), with the file it was defined in kept: a body's remote traceback then
     names its file, and shows its lines where the worker can read that file."""
     make, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)
-    if _DYNAMIC_CODE not in args:  # (another version of cloudpickle: as it is)
+    # (Strings alone are compared: ``python -bb`` makes a comparison with bytes an error.)
+    at = next((i for i, arg in enumerate(args) if type(arg) is str and arg == _DYNAMIC_CODE), None)
+    if at is None:  # (another version of cloudpickle: as it is)
         return make, args
-    at = args.index(_DYNAMIC_CODE)
     return make, (*args[:at], code.co_filename, *args[at + 1 :])
 
 

@@ -3371,3 +3371,25 @@ def test_a_remote_traceback_names_the_file_of_a_body_sent_by_value() -> None:
     text = str(err.__cause__)
     assert f'File "{__file__}", line ' in text, text
     assert 'raise KeyError(f"no {x}")  # the line the traceback shows' in text
+
+
+def test_a_body_sent_by_value_goes_under_python_bb(tmp_path: Path) -> None:
+    # ``python -bb`` makes a comparison of bytes with a string an error: sending a function
+    # by value must make none.
+    script = tmp_path / "bb.py"
+    script.write_text(
+        "from asyncflow import ProcessPoolTaskRunner\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolTaskRunner(1) as runner:\n"
+        "        print(runner.submit(lambda: 2).result(30))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-bb", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=script_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2\n"
