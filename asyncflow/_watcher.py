@@ -19,8 +19,10 @@ _STOP_WAIT = 2.0  # seconds a killed watcher may take to exit before it is left 
 # would not end when this process dies while that child lives: the child closes them at once.
 _hangups: set[int] = set()
 # Held while a pipe is made and its writing end put in ``_hangups`` (making it lets go of the
-# interpreter lock), and by a fork meanwhile: a fork never sees a writing end not yet there.
-_forking = threading.Lock()
+# interpreter lock), and by a fork meanwhile: a fork by another thread never sees a writing end
+# not yet there. Reentrant: a fork on the thread that holds it (a signal handler's, run in
+# between) goes on rather than wait for itself.
+_forking = threading.RLock()
 
 
 def _before_fork() -> None:
@@ -33,7 +35,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _forking
-    _forking = threading.Lock()  # (the parent's is held, by the thread that forked)
+    _forking = threading.RLock()  # (the parent's is held, by the thread that forked)
     for fd in _hangups:
         with contextlib.suppress(OSError):
             os.close(fd)

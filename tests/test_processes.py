@@ -3393,3 +3393,28 @@ def test_a_body_sent_by_value_goes_under_python_bb(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "2\n"
+
+
+def test_a_fork_on_the_thread_making_a_watcher_pipe_goes_on(tmp_path: Path) -> None:
+    # A signal handler may fork on the thread that holds the watchers' fork lock: that fork
+    # must not wait for itself.
+    script = tmp_path / "fork_in_lock.py"
+    script.write_text(
+        "import os\n"
+        "import asyncflow._watcher as watcher\n"
+        "with watcher._forking:\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "print('forked')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=script_env(),
+        check=False,
+    )
+    assert done.stdout == "forked\n", done.stderr
