@@ -167,7 +167,28 @@ _KEY_BYTES = 32
 
 def _read_secret(key_file: Path) -> bytes | None:
     """The key in ``key_file``, None if there is none yet; refused unless it is a private
-    file of this user's, whole."""
+    file of this user's, whole. One that is short may be being written by another process
+    (where it cannot be linked into place, see ``_create_key``): it is read again for up to
+    ``_KEY_WAIT`` seconds before it is called damaged."""
+    deadline = time.monotonic() + _KEY_WAIT
+    while True:
+        secret = _read_key_file(key_file)
+        if secret is None or len(secret) == _KEY_BYTES:
+            return secret
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"cache key {key_file} is damaged ({len(secret)} bytes, not {_KEY_BYTES}): "
+                "remove it (the entries it signed are then ignored)"
+            )
+        _pause(_KEY_WAIT / 50)
+
+
+_KEY_WAIT = 1.0  # seconds a short key may take to be written whole
+_pause = time.sleep
+
+
+def _read_key_file(key_file: Path) -> bytes | None:
+    """What ``key_file`` holds (at most one byte past a key), None if there is none."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(key_file, flags)  # (not blocking: a FIFO there must not hang this)
@@ -188,13 +209,8 @@ def _read_secret(key_file: Path) -> bytes | None:
                 "signed are then ignored)"
             )
         _check_private(key_file, st, 0o077, "chmod 600")
-        secret = f.read(_KEY_BYTES + 1)
-    if len(secret) != _KEY_BYTES:
-        raise ValueError(
-            f"cache key {key_file} is damaged ({len(secret)} bytes, not {_KEY_BYTES}): remove "
-            "it (the entries it signed are then ignored)"
-        )
-    return secret
+        data: bytes = f.read(_KEY_BYTES + 1)
+    return data
 
 
 def _create_key(key_file: Path, secret: bytes) -> None:

@@ -18,6 +18,7 @@ import cloudpickle
 import pytest
 
 import asyncflow
+import asyncflow._cache as cache_module
 from asyncflow import (
     CacheEntry,
     CacheStore,
@@ -568,6 +569,25 @@ def test_file_store_makes_its_key_where_files_cannot_be_linked(
     assert entry.value == 7
     assert len((tmp_path / ".key").read_bytes()) == 32
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_file_store_waits_for_a_key_another_process_is_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the key cannot be linked into place, another process creates it, then writes it:
+    # found empty, it is read again, not called damaged.
+    key = tmp_path / ".key"
+    key.write_bytes(b"")
+    key.chmod(0o600)
+    waited: list[float] = []
+
+    def writes_meanwhile(seconds: float) -> None:  # (the other process writes the key now)
+        waited.append(seconds)
+        key.write_bytes(b"k" * 32)
+
+    monkeypatch.setattr(cache_module, "_pause", writes_meanwhile)
+    FileCacheStore(tmp_path).set("k", 1, None)
+    assert len(waited) == 1
 
 
 @pytest.mark.parametrize("kind", ["empty", "short", "symlink", "fifo"])
