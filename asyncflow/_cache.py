@@ -175,7 +175,7 @@ def _read_secret(key_file: Path) -> bytes | None:
         secret = _read_key_file(key_file)
         if secret is None or len(secret) == _KEY_BYTES:
             return secret
-        if time.monotonic() >= deadline:
+        if len(secret) > _KEY_BYTES or time.monotonic() >= deadline:  # (one too long stays so)
             raise ValueError(
                 f"cache key {key_file} is damaged ({len(secret)} bytes, not {_KEY_BYTES}): "
                 "remove it (the entries it signed are then ignored)"
@@ -201,15 +201,17 @@ def _read_key_file(key_file: Path) -> bytes | None:
             f"cache key {key_file} is a symbolic link; the key must be a file of its own: "
             "remove the link (the entries it signed are then ignored)"
         ) from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):  # (a FIFO, a directory...)
             raise PermissionError(
                 f"cache key {key_file} is not a regular file: remove it (the entries it "
                 "signed are then ignored)"
             )
         _check_private(key_file, st, 0o077, "chmod 600")
-        data: bytes = f.read(_KEY_BYTES + 1)
+        data = os.read(fd, _KEY_BYTES + 1)
+    finally:
+        os.close(fd)
     return data
 
 

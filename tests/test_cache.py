@@ -590,14 +590,33 @@ def test_file_store_waits_for_a_key_another_process_is_writing(
     assert len(waited) == 1
 
 
-@pytest.mark.parametrize("kind", ["empty", "short", "symlink", "fifo"])
-def test_file_store_refuses_a_key_it_cannot_trust(tmp_path: Path, kind: str) -> None:
+class _WaitedError(Exception):
+    pass
+
+
+def _no_pause(seconds: float) -> None:
+    raise _WaitedError
+
+
+@pytest.mark.parametrize("kind", ["empty", "short", "long", "symlink", "fifo", "directory"])
+def test_file_store_refuses_a_key_it_cannot_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
     key = tmp_path / ".key"
-    if kind in ("empty", "short"):
-        key.write_bytes(b"" if kind == "empty" else b"k" * 5)
+    if kind in ("empty", "short", "long"):
+        size = {"empty": 0, "short": 5, "long": 33}[kind]
+        key.write_bytes(b"k" * (40 if kind == "long" else size))
         key.chmod(0o600)
-        size = 0 if kind == "empty" else 5
-        with pytest.raises(ValueError, match=rf"\.key is damaged \({size} bytes, not 32\)"):
+        damaged = rf"\.key is damaged \({size} bytes, not 32\)"
+        monkeypatch.setattr(cache_module, "_pause", _no_pause)
+        if kind == "long":  # (it can never become whole: not waited for)
+            with pytest.raises(ValueError, match=damaged):
+                FileCacheStore(tmp_path)
+            return
+        with pytest.raises(_WaitedError):  # (another process may be writing it)
+            FileCacheStore(tmp_path)
+        monkeypatch.setattr(cache_module, "_KEY_WAIT", 0.0)  # no one did
+        with pytest.raises(ValueError, match=damaged):
             FileCacheStore(tmp_path)
         return
     if kind == "symlink":
@@ -606,11 +625,16 @@ def test_file_store_refuses_a_key_it_cannot_trust(tmp_path: Path, kind: str) -> 
         real.chmod(0o600)
         key.symlink_to(real)
         message = r"\.key is a symbolic link"
-    else:
+    elif kind == "fifo":
         os.mkfifo(key, 0o600)  # (opening one for reading would wait for a writer)
         message = r"\.key is not a regular file"
+    else:
+        key.mkdir(mode=0o700)
+        message = r"\.key is not a regular file"
+    before = len(os.listdir("/dev/fd"))
     with pytest.raises(PermissionError, match=message):
         FileCacheStore(tmp_path)
+    assert len(os.listdir("/dev/fd")) == before  # (nothing left open)
 
 
 def test_file_store_expired_entry_is_a_miss(tmp_path: Path) -> None:
