@@ -80,6 +80,7 @@ _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes th
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _STDERR_GRACE = 0.5  # seconds a worker's stderr is read for after it exited, if it has not ended
+_SLOW_START = 30.0  # seconds after which a worker still starting is said to be slow (a warning)
 _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
 _BATCH_MAX = 1024  # items sent to a worker in one message when the queue is deep
@@ -639,6 +640,18 @@ class _Worker:
         return WorkerCrashedError(message, self.pid, code, tail)
 
 
+def _slow_start(task_name: str, pid: int) -> None:
+    """A worker still not ready after ``_SLOW_START`` seconds: its runs wait for it, and
+    nothing else would say why."""
+    logging.getLogger("asyncflow").warning(
+        "task %r waits for a worker process (pid %d) still starting after %g s: its "
+        "initializer may hang (Ctrl-C, or cancelling the runs, ends the wait)",
+        task_name,
+        pid,
+        _SLOW_START,
+    )
+
+
 def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
     """Each argument of a call with its name in an error message."""
     parts = [(f"argument {i}", a) for i, a in enumerate(args)]
@@ -1076,15 +1089,11 @@ class ProcessWorkers:
                 os.close(errors[1])  # (the worker has its own)
         worker = _Worker(process, asyncio.get_running_loop(), None if ledger is None else ledger[1])
         self._workers.add(worker)
-        worker.stderr_fd = errors[0]
-        reading = worker.drain_stderr(self._lingering)
-        drain = worker.drain = worker.loop.create_task(reading)
-        self._drains.add(drain)
-        drain.add_done_callback(self._drains.discard)
-        drain.add_done_callback(worker.drain_ended)
+        self._read_stderr(worker, errors[0])
         self._starting.add(worker)
         if self._closing:  # every run is final: it serves none (see aclose)
             worker.kill()
+        slow = worker.loop.call_later(_SLOW_START, _slow_start, task_name, worker.pid)
         try:
             worker.watcher = Watcher.start(worker.pid)
             await worker.send((*self._setup, fd))
@@ -1105,10 +1114,20 @@ class ProcessWorkers:
                 tail,
             ) from None
         finally:
+            slow.cancel()
             self._starting.discard(worker)
         assert ready == [b"m" + pickle.dumps(("ready", None), protocol=pickle.HIGHEST_PROTOCOL)]
         self._failed_starts = 0
         return worker
+
+    def _read_stderr(self, worker: _Worker, fd: int) -> None:
+        """Read the worker's stderr (the pipe's end ``fd``) in a task of its own until it
+        ends (see ``_Worker.drain_stderr``)."""
+        worker.stderr_fd = fd
+        drain = worker.drain = worker.loop.create_task(worker.drain_stderr(self._lingering))
+        self._drains.add(drain)
+        drain.add_done_callback(self._drains.discard)
+        drain.add_done_callback(worker.drain_ended)
 
     async def _run(self, batch: list[Any]) -> None:
         worker = None

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import gc
 import json
+import logging
 import operator
 import os
 import pickle
@@ -3418,3 +3419,39 @@ def test_a_fork_on_the_thread_making_a_watcher_pipe_goes_on(tmp_path: Path) -> N
         check=False,
     )
     assert done.stdout == "forked\n", done.stderr
+
+
+class _Noticed(logging.Handler):
+    """A log handler that keeps each record's message and sets ``seen`` for each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.seen.set()
+
+
+def test_a_worker_slow_to_start_is_said_to_be(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An initializer that hangs leaves the runs waiting for its worker: a warning says why.
+    monkeypatch.setattr(asyncflow._processes, "_SLOW_START", 0.05)
+    noticed = _Noticed()
+    logger = logging.getLogger("asyncflow")
+    logger.addHandler(noticed)
+    try:
+        runner = ProcessPoolTaskRunner(
+            max_workers=1, initializer=gated, initargs=(hub.address, "starting")
+        )
+        with runner, hub:
+            fut = runner.submit(double, {"x": 21})
+            assert hub.arrivals(1) == ["starting"]
+            assert noticed.seen.wait(TIMEOUT)  # (the worker is held at the hub meanwhile)
+            hub.release("starting")
+            assert fut.result(TIMEOUT) == 42
+    finally:
+        logger.removeHandler(noticed)
+    (message,) = [m for m in noticed.messages if "still starting" in m]
+    assert "task 'double' waits for a worker process" in message
+    assert "its initializer may hang" in message
