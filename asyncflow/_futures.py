@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import numbers
 import operator
 import secrets
 import sys
@@ -63,6 +64,14 @@ _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", 
 # keep a callback the nested one removed: a stale call once the run is final, to a wait that
 # is gone, as when its removal comes too late). An RLock costs no more than a Lock here.
 _lock = threading.RLock()
+
+def check_timeout(timeout: object) -> None:
+    """Raise unless ``timeout`` (not None) is a number of seconds, 0 or more."""
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not timeout >= 0:  # (NaN too)
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
+
 
 # Set by a worker-thread pool on its threads: how a blocked ``.result()`` gives its slot back.
 blocking_hooks = threading.local()
@@ -465,8 +474,8 @@ class Future(Generic[R]):
 
     def _wait_blocking(self, timeout: float | None) -> bool:
         """Block until final or timeout; return whether it is final."""
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        if timeout is not None:
+            check_timeout(timeout)
         if self._status >= COMPLETED:
             return True
         self._check_not_self()
@@ -514,16 +523,16 @@ class Future(Generic[R]):
         Raises the task's exception (or returns it with ``raise_on_failure=False``); raises
         ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        if timeout is not None:
+            check_timeout(timeout)
         if self._status < COMPLETED and not self._wait_blocking(timeout):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return self._outcome(raise_on_failure)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The run's exception (None if it completed), blocking until it is final."""
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        if timeout is not None:
+            check_timeout(timeout)
         if self._status < COMPLETED and not self._wait_blocking(timeout):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return None if self._status == COMPLETED else self._value

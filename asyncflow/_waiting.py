@@ -22,6 +22,7 @@ from ._futures import (
     MapGroup,
     add_done_callback_to_all,
     all_results,
+    check_timeout,
     refuse_waiting_on_itself,
     status_of,
 )
@@ -55,9 +56,10 @@ def _unique(futures: Iterable[Any]) -> list[Future[Any]]:
 
 
 def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
-    return None if timeout is None else time.monotonic() + timeout
+    if timeout is None:
+        return None
+    check_timeout(timeout)
+    return time.monotonic() + timeout
 
 
 def _check_blocking_allowed(pending: list[Future[Any]], one_runner: bool = False) -> None:

@@ -155,20 +155,32 @@ def test_waiting_on_non_futures(busy: BusyRunner) -> None:
 
 
 # -- timeouts -----------------------------------------------------------------------------------
-def test_negative_timeouts(busy: BusyRunner) -> None:
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (-1, ValueError, r"timeout must be >= 0, got -1"),
+        (-0.1, ValueError, r"timeout must be >= 0, got -0\.1"),
+        (float("nan"), ValueError, r"timeout must be >= 0, got nan"),
+        ("1", TypeError, r"timeout must be a number of seconds or None, not '1'"),
+    ],
+)
+def test_bad_timeouts_of_waits(
+    busy: BusyRunner, timeout: Any, error: type[Exception], message: str
+) -> None:
     f = busy.bystander
     calls: dict[str, Callable[[], object]] = {
-        "result": lambda: f.result(timeout=-1),
-        "exception": lambda: f.exception(timeout=-0.1),
-        "wait": lambda: f.wait(timeout=-1),
-        "wait()": lambda: wait([f], timeout=-1),
-        "as_completed()": lambda: as_completed([f], timeout=-1),
-        "FutureList.result": lambda: FutureList([f]).result(timeout=-1),
-        "FutureList.wait": lambda: FutureList([f]).wait(timeout=-1),
+        "result": lambda: f.result(timeout=timeout),
+        "exception": lambda: f.exception(timeout=timeout),
+        "wait": lambda: f.wait(timeout=timeout),
+        "wait()": lambda: wait([f], timeout=timeout),
+        "as_completed()": lambda: as_completed([f], timeout=timeout),
+        "FutureList.result": lambda: FutureList([f]).result(timeout=timeout),
+        "FutureList.wait": lambda: FutureList([f]).wait(timeout=timeout),
     }
-    for call in calls.values():
-        with pytest.raises(ValueError, match=r"timeout must be >= 0, got -"):
+    for name, call in calls.items():
+        with pytest.raises(error, match=message):
             call()
+            pytest.fail(f"{name} took timeout={timeout!r}")
     busy.check_unaffected()
 
 
