@@ -65,11 +65,12 @@ _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", 
 # is gone, as when its removal comes too late). An RLock costs no more than a Lock here.
 _lock = threading.RLock()
 
+
 def check_timeout(timeout: object) -> None:
     """Raise unless ``timeout`` (not None) is a number of seconds, 0 or more."""
     if not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # (NaN too)
+    if not float(timeout) >= 0:  # (NaN too)
         raise ValueError(f"timeout must be >= 0, got {timeout}")
 
 
