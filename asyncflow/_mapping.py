@@ -29,9 +29,15 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
         return _as_sequence(name, value)
     if isinstance(value, dict):
         return list(value.keys())
-    if isinstance(value, Iterable):
+    if isinstance(value, Iterable) and not _file_like(value):
         return list(value)  # consumes generators, once
     return None
+
+
+def _file_like(value: object) -> bool:
+    """A file object that is not an ``io.IOBase`` (``tempfile.NamedTemporaryFile``'s wrapper,
+    a ``codecs`` stream): it reads or writes. Passed whole, as a file is, not split in lines."""
+    return callable(getattr(value, "read", None)) or callable(getattr(value, "write", None))
 
 
 class MapRows:

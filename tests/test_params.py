@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
+import contextlib
 import dataclasses
 import gc
+import io
+import tempfile
 import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -481,6 +486,29 @@ def test_cancelled_waiting_upstream_cancels_downstream(runner: ThreadPoolTaskRun
 
 
 # -- map --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["open", "named temporary", "codecs reader", "string io"])
+def test_map_passes_a_file_object_whole(
+    runner: ThreadPoolTaskRunner, tmp_path: Path, kind: str
+) -> None:
+    # File objects count as static values, whatever their class: not split into lines.
+    path = tmp_path / "lines.txt"
+    path.write_text("l1\nl2\nl3\n")
+    with contextlib.ExitStack() as stack:
+        if kind == "open":
+            file: Any = stack.enter_context(path.open())
+        elif kind == "named temporary":
+            file = stack.enter_context(tempfile.NamedTemporaryFile("w+"))
+            file.write("l1\nl2\nl3\n")
+            file.seek(0)
+        elif kind == "codecs reader":
+            file = codecs.getreader("utf-8")(io.BytesIO(b"l1\nl2\nl3\n"))
+        else:
+            file = io.StringIO("l1\nl2\nl3\n")
+        got = runner.map(pair, {"x": [1, 2], "s": file}).result(timeout=WAIT)
+    assert [x for x, _ in got] == [1, 2]
+    assert all(s is file for _, s in got)
 
 
 def test_map_element_wise_in_order(runner: ThreadPoolTaskRunner) -> None:
