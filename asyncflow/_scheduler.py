@@ -735,8 +735,8 @@ class Scheduler:
                 self._abandoned.add(fut)
                 self.abandoned_threads += 1
                 logger.info(
-                    "task %r (run %s) was cancelled while its body ran in a thread; the "
-                    "thread keeps running until the body returns",
+                    "task %r (run %s) was cancelled after a worker thread took it; its body, "
+                    "if it started, keeps running in that thread until it returns",
                     fut._task.name,
                     fut.task_run_id,
                 )

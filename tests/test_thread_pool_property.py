@@ -37,14 +37,14 @@ _OPS = st.lists(
 
 
 class _Abandoned(logging.Handler):
-    """The run ids that the runner says were cancelled while their body ran in a thread."""
+    """The run ids that the runner says were cancelled after a worker thread took them."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.run_ids: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "keeps running" in record.getMessage() and isinstance(record.args, tuple):
+        if "worker thread took it" in record.getMessage() and isinstance(record.args, tuple):
             self.run_ids.add(str(record.args[1]))
 
 
