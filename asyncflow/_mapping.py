@@ -94,10 +94,16 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
         else:
             sequences[name] = seq
     if not sequences:
+        resolved = "".join(
+            f"; the future given for {name!r} (task {value.task_name!r}) resolved to "
+            f"{value.result()!r}, not an iterable"
+            for name, value in parameters.items()
+            if isinstance(value, Future)
+        )
         raise MappingMissingIterable(
             f"map of task {task_name!r} got no iterable parameter to map over "
-            f"(parameters: {sorted(parameters) or 'none'}); wrap values meant for every "
-            "child in unmapped(...)"
+            f"(parameters: {sorted(parameters) or 'none'}){resolved}; wrap values meant for "
+            "every child in unmapped(...)"
         )
     lengths = {name: len(seq) for name, seq in sequences.items()}
     if len(set(lengths.values())) > 1:

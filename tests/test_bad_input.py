@@ -331,6 +331,13 @@ def test_map_with_nothing_iterable(busy: BusyRunner) -> None:
         busy.runner.map(add, {"x": unmapped([1, 2]), "y": 3})
     with pytest.raises(MappingMissingIterable, match="task 'increment'"):
         increment.map(5)
+    five = busy.runner.submit(add, {"x": 2, "y": 3})
+    assert five.result(TIMEOUT) == 5
+    with pytest.raises(
+        MappingMissingIterable,
+        match=r"the future given for 'x' \(task 'add'\) resolved to 5, not an iterable",
+    ):
+        busy.runner.map(add, {"x": five, "y": 1})
     busy.check_unaffected()
 
 
