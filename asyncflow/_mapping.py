@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,7 +97,7 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
     if not sequences:
         resolved = "".join(
             f"; the future given for {name!r} (task {value.task_name!r}) resolved to "
-            f"{value.result()!r}, not an iterable"
+            f"{reprlib.repr(value.result())}, not an iterable"
             for name, value in parameters.items()
             if isinstance(value, Future)
         )
