@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import math
 import numbers
 import operator
 import secrets
@@ -66,12 +67,18 @@ _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", 
 _lock = threading.RLock()
 
 
-def check_timeout(timeout: object) -> None:
-    """Raise unless ``timeout`` (not None) is a number of seconds, 0 or more."""
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` (not None) as seconds to wait, None for no limit (infinity); raise unless it
+    is a number of seconds, 0 or more."""
     if not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not float(timeout) >= 0:  # (NaN too)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # (an int too big for a float: no limit)
+        return None
+    if not seconds >= 0:  # (NaN too)
         raise ValueError(f"timeout must be >= 0, got {timeout}")
+    return None if seconds == math.inf else seconds
 
 
 # Set by a worker-thread pool on its threads: how a blocked ``.result()`` gives its slot back.
@@ -476,7 +483,7 @@ class Future(Generic[R]):
     def _wait_blocking(self, timeout: float | None) -> bool:
         """Block until final or timeout; return whether it is final."""
         if timeout is not None:
-            check_timeout(timeout)
+            timeout = check_timeout(timeout)
         if self._status >= COMPLETED:
             return True
         self._check_not_self()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import reprlib
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,10 +37,19 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
     return None
 
 
+# File objects that are not an ``io.IOBase``: passed whole, as a file is, not split in lines.
+# Named, not guessed from a ``read`` or ``write`` method: a collection may have one and still be
+# meant to be mapped over.
+_OTHER_FILES = (
+    tempfile._TemporaryFileWrapper,  # (what NamedTemporaryFile returns)
+    codecs.StreamReader,
+    codecs.StreamWriter,
+    codecs.StreamReaderWriter,
+)
+
+
 def _file_like(value: object) -> bool:
-    """A file object that is not an ``io.IOBase`` (``tempfile.NamedTemporaryFile``'s wrapper,
-    a ``codecs`` stream): it reads or writes. Passed whole, as a file is, not split in lines."""
-    return callable(getattr(value, "read", None)) or callable(getattr(value, "write", None))
+    return isinstance(value, _OTHER_FILES)
 
 
 class MapRows:
@@ -97,7 +108,7 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
     if not sequences:
         resolved = "".join(
             f"; the future given for {name!r} (task {value.task_name!r}) resolved to "
-            f"{reprlib.repr(value.result())}, not an iterable"
+            f"{reprlib.repr(value.result())}, which map does not iterate over"
             for name, value in parameters.items()
             if isinstance(value, Future)
         )

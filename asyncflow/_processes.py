@@ -644,10 +644,10 @@ def _slow_start(task_name: str, pid: int) -> None:
     """A worker still not ready after ``_SLOW_START`` seconds: its runs wait for it, and
     nothing else would say why."""
     logging.getLogger("asyncflow").warning(
-        "task %r waits for a worker process (pid %d) still starting after %g s: its "
-        "initializer may hang (Ctrl-C, or cancelling the runs, ends the wait)",
-        task_name,
+        "a worker process (pid %d, started for task %r) is still starting after %g s: its "
+        "initializer may hang, and runs that need a worker wait for it",
         pid,
+        task_name,
         _SLOW_START,
     )
 

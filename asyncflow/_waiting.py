@@ -56,10 +56,9 @@ def _unique(futures: Iterable[Any]) -> list[Future[Any]]:
 
 
 def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    check_timeout(timeout)
-    return time.monotonic() + timeout
+    """The deadline of a wait of ``timeout`` seconds (None: none)."""
+    seconds = None if timeout is None else check_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _check_blocking_allowed(pending: list[Future[Any]], one_runner: bool = False) -> None:

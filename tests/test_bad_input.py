@@ -335,7 +335,7 @@ def test_map_with_nothing_iterable(busy: BusyRunner) -> None:
     assert five.result(TIMEOUT) == 5
     with pytest.raises(
         MappingMissingIterable,
-        match=r"the future given for 'x' \(task 'add'\) resolved to 5, not an iterable",
+        match=r"the future given for 'x' \(task 'add'\) resolved to 5, which map does not",
     ):
         busy.runner.map(add, {"x": five, "y": 1})
     busy.check_unaffected()

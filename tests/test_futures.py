@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import copy
 import dataclasses
+import fractions
 import gc
 import logging
 import pickle
@@ -1064,3 +1065,25 @@ def test_an_abandoned_await_of_a_limited_body_collected_under_the_futures_lock_d
 
 def _ignore(_: object) -> None:
     pass
+
+
+def test_a_timeout_of_any_real_number_or_infinity_is_waited(runner: ThreadPoolTaskRunner) -> None:
+    # A Fraction or a numpy-like float is as many seconds; infinity is no limit.
+    gate, started = threading.Event(), threading.Event()
+    fut = runner.submit(hold, {"started": started.set, "gate": gate, "value": 7})
+    assert started.wait(10)
+    with pytest.raises(TimeoutError):
+        fut.exception(timeout=fractions.Fraction(1, 100))  # type: ignore[arg-type]
+    fut.wait(timeout=fractions.Fraction(1, 100))  # type: ignore[arg-type]  # (at its timeout)
+    assert not fut.done()
+
+    def open_once_waited_for() -> None:
+        while fut._event is None:  # (made by the blocking wait below, before it waits)
+            pass
+        gate.set()
+
+    opener = threading.Thread(target=open_once_waited_for)
+    opener.start()
+    assert fut.result(timeout=float("inf")) == 7  # (a wait with no limit, not an error)
+    assert fut.result(timeout=10**400) == 7
+    opener.join()

@@ -511,6 +511,18 @@ def test_map_passes_a_file_object_whole(
     assert all(s is file for _, s in got)
 
 
+class _Batch(list[str]):
+    """A list with a ``write`` method: still a collection to map over, not a file."""
+
+    def write(self, path: str) -> None:
+        raise AssertionError("not called")
+
+
+def test_map_maps_a_collection_that_has_a_write_method(runner: ThreadPoolTaskRunner) -> None:
+    got = runner.map(pair, {"x": [1, 2], "s": _Batch(["a", "b"])}).result(timeout=WAIT)
+    assert got == [(1, "a"), (2, "b")]
+
+
 def test_map_element_wise_in_order(runner: ThreadPoolTaskRunner) -> None:
     fl = runner.map(add, {"x": [1, 2, 3], "y": (10, 20, 30)})
     assert isinstance(fl, FutureList)

@@ -3453,5 +3453,5 @@ def test_a_worker_slow_to_start_is_said_to_be(hub: Hub, monkeypatch: pytest.Monk
     finally:
         logger.removeHandler(noticed)
     (message,) = [m for m in noticed.messages if "still starting" in m]
-    assert "task 'double' waits for a worker process" in message
+    assert "started for task 'double') is still starting after 0.05 s" in message
     assert "its initializer may hang" in message
