@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 
 import anyio
 
@@ -42,6 +44,22 @@ def _after_fork_in_child() -> None:
     _hangups.clear()  # (the child's copies of the watchers then close nothing: see _kill)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Signals to this thread wait until the block ends: a signal handler run in between (a
+    Python one runs between two steps of this thread) that forks would give a child that keeps
+    a writing end not yet in ``_hangups``."""
+    block = getattr(signal, "pthread_sigmask", None)
+    if block is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    before = block(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        block(signal.SIG_SETMASK, before)
+
+
 os.register_at_fork(
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,
@@ -74,7 +92,7 @@ class Watcher:
     def start(cls, group: int) -> Watcher | None:
         """A watcher of process group ``group``, or None (no shell, no process or descriptor
         to spare): then the worker's own watching is all there is."""
-        with _forking:  # (see _forking)
+        with _forking, _signals_held():  # (see _forking and _signals_held)
             try:
                 read_end, write_end = os.pipe()
             except OSError:

@@ -3455,3 +3455,46 @@ def test_a_worker_slow_to_start_is_said_to_be(hub: Hub, monkeypatch: pytest.Monk
     (message,) = [m for m in noticed.messages if "still starting" in m]
     assert "started for task 'double') is still starting after 0.05 s" in message
     assert "its initializer may hang" in message
+
+
+def test_a_signal_handler_forking_while_a_watcher_pipe_is_made_gives_no_pipe_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Python signal handler runs between two steps of the main thread: one that forks right
+    # after the pipe is made, before its writing end is known, would give it to the child.
+    real_pipe = os.pipe
+    made: list[tuple[int, os.stat_result]] = []
+    held: list[bytes] = []
+
+    def fork_and_look(signum: int, frame: object) -> None:
+        write_end, pipe = made[0]
+        answer, tell = real_pipe()
+        child = os.fork()
+        if child == 0:  # (only system calls here, then out)
+            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
+            os._exit(0)
+        os.close(tell)
+        held.append(os.read(answer, 4))
+        os.close(answer)
+        os.waitpid(child, 0)
+
+    def pipe() -> tuple[int, int]:
+        ends = real_pipe()
+        made.append((ends[1], os.fstat(ends[1])))
+        signal.raise_signal(signal.SIGUSR1)  # its handler runs at the next step it can
+        return ends
+
+    previous = signal.signal(signal.SIGUSR1, fork_and_look)
+    try:
+        monkeypatch.setattr(watcher_module, "os", types.SimpleNamespace(pipe=pipe, close=os.close))
+        group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        try:
+            watcher = watcher_module.Watcher.start(group.pid)
+            assert watcher is not None
+            watcher.stop_now()
+        finally:
+            group.kill()
+            group.wait()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert held == [b"none"]
