@@ -202,7 +202,10 @@ class ProgressDisplay:
             table.add_column(column, justify="right")
         for name, c in rows[:_MAX_TASK_ROWS]:
             failed = rich.text.Text(str(c.failed), style="red" if c.failed else "")
-            table.add_row(name, str(c.submitted), str(c.running), str(c.done), failed)
+            # (A name as text, not markup: "load[/b]" is a task name like any other.)
+            table.add_row(
+                rich.text.Text(name), str(c.submitted), str(c.running), str(c.done), failed
+            )
         if len(rows) > _MAX_TASK_ROWS:
             table.add_row(f"+{len(rows) - _MAX_TASK_ROWS} more", "", "", "", "")
         return rich.console.Group(rich.text.Text(self._headline(total), style="bold"), table)  # type: ignore[no-any-return]
@@ -239,7 +242,7 @@ class ProgressDisplay:
             self._stopped_at = self._clock()
         live.stop()
         assert self.console is not None  # enabled implies a console
-        self.console.print(self.summary(), highlight=False)
+        self.console.print(self.summary(), highlight=False, markup=False)
 
     def __enter__(self) -> ProgressDisplay:
         self.start()

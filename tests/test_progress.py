@@ -158,3 +158,23 @@ def test_off_without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
         for e in sample_events():
             display(e)
     assert display.counts().submitted == 0
+
+
+def test_task_and_flow_names_with_brackets_are_shown_as_they_are() -> None:
+    # Rich reads "[...]" as markup: a name is text, not markup.
+    clock = FakeClock(50.0)
+    console, out = terminal()
+    display = ProgressDisplay(console, title="run[/b]", clock=clock)
+    with display:
+        for kind, state in (("submitted", None), ("started", None)):
+            display(event(kind, "load[/b]", RUN, state))  # type: ignore[arg-type]
+        display(event("submitted", "fetch[eu]", RUN2, None))
+        console.print(display)  # what the live display draws on each refresh
+    text = Text.from_ansi(out.getvalue()).plain
+    assert "load[/b]" in text
+    assert "fetch[eu]" in text
+    assert text.strip().splitlines()[-1].startswith("run[/b]: ")
+
+
+RUN = uuid.uuid4()
+RUN2 = uuid.uuid4()
