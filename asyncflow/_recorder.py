@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,5 +105,15 @@ def _write(path: str | os.PathLike[str], text: str, what: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"cannot write the {what} to {target}: it is a directory")
-    target.write_text(text, encoding="utf-8")
+    # Whole or not at all: written beside it, then moved into place (a failed write leaves a
+    # file that was there as it was). A text that is not all Unicode (an error message with an
+    # undecodable file name: lone surrogates) is written with those escaped.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,35 @@ def test_bad_paths_and_events_are_named(tmp_path: Path) -> None:
         RunRecorder([1])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="the report path must be a str or a path, got int"):
         RunRecorder().write_report(3)  # type: ignore[arg-type]
+
+
+def read_file(name: str) -> None:
+    raise ValueError(f"cannot parse {name}")
+
+
+def test_a_report_of_an_error_naming_an_undecodable_file_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # os.fsdecode of a name that is not UTF-8 holds lone surrogates, which UTF-8 cannot hold:
+    # they are written escaped, and a write that fails leaves the file that was there.
+    recorder = RunRecorder()
+    with ThreadPoolTaskRunner() as runner, runner.subscribe(recorder):
+        fut = runner.submit(read_file, {"name": os.fsdecode(b"caf\xe9.txt")})
+        assert isinstance(fut.exception(TIMEOUT), ValueError)
+    report = tmp_path / "report.html"
+    report.write_text("the previous report")
+    recorder.write_report(report)
+    assert "caf\\udce9.txt" in report.read_text(encoding="utf-8")
+    before = report.read_text()
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        recorder.write_report(report)
+    assert report.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # (nothing left beside it)
 
 
 def test_the_recorder_is_exported() -> None:
