@@ -24,7 +24,7 @@ from ._annotations import allow_failure, unmapped
 from ._context import get_run_context
 from ._futures import Future
 from ._progress import ProgressDisplay
-from ._recorder import RunRecorder
+from ._recorder import RunRecorder, check_outputs
 from ._runlog import RunSummary
 from ._runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from ._task import task
@@ -160,7 +160,19 @@ def _print_summary(recorder: RunRecorder) -> None:
 def run_demo(out_dir: str | Path = ".", rounds: int = 20_000, progress: bool = True) -> int:
     """Run the pipeline; print what ran; write the trace, report and graph to ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"asyncflow demo: cannot use {out} for its files: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        check_outputs(trace=out / TRACE, report=out / REPORT, graph=out / GRAPH)
+    except ValueError as exc:
+        print(f"asyncflow demo: {exc}", file=sys.stderr)
+        return 2
     io = ThreadPoolTaskRunner(max_workers=4)
     cpu = ProcessPoolTaskRunner(max_workers=2)
     recorder = RunRecorder()

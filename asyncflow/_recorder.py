@@ -117,3 +117,23 @@ def _write(path: str | os.PathLike[str], text: str, what: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def check_outputs(**paths: str | os.PathLike[str] | None) -> None:
+    """Before a run: each output path (``kind=path``; None or "": none) can be written, and no
+    two are the same file. A mistake there is said at once, not after a long run."""
+    seen: dict[Path, str] = {}
+    for kind, given in paths.items():
+        if given is None:
+            continue
+        if not str(given):
+            raise ValueError(f"the {kind} file name is empty")
+        path = Path(given)
+        if path.is_dir():
+            raise ValueError(f"cannot write the {kind} to {path}: it is a directory")
+        if not path.parent.is_dir():
+            raise ValueError(f"cannot write the {kind} to {path}: no directory {path.parent}")
+        where = path.resolve()
+        if where in seen:
+            raise ValueError(f"the {seen[where]} and the {kind} would both be written to {path}")
+        seen[where] = kind

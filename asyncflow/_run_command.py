@@ -19,7 +19,7 @@ from ._flow import Flow
 from ._flowfile import FlowFileError, check_call, load_flow, parse_flow_args, split_target
 from ._futures import Future
 from ._progress import ProgressDisplay
-from ._recorder import RunRecorder
+from ._recorder import RunRecorder, check_outputs
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from ._states import StateType
@@ -212,6 +212,7 @@ class _Call:
 
 
 def _load(args: argparse.Namespace) -> _Call:
+    check_outputs(trace=args.trace, report=args.report)
     path, name = split_target(args.target)
     fn = load_flow(path, name)
     flow_args, flow_kwargs = parse_flow_args(args.flow_args)

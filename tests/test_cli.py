@@ -379,3 +379,34 @@ def test_trace_and_report_are_written_from_the_runs_events(
     assert report.read_text().count("double") >= 2
     assert f"trace written to {trace}" in err
     assert f"report written to {report}" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--trace", "nodir/t.json"], "cannot write the trace to nodir/t.json: no directory nodir"),
+        (["--report", "."], "cannot write the report to .: it is a directory"),
+        (["--trace", "same.out", "--report", "same.out"], "would both be written to same.out"),
+        (["--trace", ""], "the trace file name is empty"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_said_before_the_run(
+    flows: Path, options: list[str], expected: str
+) -> None:
+    done = asyncflow_cli("run", *options, f"{flows}:pipeline", cwd=flows.parent)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # (the flow did not run: it prints its result when it does)
+    assert expected in done.stderr
+
+
+def test_the_demo_says_when_its_output_directory_cannot_be_used(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    done = asyncflow_cli("demo", "--no-progress", "--out", "a-file", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "asyncflow demo: cannot use a-file for its files" in done.stderr
+    assert "Traceback" not in done.stderr
+    (tmp_path / "d" / "asyncflow-demo-report.html").mkdir(parents=True)
+    done = asyncflow_cli("demo", "--no-progress", "--out", "d", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "asyncflow demo: cannot write the report to d/asyncflow-demo-report.html" in done.stderr
+    assert not (tmp_path / "d" / "asyncflow-demo-trace.json").exists()  # (said before the run)
