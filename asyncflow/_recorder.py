@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -105,16 +106,26 @@ def _write(path: str | os.PathLike[str], text: str, what: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"cannot write the {what} to {target}: it is a directory")
+    real = target.resolve() if target.is_symlink() else target  # (written through a link)
+    if real.exists() and not real.is_file():  # a terminal, a pipe (/dev/stdout): as it comes
+        with real.open("w", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(text)
+        return target
     # Whole or not at all: written beside it, then moved into place (a failed write leaves a
-    # file that was there as it was). A text that is not all Unicode (an error message with an
-    # undecodable file name: lone surrogates) is written with those escaped.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # file that was there as it was), with the mode the file had, or the one a new file gets.
+    # A text that is not all Unicode (an error message naming an undecodable file: lone
+    # surrogates) is written with those escaped.
+    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else None
+    temporary = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(text)
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, real)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return target
 

@@ -131,6 +131,30 @@ def test_a_report_of_an_error_naming_an_undecodable_file_is_written_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # (nothing left beside it)
 
 
+def test_a_written_report_keeps_the_mode_and_the_link_a_file_had(tmp_path: Path) -> None:
+    recorder = RunRecorder(Sample().events)
+    fresh = recorder.write_report(tmp_path / "fresh.html")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # (as any new file: not 0600)
+    kept = tmp_path / "kept.html"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    recorder.write_report(kept)
+    assert kept.stat().st_mode & 0o777 == 0o640
+    link = tmp_path / "link.html"
+    link.symlink_to(kept)
+    recorder.write_report(link)
+    assert link.is_symlink()  # written through the link, as before
+    assert kept.read_text().startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.html", "kept.html", "link.html"]
+
+
+def test_a_trace_can_go_to_a_device(tmp_path: Path) -> None:
+    # /dev/null, /dev/stdout: not a file to replace; written as it comes.
+    RunRecorder(Sample().events).write_trace("/dev/null")
+
+
 def test_the_recorder_is_exported() -> None:
     assert {"RunRecorder", "RunSummary", "AttemptSpan"} <= set(asyncflow.__all__)
 
