@@ -242,7 +242,8 @@ class ProgressDisplay:
             self._stopped_at = self._clock()
         live.stop()
         assert self.console is not None  # enabled implies a console
-        self.console.print(self.summary(), highlight=False, markup=False)
+        # (As text: a title is not markup, nor emoji codes such as ":100:".)
+        self.console.print(self._rich.text.Text(self.summary()))
 
     def __enter__(self) -> ProgressDisplay:
         self.start()

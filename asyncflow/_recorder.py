@@ -106,28 +106,45 @@ def _write(path: str | os.PathLike[str], text: str, what: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"cannot write the {what} to {target}: it is a directory")
-    real = target.resolve() if target.is_symlink() else target  # (written through a link)
-    if real.exists() and not real.is_file():  # a terminal, a pipe (/dev/stdout): as it comes
-        with real.open("w", encoding="utf-8", errors="backslashreplace") as out:
-            out.write(text)
-        return target
-    # Whole or not at all: written beside it, then moved into place (a failed write leaves a
-    # file that was there as it was), with the mode the file had, or the one a new file gets.
+    # Whole or not at all where it can be: written beside it, then moved into place (a failed
+    # write leaves a file that was there as it was). Only for a new file, or a regular file of
+    # this user's with one name (its mode kept); anything else is written in place, as it
+    # was: a device or a pipe (/dev/null, /dev/stdout), a file of another user's or with other
+    # names, or where no file can be made beside it (a read-only directory, a long name).
     # A text that is not all Unicode (an error message naming an undecodable file: lone
     # surrogates) is written with those escaped.
-    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else None
-    temporary = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    real = Path(os.path.realpath(target))  # (through a symbolic link, as before)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
-            out.write(text)
-        if mode is not None:
-            os.chmod(temporary, mode)
-        os.replace(temporary, real)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        st: os.stat_result | None = real.stat()
+    except FileNotFoundError:
+        st = None
+    if st is None or (
+        stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _effective_uid()
+    ):
+        temporary = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError:
+            pass  # (no file can be made beside it: in place, below)
+        else:
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
+                    out.write(text)
+                if st is not None:
+                    os.chmod(temporary, stat.S_IMODE(st.st_mode))
+                os.replace(temporary, real)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+            return target
+    with real.open("w", encoding="utf-8", errors="backslashreplace") as out:
+        out.write(text)
     return target
+
+
+def _effective_uid() -> int:
+    geteuid = getattr(os, "geteuid", None)
+    return -1 if geteuid is None else int(geteuid())
 
 
 def check_outputs(**paths: str | os.PathLike[str] | None) -> None:
@@ -135,16 +152,18 @@ def check_outputs(**paths: str | os.PathLike[str] | None) -> None:
     two are the same file. A mistake there is said at once, not after a long run."""
     seen: dict[Path, str] = {}
     for kind, given in paths.items():
-        if given is None:
+        if given is None or not str(given):
             continue
-        if not str(given):
-            raise ValueError(f"the {kind} file name is empty")
         path = Path(given)
-        if path.is_dir():
-            raise ValueError(f"cannot write the {kind} to {path}: it is a directory")
-        if not path.parent.is_dir():
-            raise ValueError(f"cannot write the {kind} to {path}: no directory {path.parent}")
-        where = path.resolve()
-        if where in seen:
+        try:
+            if path.is_dir():
+                raise ValueError(f"cannot write the {kind} to {path}: it is a directory")
+            if not path.parent.is_dir():
+                raise ValueError(f"cannot write the {kind} to {path}: no directory {path.parent}")
+            where = Path(os.path.realpath(path))
+            special = where.exists() and not where.is_file()  # (/dev/null: any number of times)
+        except OSError as exc:  # (a directory that cannot be looked into)
+            raise ValueError(f"cannot write the {kind} to {path}: {exc.strerror or exc}") from None
+        if where in seen and not special:
             raise ValueError(f"the {seen[where]} and the {kind} would both be written to {path}")
         seen[where] = kind

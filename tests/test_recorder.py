@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from helpers import TIMEOUT
 import asyncflow
 from asyncflow import RunRecorder, RunSummary, StateType, ThreadPoolTaskRunner, task
 from asyncflow._events import TaskEvent
+from asyncflow._recorder import check_outputs
 
 
 def by_id(recorder: RunRecorder) -> dict[object, RunSummary]:
@@ -150,9 +152,33 @@ def test_a_written_report_keeps_the_mode_and_the_link_a_file_had(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.html", "kept.html", "link.html"]
 
 
-def test_a_trace_can_go_to_a_device(tmp_path: Path) -> None:
-    # /dev/null, /dev/stdout: not a file to replace; written as it comes.
-    RunRecorder(Sample().events).write_trace("/dev/null")
+def test_a_report_is_written_in_place_where_it_cannot_be_replaced(tmp_path: Path) -> None:
+    recorder = RunRecorder(Sample().events)
+    linked = tmp_path / "report.html"
+    linked.write_text("old")
+    other = tmp_path / "other-name.html"
+    os.link(linked, other)  # the same file under another name: both names see the new one
+    recorder.write_report(linked)
+    assert other.read_text().startswith("<!DOCTYPE html>")
+    long = tmp_path / ("r" * 250 + ".html")  # no room for a name beside it
+    recorder.write_report(long)
+    assert long.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_trace_can_go_to_a_pipe_and_it_stays_one(tmp_path: Path) -> None:
+    # A device or a pipe (/dev/null, /dev/stdout) is not a file to replace: written as it
+    # comes. (A FIFO of the test's own stands for them: a fault here must not damage /dev.)
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    RunRecorder(Sample().events).write_trace(fifo)
+    reader.join(TIMEOUT)
+    assert got
+    assert got[0].startswith(b"{")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    check_outputs(trace=fifo, report=fifo)  # (a pipe may take both, as /dev/null may)
 
 
 def test_the_recorder_is_exported() -> None:
