@@ -481,9 +481,8 @@ class Future(Generic[R]):
         refuse_waiting_on_itself((self,))
 
     def _wait_blocking(self, timeout: float | None) -> bool:
-        """Block until final or timeout; return whether it is final."""
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        """Block until final or ``timeout`` seconds (checked already: see ``check_timeout``)
+        passed; return whether it is final."""
         if self._status >= COMPLETED:
             return True
         self._check_not_self()
@@ -512,7 +511,7 @@ class Future(Generic[R]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is final or ``timeout`` seconds passed; never raises on timeout."""
-        self._wait_blocking(timeout)
+        self._wait_blocking(None if timeout is None else check_timeout(timeout))
 
     def _outcome(self, raise_on_failure: bool) -> R:
         status = self._status
@@ -531,17 +530,15 @@ class Future(Generic[R]):
         Raises the task's exception (or returns it with ``raise_on_failure=False``); raises
         ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        if timeout is not None:
-            check_timeout(timeout)
-        if self._status < COMPLETED and not self._wait_blocking(timeout):
+        seconds = None if timeout is None else check_timeout(timeout)
+        if self._status < COMPLETED and not self._wait_blocking(seconds):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return self._outcome(raise_on_failure)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The run's exception (None if it completed), blocking until it is final."""
-        if timeout is not None:
-            check_timeout(timeout)
-        if self._status < COMPLETED and not self._wait_blocking(timeout):
+        seconds = None if timeout is None else check_timeout(timeout)
+        if self._status < COMPLETED and not self._wait_blocking(seconds):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
         return None if self._status == COMPLETED else self._value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from typing import Any
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in the tests may take
 
@@ -57,3 +58,37 @@ async def adouble(x: int) -> int:
 
 async def noop() -> None:
     return None
+
+
+class TimedLock:
+    """Stands in for a lock, around it: every take has a time limit, so a lock that cannot be
+    taken again by the thread holding it fails (``stuck``), not hangs."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.stuck = 0
+
+    def __enter__(self) -> None:
+        if not self.real.acquire(timeout=TIMEOUT):
+            self.stuck += 1
+            raise RuntimeError("the lock could not be taken again")
+
+    def __exit__(self, *exc: object) -> None:
+        self.real.release()
+
+
+def park_and_close(coro_fn: Callable[[asyncio.Event], Any]) -> None:
+    """Run ``coro_fn(entered)`` on a loop of its own until it set ``entered``, then close the
+    loop with it pending: once nothing else holds it, it is a reference cycle only (its task,
+    its coroutine), for the garbage collector to close."""
+    entered = asyncio.Event()
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro_fn(entered))
+        await entered.wait()
+        return task
+
+    other = asyncio.new_event_loop()
+    task = other.run_until_complete(start())
+    other.close()
+    del task

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import TIMEOUT, ahold, noop
+from helpers import TIMEOUT, TimedLock, ahold, noop, park_and_close
 
 import asyncflow
 from asyncflow import (
@@ -499,23 +499,6 @@ def test_what_subscribe_and_events_return_are_public_names() -> None:
     assert {"Subscription", "EventStream"} <= set(asyncflow.__all__)
 
 
-class _TimedLock:
-    """Stands in for a lock, around it: every take has a time limit, so a lock that cannot be
-    taken again by the thread holding it fails (``stuck``), not hangs."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.stuck = 0
-
-    def __enter__(self) -> None:
-        if not self.real.acquire(timeout=5):
-            self.stuck += 1
-            raise RuntimeError("the lock could not be taken again")
-
-    def __exit__(self, *exc: object) -> None:
-        self.real.release()
-
-
 @pytest.mark.parametrize("how", ["subscribe", "events"])
 def test_an_abandoned_subscription_collected_under_the_hub_lock_does_not_hang(
     monkeypatch: pytest.MonkeyPatch, how: str
@@ -525,9 +508,8 @@ def test_an_abandoned_subscription_collected_under_the_hub_lock_does_not_hang(
     # allocation there): its close takes that lock again on the same thread.
     cleaned = threading.Event()
     runner = ThreadPoolTaskRunner(max_workers=1)
-    entered = asyncio.Event()
 
-    async def watch() -> None:
+    async def watch(entered: asyncio.Event) -> None:
         try:
             if how == "subscribe":
                 with runner.subscribe(_ignore):
@@ -540,20 +522,12 @@ def test_an_abandoned_subscription_collected_under_the_hub_lock_does_not_hang(
         finally:
             cleaned.set()
 
-    async def start() -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(watch())
-        await entered.wait()
-        return task
-
     hub = runner._hub
     gc.disable()
     try:
-        other = asyncio.new_event_loop()
-        task = other.run_until_complete(start())
-        other.close()  # with the subscription still open
-        del task  # a reference cycle only now
+        park_and_close(watch)  # with the subscription still open
         assert not cleaned.is_set()
-        lock = _TimedLock(hub._lock)
+        lock = TimedLock(hub._lock)
         monkeypatch.setattr(hub, "_lock", lock)
         with lock:
             gc.collect()

@@ -20,7 +20,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from helpers import Stuck, adouble, ahold, double, hold
+from helpers import Stuck, TimedLock, adouble, ahold, double, hold, park_and_close
 
 import asyncflow._futures as futures_module
 import asyncflow._waiting as waiting_module
@@ -892,41 +892,8 @@ def test_a_callback_put_on_many_futures_at_once_runs_once_for_each(
     assert seen == [*final, held.future]
 
 
-class _TakenAgain:
-    """Stands in for the futures' lock, around it: every take has a time limit, so a lock
-    that cannot be taken again by the thread holding it fails (``stuck``), not hangs."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.stuck = 0
-
-    def __enter__(self) -> None:
-        if not self.real.acquire(timeout=5):
-            self.stuck += 1
-            raise RuntimeError("the futures' lock could not be taken again")
-
-    def __exit__(self, *exc: object) -> None:
-        self.real.release()
-
-
 def _nothing() -> None:
     pass
-
-
-def _park_and_close(coro_fn: Callable[[asyncio.Event], Any]) -> None:
-    """Run ``coro_fn(entered)`` on a loop of its own until it set ``entered``, then close the
-    loop with it pending."""
-    entered = asyncio.Event()
-
-    async def start() -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro_fn(entered))
-        await entered.wait()
-        return task
-
-    other = asyncio.new_event_loop()
-    task = other.run_until_complete(start())
-    other.close()
-    del task
 
 
 def _abandon_an_await(fut: Future[Any], gate: threading.Event, cleaned: threading.Event) -> None:
@@ -940,7 +907,7 @@ def _abandon_an_await(fut: Future[Any], gate: threading.Event, cleaned: threadin
         finally:
             cleaned.set()
 
-    _park_and_close(waits)
+    park_and_close(waits)
     assert fut._waiters
     gate.set()
     assert fut.result(timeout=10) == 0
@@ -997,7 +964,7 @@ def test_an_abandoned_wait_collected_while_the_futures_lock_is_held_does_not_han
             else:
                 _abandon_as_completed(runner, fut, cleaned, monkeypatch)
             assert not cleaned.is_set()
-            lock = _TakenAgain(futures_module._lock)
+            lock = TimedLock(futures_module._lock)
             monkeypatch.setattr(futures_module, "_lock", lock)
             with lock:
                 gc.collect()
@@ -1020,7 +987,7 @@ def test_an_abandoned_await_of_a_limited_body_collected_under_the_futures_lock_d
     gate_f, gate_g, started = threading.Event(), threading.Event(), threading.Event()
     abandoned, f_ended, cleaned = threading.Event(), threading.Event(), threading.Event()
     shared: list[Any] = []
-    lock = _TakenAgain(futures_module._lock)
+    lock = TimedLock(futures_module._lock)
 
     def body() -> int:
         f, g, sched = shared
@@ -1032,7 +999,7 @@ def test_an_abandoned_await_of_a_limited_body_collected_under_the_futures_lock_d
             finally:
                 cleaned.set()
 
-        _park_and_close(waits)
+        park_and_close(waits)
         abandoned.set()
         assert f_ended.wait(10)  # f's end let go of the await: a reference cycle only now
         with lock:

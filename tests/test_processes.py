@@ -1196,6 +1196,30 @@ def test_an_idle_worker_killed_from_outside_has_its_group_ended_at_once() -> Non
             kill_quietly(child)
 
 
+def _same_pipe(fd: int, pipe: os.stat_result) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (pipe.st_dev, pipe.st_ino)
+
+
+def _child_holds(write_end: int, pipe: os.stat_result) -> bytes:
+    """Fork now; the child says whether descriptor ``write_end`` is still the end of ``pipe``
+    there: b"held" or b"none"."""
+    answer, tell = os.pipe()
+    child = os.fork()
+    if child == 0:  # (only system calls here, then out)
+        os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
+        os._exit(0)
+    os.close(tell)
+    try:
+        return os.read(answer, 4)
+    finally:
+        os.close(answer)
+        os.waitpid(child, 0)
+
+
 def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
     # A watcher's read ends when every holder of its pipe's writing end is gone. A child forked
     # without an exec (multiprocessing's fork start method) would hold it too: the watcher
@@ -1208,31 +1232,8 @@ def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
         assert worker.watcher is not None
         hangup = worker.watcher._hangup
         pipe = os.fstat(hangup)
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:  # (only system calls here, then out)
-            try:
-                there = os.fstat(hangup)
-                same = (there.st_dev, there.st_ino) == (pipe.st_dev, pipe.st_ino)
-            except OSError:
-                same = False
-            os.write(write_end, b"held" if same else b"none")
-            os._exit(0)
-        os.close(write_end)
-        try:
-            assert os.read(read_end, 4) == b"none"
-        finally:
-            os.close(read_end)
-            os.waitpid(child, 0)
+        assert _child_holds(hangup, pipe) == b"none"
         assert os.fstat(hangup).st_ino == pipe.st_ino  # (this process keeps its own)
-
-
-def _same_pipe(fd: int, pipe: os.stat_result) -> bool:
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (pipe.st_dev, pipe.st_ino)
 
 
 def test_a_child_forked_while_a_watcher_starts_holds_no_watcher_pipe(
@@ -1249,15 +1250,7 @@ def test_a_child_forked_while_a_watcher_starts_holds_no_watcher_pipe(
         (write_end,) = [
             fd for fd in map(int, os.listdir("/dev/fd")) if fd != read_end and _same_pipe(fd, pipe)
         ]
-        answer, tell = os.pipe()
-        child = os.fork()  # (as another thread's fork would, now)
-        if child == 0:  # (only system calls here, then out)
-            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
-            os._exit(0)
-        os.close(tell)
-        held.append(os.read(answer, 4))
-        os.close(answer)
-        os.waitpid(child, 0)
+        held.append(_child_holds(write_end, pipe))  # (as another thread's fork would, now)
         return real(*args, **kwargs)
 
     proxy = types.SimpleNamespace(
@@ -1311,16 +1304,7 @@ def test_a_fork_while_a_watcher_pipe_is_made_waits_until_its_end_is_known(
     held: list[bytes] = []
 
     def fork() -> None:  # another thread of the program (multiprocessing's fork, say)
-        answer, tell = real_pipe()
-        write_end, pipe = made[0]
-        child = os.fork()
-        if child == 0:  # (only system calls here, then out)
-            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
-            os._exit(0)
-        os.close(tell)
-        held.append(os.read(answer, 4))
-        os.close(answer)
-        os.waitpid(child, 0)
+        held.append(_child_holds(*made[0]))
 
     forker = threading.Thread(target=fork, name="forker")
 
@@ -3467,16 +3451,7 @@ def test_a_signal_handler_forking_while_a_watcher_pipe_is_made_gives_no_pipe_awa
     held: list[bytes] = []
 
     def fork_and_look(signum: int, frame: object) -> None:
-        write_end, pipe = made[0]
-        answer, tell = real_pipe()
-        child = os.fork()
-        if child == 0:  # (only system calls here, then out)
-            os.write(tell, b"held" if _same_pipe(write_end, pipe) else b"none")
-            os._exit(0)
-        os.close(tell)
-        held.append(os.read(answer, 4))
-        os.close(answer)
-        os.waitpid(child, 0)
+        held.append(_child_holds(*made[0]))
 
     def pipe() -> tuple[int, int]:
         ends = real_pipe()
