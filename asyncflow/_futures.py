@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
 from ._error_text import error_text, message_of
+from ._graph import Node
 from ._states import State, StateType
 from .exceptions import AsyncflowError, RemoteError, TaskCancelledError, TaskCrashedError
 
@@ -358,7 +359,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class Future(Generic[R]):
+class Future(Node, Generic[R]):
     """The result of one task run, to come.
 
     ``await future`` works on any asyncio loop. ``future.result()`` blocks the calling thread and
@@ -418,6 +419,7 @@ class Future(Generic[R]):
         self._group: MapGroup | None = None  # set by map: the runs of one map, counted
         self._id: int | uuid.UUID = _RUN_ID_BASE | _next_run_number()
         self._policy = policy  # None on the plain path: no limits, retries, timeout, cache, hooks
+        self._down = self._more = self._pending = None  # its state in the graph: none yet
 
     # -- read-only views -------------------------------------------------------------------
     @property
@@ -827,6 +829,7 @@ def plain_runs(
         fut._callbacks = fut._waiters = fut._event = fut._handle = None
         fut._group = group
         fut._id = run_id
+        fut._down = fut._more = fut._pending = None
         append(fut)
     runs.rows = rows
     runs.ids = ids

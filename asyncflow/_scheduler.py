@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from . import _limits as limits
 from ._cache import CacheStore, default_store
@@ -39,7 +39,7 @@ from ._futures import (
     crashed_error,
     params_of,
 )
-from ._graph import Graph, Outcome
+from ._graph import Graph, Node, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
 from ._stats import RunnerStatistics
@@ -167,6 +167,16 @@ def call_sync(fut: Any) -> Any:
     return task.spec.call(task.fn, params)
 
 
+class _StandIn(Node):
+    """Another runner's unfinished future, as an upstream node of this runner's graph (its
+    own slots are that runner's)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self._down = self._more = self._pending = None
+
+
 class Scheduler:
     """One runner session's scheduler. Create it on the loop thread it will live on."""
 
@@ -201,7 +211,8 @@ class Scheduler:
         self.thread_id = threading.get_ident()
         self._graph: Graph[Future[Any]] = Graph()
         self._live: set[Future[Any]] = set()
-        self._external: set[Future[Any]] = set()
+        # Another runner's unfinished input -> its stand-in here (see _watch_external)
+        self._external: dict[Future[Any], Future[Any]] = {}
         self._lock = threading.Lock()  # guards the inbox hand-over from other threads only
         self._inbox: list[Future[Any] | list[Future[Any]]] = []
         self._inbox_scheduled = False
@@ -401,20 +412,26 @@ class Scheduler:
             if deps is TOP_LEVEL:
                 deps = inputs_of(fut) if inputs is None else inputs
             edges: list[Future[Any]] | None = deps
+            allowed = fut._allowed
             for up in deps:
                 if up._status >= COMPLETED or up._scheduler is not self:
-                    edges = self._edges_slow(fut, deps)
+                    edges, allowed = self._edges_slow(fut, deps)
                     break
             if edges is None:  # an input already failed or was cancelled
                 return
-            if edges and not self._graph.add_edges(fut, edges, fut._allowed):
+            if edges and not self._graph.add_edges(fut, edges, allowed):
                 return
         self._start(fut)
 
-    def _edges_slow(self, fut: Future[Any], deps: list[Future[Any]]) -> list[Future[Any]] | None:
-        """Edges of ``fut`` when some inputs are final or belong to another runner."""
+    def _edges_slow(
+        self, fut: Future[Any], deps: list[Future[Any]]
+    ) -> tuple[list[Future[Any]] | None, frozenset[Future[Any]] | None]:
+        """Edges of ``fut`` when some inputs are final or belong to another runner (whose
+        futures are nodes of that runner's graph: here each has a stand-in), and the edges
+        among them whose failure it accepts."""
         allowed = fut._allowed or ()
-        edges = []
+        edges: list[Future[Any]] = []
+        stand_ins = False
         for up in deps:
             status = up._status
             if status >= COMPLETED:
@@ -425,11 +442,16 @@ class Scheduler:
                 # Something submitted earlier in this batch may already wait on it.
                 self._after(*self._graph.finish(fut, kind))
                 self._check_idle()
-                return None
+                return None, None
             if up._scheduler is not self:
-                self._watch_external(up)
-            edges.append(up)
-        return edges
+                edges.append(self._watch_external(up))
+                stand_ins = True
+            else:
+                edges.append(up)
+        if stand_ins and allowed:
+            external = self._external
+            return edges, frozenset(external.get(up, up) for up in allowed)
+        return edges, fut._allowed
 
     def _start(self, fut: Future[Any]) -> None:
         pol = fut._policy
@@ -766,20 +788,30 @@ class Scheduler:
         finally:
             backend.hold(False)
 
-    def _watch_external(self, up: Future[Any]) -> None:
-        """An unfinished input from another runner: finish its graph key when it is final."""
-        if up in self._external:
-            return
-        self._external.add(up)
-        up.add_done_callback(self._external_done)
+    def _watch_external(self, up: Future[Any]) -> Future[Any]:
+        """An unfinished input from another runner: its stand-in in this graph, finished when
+        ``up`` is final."""
+        node = self._external.get(up)
+        if node is None:
+            # (Typed as a future: the graph's nodes are this runner's futures, and a stand-in
+            # is only ever an upstream, never handed back as a node that is ready or skipped.)
+            node = self._external[up] = cast("Future[Any]", _StandIn())
+            up.add_done_callback(self._external_done)
+        return node
 
     def _external_done(self, up: Future[Any]) -> None:
         # Runs on the other runner's loop thread (or here): hand over, never touch the graph.
         self._call_soon(self._on_external_final, up)
 
     def _on_external_final(self, up: Future[Any]) -> None:
-        self._external.discard(up)
-        self._after(*self._graph.finish(up, _OUTCOMES[up._status]))
+        node = self._external.pop(up, None)
+        if node is None:  # (closed meanwhile: nothing here waits for it)
+            return
+        ready, skipped = self._graph.finish(node, _OUTCOMES[up._status])
+        # A run skipped because of ``up`` names ``up`` as its cause, not the stand-in.
+        self._after(
+            ready, [(run, up if cause is node else cause, out) for run, cause, out in skipped]
+        )
         self._check_idle()
 
     async def wait_idle(self) -> None:

@@ -20,6 +20,7 @@ from asyncflow import (
     Future,
     FutureList,
     ThreadPoolTaskRunner,
+    allow_failure,
     as_completed,
     as_completed_async,
     flow,
@@ -897,6 +898,41 @@ def test_an_unfinished_future_of_another_live_runner_is_an_upstream() -> None:
         down_failing.wait(TIMEOUT)
         assert down_failing.state.name == "UpstreamFailed"
         assert isinstance(down_failing.exception(), UpstreamFailedError)
+
+
+def test_a_failure_on_another_runner_is_named_as_the_cause_and_allow_failure_accepts_it() -> None:
+    gate = threading.Event()
+
+    def fail_late() -> int:
+        assert gate.wait(TIMEOUT)
+        raise ValueError("late")
+
+    def kind(x: object, y: object = None) -> str:
+        return type(x).__name__
+
+    with ThreadPoolTaskRunner() as first, ThreadPoolTaskRunner() as second:
+        up = first.submit(fail_late)
+        skipped = second.submit(double, {"x": up})
+        below = second.submit(double, {"x": skipped})
+        accepted = second.submit(kind, {"x": allow_failure(up)})
+        both = second.submit(kind, {"x": allow_failure(up), "y": up})  # plainly too: skipped
+        second.submit(noop).result(timeout=TIMEOUT)  # all four registered, waiting on `up`
+        assert not any(f.done() for f in (skipped, below, accepted, both))
+        gate.set()
+        assert accepted.result(timeout=TIMEOUT) == "ValueError"
+        for run in (skipped, below):
+            run.wait(TIMEOUT)
+            assert run.state.name == "UpstreamFailed"
+        error = skipped.exception()
+        assert isinstance(error, UpstreamFailedError)
+        assert "'fail_late'" in str(error)  # the other runner's task, by name
+        assert isinstance(error.__cause__, ValueError)
+        below_error = below.exception()
+        assert isinstance(below_error, UpstreamFailedError)
+        assert "'double'" in str(below_error)
+        assert isinstance(below_error.__cause__, ValueError)
+        both.wait(TIMEOUT)
+        assert both.state.name == "UpstreamFailed"
 
 
 def test_a_cancelled_future_of_another_live_runner_cancels_the_downstream() -> None:
