@@ -17,6 +17,7 @@ from ._cache import MemoryCacheStore as MemoryCacheStore
 from ._cache import task_input_hash as task_input_hash
 from ._context import RunContext as RunContext
 from ._context import get_run_context as get_run_context
+from ._dask import DaskTaskRunner as DaskTaskRunner
 from ._events import EventStream as EventStream
 from ._events import Subscription as Subscription
 from ._events import TaskEvent as TaskEvent
@@ -54,6 +55,7 @@ __all__ = (
     "AttemptSpan",
     "CacheEntry",
     "CacheStore",
+    "DaskTaskRunner",
     "DoneAndNotDone",
     "EventStream",
     "FileCacheStore",

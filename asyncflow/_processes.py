@@ -659,7 +659,11 @@ def _named(args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]]
 
 
 def _argument_error(
-    task: Any, args: Sequence[Any], kwargs: dict[str, Any], cause: BaseException
+    task: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    cause: BaseException,
+    to: str = "a worker process",
 ) -> SerializationError:
     """The error for a call whose arguments cannot be pickled, naming the first culprit."""
     label = "its arguments"
@@ -672,7 +676,7 @@ def _argument_error(
             label, cause = part, exc
             break
     error = SerializationError(
-        f"task {task.name!r}: {label} cannot be sent to a worker process ({error_text(cause)})",
+        f"task {task.name!r}: {label} cannot be sent to {to} ({error_text(cause)})",
         "arguments",
     )
     error.__cause__ = cause

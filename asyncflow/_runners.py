@@ -347,7 +347,16 @@ class TaskRunner(abc.ABC):
         self._last_stats = RunnerStatistics()
         apply_log_level(self._log_level)
         options = dataclasses.replace(self._options, sleep=self._sleep, events=self._hub)
-        self._scheduler = Scheduler(self, self._make_backend, options)
+        sched = Scheduler(self, self._make_backend, options)
+        start = getattr(sched.backend, "start", None)  # a backend that connects first (Dask)
+        if start is not None:
+            try:
+                await start()
+            except BaseException:
+                await _despite_cancellation(sched.aclose(abandon=True))
+                self._hub.detach(sched)
+                raise
+        self._scheduler = sched
 
     def _keep_stats(self, sched: Scheduler) -> None:
         self._last_stats = sched.statistics()

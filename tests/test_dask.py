@@ -1,0 +1,326 @@
+"""DaskTaskRunner: bodies on a Dask cluster, the graph and the policies here.
+
+Most tests use an in-process cluster: workers are threads of this process. Dask still pickles
+what it sends them, so a body reaches this test's gates through this module (functions defined
+here travel by reference; the worker finds the same module and the same gates). The crash test
+uses a worker process. Dask keeps a thread (its offload pool) and ``multiprocessing`` a process
+(its resource tracker) for the life of the process once used: ``_dask_started`` starts both
+before these tests, so the leak checks of each test see only what the test started.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import distributed
+import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
+from helpers import TIMEOUT, adouble, double
+
+from asyncflow import DaskTaskRunner, allow_failure, task
+from asyncflow.exceptions import (
+    SerializationError,
+    TaskCrashedError,
+    TaskTimeoutError,
+    UpstreamFailedError,
+    WorkerCrashedError,
+)
+
+IN_PROCESS = {
+    "processes": False,
+    "n_workers": 2,
+    "threads_per_worker": 1,
+    "dashboard_address": None,
+}
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A cluster of this test's own (started outside any runner)."""
+    cluster: Any = distributed.LocalCluster
+    return cluster(**kwargs)
+
+
+def in_process(**kwargs: Any) -> DaskTaskRunner:
+    return DaskTaskRunner(cluster_kwargs={**IN_PROCESS, **kwargs})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dask_started() -> None:
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    with in_process() as runner:
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
+STARTED = threading.Event()
+GATE = threading.Event()
+CALLS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _gates() -> Iterator[None]:
+    STARTED.clear()
+    GATE.clear()
+    CALLS.clear()
+    try:
+        yield
+    finally:
+        GATE.set()  # no body stays blocked past its test
+
+
+def held(value: int = 0) -> int:
+    """Runs on a worker: say it started, then wait for this module's gate."""
+    STARTED.set()
+    if not GATE.wait(TIMEOUT):
+        raise TimeoutError("the gate never opened")
+    return value
+
+
+def record(what: str) -> None:
+    CALLS.append(what)
+
+
+def flaky() -> int:
+    CALLS.append("attempt")
+    if len(CALLS) < 3:
+        raise OSError("not yet")
+    return len(CALLS)
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+def describe(x: object) -> str:
+    return type(x).__name__
+
+
+def test_a_graph_of_sync_and_coroutine_bodies_runs_on_the_cluster() -> None:
+    with in_process() as runner:
+        a = runner.submit(double, {"x": 1})
+        b = runner.submit(adouble, {"x": a})
+        bad = runner.submit(fail, {"x": b})
+        skipped = runner.submit(double, {"x": bad})
+        accepted = runner.submit(describe, {"x": allow_failure(bad)})
+    assert b.result() == 4
+    with pytest.raises(ValueError, match="bad 4"):
+        bad.result()
+    assert isinstance(skipped.exception(), UpstreamFailedError)
+    assert "'fail'" in str(skipped.exception())
+    assert accepted.result() == "ValueError"
+
+
+def test_map_and_the_workers_threads() -> None:
+    def where(x: int) -> tuple[int, str]:
+        return x * x, threading.current_thread().name
+
+    with in_process() as runner:
+        results = runner.map(where, {"x": range(6)}).result()
+    assert [value for value, _ in results] == [0, 1, 4, 9, 16, 25]
+    # Bodies ran in the cluster's worker threads, not in the runner's loop thread.
+    assert all(not name.startswith("asyncflow-loop") for _, name in results)
+
+
+def test_retries_make_new_attempts_on_the_cluster() -> None:
+    with in_process() as runner:
+        assert runner.submit(task(retries=2)(flaky)).result(timeout=TIMEOUT) == 3
+    assert CALLS == ["attempt"] * 3
+
+
+def test_a_timeout_fails_the_run_and_releases_its_dask_task() -> None:
+    slow = task(timeout=0.2)(held)
+    with in_process() as runner:
+        run = runner.submit(slow, {"value": 1})
+        with pytest.raises(TaskTimeoutError, match=r"timed out after 0\.2 s"):
+            run.result(timeout=TIMEOUT)
+        assert STARTED.is_set()
+        GATE.set()  # the body goes on in its worker thread until it returns
+        assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
+
+
+class _Released(SchedulerPlugin):
+    """Sets ``event`` when the cluster lets go of a task of the given task name."""
+
+    def __init__(self, task_name: str) -> None:
+        self.prefix = f"{task_name}-"
+        self.event = threading.Event()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if str(key).startswith(self.prefix) and finish in {"released", "forgotten"}:
+            self.event.set()
+
+
+def test_cancelling_a_run_queued_on_the_cluster_means_it_never_starts() -> None:
+    released = _Released("record")
+    with local_cluster(**{**IN_PROCESS, "n_workers": 1}) as cluster:
+        cluster.scheduler.add_plugin(released)
+        with DaskTaskRunner(address=cluster.scheduler_address) as runner:
+            busy = runner.submit(held, {"value": 7})
+            assert STARTED.wait(TIMEOUT)
+            queued = runner.submit(record, {"what": "queued"})  # the only worker thread is busy
+            assert queued.cancel()
+            assert queued.state.is_cancelled()
+            # The release reaches the cluster after the cancel returns: a body it has not
+            # started by then never starts.
+            assert released.event.wait(TIMEOUT)
+            GATE.set()
+            assert busy.result(timeout=TIMEOUT) == 7
+            runner.submit(record, {"what": "after"}).result(timeout=TIMEOUT)
+    assert CALLS == ["after"]
+
+
+def die() -> None:
+    os._exit(3)
+
+
+def test_a_worker_that_dies_fails_only_its_run_with_worker_crashed_error() -> None:
+    runner = DaskTaskRunner(
+        cluster_kwargs={"processes": True, "n_workers": 1, "dashboard_address": None}
+    )
+    with runner:
+        crashed = runner.submit(die)
+        error = crashed.exception(timeout=30)
+        assert isinstance(error, WorkerCrashedError)
+        assert "task 'die' crashed: its Dask worker tcp://" in str(error)
+        assert crashed.state.is_crashed()
+        # Dask starts a new worker; the session goes on.
+        assert runner.submit(double, {"x": 5}).result(timeout=30) == 10
+
+
+def test_an_existing_cluster_is_used_and_left_running() -> None:
+    with local_cluster(**IN_PROCESS) as cluster:
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        with runner:
+            assert runner.submit(double, {"x": 4}).result(timeout=TIMEOUT) == 8
+        assert len(cluster.scheduler.workers) == 2  # still there, workers and all
+        with runner:  # and a runner can be entered again
+            assert runner.submit(double, {"x": 5}).result(timeout=TIMEOUT) == 10
+
+
+def test_losing_the_cluster_crashes_the_runs_under_way_with_a_clear_error() -> None:
+    with local_cluster(**IN_PROCESS) as cluster:
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        with runner:
+            run = runner.submit(held)
+            assert STARTED.wait(TIMEOUT)
+            cluster.close()
+            error = run.exception(timeout=30)
+            assert isinstance(error, TaskCrashedError)
+            assert "the Dask cluster dropped its run" in str(error)
+
+
+def test_a_cluster_that_cannot_be_reached_fails_the_start_and_the_runner_can_retry() -> None:
+    with socket_nobody_listens_on() as address:
+        runner = DaskTaskRunner(address=address, client_kwargs={"timeout": 0.5})
+        with pytest.raises(OSError, match="Timed out trying to connect"), runner:
+            pytest.fail("started without a cluster")
+        with pytest.raises(OSError, match="Timed out"), runner:  # the failed start left it free
+            pytest.fail("started without a cluster")
+
+
+class socket_nobody_listens_on:  # noqa: N801 - a context manager used like a function
+    """A local TCP address that refuses connections (its port is bound, never listened on)."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_address_and_cluster_options_are_mutually_exclusive() -> None:
+    for options in (
+        {"cluster_kwargs": {"n_workers": 1}},
+        {"cluster_class": "distributed.LocalCluster"},
+        {"adapt_kwargs": {"maximum": 2}},
+    ):
+        with pytest.raises(ValueError, match=r"either address .* or cluster_class"):
+            DaskTaskRunner(address="tcp://127.0.0.1:8786", **options)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"address": 8786}, "address must be a non-empty str"),
+        ({"address": ""}, "address must be a non-empty str"),
+        ({"cluster_class": 3}, "cluster_class must be a class or its dotted name"),
+        ({"cluster_kwargs": ["n_workers"]}, "cluster_kwargs must be a dict"),
+        ({"client_kwargs": {1: 2}}, "client_kwargs must be a dict"),
+    ],
+)
+def test_bad_options_are_refused_by_name(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        DaskTaskRunner(**kwargs)
+
+
+def test_a_cluster_class_by_dotted_name_that_does_not_import_fails_the_start() -> None:
+    runner = DaskTaskRunner(cluster_class="distributed.NoSuchCluster")
+    with pytest.raises(
+        ValueError, match=r"cannot import cluster_class 'distributed\.NoSuchCluster'"
+    ):
+        runner.__enter__()
+    runner = DaskTaskRunner(cluster_class="LocalCluster")
+    with pytest.raises(ValueError, match="is not a dotted name"):
+        runner.__enter__()
+
+
+def test_a_cluster_class_by_dotted_name_is_started_with_its_kwargs() -> None:
+    runner = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=IN_PROCESS)
+    with runner:
+        assert runner.submit(double, {"x": 6}).result(timeout=TIMEOUT) == 12
+
+
+def test_a_plain_tcp_address_of_another_host_warns() -> None:
+    with pytest.warns(UserWarning, match="neither authenticated nor encrypted"):
+        DaskTaskRunner(address="tcp://203.0.113.5:8786")
+    with pytest.warns(UserWarning, match="neither authenticated nor encrypted"):
+        DaskTaskRunner(address="203.0.113.5:8786")  # Dask's default scheme is tcp
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://127.0.0.1:8786", "tcp://localhost:8786", "tls://203.0.113.5:8786"]
+)
+def test_a_local_or_tls_address_does_not_warn(address: str) -> None:
+    DaskTaskRunner(address=address)  # filterwarnings = error: a warning would fail this
+
+
+def test_duplicate_and_equality() -> None:
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2}, max_concurrency=3)
+    twin = runner.duplicate()
+    assert twin == runner
+    assert twin is not runner
+    assert runner != DaskTaskRunner(cluster_kwargs={"n_workers": 3}, max_concurrency=3)
+    assert DaskTaskRunner(address="tcp://127.0.0.1:1").duplicate().address == "tcp://127.0.0.1:1"
+    assert runner.name == "dask"
+
+
+@pytest.mark.anyio
+async def test_async_with_runs_on_the_callers_loop() -> None:
+    async with in_process() as runner:
+        first = runner.submit(adouble, {"x": 20})
+        assert await runner.submit(double, {"x": first}) == 80
+
+
+def test_an_argument_dask_cannot_send_fails_its_run_and_says_why() -> None:
+    with in_process() as runner:
+        run = runner.submit(describe, {"x": threading.Lock()})
+        error = run.exception(timeout=TIMEOUT)
+        assert isinstance(error, SerializationError)
+        assert str(error).startswith(
+            "task 'describe': parameter 'x' cannot be sent to the Dask cluster (TypeError: "
+        )
+        assert "cannot pickle '_thread.lock' object" in str(error)
+        lambdas = runner.submit(lambda x: x, {"x": 1})  # functions travel by value: fine
+        assert lambdas.result(timeout=TIMEOUT) == 1
+        assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
