@@ -32,7 +32,6 @@ from ._field import FASTER, Run, Skip, System
 from ._report import Goal
 
 __all__ = (
-    "NO_DASK_RUNNER",
     "SLOW_RUNS",
     "Job",
     "anyio_each",
@@ -40,6 +39,7 @@ __all__ = (
     "dask_client",
     "dask_each",
     "dask_missing",
+    "dask_runner_system",
     "dask_system",
     "loop_run",
     "loop_session",
@@ -52,6 +52,7 @@ __all__ = (
     "prefect_system",
     "prefect_task",
     "prefect_threads",
+    "runner_each",
     "thread_pool_each",
     "uvloop_missing",
 )
@@ -262,7 +263,62 @@ SLOW_RUNS = 5
 so more rounds would only make the run longer."""
 
 
-NO_DASK_RUNNER = Skip("asyncflow on Dask", "asyncflow has no Dask task runner yet")
+def dask_runner_system(
+    label: str,
+    tasks: int,
+    job: Callable[[TaskRunner], float],
+    *,
+    processes: bool,
+    workers: int,
+    threads: int,
+) -> System | Skip:
+    """``job(runner)`` on a ``DaskTaskRunner`` of a fresh ``LocalCluster`` of ``workers`` x
+    ``threads``: the same cluster as the row ``dask_system(label, ...)``, whose time over this
+    one's is this row's ratio (below 1: asyncflow's Dask runner is slower than Dask itself)."""
+    name = f"asyncflow DaskTaskRunner, LocalCluster {label}"
+    reason = dask_missing()
+    if reason is not None:
+        return Skip(name, reason)
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Run]:
+        from asyncflow import DaskTaskRunner
+
+        for logger in ("distributed", "tornado"):  # see dask_client
+            logging.getLogger(logger).setLevel(logging.CRITICAL)
+        cluster = {
+            "n_workers": workers,
+            "threads_per_worker": threads,
+            "processes": processes,
+            "dashboard_address": None,
+        }
+        with DaskTaskRunner(cluster_kwargs=cluster) as runner:
+            yield lambda: job(runner)
+
+    return System(
+        name,
+        tasks,
+        start,
+        asyncflow=True,
+        alone=True,
+        versus=f"Dask distributed LocalCluster, {label}",
+        runs=SLOW_RUNS,
+    )
+
+
+def runner_each(fn: Any, n: int, check: Check) -> Callable[[TaskRunner], float]:
+    """An asyncflow job on a started runner: submit ``fn(x=i)`` for each ``i``, take each
+    result, check; returns the seconds."""
+
+    def job(runner: TaskRunner) -> float:
+        start = time.perf_counter()
+        futures = [runner.submit(fn, {"x": i}) for i in range(n)]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+        check(results, n)
+        return seconds
+
+    return job
 
 
 def dask_system(

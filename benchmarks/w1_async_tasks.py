@@ -21,8 +21,8 @@ from ._config import Config
 from ._field import Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
     dask_each,
+    dask_runner_system,
     dask_system,
     in_task_group,
     loop_run,
@@ -31,6 +31,7 @@ from ._systems import (
     prefect_each,
     prefect_system,
     prefect_threads,
+    runner_each,
     uvloop_missing,
 )
 
@@ -170,7 +171,14 @@ def systems() -> list[System | Skip]:
     ]
     return [
         *field,
-        NO_DASK_RUNNER,
+        dask_runner_system(
+            "threads",
+            DASK_TASKS,
+            runner_each(echo, DASK_TASKS, check),
+            processes=False,
+            workers=1,
+            threads=1,
+        ),
         dask_system("threads", DASK_TASKS, _dask_job, processes=False, workers=1, threads=1),
         dask_system("2 processes", DASK_TASKS, _dask_job, processes=True, workers=2, threads=1),
         prefect_system("ThreadPoolTaskRunner", PREFECT_TASKS, prefect_threads(), _prefect_job),

@@ -20,16 +20,17 @@ from ._config import Config
 from ._field import Run, Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
     anyio_each,
     asyncflow_each,
     dask_each,
+    dask_runner_system,
     dask_system,
     loop_run,
     new_uvloop,
     prefect_each,
     prefect_system,
     prefect_threads,
+    runner_each,
     thread_pool_each,
     uvloop_missing,
 )
@@ -107,7 +108,14 @@ def systems() -> list[System | Skip]:
             "asyncflow ProcessPoolTaskRunner",
             "its sync bodies run in processes, not on threads: that is W3",
         ),
-        NO_DASK_RUNNER,
+        dask_runner_system(
+            "8 threads",
+            DASK_TASKS,
+            runner_each(noop, DASK_TASKS, check),
+            processes=False,
+            workers=1,
+            threads=8,
+        ),
         dask_system("8 threads", DASK_TASKS, _dask_job, processes=False, workers=1, threads=8),
         prefect_system(
             "ThreadPoolTaskRunner(8)", PREFECT_TASKS, prefect_threads(WORKERS), _prefect_job

@@ -26,15 +26,16 @@ from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
     anyio_each,
     dask_each,
+    dask_runner_system,
     dask_system,
     loop_run,
     new_uvloop,
     prefect_each,
     prefect_processes,
     prefect_system,
+    runner_each,
     uvloop_missing,
 )
 from ._work import noop
@@ -141,7 +142,14 @@ def systems() -> list[System | Skip]:
             "asyncflow ThreadPoolTaskRunner",
             "its sync bodies run on threads, not in processes: that is W2",
         ),
-        NO_DASK_RUNNER,
+        dask_runner_system(
+            "2 processes",
+            DASK_TASKS,
+            runner_each(noop, DASK_TASKS, check),
+            processes=True,
+            workers=2,
+            threads=1,
+        ),
         dask_system("2 processes", DASK_TASKS, _dask_job, processes=True, workers=2, threads=1),
         prefect_system(
             "ProcessPoolTaskRunner(2)", PREFECT_TASKS, prefect_processes(WORKERS), _prefect_job

@@ -25,8 +25,8 @@ from ._config import Config
 from ._field import Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
     Job,
+    dask_runner_system,
     dask_system,
     loop_run,
     loop_session,
@@ -61,6 +61,7 @@ def add_sync(a: int, b: int) -> int:
 
 
 add_task = task(add)
+add_sync_task = task(add_sync)
 
 
 async def add_inputs(a: asyncio.Task[int], b: asyncio.Task[int]) -> int:
@@ -165,6 +166,21 @@ def _dask_job(client: Any) -> float:
     return seconds
 
 
+def _on_dask_job(runner: TaskRunner) -> float:
+    """The graph of ``_dask_job`` through asyncflow's Dask runner (sync bodies, as there)."""
+    start = time.perf_counter()
+    prev = [runner.submit(add_sync_task, {"a": i, "b": 0}) for i in range(WIDTH)]
+    for _ in range(DASK_LAYERS - 1):
+        prev = [
+            runner.submit(add_sync_task, {"a": prev[i], "b": prev[(i + 1) % WIDTH]})
+            for i in range(WIDTH)
+        ]
+    values = [f.result() for f in prev]
+    seconds = time.perf_counter() - start
+    check(values, DASK_LAYERS, WIDTH)
+    return seconds
+
+
 def _prefect_job() -> Job:
     add_p = prefect_task(add)
     layers, width = PREFECT_SHAPE
@@ -218,6 +234,7 @@ def systems() -> list[System | Skip]:
         field += [Skip(FLOW, no_uvloop), Skip("hand-written asyncio, uvloop", no_uvloop)]
     dask_tasks = DASK_LAYERS * WIDTH
     dask = partial(dask_system, tasks=dask_tasks, job=_dask_job)
+    on_dask = partial(dask_runner_system, tasks=dask_tasks, job=_on_dask_job)
     return [
         *field,
         System(
@@ -233,8 +250,9 @@ def systems() -> list[System | Skip]:
             versus=FLOW_ASYNCIO,
             goal=ASYNCIO_GOAL,
         ),
-        NO_DASK_RUNNER,
+        on_dask(label="threads", processes=False, workers=1, threads=2),
         dask(label="threads", processes=False, workers=1, threads=2),
+        on_dask(label="2 processes", processes=True, workers=2, threads=1),
         dask(label="2 processes", processes=True, workers=2, threads=1),
         prefect_system(
             "ThreadPoolTaskRunner",

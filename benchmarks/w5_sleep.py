@@ -26,7 +26,7 @@ from ._config import Config
 from ._field import Run, Skip, System, check_echo, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
+    dask_runner_system,
     dask_system,
     in_task_group,
     loop_run,
@@ -34,6 +34,7 @@ from ._systems import (
     prefect_each,
     prefect_system,
     prefect_threads,
+    runner_each,
     uvloop_missing,
 )
 
@@ -185,7 +186,14 @@ def systems(limit: int | None) -> list[System | Skip]:
             "asyncflow ProcessPoolTaskRunner",
             "it runs coroutine bodies in worker processes; this workload is about one loop",
         ),
-        NO_DASK_RUNNER,
+        dask_runner_system(
+            f"1 worker, {slots} task slots",
+            TASKS,
+            runner_each(nap, TASKS, check),
+            processes=False,
+            workers=1,
+            threads=slots,
+        ),
         dask_system(
             f"1 worker, {slots} task slots",
             TASKS,

@@ -24,14 +24,14 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from asyncflow import ProcessPoolTaskRunner, task
+from asyncflow import ProcessPoolTaskRunner, TaskRunner, task
 
 from ._config import Config
 from ._field import Run, Skip, System, WrongAnswerError, measure
 from ._report import Goal, Row
 from ._systems import (
-    NO_DASK_RUNNER,
     Job,
+    dask_runner_system,
     dask_system,
     loop_run,
     new_uvloop,
@@ -79,8 +79,13 @@ class _Check:
 
 def _others(
     loops: int, check: _Check
-) -> tuple[Callable[[], Coroutine[Any, Any, float]], Callable[[Any], float], Callable[[], Job]]:
-    """The runs of anyio, Dask and Prefect."""
+) -> tuple[
+    Callable[[], Coroutine[Any, Any, float]],
+    Callable[[Any], float],
+    Callable[[TaskRunner], float],
+    Callable[[], Job],
+]:
+    """The runs of anyio, Dask, asyncflow's Dask runner and Prefect."""
 
     def anyio_run() -> Coroutine[Any, Any, float]:
         async def run() -> float:
@@ -111,6 +116,14 @@ def _others(
         check(results)
         return seconds
 
+    def on_dask_job(runner: TaskRunner) -> float:
+        start = time.perf_counter()
+        futures = [runner.submit(burn_task, {"loops": loops}) for _ in range(TASKS)]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+        check(results)
+        return seconds
+
     def prefect_job() -> Job:
         burn_p = prefect_task(burn)
 
@@ -124,7 +137,7 @@ def _others(
 
         return job
 
-    return anyio_run, dask_job, prefect_job
+    return anyio_run, dask_job, on_dask_job, prefect_job
 
 
 @contextlib.contextmanager
@@ -202,7 +215,7 @@ def systems(loops: int) -> list[System | Skip]:
             run()
             yield run
 
-    anyio_run, dask_job, prefect_job = _others(loops, check)
+    anyio_run, dask_job, on_dask_job, prefect_job = _others(loops, check)
     no_uvloop = uvloop_missing()
     anyio_name = "anyio.to_process.run_sync, at most 2 at once, uvloop"
     make_anyio: Callable[[], Coroutine[Any, Any, float]] = anyio_run
@@ -226,7 +239,7 @@ def systems(loops: int) -> list[System | Skip]:
         Skip(anyio_name, no_uvloop)
         if no_uvloop is not None
         else System(anyio_name, TASKS, lambda: loop_run(new_uvloop, make_anyio)),
-        NO_DASK_RUNNER,
+        dask_runner_system("2 processes", TASKS, on_dask_job, processes=True, workers=2, threads=1),
         dask_system("2 processes", TASKS, dask_job, processes=True, workers=2, threads=1),
         prefect_system("ProcessPoolTaskRunner(2)", TASKS, prefect_processes(WORKERS), prefect_job),
     ]

@@ -27,13 +27,14 @@ from ._config import Config
 from ._field import Run, Skip, System, check_echo, measure
 from ._report import Row
 from ._systems import (
-    NO_DASK_RUNNER,
     asyncflow_each,
+    dask_runner_system,
     dask_system,
     new_uvloop,
     prefect_each,
     prefect_system,
     prefect_threads,
+    runner_each,
     thread_pool_each,
     uvloop_missing,
 )
@@ -123,6 +124,9 @@ def systems() -> list[System | Skip]:
     no_uvloop = uvloop_missing()
     bridge = "asyncio.run_coroutine_threadsafe to a uvloop thread"
     dask = partial(dask_system, tasks=DASK_TASKS, job=_dask_job)
+    on_dask = partial(
+        dask_runner_system, tasks=DASK_TASKS, job=runner_each(echo, DASK_TASKS, check)
+    )
     return [
         System("asyncflow ThreadPoolTaskRunner", TASKS, _asyncflow, asyncflow=True),
         System(
@@ -138,8 +142,9 @@ def systems() -> list[System | Skip]:
             TASKS,
             _executor,
         ),
-        NO_DASK_RUNNER,
+        on_dask(label="threads", processes=False, workers=1, threads=1),
         dask(label="threads", processes=False, workers=1, threads=1),
+        on_dask(label="2 processes", processes=True, workers=2, threads=1),
         dask(label="2 processes", processes=True, workers=2, threads=1),
         prefect_system("ThreadPoolTaskRunner", PREFECT_TASKS, prefect_threads(), _prefect_job),
     ]

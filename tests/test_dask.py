@@ -33,7 +33,9 @@ IN_PROCESS = {
     "processes": False,
     "n_workers": 2,
     "threads_per_worker": 1,
-    "dashboard_address": None,
+    # Any free port: with None the scheduler's HTTP server still tries 8787 first, and warns
+    # (an error here) when something else has it.
+    "dashboard_address": ":0",
 }
 
 
@@ -179,7 +181,7 @@ def die() -> None:
 
 def test_a_worker_that_dies_fails_only_its_run_with_worker_crashed_error() -> None:
     runner = DaskTaskRunner(
-        cluster_kwargs={"processes": True, "n_workers": 1, "dashboard_address": None}
+        cluster_kwargs={"processes": True, "n_workers": 1, "dashboard_address": ":0"}
     )
     with runner:
         crashed = runner.submit(die)

@@ -23,9 +23,10 @@ def test_the_readme_has_its_examples() -> None:
         (0, "['item 0', 'item 10', 'item 20']"),
         (1, "[0, 2, 4, 6, 8]"),
         (2, "[285, 328350, 332833500]"),
-        (3, "<html>example.org</html> [8, 9, 8]"),
+        (3, "14"),
+        (4, "<html>example.org</html> [8, 9, 8]"),
         (
-            4,
+            5,
             "[('submitted', None), ('started', 'thread asyncflow-threadpool-0'), "
             "('finished', 'Completed')]\nCounter({'submitted': 3, 'started': 3, 'finished': 3})",
         ),
