@@ -244,6 +244,8 @@ def run_command(args: argparse.Namespace) -> int:
         result = call.run()
     except KeyboardInterrupt:
         status, message = EXIT_INTERRUPTED, f"flow {call.name!r} interrupted"
+    except SystemExit as exc:  # the flow called sys.exit(): its status, after the outputs
+        status, message = _exit_status(call.name, exc.code)
     except Exception as exc:
         if args.traceback:
             traceback.print_exception(type(exc), exc, exc.__traceback__)
@@ -261,8 +263,19 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         _say(message)
     if recorder is not None:
-        status = max(status, _write_outputs(recorder, args.trace, args.report))
+        written = _write_outputs(recorder, args.trace, args.report)
+        status = status or written  # (a flow's own exit status stays what it said)
     return status
+
+
+def _exit_status(name: str, code: object) -> tuple[int, str]:
+    """The status and message of a flow that called ``sys.exit(code)``, as Python would
+    exit with it: None is 0, an int is itself, anything else is printed and is 1."""
+    if code is None:
+        return EXIT_OK, ""
+    if isinstance(code, int):
+        return code, "" if code == EXIT_OK else f"flow {name!r} exited with status {code}"
+    return EXIT_FAILED, f"flow {name!r} exited: {code}"
 
 
 def _write_outputs(recorder: RunRecorder, trace: str | None, report: str | None) -> int:

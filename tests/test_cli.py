@@ -72,6 +72,12 @@ def nothing() -> None:
     return None
 
 
+@flow
+def exits(code: object = 3) -> None:
+    double.submit(4).result()
+    raise SystemExit(code)
+
+
 @dataclasses.dataclass
 class Point:
     x: int
@@ -379,6 +385,35 @@ def test_trace_and_report_are_written_from_the_runs_events(
     assert report.read_text().count("double") >= 2
     assert f"trace written to {trace}" in err
     assert f"report written to {report}" in err
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "said"),
+    [
+        ("3", 3, "asyncflow run: flow 'exits' exited with status 3\n"),
+        ("0", 0, ""),
+        ("null", 0, ""),  # JSON: None
+        ("no more", 1, "asyncflow run: flow 'exits' exited: no more\n"),
+    ],
+)
+def test_a_flow_that_calls_sys_exit_exits_with_its_status_after_writing_its_outputs(
+    flows: Path, code: str, status: int, said: str
+) -> None:
+    trace = flows.parent / "trace.json"
+    done = asyncflow_cli(
+        "run",
+        "flows.py:exits",
+        "--no-progress",
+        "--trace",
+        str(trace),
+        "--",
+        f"code={code}",
+        cwd=flows.parent,
+    )
+    assert done.returncode == status
+    assert done.stderr == said + f"asyncflow run: trace written to {trace}\n"
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert [e["name"] for e in spans] == ["double"]
 
 
 @pytest.mark.parametrize(
