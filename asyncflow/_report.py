@@ -82,8 +82,18 @@ _LEGEND = (
 )
 
 
+# Control characters (but tab, line feed and carriage return) are not allowed in HTML text: a
+# terminal's color codes in an error message, a NUL in a task name. Each is shown as its
+# Python escape (``\x1b``), visibly, instead.
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0))
+    if chr(code) not in "\t\n\r"
+}
+
+
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(str(text).translate(_CONTROLS), quote=True)
 
 
 def _seconds(value: float | None) -> str:

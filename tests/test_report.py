@@ -101,6 +101,18 @@ def test_names_and_errors_are_escaped() -> None:
     assert row[0] == evil
 
 
+def test_control_characters_are_shown_as_escapes() -> None:
+    log = EventLog()
+    run = log.submit("load\x00", 0.0)
+    log.start(run, 0.1, "thread 1")
+    log.finish(run, 0.2, StateType.FAILED, error="ValueError: \x1b[31mred\x1b[0m\x85 line\tend")
+    text = html_report(log.events)
+    controls = [c for c in text if (ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0]
+    assert controls == []
+    assert "load\\x00" in text
+    assert "ValueError: \\x1b[31mred\\x1b[0m\\x85 line\tend" in text
+
+
 def test_the_report_is_self_contained() -> None:
     text = html_report(Sample().events)
     assert text.startswith("<!DOCTYPE html>")
