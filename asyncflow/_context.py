@@ -25,6 +25,24 @@ current_attempt: contextvars.ContextVar[int] = contextvars.ContextVar(
 )
 
 
+# The run context of a body running on a cluster worker (a Dask task), set around the body by
+# what the runner sent: no future of this process runs there.
+remote_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "asyncflow_remote_run", default=None
+)
+
+
+def enter_remote_run(
+    name: str, run_id: int, attempt: int, tags: tuple[str, ...], key: str
+) -> contextvars.Token[RunContext | None]:
+    """On a cluster worker, around a body: its run context (see ``remote_run``)."""
+    return remote_run.set(RunContext(name, uuid.UUID(int=run_id), attempt, frozenset(tags), key))
+
+
+def leave_remote_run(token: contextvars.Token[RunContext | None]) -> None:
+    remote_run.reset(token)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a task body can know about its own run."""
@@ -40,6 +58,9 @@ def get_run_context() -> RunContext:
     """The run context of the task body executing here; ``RuntimeError`` outside task bodies."""
     fut = current_future.get()
     if fut is None:
+        remote = remote_run.get()
+        if remote is not None:  # a body running on a cluster worker
+            return remote
         worker = sys.modules.get("__main__")
         call = getattr(worker, "asyncflow_run_context", None)
         if callable(call):  # (in a batch: the context of the call that runs now)

@@ -426,11 +426,29 @@ class TaskRunner(abc.ABC):
         except BaseException:
             self._claimed = False
             raise
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def start() -> None:
+            tasks.append(asyncio.current_task())  # type: ignore[arg-type]  # (in a task)
+            await self._astart()
+
+        starting = loop_thread.run(start())
         try:
-            loop_thread.run(self._astart()).result()
+            starting.result()
         except BaseException:
-            loop_thread.stop()
-            self._claimed = False
+            try:
+                # Interrupted (Ctrl-C) while it starts: stop the start, and let it close what it
+                # opened (a cluster) first; or close what started meanwhile after all.
+                starting.cancel()
+                if tasks:
+                    loop_thread.run(asyncio.wait(tasks)).result()
+                sched, self._scheduler = self._scheduler, None
+                if sched is not None:
+                    self._hub.detach(sched)
+                    loop_thread.run(sched.aclose(abandon=True)).result()
+            finally:
+                loop_thread.stop()
+                self._claimed = False
             raise
         self._loop_thread = loop_thread
         self._token = current_runner.set(self)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _options as opt
 from ._callspec import CallSpec
-from ._context import current_future, current_runner
+from ._context import current_future, current_runner, remote_run
 
 if TYPE_CHECKING:
     from ._futures import Future, FutureList
@@ -215,6 +215,11 @@ class Task(Generic[P, R]):
             raise RuntimeError(
                 f"{self.name}.{what}() is not available inside a process worker: return the "
                 "values and submit from the parent, or call the task directly"
+            )
+        if runner is None and remote_run.get() is not None:
+            raise RuntimeError(
+                f"{self.name}.{what}() is not available inside a Dask worker: return the "
+                "values and submit from the runner's side, or call the task directly"
             )
         if runner is None:
             raise RuntimeError(

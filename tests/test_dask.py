@@ -10,7 +10,9 @@ before these tests, so the leak checks of each test see only what the test start
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 from helpers import TIMEOUT, adouble, double
 
-from asyncflow import DaskTaskRunner, allow_failure, task
+from asyncflow import DaskTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
     SerializationError,
     TaskCrashedError,
@@ -144,35 +146,37 @@ def test_a_timeout_fails_the_run_and_releases_its_dask_task() -> None:
         assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
 
 
-class _Released(SchedulerPlugin):
-    """Sets ``event`` when the cluster lets go of a task of the given task name."""
+class _Sent(SchedulerPlugin):
+    """Keeps the key of every task the cluster's scheduler is given to run."""
 
-    def __init__(self, task_name: str) -> None:
-        self.prefix = f"{task_name}-"
-        self.event = threading.Event()
+    def __init__(self) -> None:
+        self.keys: list[str] = []
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if str(key).startswith(self.prefix) and finish in {"released", "forgotten"}:
-            self.event.set()
+        if start == "released" and finish != "forgotten":
+            self.keys.append(str(key))
 
 
-def test_cancelling_a_run_queued_on_the_cluster_means_it_never_starts() -> None:
-    released = _Released("record")
+def test_a_run_waits_here_for_a_free_worker_thread_and_if_cancelled_never_reaches_the_cluster() -> (
+    None
+):
+    sent = _Sent()
     with local_cluster(**{**IN_PROCESS, "n_workers": 1}) as cluster:
-        cluster.scheduler.add_plugin(released)
+        cluster.scheduler.add_plugin(sent)
         with DaskTaskRunner(address=cluster.scheduler_address) as runner:
             busy = runner.submit(held, {"value": 7})
             assert STARTED.wait(TIMEOUT)
             queued = runner.submit(record, {"what": "queued"})  # the only worker thread is busy
+            assert queued.state.is_pending()  # not sent: nothing would run it yet
             assert queued.cancel()
             assert queued.state.is_cancelled()
-            # The release reaches the cluster after the cancel returns: a body it has not
-            # started by then never starts.
-            assert released.event.wait(TIMEOUT)
             GATE.set()
             assert busy.result(timeout=TIMEOUT) == 7
-            runner.submit(record, {"what": "after"}).result(timeout=TIMEOUT)
+            after = runner.submit(record, {"what": "after"})
+            after.result(timeout=TIMEOUT)
     assert CALLS == ["after"]
+    assert [key.split("-")[0] for key in sent.keys] == ["held", "record"]
+    assert sent.keys[1].endswith(after.task_run_id.hex)
 
 
 def die() -> None:
@@ -326,3 +330,136 @@ def test_an_argument_dask_cannot_send_fails_its_run_and_says_why() -> None:
         lambdas = runner.submit(lambda x: x, {"x": 1})  # functions travel by value: fine
         assert lambdas.result(timeout=TIMEOUT) == 1
         assert runner.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+
+
+# -- bodies that never return, stuck bodies, Ctrl-C -----------------------------------------------
+
+
+async def raises_cancelled() -> None:
+    raise asyncio.CancelledError
+
+
+def exits() -> None:
+    raise SystemExit(3)
+
+
+def interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("body", [raises_cancelled, exits, interrupted])
+def test_a_body_that_never_returns_crashes_its_run_and_the_runner_goes_on(body: Any) -> None:
+    with in_process() as runner:
+        run = runner.submit(body)
+        error = run.exception(timeout=TIMEOUT)
+        assert isinstance(error, TaskCrashedError)
+        assert run.state.is_crashed()
+        assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
+
+
+def test_a_timed_out_body_keeps_its_worker_thread_until_it_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow = task(timeout=0.2)(held)
+    with in_process(n_workers=1) as runner:
+        run = runner.submit(slow, {"value": 1})
+        with pytest.raises(TaskTimeoutError):
+            run.result(timeout=TIMEOUT)
+        after = runner.submit(record, {"what": "after"})
+        stats = runner.statistics()  # (taken on the loop: the submit before it is in)
+        assert stats.abandoned_threads == 1
+        assert after.state.is_pending()  # the only worker thread is still in the body
+        assert CALLS == []
+        GATE.set()
+        after.result(timeout=TIMEOUT)
+    assert CALLS == ["after"]
+    assert "keeps running until the body returns" in caplog.text
+
+
+def reads_its_context() -> tuple[str, int, str]:
+    context = get_run_context()
+    if context.attempt == 1:
+        raise OSError("once more")
+    return context.task_name, context.attempt, str(context.task_run_id)
+
+
+def submits_from_the_worker() -> None:
+    task(double).submit(1)
+
+
+def test_a_body_on_the_cluster_knows_its_run_and_cannot_submit() -> None:
+    with in_process() as runner:
+        run = runner.submit(task(retries=1, name="ctx")(reads_its_context))
+        assert run.result(timeout=TIMEOUT) == ("ctx", 2, str(run.task_run_id))
+        nested = runner.submit(submits_from_the_worker)
+        with pytest.raises(RuntimeError, match=r"not available inside a Dask worker"):
+            nested.result(timeout=TIMEOUT)
+
+
+RETURNED = threading.Event()
+
+
+def held_then_returned() -> None:
+    try:
+        held()
+    finally:
+        RETURNED.set()
+
+
+def test_ctrl_c_leaves_at_once_without_waiting_for_a_stuck_body() -> None:
+    RETURNED.clear()
+
+    def stuck_then_ctrl_c() -> None:
+        with in_process(n_workers=1) as runner:
+            runner.submit(held_then_returned)
+            assert STARTED.wait(TIMEOUT)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stuck_then_ctrl_c()
+    assert not RETURNED.is_set()  # left while the body was still in its worker thread
+    GATE.set()
+    assert RETURNED.wait(TIMEOUT)
+
+
+class _StuckCluster:
+    """A cluster class whose start never ends (until cancelled); says when it starts and when
+    it is closed."""
+
+    starting = threading.Event()
+    closed = threading.Event()
+
+    def __init__(self, asynchronous: bool) -> None:
+        assert asynchronous
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def _start(self) -> None:
+        self.starting.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+def test_ctrl_c_while_the_cluster_starts_closes_it_and_frees_the_runner() -> None:
+    _StuckCluster.starting.clear()
+    _StuckCluster.closed.clear()
+    runner = DaskTaskRunner(cluster_class=_StuckCluster)
+
+    def ctrl_c() -> None:  # a real SIGINT: it interrupts the main thread's wait for the start
+        assert _StuckCluster.starting.wait(TIMEOUT)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    pressing = threading.Thread(target=ctrl_c)
+    pressing.start()
+    try:
+        with pytest.raises(KeyboardInterrupt), runner:
+            pytest.fail("started")
+    finally:
+        pressing.join()
+    assert _StuckCluster.closed.is_set()
+    with in_process() as again:  # (no runner was left claimed or running)
+        assert again.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
+    assert runner.statistics().submitted == 0

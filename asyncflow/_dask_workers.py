@@ -1,0 +1,361 @@
+"""The Dask backend: each work item (a run, or an attempt of one) becomes one Dask task.
+
+Bodies go to the cluster only when one of its worker threads is free for them (the cluster's
+thread count, as its scheduler last told the client), so a body sent is a body running: its
+run is Running and its timeout counts from then, and a run cancelled before that never reaches
+the cluster. A body sent cannot be stopped (Dask cannot interrupt a worker thread): a run
+cancelled or timed out then keeps its slot until its body returns, as a thread body does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._error_text import error_text
+from ._futures import COMPLETED, Future, cancelled_error
+from .exceptions import SerializationError, TaskCrashedError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from ._dask import DaskTaskRunner
+    from ._scheduler import Scheduler
+
+__all__ = ("DaskWorkers",)
+
+_OWNER = "DaskTaskRunner"
+
+# Marks, in the error of a Dask task, a body that never returned (it raised a BaseException
+# that is not an Exception: SystemExit, KeyboardInterrupt, CancelledError). Raised as a plain
+# RuntimeError, which Dask carries as it carries any error, so the worker (maybe this very
+# loop, with an in-process cluster) goes on.
+_NEVER_RETURNED = "asyncflow: the body never returned"
+
+
+class DaskWorkers:
+    """The backend of ``DaskTaskRunner`` (see the module's docstring)."""
+
+    runs_coroutines = True  # coroutine bodies go to the cluster too
+
+    def __init__(self, sched: Scheduler, runner: DaskTaskRunner) -> None:
+        self._sched = sched
+        self._runner = runner
+        self._client: Any = None  # a distributed.Client once started (untyped there)
+        self._cluster: Any = None
+        self._queue: deque[Any] = deque()  # items waiting for a free worker thread
+        # item -> its Dask future and the asyncio task awaiting it
+        self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
+        self._held = False
+        self._abandon = False
+        self._quiet: asyncio.Event | None = None  # set when nothing is sent (see aclose)
+        self._worker = "dask"
+
+    async def start(self) -> None:
+        """Connect to the cluster, or start one (once, before any submit). On failure, or if
+        cancelled meanwhile, what was opened is closed by ``aclose``."""
+        import distributed
+
+        runner = self._runner
+        target: Any = runner._address
+        if target is None:
+            cls = _cluster_class(runner._cluster_class)
+            # Crash retries are the task's (opt-in), not Dask's three silent ones: a body that
+            # kills its worker fails its run at once.
+            with _dask_config({"distributed.scheduler.allowed-failures": 0}):
+                # Kept before it is awaited: a start cancelled halfway still closes it.
+                self._cluster = cls(**runner._cluster_kwargs, asynchronous=True)
+                await self._cluster
+            if runner._adapt_kwargs is not None:
+                self._cluster.adapt(**runner._adapt_kwargs)
+            target = self._cluster
+        client_class: Any = distributed.Client
+        client = client_class(target, asynchronous=True, **runner._client_kwargs)
+        try:
+            await client
+        except BaseException:
+            with contextlib.suppress(Exception):  # (it never connected: nothing to say)
+                await client.close()
+            raise
+        self._client = client
+        self._worker = f"dask {client.scheduler.address}"
+
+    # -- sending -----------------------------------------------------------------------------
+    def submit(self, item: Any) -> None:
+        self._queue.append(item)
+        self._pump()
+
+    def submit_many(self, items: list[Any]) -> None:
+        self._queue.extend(items)
+        self._pump()
+
+    def _threads(self) -> int:
+        """The cluster's worker threads, as its scheduler last told the client (the client asks
+        every few seconds); at least 1, so an adaptive cluster with no worker yet sees work."""
+        info = self._client.scheduler_info()
+        return max(1, int(info.get("total_threads") or 0))
+
+    def _pump(self) -> None:
+        if self._held or self._client is None:
+            return
+        queue, sent = self._queue, self._sent
+        free = self._threads() - len(sent)
+        while free > 0 and queue:
+            item = queue.popleft()
+            if item._status >= COMPLETED:  # cancelled while it waited here: never sent
+                self._report_soon(item, False, cancelled_error(_task_of(item).name))
+            elif self._send(item):
+                free -= 1
+
+    def _send(self, item: Any) -> bool:
+        sched = self._sched
+        try:
+            task, params = sched.call_parts(item)
+            args, kwargs = task.spec.split(params)
+        except BaseException as exc:  # its inputs could not be resolved
+            self._report_soon(item, False, exc)
+            return False
+        call = _guarded(task.fn, args, kwargs, task.is_async, _context_fields(item, task))
+        try:
+            future = self._client.submit(call, key=_key(item, task), pure=False)
+        except Exception as exc:  # it cannot be pickled, or the client is closed
+            self._report_soon(item, False, _send_error(task, args, kwargs, exc))
+            return False
+        sched.mark_running(item, self._worker)
+        self._sent[item] = (future, sched.loop.create_task(self._wait(item, task.name, future)))
+        return True
+
+    def _report_soon(self, item: Any, ok: bool, value: Any) -> None:
+        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value)
+
+    async def _wait(self, item: Any, task_name: str, future: Any) -> None:
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        crashed = False
+        try:
+            value = await future
+            ok = True
+        except asyncio.CancelledError:  # only this backend cancels this task (see aclose)
+            return
+        except KilledWorker as exc:
+            ok, crashed, value = False, True, _worker_died(task_name, exc)
+        except FutureCancelledError as exc:  # not by this runner: it never cancels one
+            ok, crashed = False, True
+            value = TaskCrashedError(
+                f"task {task_name!r} crashed: the Dask cluster dropped its run ({exc})"
+            )
+            value.__cause__ = exc
+        except RuntimeError as exc:
+            ok, value = False, exc
+            marker, *rest = exc.args or (None,)
+            if marker == _NEVER_RETURNED and len(rest) == 1:
+                value = rest[0]  # a BaseException: the scheduler makes the run Crashed
+        except Exception as exc:  # the body's own error, raised again here
+            ok, value = False, exc
+        self._sent.pop(item, None)
+        self._sched.on_outcome(item, ok, value, crashed)
+        if not self._sent and self._quiet is not None:
+            self._quiet.set()
+        self._pump()
+
+    # -- the scheduler's other calls -----------------------------------------------------------
+    def interrupt(self, item: Any) -> bool:
+        """A body sent to the cluster cannot be stopped (a worker thread, or a coroutine Dask
+        runs to its end): it keeps its slot until it returns; its outcome is then dropped."""
+        return False
+
+    def hold(self, on: bool) -> None:
+        self._held = on
+        if not on:
+            self._pump()
+
+    def abandon(self) -> None:
+        self._abandon = True
+        if self._quiet is not None:
+            self._quiet.set()
+
+    async def aclose(self, abandon: bool = False) -> None:
+        # Bodies of runs that were cancelled or timed out may still run: wait for them, as for
+        # threads, unless told to abandon them (Ctrl-C).
+        self._abandon = self._abandon or abandon
+        while self._sent and not self._abandon:
+            self._quiet = asyncio.Event()
+            await self._quiet.wait()
+        self._quiet = None
+        waits = [wait for _future, wait in self._sent.values()]
+        for future, wait in self._sent.values():
+            wait.cancel()
+            future.release()
+        if waits:
+            await asyncio.wait(waits)
+        self._sent.clear()
+        self._queue.clear()  # (every run is final by now: none of these will be sent)
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                await client.close()
+        finally:
+            await self._close_cluster()
+
+    async def _close_cluster(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        if cluster is None:
+            return
+        if self._abandon:
+            await _stop_in_process_workers(cluster)
+        await cluster.close()
+
+
+async def _stop_in_process_workers(cluster: Any) -> None:
+    """Ctrl-C: stop the workers that are threads of this process without waiting for a body
+    still in one of their threads (it cannot be stopped, and ends with the process: Dask's
+    worker threads are daemon threads). A worker process is stopped with its process."""
+    import distributed
+
+    workers = getattr(cluster, "workers", {})
+    for worker in list(workers.values()):
+        if isinstance(worker, distributed.Worker):
+            with contextlib.suppress(Exception):
+                await worker.close(executor_wait=False, reason="asyncflow-abandon")
+
+
+def _task_of(item: Any) -> Any:
+    return item._task if type(item) is Future else item.fut._task
+
+
+def _key(item: Any, task: Any) -> str:
+    fut = item if type(item) is Future else item.fut
+    attempt = "" if type(item) is Future else f"-{item.number}"
+    return f"{task.name}-{fut.task_run_id.hex}{attempt}"
+
+
+def _context_fields(item: Any, task: Any) -> tuple[Any, ...]:
+    """What ``get_run_context()`` says in the body, as plain values (the worker may not have
+    asyncflow; then the body cannot ask)."""
+    fut = item if type(item) is Future else item.fut
+    attempt = 1 if type(item) is Future else item.number
+    return (task.name, fut.task_run_id.int, attempt, tuple(task.tags), task.key)
+
+
+def _guarded(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    is_async: bool,
+    context: tuple[Any, ...],
+) -> Callable[[], Any]:
+    """The call sent to the cluster: ``fn(*args, **kwargs)`` with its run context set, and a
+    ``BaseException`` that is not an ``Exception`` turned into an error Dask carries (Dask
+    lets one through to its worker's loop, which with an in-process cluster is this runner's).
+
+    A local function: Dask pickles it by value (cloudpickle), so a worker needs no asyncflow;
+    a body that reads its run context has it. No argument is visible to Dask, which would
+    otherwise look inside them for graphs of its own, and a parameter named like one of
+    ``Client.submit``'s keywords (``key``, ``priority``) stays the body's.
+    """
+    marker = _NEVER_RETURNED
+
+    def enter() -> Any:
+        try:
+            from asyncflow._context import enter_remote_run
+        except ImportError:  # no asyncflow on this worker: the body does not use it either
+            return None
+        return enter_remote_run(*context)
+
+    def leave(token: Any) -> None:
+        if token is not None:
+            from asyncflow._context import leave_remote_run
+
+            leave_remote_run(token)
+
+    if is_async:
+
+        async def run_async() -> Any:
+            token = enter()
+            try:
+                return await fn(*args, **kwargs)
+            except Exception:
+                raise
+            except BaseException as exc:
+                raise RuntimeError(marker, exc) from None
+            finally:
+                leave(token)
+
+        return run_async
+
+    def run() -> Any:
+        token = enter()
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise RuntimeError(marker, exc) from None
+        finally:
+            leave(token)
+
+    return run
+
+
+def _cluster_class(spec: type[Any] | str | None) -> Any:
+    if spec is None:
+        import distributed
+
+        return distributed.LocalCluster
+    if not isinstance(spec, str):
+        return spec
+    module, _, name = spec.rpartition(".")
+    if not module:
+        raise ValueError(f"{_OWNER}: cluster_class {spec!r} is not a dotted name (module.Class)")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{_OWNER}: cannot import cluster_class {spec!r}: {exc}") from exc
+
+
+def _dask_config(values: dict[str, Any]) -> Any:
+    import dask
+
+    return dask.config.set(values)
+
+
+def _send_error(
+    task: Any, args: Sequence[Any], kwargs: dict[str, Any], exc: Exception
+) -> Exception:
+    """What failed a submit: the function or the argument that cannot be pickled, by name (Dask
+    only says which graph it could not send), else the client's own error."""
+    import cloudpickle
+
+    from ._processes import _argument_error
+
+    try:
+        cloudpickle.dumps(task.fn)
+    except Exception as cause:
+        error = SerializationError(
+            f"task {task.name!r}: the task's function cannot be sent to the Dask cluster "
+            f"({error_text(cause)})",
+            "arguments",
+        )
+        error.__cause__ = cause
+        return error
+    error = _argument_error(task, args, kwargs, exc, to="the Dask cluster")
+    return exc if error.__cause__ is exc else error
+
+
+def _worker_died(task_name: str, exc: BaseException) -> TaskCrashedError:
+    """A ``KilledWorker``: the worker running the body died. With several threads per worker,
+    every run the worker was running is blamed (Dask cannot tell which body killed it)."""
+    worker = getattr(exc, "last_worker", None)
+    pid = getattr(worker, "pid", None)
+    address = getattr(worker, "address", None) or "a Dask worker"
+    error = WorkerCrashedError(
+        f"task {task_name!r} crashed: its Dask worker {address} died while running it",
+        pid=pid if isinstance(pid, int) else 0,
+        exitcode=None,
+        stderr_tail="",
+    )
+    error.__cause__ = exc
+    return error
