@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import importlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
 from ._futures import COMPLETED, Future, cancelled_error
+from ._threads import LeftRunning
 from .exceptions import SerializationError, TaskCrashedError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -49,8 +50,7 @@ class DaskWorkers:
         # item -> its Dask future and the asyncio task awaiting it
         self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
         self._held = False
-        self._abandon = False
-        self._quiet: asyncio.Event | None = None  # set when nothing is sent (see aclose)
+        self._left = LeftRunning()  # bodies sent whose runs ended: waited for at close
         self._worker = "dask"
 
     async def start(self) -> None:
@@ -157,8 +157,8 @@ class DaskWorkers:
             ok, value = False, exc
         self._sent.pop(item, None)
         self._sched.on_outcome(item, ok, value, crashed)
-        if not self._sent and self._quiet is not None:
-            self._quiet.set()
+        if not self._sent:
+            self._left.wake()
         self._pump()
 
     # -- the scheduler's other calls -----------------------------------------------------------
@@ -173,18 +173,12 @@ class DaskWorkers:
             self._pump()
 
     def abandon(self) -> None:
-        self._abandon = True
-        if self._quiet is not None:
-            self._quiet.set()
+        self._left.abandon()
 
     async def aclose(self, abandon: bool = False) -> None:
         # Bodies of runs that were cancelled or timed out may still run: wait for them, as for
         # threads, unless told to abandon them (Ctrl-C).
-        self._abandon = self._abandon or abandon
-        while self._sent and not self._abandon:
-            self._quiet = asyncio.Event()
-            await self._quiet.wait()
-        self._quiet = None
+        await self._left.wait(lambda: self._sent, abandon)
         waits = [wait for _future, wait in self._sent.values()]
         for future, wait in self._sent.values():
             wait.cancel()
@@ -204,7 +198,7 @@ class DaskWorkers:
         cluster, self._cluster = self._cluster, None
         if cluster is None:
             return
-        if self._abandon:
+        if self._left.abandoned:
             await _stop_in_process_workers(cluster)
         await cluster.close()
 
@@ -258,44 +252,35 @@ def _guarded(
     """
     marker = _NEVER_RETURNED
 
-    def enter() -> Any:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
         try:
-            from asyncflow._context import enter_remote_run
+            from asyncflow._context import enter_remote_run, leave_remote_run
         except ImportError:  # no asyncflow on this worker: the body does not use it either
-            return None
-        return enter_remote_run(*context)
-
-    def leave(token: Any) -> None:
-        if token is not None:
-            from asyncflow._context import leave_remote_run
-
-            leave_remote_run(token)
-
-    if is_async:
-
-        async def run_async() -> Any:
-            token = enter()
-            try:
-                return await fn(*args, **kwargs)
-            except Exception:
-                raise
-            except BaseException as exc:
-                raise RuntimeError(marker, exc) from None
-            finally:
-                leave(token)
-
-        return run_async
-
-    def run() -> Any:
-        token = enter()
+            token = None
+        else:
+            token = enter_remote_run(*context)
         try:
-            return fn(*args, **kwargs)
+            yield
         except Exception:
             raise
         except BaseException as exc:
             raise RuntimeError(marker, exc) from None
         finally:
-            leave(token)
+            if token is not None:
+                leave_remote_run(token)
+
+    if is_async:
+
+        async def run_async() -> Any:
+            with guard():
+                return await fn(*args, **kwargs)
+
+        return run_async
+
+    def run() -> Any:
+        with guard():
+            return fn(*args, **kwargs)
 
     return run
 

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._futures import COMPLETED, Future, blocking_hooks, take_back_lent
@@ -26,9 +27,35 @@ if TYPE_CHECKING:
 _CLOSED_CHECK = 0.1  # seconds between looks at whether the loop closed under a waiting body
 _KEPT = object()  # in place of an outcome's ok: a worker took this run itself, on its slot
 
-__all__ = ("ThreadWorkers",)
+__all__ = ("LeftRunning", "ThreadWorkers")
 
 logger = logging.getLogger("asyncflow")
+
+
+class LeftRunning:
+    """A backend's bodies that cannot be stopped (a thread's), waited for at close unless
+    abandoned (Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self._quiet: asyncio.Event | None = None
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Call when the last body running ended."""
+        if self._quiet is not None:
+            self._quiet.set()
+
+    async def wait(self, busy: Callable[[], object], abandon: bool) -> None:
+        """Until ``busy()`` is false, or the bodies are abandoned (now or meanwhile)."""
+        self.abandoned = self.abandoned or abandon
+        while busy() and not self.abandoned:
+            self._quiet = asyncio.Event()
+            await self._quiet.wait()
+        self._quiet = None
 
 
 class ThreadWorkers:
@@ -53,8 +80,7 @@ class ThreadWorkers:
         # also (item, None, worker name) when a thread takes an item, ahead of its outcome.
         self._done: deque[tuple[Any, object, Any]] = deque()
         self._done_scheduled = False
-        self._quiet: asyncio.Event | None = None
-        self._abandon = False
+        self._left = LeftRunning()
         # Taking from ``_ready`` (the loop, or a thread going on to the next run) and ``_hold``.
         self._take = threading.Lock()
         self._hold = False
@@ -138,27 +164,21 @@ class ThreadWorkers:
         self._pump()
 
     def _maybe_quiet(self) -> None:
-        if self._quiet is not None and not self._active and not self._parked:
-            self._quiet.set()
+        if not self._active and not self._parked:
+            self._left.wake()
 
     def interrupt(self, item: Any) -> bool:
         """A thread cannot be stopped: its body is left to run (see ``abandon``)."""
         return False
 
     def abandon(self) -> None:
-        self._abandon = True
-        if self._quiet is not None:
-            self._quiet.set()
+        self._left.abandon()
 
     async def aclose(self, abandon: bool = False) -> None:
         # Bodies whose runs were cancelled or timed out may still be running: a thread cannot
         # be killed, so wait for them to return before the threads are stopped; unless told to
         # abandon them (Ctrl-C): they are daemon threads and end with the process.
-        self._abandon = self._abandon or abandon
-        while (self._active or self._parked) and not self._abandon:
-            self._quiet = asyncio.Event()
-            await self._quiet.wait()
-        self._quiet = None
+        await self._left.wait(lambda: self._active or self._parked, abandon)
         busy = bool(self._active or self._parked)
         for _ in self._threads:
             self._queue.put(None)
@@ -219,7 +239,7 @@ class ThreadWorkers:
         if not take.acquire(blocking=False):
             return None
         try:
-            while ready and not (self._hold or self._regrants or self._abandon):
+            while ready and not (self._hold or self._regrants or self._left.abandoned):
                 item = ready[0]
                 if type(item) is not Future:  # an attempt of a driven run: the loop starts it
                     return None
