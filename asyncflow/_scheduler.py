@@ -683,6 +683,10 @@ class Scheduler:
 
     def _skip(self, fut: Future[Any], cause: Future[Any], outcome: Outcome) -> None:
         """``fut`` never runs: ``cause``, one of its inputs, failed or was cancelled."""
+        if fut._status >= COMPLETED:
+            # Cancelled meanwhile, by a done-callback of a run skipped just before it (the
+            # callbacks of a final future run as it becomes final): it stays so.
+            return
         name = fut._task.name
         if outcome is Outcome.CANCELLED:
             fut._set_final(

@@ -590,3 +590,30 @@ def test_a_run_with_retries_cancelled_while_its_attempt_is_queued_never_starts_i
         assert d.cancelled()
     assert handed == [], "a cancelled run's queued attempt was handed to a worker"
     assert ran == ["a"], ran
+
+
+def test_a_skipped_run_cancelled_by_another_skipped_runs_callback_stays_cancelled() -> None:
+    def fail() -> int:
+        raise ValueError("up")
+
+    gate = threading.Event()
+
+    def gated_fail() -> int:
+        assert gate.wait(5)
+        return fail()
+
+    with ThreadPoolTaskRunner() as runner:
+        up = runner.submit(gated_fail)
+        first = runner.submit(task(name="first")(double_it), {"x": up})
+        second = runner.submit(task(name="second")(double_it), {"x": up})
+        first.add_done_callback(lambda _f: second.cancel())
+        gate.set()
+        second.wait(5)
+        assert first.state.name == "UpstreamFailed"
+        assert second.state.is_cancelled()  # not made UpstreamFailed over its Cancelled state
+    stats = runner.statistics()
+    assert (stats.failed, stats.cancelled) == (2, 1)
+
+
+def double_it(x: int) -> int:
+    return x * 2
