@@ -34,13 +34,19 @@ remote_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
 
 def enter_remote_run(
     name: str, run_id: int, attempt: int, tags: tuple[str, ...], key: str
-) -> contextvars.Token[RunContext | None]:
-    """On a cluster worker, around a body: its run context (see ``remote_run``)."""
-    return remote_run.set(RunContext(name, uuid.UUID(int=run_id), attempt, frozenset(tags), key))
+) -> tuple[contextvars.Token[Any], ...]:
+    """On a cluster worker, around a body: its run context (see ``remote_run``), and no run or
+    runner of this process (a worker in this very process, an in-process cluster, runs its
+    bodies in a copy of the context the cluster was started in, maybe another run's)."""
+    context = RunContext(name, uuid.UUID(int=run_id), attempt, frozenset(tags), key)
+    return (remote_run.set(context), current_future.set(None), current_runner.set(None))
 
 
-def leave_remote_run(token: contextvars.Token[RunContext | None]) -> None:
-    remote_run.reset(token)
+def leave_remote_run(tokens: tuple[contextvars.Token[Any], ...]) -> None:
+    remote, fut, runner = tokens
+    current_runner.reset(runner)
+    current_future.reset(fut)
+    remote_run.reset(remote)
 
 
 @dataclass(frozen=True)

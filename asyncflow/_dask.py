@@ -35,10 +35,12 @@ class DaskTaskRunner(TaskRunner):
     gives a warning: Dask's TCP is neither authenticated nor encrypted.
 
     A body is sent to the cluster when one of its worker threads is free for it (as the
-    cluster last told; at least one, so an adaptive cluster with no worker sees work): it is
-    Running, and its timeout counts, from then; a run cancelled before that never reaches the
-    cluster. A body sent cannot be stopped: a run cancelled or timed out keeps its worker
-    thread until its body returns (leaving the block waits for it; Ctrl-C does not). Bodies,
+    cluster last told, at least one): it is Running, and its timeout counts, from then; a run
+    cancelled before that never reaches the cluster. A cluster started with ``adapt_kwargs``
+    is sent every body at once instead, so that it grows for them (those waiting in Dask's
+    queue count as Running). A body sent cannot be stopped: a run cancelled or timed out keeps
+    its worker thread until its body returns (leaving the block waits for it; Ctrl-C does not).
+    Ctrl-C while a cluster starts lets the start finish, then closes the cluster. Bodies,
     arguments and results travel as Dask sends them (pickle, else cloudpickle); every result
     comes back here. In a body, ``get_run_context()`` works (with asyncflow installed on the
     workers) and submitting does not. A body that raises ``SystemExit``,

@@ -51,6 +51,7 @@ class DaskWorkers:
         self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
         self._held = False
         self._left = LeftRunning()  # bodies sent whose runs ended: waited for at close
+        self._adaptive = False
         self._worker = "dask"
 
     async def start(self) -> None:
@@ -65,11 +66,13 @@ class DaskWorkers:
             # Crash retries are the task's (opt-in), not Dask's three silent ones: a body that
             # kills its worker fails its run at once.
             with _dask_config({"distributed.scheduler.allowed-failures": 0}):
-                # Kept before it is awaited: a start cancelled halfway still closes it.
+                # Kept before it is awaited, so that aclose closes it whatever happens next.
                 self._cluster = cls(**runner._cluster_kwargs, asynchronous=True)
-                await self._cluster
+                await _started_whole(self._cluster)
             if runner._adapt_kwargs is not None:
                 self._cluster.adapt(**runner._adapt_kwargs)
+                # It grows for the work its scheduler sees: send it all (see _threads).
+                self._adaptive = True
             target = self._cluster
         client_class: Any = distributed.Client
         client = client_class(target, asynchronous=True, **runner._client_kwargs)
@@ -92,8 +95,13 @@ class DaskWorkers:
         self._pump()
 
     def _threads(self) -> int:
-        """The cluster's worker threads, as its scheduler last told the client (the client asks
-        every few seconds); at least 1, so an adaptive cluster with no worker yet sees work."""
+        """How many bodies may be on the cluster at once: its worker threads, as its scheduler
+        last told the client (the client asks every few seconds), at least 1. Unbounded for a
+        cluster this runner adapts: Dask grows it for the work its scheduler sees waiting, so
+        that work waits there (a body sent may then wait in Dask's queue, counted as Running,
+        its timeout too; cancelled there, it still runs, and its result is dropped)."""
+        if self._adaptive:
+            return len(self._sent) + len(self._queue)
         info = self._client.scheduler_info()
         return max(1, int(info.get("total_threads") or 0))
 
@@ -201,6 +209,26 @@ class DaskWorkers:
         if self._left.abandoned:
             await _stop_in_process_workers(cluster)
         await cluster.close()
+
+
+async def _started_whole(cluster: Any) -> None:
+    """Start ``cluster`` to the end, even when cancelled meanwhile (then cancelled after): Dask
+    cannot close a cluster whose start was cancelled halfway (its workers go on), and one that
+    started is closed by the caller's clean-up."""
+
+    async def start() -> None:
+        await cluster
+
+    starting = asyncio.ensure_future(start())
+    cancelled: asyncio.CancelledError | None = None
+    while not starting.done():
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError as exc:  # noqa: PERF203 - only when cancelled
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    starting.result()
 
 
 async def _stop_in_process_workers(cluster: Any) -> None:

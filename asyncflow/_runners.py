@@ -353,8 +353,10 @@ class TaskRunner(abc.ABC):
             try:
                 await start()
             except BaseException:
-                await _despite_cancellation(sched.aclose(abandon=True))
-                self._hub.detach(sched)
+                try:
+                    await _despite_cancellation(sched.aclose(abandon=True))
+                finally:
+                    self._hub.detach(sched)
                 raise
         self._scheduler = sched
 
@@ -441,7 +443,7 @@ class TaskRunner(abc.ABC):
                 # opened (a cluster) first; or close what started meanwhile after all.
                 starting.cancel()
                 if tasks:
-                    loop_thread.run(asyncio.wait(tasks)).result()
+                    loop_thread.run(_settled(tasks)).result()
                 sched, self._scheduler = self._scheduler, None
                 if sched is not None:
                     self._hub.detach(sched)
@@ -499,6 +501,14 @@ class TaskRunner(abc.ABC):
 
 async def _call(fn: Callable[..., None], *args: Any) -> None:
     fn(*args)
+
+
+async def _settled(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for ``tasks`` to end, however they end (their errors are seen to, here)."""
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
 
 
 async def _despite_cancellation(coro: Awaitable[None]) -> None:

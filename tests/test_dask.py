@@ -22,7 +22,7 @@ import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 from helpers import TIMEOUT, adouble, double
 
-from asyncflow import DaskTaskRunner, allow_failure, get_run_context, task
+from asyncflow import DaskTaskRunner, ThreadPoolTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
     SerializationError,
     TaskCrashedError,
@@ -422,11 +422,13 @@ def test_ctrl_c_leaves_at_once_without_waiting_for_a_stuck_body() -> None:
     assert RETURNED.wait(TIMEOUT)
 
 
-class _StuckCluster:
-    """A cluster class whose start never ends (until cancelled); says when it starts and when
-    it is closed."""
+class _SlowCluster:
+    """A cluster class whose start ends when ``go`` is set; says when it starts, when it has
+    started and when it is closed."""
 
     starting = threading.Event()
+    go = threading.Event()
+    started = threading.Event()
     closed = threading.Event()
 
     def __init__(self, asynchronous: bool) -> None:
@@ -437,29 +439,87 @@ class _StuckCluster:
 
     async def _start(self) -> None:
         self.starting.set()
-        await asyncio.Event().wait()
+        await asyncio.get_running_loop().run_in_executor(None, self.go.wait, TIMEOUT)
+        self.started.set()
 
     async def close(self) -> None:
         self.closed.set()
 
 
-def test_ctrl_c_while_the_cluster_starts_closes_it_and_frees_the_runner() -> None:
-    _StuckCluster.starting.clear()
-    _StuckCluster.closed.clear()
-    runner = DaskTaskRunner(cluster_class=_StuckCluster)
+def test_ctrl_c_while_the_cluster_starts_closes_it_once_started_and_frees_the_runner() -> None:
+    for event in (_SlowCluster.starting, _SlowCluster.go, _SlowCluster.started):
+        event.clear()
+    _SlowCluster.closed.clear()
+    runner = DaskTaskRunner(cluster_class=_SlowCluster)
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
 
     def ctrl_c() -> None:  # a real SIGINT: it interrupts the main thread's wait for the start
-        assert _StuckCluster.starting.wait(TIMEOUT)
+        assert _SlowCluster.starting.wait(TIMEOUT)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        assert interrupted.wait(TIMEOUT)  # the start goes on only once Ctrl-C is on its way
+        _SlowCluster.go.set()
 
     pressing = threading.Thread(target=ctrl_c)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     pressing.start()
     try:
         with pytest.raises(KeyboardInterrupt), runner:
             pytest.fail("started")
     finally:
         pressing.join()
-    assert _StuckCluster.closed.is_set()
+        signal.signal(signal.SIGINT, previous)
+    # Dask cannot close a cluster whose start was cut short: it was let finish, then closed.
+    assert _SlowCluster.started.is_set()
+    assert _SlowCluster.closed.is_set()
     with in_process() as again:  # (no runner was left claimed or running)
         assert again.submit(double, {"x": 1}).result(timeout=TIMEOUT) == 2
     assert runner.statistics().submitted == 0
+
+
+def its_task_name() -> str:
+    return get_run_context().task_name
+
+
+async def opens_a_dask_runner() -> tuple[str, str]:
+    async with in_process() as runner:
+        name = await runner.submit(task(name="inner")(its_task_name))
+        try:
+            await runner.submit(submits_from_the_worker)
+        except RuntimeError as exc:
+            return name, str(exc)
+    return name, "submitted"
+
+
+def test_an_in_process_cluster_started_in_a_run_gives_its_bodies_their_own_context() -> None:
+    # Its workers run bodies in a copy of the context it was started in: the outer run's.
+    with ThreadPoolTaskRunner() as outer:
+        run = outer.submit(task(name="outer")(opens_a_dask_runner))
+        name, error = run.result(timeout=30)
+    assert name == "inner"
+    assert "not available inside a Dask worker" in error
+
+
+def test_an_adaptive_cluster_is_sent_all_the_work_it_should_grow_for() -> None:
+    runner = DaskTaskRunner(
+        cluster_kwargs={**IN_PROCESS, "n_workers": 1}, adapt_kwargs={"minimum": 1, "maximum": 1}
+    )
+    with runner:
+        runs = [runner.submit(held, {"value": i}) for i in range(3)]
+        assert STARTED.wait(TIMEOUT)
+        assert runner.statistics().running == 3  # all sent: Dask's scheduler holds two of them
+        GATE.set()
+        assert [run.result(timeout=TIMEOUT) for run in runs] == [0, 1, 2]
+
+
+def test_a_cluster_that_is_not_adapted_is_sent_only_what_its_threads_can_run() -> None:
+    with in_process(n_workers=1) as runner:
+        runs = [runner.submit(held, {"value": i}) for i in range(3)]
+        assert STARTED.wait(TIMEOUT)
+        stats = runner.statistics()
+        assert (stats.running, stats.queued) == (1, 2)
+        GATE.set()
+        assert [run.result(timeout=TIMEOUT) for run in runs] == [0, 1, 2]
