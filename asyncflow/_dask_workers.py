@@ -63,12 +63,16 @@ class DaskWorkers:
         target: Any = runner._address
         if target is None:
             cls = _cluster_class(runner._cluster_class)
+            # Kept before it is awaited, so that aclose closes it whatever happens next.
+            self._cluster = cls(**runner._cluster_kwargs, asynchronous=True)
+            await _started_whole(self._cluster)
             # Crash retries are the task's (opt-in), not Dask's three silent ones: a body that
-            # kills its worker fails its run at once.
-            with _dask_config({"distributed.scheduler.allowed-failures": 0}):
-                # Kept before it is awaited, so that aclose closes it whatever happens next.
-                self._cluster = cls(**runner._cluster_kwargs, asynchronous=True)
-                await _started_whole(self._cluster)
+            # kills its worker fails its run at once. Set on the scheduler itself when it runs
+            # in this process (a LocalCluster's), before any task: Dask's config is the whole
+            # process's, and another cluster starting meanwhile would share the change.
+            scheduler = getattr(self._cluster, "scheduler", None)
+            if isinstance(scheduler, distributed.Scheduler):
+                scheduler.allowed_failures = 0
             if runner._adapt_kwargs is not None:
                 self._cluster.adapt(**runner._adapt_kwargs)
                 # It grows for the work its scheduler sees: send it all (see _threads).
@@ -212,9 +216,10 @@ class DaskWorkers:
 
 
 async def _started_whole(cluster: Any) -> None:
-    """Start ``cluster`` to the end, even when cancelled meanwhile (then cancelled after): Dask
-    cannot close a cluster whose start was cancelled halfway (its workers go on), and one that
-    started is closed by the caller's clean-up."""
+    """Start ``cluster`` to the end, even when cancelled meanwhile (then cancelled after, the
+    cancellation taking the place of any error of the start): Dask cannot close a cluster whose
+    start was cancelled halfway (its workers go on), and one that started is closed by the
+    caller's clean-up."""
 
     async def start() -> None:
         await cluster
@@ -223,10 +228,12 @@ async def _started_whole(cluster: Any) -> None:
     cancelled: asyncio.CancelledError | None = None
     while not starting.done():
         try:
-            await asyncio.shield(starting)
+            await asyncio.wait([starting])  # (a cancel of this task leaves the start going)
         except asyncio.CancelledError as exc:  # noqa: PERF203 - only when cancelled
             cancelled = exc
     if cancelled is not None:
+        if not starting.cancelled():
+            starting.exception()  # seen to: the cancellation is what the caller gets
         raise cancelled
     starting.result()
 
@@ -327,12 +334,6 @@ def _cluster_class(spec: type[Any] | str | None) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"{_OWNER}: cannot import cluster_class {spec!r}: {exc}") from exc
-
-
-def _dask_config(values: dict[str, Any]) -> Any:
-    import dask
-
-    return dask.config.set(values)
 
 
 def _send_error(

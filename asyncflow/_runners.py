@@ -442,8 +442,12 @@ class TaskRunner(abc.ABC):
                 # Interrupted (Ctrl-C) while it starts: stop the start, and let it close what it
                 # opened (a cluster) first; or close what started meanwhile after all.
                 starting.cancel()
-                if tasks:
-                    loop_thread.run(_settled(tasks)).result()
+                while tasks:  # (until its clean-up is done: a Ctrl-C more would orphan it)
+                    try:
+                        loop_thread.run(_settled(tasks)).result()
+                        break
+                    except KeyboardInterrupt:
+                        continue
                 sched, self._scheduler = self._scheduler, None
                 if sched is not None:
                     self._hub.detach(sched)

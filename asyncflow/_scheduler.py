@@ -688,7 +688,9 @@ class Scheduler:
             # callbacks of a final future run as it becomes final): it stays so.
             return
         name = fut._task.name
-        if outcome is Outcome.CANCELLED:
+        if outcome is Outcome.CANCELLED or cause._status == CANCELLED:
+            # (A cause skipped for a failure, then cancelled that way: its runs below are
+            # cancelled too, as if it had been cancelled before the failure.)
             fut._set_final(
                 CANCELLED, cancelled_error(name, f"its upstream {cause._task.name!r} was cancelled")
             )

@@ -606,13 +606,17 @@ def test_a_skipped_run_cancelled_by_another_skipped_runs_callback_stays_cancelle
         up = runner.submit(gated_fail)
         first = runner.submit(task(name="first")(double_it), {"x": up})
         second = runner.submit(task(name="second")(double_it), {"x": up})
+        third = runner.submit(task(name="third")(double_it), {"x": second})
         first.add_done_callback(lambda _f: second.cancel())
         gate.set()
-        second.wait(5)
+        third.wait(5)
         assert first.state.name == "UpstreamFailed"
         assert second.state.is_cancelled()  # not made UpstreamFailed over its Cancelled state
+        # ... and what waits on it is cancelled, as if it had been cancelled before.
+        assert third.state.is_cancelled()
+        assert "its upstream 'second' was cancelled" in str(third.exception())
     stats = runner.statistics()
-    assert (stats.failed, stats.cancelled) == (2, 1)
+    assert (stats.failed, stats.cancelled) == (2, 2)
 
 
 def double_it(x: int) -> int:

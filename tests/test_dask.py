@@ -15,8 +15,10 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import dask
 import distributed
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -179,22 +181,29 @@ def test_a_run_waits_here_for_a_free_worker_thread_and_if_cancelled_never_reache
     assert sent.keys[1].endswith(after.task_run_id.hex)
 
 
-def die() -> None:
+def die(path: str) -> None:
+    with open(path, "a") as tries:
+        tries.write("run\n")
     os._exit(3)
 
 
-def test_a_worker_that_dies_fails_only_its_run_with_worker_crashed_error() -> None:
+def test_a_worker_that_dies_fails_only_its_run_with_worker_crashed_error(tmp_path: Path) -> None:
+    allowed = dask.config.get("distributed.scheduler.allowed-failures")
+    tries = tmp_path / "tries"
     runner = DaskTaskRunner(
         cluster_kwargs={"processes": True, "n_workers": 1, "dashboard_address": ":0"}
     )
     with runner:
-        crashed = runner.submit(die)
+        crashed = runner.submit(die, {"path": str(tries)})
         error = crashed.exception(timeout=30)
         assert isinstance(error, WorkerCrashedError)
         assert "task 'die' crashed: its Dask worker tcp://" in str(error)
         assert crashed.state.is_crashed()
         # Dask starts a new worker; the session goes on.
         assert runner.submit(double, {"x": 5}).result(timeout=30) == 10
+    assert tries.read_text() == "run\n"  # not run again on the new worker (Dask's default: 3)
+    # Set on the runner's own scheduler, not in Dask's config, which is the whole process's.
+    assert dask.config.get("distributed.scheduler.allowed-failures") == allowed
 
 
 def test_an_existing_cluster_is_used_and_left_running() -> None:
@@ -422,7 +431,21 @@ def test_ctrl_c_leaves_at_once_without_waiting_for_a_stuck_body() -> None:
     assert RETURNED.wait(TIMEOUT)
 
 
-class _SlowCluster:
+class _FakeCluster:
+    """A cluster class as the runner uses one: made with ``asynchronous=True``, then awaited
+    (``_start``), then closed."""
+
+    def __init__(self, asynchronous: bool) -> None:
+        assert asynchronous
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+
+class _SlowCluster(_FakeCluster):
     """A cluster class whose start ends when ``go`` is set; says when it starts, when it has
     started and when it is closed."""
 
@@ -430,12 +453,6 @@ class _SlowCluster:
     go = threading.Event()
     started = threading.Event()
     closed = threading.Event()
-
-    def __init__(self, asynchronous: bool) -> None:
-        assert asynchronous
-
-    def __await__(self) -> Any:
-        return self._start().__await__()
 
     async def _start(self) -> None:
         self.starting.set()
@@ -523,3 +540,37 @@ def test_a_cluster_that_is_not_adapted_is_sent_only_what_its_threads_can_run() -
         assert (stats.running, stats.queued) == (1, 2)
         GATE.set()
         assert [run.result(timeout=TIMEOUT) for run in runs] == [0, 1, 2]
+
+
+class _FailingCluster(_FakeCluster):
+    """A cluster class whose start fails once ``go`` is set."""
+
+    starting: asyncio.Event
+    go: asyncio.Event
+    closed = False
+
+    async def _start(self) -> None:
+        self.starting.set()
+        await self.go.wait()
+        raise OSError("the cluster could not start")
+
+    async def close(self) -> None:
+        type(self).closed = True
+
+
+@pytest.mark.anyio
+async def test_a_start_cancelled_then_failing_ends_cancelled_and_its_cluster_is_closed() -> None:
+    _FailingCluster.starting, _FailingCluster.go = asyncio.Event(), asyncio.Event()
+    _FailingCluster.closed = False
+
+    async def enter() -> None:
+        async with DaskTaskRunner(cluster_class=_FailingCluster):
+            pytest.fail("started")
+
+    entering = asyncio.ensure_future(enter())
+    await _FailingCluster.starting.wait()
+    entering.cancel()  # the cancel reaches the start before its failure does (FIFO)
+    _FailingCluster.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    assert _FailingCluster.closed
