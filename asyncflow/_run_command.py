@@ -22,7 +22,7 @@ from ._progress import ProgressDisplay
 from ._recorder import RunRecorder, check_outputs
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from ._states import StateType
+from ._states import UPSTREAM_FAILED, StateType
 from .exceptions import RemoteTraceback
 
 __all__ = ("add_run_command", "observe")
@@ -105,10 +105,13 @@ class _Failures:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
         self.count = 0
+        self.skipped = 0  # of those, runs that never ran: an upstream failed
 
     def __call__(self, event: TaskEvent) -> None:
         if event.kind == "finished" and event.state in (StateType.FAILED, StateType.CRASHED):
             self.count += 1
+            if event.state_name == UPSTREAM_FAILED:
+                self.skipped += 1
             if len(self.seen) < _MAX_FAILURES_KEPT:
                 self.seen.append((event.task_name, event.error or ""))
 
@@ -180,6 +183,8 @@ def describe_failure(flow_name: str, exc: BaseException, failures: _Failures) ->
         message += " " + _one_line(f"(caused by {type(root).__name__}: {root})")
     if failures.count > 1:
         message += f". {failures.count} task runs failed in all"
+        if failures.skipped:
+            message += f", {failures.skipped} of them without running (an upstream failed)"
     return message + ". Run with --traceback to see the traceback."
 
 

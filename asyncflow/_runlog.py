@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._events import TaskEvent
-from ._states import StateType
+from ._states import UPSTREAM_FAILED, StateType
 
 __all__ = (
     "AttemptSpan",
@@ -109,7 +109,7 @@ def run_class(run: RunSummary) -> str:
     otherwise the state's lower-case name: completed, failed, crashed, cancelled, running,
     retrying, pending.
     """
-    if run.state_name == "UpstreamFailed" or (run.state is StateType.FAILED and not run.started):
+    if run.state_name == UPSTREAM_FAILED or (run.state is StateType.FAILED and not run.started):
         return "skipped"
     return run.state.value.lower()
 

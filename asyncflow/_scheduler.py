@@ -42,6 +42,7 @@ from ._futures import (
 from ._graph import Graph, Node, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
+from ._states import UPSTREAM_FAILED
 from ._stats import RunnerStatistics
 from .exceptions import RemoteTraceback, UpstreamFailedError
 
@@ -72,7 +73,7 @@ _OUTCOMES = (
     Outcome.FAILED,
 )
 assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
-_SKIPPED = "UpstreamFailed"  # the state name of a run skipped for a failed upstream
+_SKIPPED = UPSTREAM_FAILED  # the state name of a run skipped for a failed upstream
 
 
 # Causes followed at most to find a skipped run's first failure: those asyncflow makes are one

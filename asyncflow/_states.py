@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
 
-__all__ = ("FINAL_TYPES", "State", "StateType")
+__all__ = ("FINAL_TYPES", "UPSTREAM_FAILED", "State", "StateType")
 
 
 class StateType(str, enum.Enum):
@@ -29,6 +29,10 @@ class StateType(str, enum.Enum):
 FINAL_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
+
+
+UPSTREAM_FAILED = "UpstreamFailed"
+"""The name of the Failed state of a run that did not run because an input failed."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -153,6 +153,7 @@ def test_a_failing_flow_exits_1_naming_the_task_and_its_error(flows: Path) -> No
     assert message.startswith("asyncflow run: flow 'failing-pipeline' failed: task 'double'")
     assert "its upstream task 'boom' failed" in message
     assert "(caused by ValueError: bad input 1)" in message
+    assert "2 task runs failed in all, 1 of them without running (an upstream failed)" in message
     assert "Traceback" not in message
 
 
