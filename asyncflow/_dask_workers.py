@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 __all__ = ("DaskWorkers",)
+
+logger = logging.getLogger("asyncflow")
 
 _OWNER = "DaskTaskRunner"
 
@@ -66,13 +69,6 @@ class DaskWorkers:
             # Kept before it is awaited, so that aclose closes it whatever happens next.
             self._cluster = cls(**runner._cluster_kwargs, asynchronous=True)
             await _started_whole(self._cluster)
-            # Crash retries are the task's (opt-in), not Dask's three silent ones: a body that
-            # kills its worker fails its run at once. Set on the scheduler itself when it runs
-            # in this process (a LocalCluster's), before any task: Dask's config is the whole
-            # process's, and another cluster starting meanwhile would share the change.
-            scheduler = getattr(self._cluster, "scheduler", None)
-            if isinstance(scheduler, distributed.Scheduler):
-                scheduler.allowed_failures = 0
             if runner._adapt_kwargs is not None:
                 self._cluster.adapt(**runner._adapt_kwargs)
                 # It grows for the work its scheduler sees: send it all (see _threads).
@@ -88,6 +84,20 @@ class DaskWorkers:
             raise
         self._client = client
         self._worker = f"dask {client.scheduler.address}"
+        scheduler_kwargs = runner._cluster_kwargs.get("scheduler_kwargs") or {}
+        if runner._address is None and "allowed_failures" not in scheduler_kwargs:
+            # Crash retries are the task's (opt-in), not Dask's three silent ones: a body that
+            # kills its worker fails its run at once. Set on the started cluster's scheduler,
+            # wherever it runs, before any task (not in Dask's config: that is the whole
+            # process's, and another cluster starting meanwhile would share the change).
+            try:
+                await client.run_on_scheduler(_no_crash_retries())
+            except Exception as exc:  # (a scheduler that runs no code it is sent, say)
+                logger.warning(
+                    "DaskTaskRunner: could not turn Dask's crash retries off on the cluster "
+                    "it started (%s): a body that kills its worker may be run again",
+                    error_text(exc),
+                )
 
     # -- sending -----------------------------------------------------------------------------
     def submit(self, item: Any) -> None:
@@ -213,6 +223,16 @@ class DaskWorkers:
         if self._left.abandoned:
             await _stop_in_process_workers(cluster)
         await cluster.close()
+
+
+def _no_crash_retries() -> Callable[[Any], None]:
+    """What ``Client.run_on_scheduler`` runs on the cluster's scheduler: a local function, so
+    Dask sends it by value (the scheduler's process needs no asyncflow)."""
+
+    def no_crash_retries(dask_scheduler: Any) -> None:
+        dask_scheduler.allowed_failures = 0
+
+    return no_crash_retries
 
 
 async def _started_whole(cluster: Any) -> None:

@@ -442,12 +442,16 @@ class TaskRunner(abc.ABC):
                 # Interrupted (Ctrl-C) while it starts: stop the start, and let it close what it
                 # opened (a cluster) first; or close what started meanwhile after all.
                 starting.cancel()
-                while tasks:  # (until its clean-up is done: a Ctrl-C more would orphan it)
+                # Until its clean-up is done: one Ctrl-C more is held off (leaving then would
+                # orphan a cluster's workers), a second one leaves at once.
+                for held_off in (True, False):
                     try:
-                        loop_thread.run(_settled(tasks)).result()
+                        if tasks:
+                            loop_thread.run(_settled(tasks)).result()
                         break
                     except KeyboardInterrupt:
-                        continue
+                        if not held_off:
+                            raise
                 sched, self._scheduler = self._scheduler, None
                 if sched is not None:
                     self._hub.detach(sched)

@@ -643,8 +643,8 @@ class Scheduler:
                 # (A run with an abandoned thread body keeps its limits until it returns.)
                 self._release(pol)
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
-        for child, cause, outcome in skipped:
-            self._skip(child, cause, outcome)
+        if skipped:
+            ready = self._after_skips(ready, skipped)
         for child in ready:
             if child._policy is None and child._task.is_async and not self.coroutines_in_backend:
                 self._starts.append(child)  # _start_soon, inlined: once per run
@@ -677,10 +677,27 @@ class Scheduler:
         ready: Sequence[Future[Any]],
         skipped: Sequence[tuple[Future[Any], Future[Any], Outcome]],
     ) -> None:
+        for child in self._after_skips(ready, skipped) if skipped else ready:
+            self._start(child)
+
+    def _after_skips(
+        self,
+        ready: Sequence[Future[Any]],
+        skipped: Sequence[tuple[Future[Any], Future[Any], Outcome]],
+    ) -> list[Future[Any]]:
+        """Skip ``skipped``; then the runs of ``ready`` still to start: not one with an input it
+        accepts failing (``allow_failure``) that a done-callback of a run skipped here cancelled
+        meanwhile (it is cancelled too, as if that input had been cancelled first)."""
         for child, cause, outcome in skipped:
             self._skip(child, cause, outcome)
-        for child in ready:
-            self._start(child)
+        return [child for child in ready if not self._input_cancelled(child)]
+
+    def _input_cancelled(self, fut: Future[Any]) -> bool:
+        for up in fut._allowed or ():
+            if up._status == CANCELLED:
+                self._skip(fut, up, Outcome.CANCELLED)
+                return True
+        return False
 
     def _skip(self, fut: Future[Any], cause: Future[Any], outcome: Outcome) -> None:
         """``fut`` never runs: ``cause``, one of its inputs, failed or was cancelled."""

@@ -21,7 +21,7 @@ import pytest
 from helpers import Stuck
 
 import asyncflow
-from asyncflow import Future, ThreadPoolTaskRunner, get_run_context, task, wait
+from asyncflow import Future, ThreadPoolTaskRunner, allow_failure, get_run_context, task, wait
 from asyncflow.exceptions import TaskCancelledError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
@@ -607,17 +607,24 @@ def test_a_skipped_run_cancelled_by_another_skipped_runs_callback_stays_cancelle
         first = runner.submit(task(name="first")(double_it), {"x": up})
         second = runner.submit(task(name="second")(double_it), {"x": up})
         third = runner.submit(task(name="third")(double_it), {"x": second})
+        accepting = runner.submit(task(name="accepting")(kind_of), {"x": allow_failure(second)})
         first.add_done_callback(lambda _f: second.cancel())
         gate.set()
         third.wait(5)
+        accepting.wait(5)
+        assert accepting.state.is_cancelled()  # allow_failure accepts a failure, not a cancel
         assert first.state.name == "UpstreamFailed"
         assert second.state.is_cancelled()  # not made UpstreamFailed over its Cancelled state
         # ... and what waits on it is cancelled, as if it had been cancelled before.
         assert third.state.is_cancelled()
         assert "its upstream 'second' was cancelled" in str(third.exception())
     stats = runner.statistics()
-    assert (stats.failed, stats.cancelled) == (2, 2)
+    assert (stats.failed, stats.cancelled) == (2, 3)
 
 
 def double_it(x: int) -> int:
     return x * 2
+
+
+def kind_of(x: object) -> str:
+    return type(x).__name__

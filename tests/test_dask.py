@@ -574,3 +574,13 @@ async def test_a_start_cancelled_then_failing_ends_cancelled_and_its_cluster_is_
     with pytest.raises(asyncio.CancelledError):
         await entering
     assert _FailingCluster.closed
+
+
+def test_a_crash_retry_setting_of_the_users_own_is_kept() -> None:
+    kwargs = {**IN_PROCESS, "scheduler_kwargs": {"allowed_failures": 5}}
+    with DaskTaskRunner(cluster_kwargs=kwargs) as runner:
+        cluster = runner._scheduler.backend._cluster  # type: ignore[union-attr]
+        assert cluster.scheduler.allowed_failures == 5
+    with in_process() as runner:
+        cluster = runner._scheduler.backend._cluster  # type: ignore[union-attr]
+        assert cluster.scheduler.allowed_failures == 0
