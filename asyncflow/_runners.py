@@ -443,7 +443,7 @@ class TaskRunner(abc.ABC):
                 # opened (a cluster) first; or close what started meanwhile after all.
                 starting.cancel()
                 # Until its clean-up is done: one Ctrl-C more is held off (leaving then would
-                # orphan a cluster's workers), a second one leaves at once.
+                # orphan a cluster's workers), a second one leaves without waiting for it.
                 for held_off in (True, False):
                     try:
                         if tasks:
@@ -457,8 +457,8 @@ class TaskRunner(abc.ABC):
                     self._hub.detach(sched)
                     loop_thread.run(sched.aclose(abandon=True)).result()
             finally:
+                self._claimed = False  # (first: a Ctrl-C more may cut the stop short)
                 loop_thread.stop()
-                self._claimed = False
             raise
         self._loop_thread = loop_thread
         self._token = current_runner.set(self)

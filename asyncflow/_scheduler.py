@@ -696,6 +696,7 @@ class Scheduler:
         for up in fut._allowed or ():
             if up._status == CANCELLED:
                 self._skip(fut, up, Outcome.CANCELLED)
+                self._after(*self._graph.finish(fut, Outcome.CANCELLED))  # and what waits on it
                 return True
         return False
 

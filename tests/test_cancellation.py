@@ -608,18 +608,20 @@ def test_a_skipped_run_cancelled_by_another_skipped_runs_callback_stays_cancelle
         second = runner.submit(task(name="second")(double_it), {"x": up})
         third = runner.submit(task(name="third")(double_it), {"x": second})
         accepting = runner.submit(task(name="accepting")(kind_of), {"x": allow_failure(second)})
+        below = runner.submit(task(name="below")(kind_of), {"x": accepting})
         first.add_done_callback(lambda _f: second.cancel())
         gate.set()
         third.wait(5)
-        accepting.wait(5)
+        below.wait(5)
         assert accepting.state.is_cancelled()  # allow_failure accepts a failure, not a cancel
+        assert below.state.is_cancelled()
         assert first.state.name == "UpstreamFailed"
         assert second.state.is_cancelled()  # not made UpstreamFailed over its Cancelled state
         # ... and what waits on it is cancelled, as if it had been cancelled before.
         assert third.state.is_cancelled()
         assert "its upstream 'second' was cancelled" in str(third.exception())
     stats = runner.statistics()
-    assert (stats.failed, stats.cancelled) == (2, 3)
+    assert (stats.failed, stats.cancelled) == (2, 4)
 
 
 def double_it(x: int) -> int:
