@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
 from ._futures import COMPLETED, Future, cancelled_error
+from ._loop import to_its_end
 from ._threads import LeftRunning
 from .exceptions import SerializationError, TaskCrashedError, WorkerCrashedError
 
@@ -244,18 +245,12 @@ async def _started_whole(cluster: Any) -> None:
     async def start() -> None:
         await cluster
 
-    starting = asyncio.ensure_future(start())
-    cancelled: asyncio.CancelledError | None = None
-    while not starting.done():
-        try:
-            await asyncio.wait([starting])  # (a cancel of this task leaves the start going)
-        except asyncio.CancelledError as exc:  # noqa: PERF203 - only when cancelled
-            cancelled = exc
+    started, cancelled = await to_its_end(start())
     if cancelled is not None:
-        if not starting.cancelled():
-            starting.exception()  # seen to: the cancellation is what the caller gets
+        if not started.cancelled():
+            started.exception()  # seen to: the cancellation is what the caller gets
         raise cancelled
-    starting.result()
+    started.result()
 
 
 async def _stop_in_process_workers(cluster: Any) -> None:

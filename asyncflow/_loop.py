@@ -1,16 +1,17 @@
-"""The background event-loop thread that ``with runner:`` uses in sync code."""
+"""The background event-loop thread that ``with runner:`` uses in sync code; awaiting work to its
+end through cancellations."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ("LoopThread", "new_event_loop")
+__all__ = ("LoopThread", "new_event_loop", "to_its_end")
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -57,3 +58,17 @@ class LoopThread:
         except RuntimeError:  # the loop already stopped and closed
             pass
         self._thread.join()
+
+
+async def to_its_end(work: Awaitable[T]) -> tuple[asyncio.Future[T], BaseException | None]:
+    """Await ``work`` to its end even if the awaiting task is cancelled meanwhile (``work`` is
+    not): its future, done, and the last cancellation of the awaiting task, if any (for the
+    caller to raise, or not, once the work is over)."""
+    done = asyncio.ensure_future(work)
+    cancelled: BaseException | None = None
+    while not done.done():
+        try:
+            await asyncio.wait([done])  # (a cancel of this task leaves the work going)
+        except asyncio.CancelledError as exc:  # noqa: PERF203 - only when cancelled
+            cancelled = exc
+    return done, cancelled

@@ -18,7 +18,7 @@ from ._events import EventHub, EventStream, Subscription, TaskEvent
 from ._futures import Future, FutureList, MapGroup, plain_runs
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
-from ._loop import LoopThread
+from ._loop import LoopThread, to_its_end
 from ._mapping import expand
 from ._options import check_timeout
 from ._params import ATOMIC, IMMUTABLE, TOP_LEVEL, find_futures, wait_for_edges
@@ -520,14 +520,10 @@ async def _settled(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def _despite_cancellation(coro: Awaitable[None]) -> None:
-    """Await ``coro`` to its end even if the awaiting task is cancelled (again) meanwhile."""
-    task = asyncio.ensure_future(coro)
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:  # noqa: PERF203 - only on the error path
-            continue  # the caller re-raises its own cancellation once clean-up is done
-    task.result()
+    """Await ``coro`` to its end even if the awaiting task is cancelled (again) meanwhile: the
+    caller re-raises its own cancellation once clean-up is done."""
+    done, _cancelled = await to_its_end(coro)
+    done.result()
 
 
 def _check_tag(tag: object, owner: str) -> str:

@@ -144,14 +144,18 @@ def loop_session(
 
 
 # -- Dask -----------------------------------------------------------------------------------------
+def _quiet_dask() -> None:
+    # Dask reports a closing cluster's heartbeats and comms as errors: noise for a benchmark.
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def dask_client(*, processes: bool, workers: int, threads: int) -> Iterator[Any]:
     """A ``distributed.Client`` on a fresh ``LocalCluster`` (no dashboard), closed on exit."""
     from distributed import Client, LocalCluster
 
-    # Dask reports a closing cluster's heartbeats and comms as errors: noise for a benchmark.
-    for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    _quiet_dask()
     with (
         LocalCluster(  # type: ignore[no-untyped-call, unused-ignore]
             n_workers=workers,
@@ -284,8 +288,7 @@ def dask_runner_system(
     def start() -> Iterator[Run]:
         from asyncflow import DaskTaskRunner
 
-        for logger in ("distributed", "tornado"):  # see dask_client
-            logging.getLogger(logger).setLevel(logging.CRITICAL)
+        _quiet_dask()
         cluster = {
             "n_workers": workers,
             "threads_per_worker": threads,
@@ -401,15 +404,11 @@ def asyncflow_each(
     """asyncflow from sync code: in one session (started outside the timer), submit
     ``flow_task(x=i)`` for each ``i``, then take each result, check; returns the seconds."""
 
+    job = runner_each(flow_task, n, check)
+
     def run() -> float:
         with make_runner() as runner:
-            start = time.perf_counter()
-            futures = [runner.submit(flow_task, {"x": i}) for i in range(n)]
-            results = [f.result() for f in futures]
-            seconds = time.perf_counter() - start
-            del futures
-        check(results, n)
-        return seconds
+            return job(runner)
 
     return run
 

@@ -68,15 +68,11 @@ def _asyncflow() -> Iterator[Run]:
 
 @contextlib.contextmanager
 def _asyncflow_processes() -> Iterator[Run]:
+    job = runner_each(echo_task, TASKS, check)
     with ProcessPoolTaskRunner(2) as runner:
 
         def run() -> float:
-            start = time.perf_counter()
-            futures = [runner.submit(echo_task, {"x": i}) for i in range(TASKS)]
-            results = [f.result() for f in futures]
-            seconds = time.perf_counter() - start
-            check(results, TASKS)
-            return seconds
+            return job(runner)
 
         run()  # start both workers
         yield run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,20 @@ class TimedLock:
 
     def __exit__(self, *exc: object) -> None:
         self.real.release()
+
+
+def collect_holding(owner: Any, name: str) -> TimedLock:
+    """A full garbage collection while the lock ``owner.<name>`` is held, with a ``TimedLock``
+    in its place meanwhile (put back after): its ``stuck`` counts takes that would have hung."""
+    real = getattr(owner, name)
+    lock = TimedLock(real)
+    setattr(owner, name, lock)
+    try:
+        with lock:
+            gc.collect()
+    finally:
+        setattr(owner, name, real)
+    return lock
 
 
 def park_and_close(coro_fn: Callable[[asyncio.Event], Any]) -> None:

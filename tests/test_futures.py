@@ -20,7 +20,16 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from helpers import Stuck, TimedLock, adouble, ahold, double, hold, park_and_close
+from helpers import (
+    Stuck,
+    TimedLock,
+    adouble,
+    ahold,
+    collect_holding,
+    double,
+    hold,
+    park_and_close,
+)
 
 import asyncflow._futures as futures_module
 import asyncflow._waiting as waiting_module
@@ -964,10 +973,7 @@ def test_an_abandoned_wait_collected_while_the_futures_lock_is_held_does_not_han
             else:
                 _abandon_as_completed(runner, fut, cleaned, monkeypatch)
             assert not cleaned.is_set()
-            lock = TimedLock(futures_module._lock)
-            monkeypatch.setattr(futures_module, "_lock", lock)
-            with lock:
-                gc.collect()
+            lock = collect_holding(futures_module, "_lock")
             monkeypatch.undo()
             gate.set()
     finally:

@@ -1220,6 +1220,22 @@ def _child_holds(write_end: int, pipe: os.stat_result) -> bytes:
         os.waitpid(child, 0)
 
 
+def _watch_a_group(
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+    meanwhile: Callable[[], object] = lambda: None,
+) -> None:
+    """Start a watcher for a process group of its own (a ``sleep``), then stop both."""
+    group = popen(["sleep", "60"], start_new_session=True)
+    try:
+        watcher = watcher_module.Watcher.start(group.pid)
+        meanwhile()
+        assert watcher is not None
+        watcher.stop_now()
+    finally:
+        group.kill()
+        group.wait()
+
+
 def test_a_child_forked_from_the_parent_holds_no_watcher_pipe() -> None:
     # A watcher's read ends when every holder of its pipe's writing end is gone. A child forked
     # without an exec (multiprocessing's fork start method) would hold it too: the watcher
@@ -1257,14 +1273,7 @@ def test_a_child_forked_while_a_watcher_starts_holds_no_watcher_pipe(
         Popen=popen, DEVNULL=subprocess.DEVNULL, TimeoutExpired=subprocess.TimeoutExpired
     )
     monkeypatch.setattr(watcher_module, "subprocess", proxy)
-    group = real(["sleep", "60"], start_new_session=True)
-    try:
-        watcher = watcher_module.Watcher.start(group.pid)
-        assert watcher is not None
-        watcher.stop_now()
-    finally:
-        group.kill()
-        group.wait()
+    _watch_a_group(real)
     assert held == [b"none"]
 
 
@@ -1316,15 +1325,7 @@ def test_a_fork_while_a_watcher_pipe_is_made_waits_until_its_end_is_known(
         return ends
 
     monkeypatch.setattr(watcher_module, "os", types.SimpleNamespace(pipe=pipe, close=os.close))
-    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        watcher = watcher_module.Watcher.start(group.pid)
-        forker.join(TIMEOUT)
-        assert watcher is not None
-        watcher.stop_now()
-    finally:
-        group.kill()
-        group.wait()
+    _watch_a_group(meanwhile=lambda: forker.join(TIMEOUT))
     assert held == [b"none"]
 
 
@@ -3462,14 +3463,7 @@ def test_a_signal_handler_forking_while_a_watcher_pipe_is_made_gives_no_pipe_awa
     previous = signal.signal(signal.SIGUSR1, fork_and_look)
     try:
         monkeypatch.setattr(watcher_module, "os", types.SimpleNamespace(pipe=pipe, close=os.close))
-        group = subprocess.Popen(["sleep", "60"], start_new_session=True)
-        try:
-            watcher = watcher_module.Watcher.start(group.pid)
-            assert watcher is not None
-            watcher.stop_now()
-        finally:
-            group.kill()
-            group.wait()
+        _watch_a_group()
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert held == [b"none"]
