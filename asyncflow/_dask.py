@@ -61,6 +61,7 @@ class DaskTaskRunner(TaskRunner):
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
+        max_pending: int | None = None,
     ) -> None:
         if address is not None and (
             cluster_class is not None or cluster_kwargs is not None or adapt_kwargs is not None
@@ -89,6 +90,7 @@ class DaskTaskRunner(TaskRunner):
             max_concurrency=max_concurrency,
             tag_limits=tag_limits,
             cache_store=cache_store,
+            max_pending=max_pending,
         )
 
     @property

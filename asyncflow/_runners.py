@@ -13,9 +13,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._cache import CacheStore
-from ._context import current_runner
+from ._context import current_future, current_runner
 from ._events import EventHub, EventStream, Subscription, TaskEvent
-from ._futures import Future, FutureList, MapGroup, plain_runs
+from ._futures import Future, FutureList, MapGroup, add_done_callback_to_all, plain_runs
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
 from ._loop import LoopThread, to_its_end
@@ -52,6 +52,7 @@ class TaskRunner(abc.ABC):
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
+        max_pending: int | None = None,
     ) -> None:
         settings = settings or get_settings()
         owner = type(self).__name__
@@ -60,6 +61,9 @@ class TaskRunner(abc.ABC):
             None
             if max_concurrency is None
             else check_limit("max_concurrency", max_concurrency, owner)
+        )
+        self._max_pending = (
+            None if max_pending is None else check_limit("max_pending", max_pending, owner)
         )
         if tag_limits is not None and not isinstance(tag_limits, Mapping):
             raise TypeError(f"{owner}: tag_limits must be a dict of tag -> limit")
@@ -74,6 +78,7 @@ class TaskRunner(abc.ABC):
             default_retries=settings.default_retries,
             default_retry_delay=settings.default_retry_delay,
             max_concurrency=self._max_concurrency,
+            max_pending=self._max_pending,
             tag_limits=self._tag_limits,
             cache_store=cache_store,
         )
@@ -89,13 +94,19 @@ class TaskRunner(abc.ABC):
         self._token: contextvars.Token[Any] | None = None
 
     def _policy_config(self) -> tuple[Any, ...]:
-        return (self._max_concurrency, tuple(sorted(self._tag_limits.items())), self._cache_store)
+        return (
+            self._max_concurrency,
+            tuple(sorted(self._tag_limits.items())),
+            self._cache_store,
+            self._max_pending,
+        )
 
     def _policy_kwargs(self) -> dict[str, Any]:
         return {
             "max_concurrency": self._max_concurrency,
             "tag_limits": dict(self._tag_limits),
             "cache_store": self._cache_store,
+            "max_pending": self._max_pending,
         }
 
     def statistics(self) -> RunnerStatistics:
@@ -189,8 +200,44 @@ class TaskRunner(abc.ABC):
             fut, inputs = self._make(sched, t, params, wait_for, dependencies, None)
         else:
             fut, inputs = self._future(sched, t, parameters, wait_for, dependencies, None)
-        sched.submit(fut, inputs)
+        if sched.room is None:
+            sched.submit(fut, inputs)
+        else:
+            self._counted(sched, [fut], lambda: sched.submit(fut, inputs))
         return fut
+
+    def _counted(
+        self, sched: Scheduler, runs: list[Future[Any]], submit: Callable[[], object]
+    ) -> None:
+        """``submit()`` new ``runs``, counted by the session's back-pressure (``max_pending``):
+        from outside this runner's runs, once it holds fewer unfinished runs than that."""
+        room = sched.room
+        assert room is not None
+        if not runs:
+            submit()
+            return
+        parent = current_future.get()
+        nested = parent is not None and parent._scheduler is sched
+        room.enter(len(runs), nested, threading.get_ident() == sched.thread_id)
+        add_done_callback_to_all(runs, room.freed)  # (never called if the submit fails)
+        try:
+            submit()
+        except BaseException:
+            room.free(len(runs))
+            raise
+
+    async def wait_for_room(self) -> None:
+        """Wait until the session holds fewer than ``max_pending`` unfinished runs (at once
+        without ``max_pending``).
+
+        A submit from the runner's own event loop cannot wait: when the runner is full it
+        raises ``RunnerFullError``. Await this before it instead; a submit right after this
+        returns (no ``await`` in between) goes in. Submits from other threads wait by
+        themselves, and submits from inside the runner's own runs never wait.
+        """
+        room = self._require_started().room
+        if room is not None:
+            await room.wait()
 
     def _future(  # noqa: PLR0917 - private, per run
         self,
@@ -314,7 +361,10 @@ class TaskRunner(abc.ABC):
             group = MapGroup(len(runs))
             for run in runs:
                 run._group = group
-        sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
+        if sched.room is None:
+            sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
+        else:
+            self._counted(sched, runs, lambda: sched.submit_many(runs, plain=plain))
         futures = FutureList(runs)
         futures._group = group
         return futures
@@ -583,6 +633,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
+        max_pending: int | None = None,
     ) -> None:
         settings = get_settings()
         if max_workers is None:
@@ -593,6 +644,7 @@ class ThreadPoolTaskRunner(TaskRunner):
             max_concurrency=max_concurrency,
             tag_limits=tag_limits,
             cache_store=cache_store,
+            max_pending=max_pending,
         )
 
     @property
@@ -637,6 +689,7 @@ class ProcessPoolTaskRunner(TaskRunner):
         max_concurrency: int | None = None,
         tag_limits: Mapping[str, int] | None = None,
         cache_store: CacheStore | None = None,
+        max_pending: int | None = None,
     ) -> None:
         settings = get_settings()
         owner = "ProcessPoolTaskRunner"
@@ -663,6 +716,7 @@ class ProcessPoolTaskRunner(TaskRunner):
             max_concurrency=max_concurrency,
             tag_limits=tag_limits,
             cache_store=cache_store,
+            max_pending=max_pending,
         )
 
     @property

@@ -42,6 +42,7 @@ from ._futures import (
 from ._graph import Graph, Node, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
+from ._room import Room
 from ._states import UPSTREAM_FAILED
 from ._stats import RunnerStatistics
 from .exceptions import RemoteTraceback, UpstreamFailedError
@@ -132,6 +133,7 @@ class SchedulerOptions:
     default_retries: int = 0
     default_retry_delay: float = 0.0
     max_concurrency: int | None = None
+    max_pending: int | None = None
     tag_limits: Mapping[str, int] = field(default_factory=dict)
     cache_store: CacheStore | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -208,6 +210,8 @@ class Scheduler:
         self._side: set[asyncio.Task[None]] = set()  # hooks of runs that never started
         self._cancel_pending: set[Future[Any]] = set()
         self.runner = runner
+        # Back-pressure (max_pending), None without: the submit paths check only this.
+        self.room = None if opts.max_pending is None else Room(opts.max_pending, runner.name)
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
         self._graph: Graph[Future[Any]] = Graph()
@@ -866,6 +870,8 @@ class Scheduler:
                 if not self._inbox:
                     self._accepting = False
                     break
+        if self.room is not None:
+            self.room.close()
         # Stop listening to other runners' futures: nothing here waits for them any more.
         for up in self._external:
             up.remove_done_callback(self._external_done)

@@ -11,6 +11,7 @@ __all__ = (
     "MappingMissingIterable",
     "RemoteError",
     "RemoteTraceback",
+    "RunnerFullError",
     "SerializationError",
     "SettingsError",
     "TaskCancelledError",
@@ -74,6 +75,11 @@ class MappingMissingIterable(AsyncflowError, ValueError):  # noqa: N818 - refere
 
 class MappingLengthMismatch(AsyncflowError, ValueError):  # noqa: N818 - reference API name
     """``map`` was called with iterable parameters of different lengths."""
+
+
+class RunnerFullError(AsyncflowError, RuntimeError):
+    """A submit from the runner's own event loop found it holding ``max_pending`` unfinished
+    runs (it cannot wait there: ``await runner.wait_for_room()`` first)."""
 
 
 class SettingsError(AsyncflowError, ValueError):

@@ -25,8 +25,9 @@ def test_the_readme_has_its_examples() -> None:
         (2, "[285, 328350, 332833500]"),
         (3, "14"),
         (4, "<html>example.org</html> [8, 9, 8]"),
+        (5, "500500"),
         (
-            5,
+            6,
             "[('submitted', None), ('started', 'thread asyncflow-threadpool-0'), "
             "('finished', 'Completed')]\nCounter({'submitted': 3, 'started': 3, 'finished': 3})",
         ),

@@ -1,0 +1,333 @@
+"""Back-pressure (``max_pending``): a runner holding that many unfinished runs lets no more in
+until one ends. Other threads wait in ``submit``; the runner's own loop awaits
+``wait_for_room()`` (a submit there raises ``RunnerFullError`` instead of blocking the loop);
+submits from inside the runner's runs always go in."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from helpers import TIMEOUT, Stuck, ahold, double
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncflow import (
+    DaskTaskRunner,
+    Future,
+    ProcessPoolTaskRunner,
+    TaskEvent,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+    task,
+)
+from asyncflow._room import Room
+from asyncflow.exceptions import RunnerFullError
+
+
+class Observed(threading.Condition):
+    """A condition that says when a thread starts to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def observe(runner: TaskRunner) -> Observed:
+    """Watch the started runner's back-pressure for a thread that waits (set before any does)."""
+    sched = runner._scheduler
+    assert sched is not None
+    assert sched.room is not None
+    cond = Observed()
+    sched.room._cond = cond
+    return cond
+
+
+class Peak:
+    """The most unfinished runs a runner held at once, from its events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    def __call__(self, event: TaskEvent) -> None:
+        with self._lock:
+            if event.kind == "submitted":
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            elif event.kind in ("finished", "cancelled"):
+                self.now -= 1
+
+
+# -- options ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1, ValueError), ("3", TypeError), (True, TypeError)]
+)
+def test_a_bad_max_pending_is_refused_naming_it(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_pending"):
+        ThreadPoolTaskRunner(max_pending=value)
+
+
+def test_max_pending_is_part_of_the_configuration() -> None:
+    runner = ThreadPoolTaskRunner(max_workers=2, max_pending=5)
+    assert runner.duplicate() == runner
+    assert runner != ThreadPoolTaskRunner(max_workers=2, max_pending=6)
+    assert runner != ThreadPoolTaskRunner(max_workers=2)
+    assert ProcessPoolTaskRunner(max_pending=3).duplicate() == ProcessPoolTaskRunner(max_pending=3)
+    dask = DaskTaskRunner(cluster_kwargs={"n_workers": 1}, max_pending=3)
+    assert dask.duplicate() == dask
+    assert dask != DaskTaskRunner(cluster_kwargs={"n_workers": 1})
+
+
+# -- submits from other threads wait ------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_a_submit_from_a_script_waits_until_a_run_ends() -> None:
+    first, second = Stuck(), Stuck()
+    with ThreadPoolTaskRunner(max_workers=4, max_pending=2) as runner:
+        cond = observe(runner)
+        a = runner.submit(first.body)
+        b = runner.submit(second.body)
+        third: list[Future[int]] = []
+        producer = threading.Thread(target=lambda: third.append(runner.submit(double, {"x": 21})))
+        producer.start()
+        assert cond.waiting.wait(TIMEOUT)  # it waits: both runs hold their places
+        assert not third
+        first.release()  # one run ends: the waiting submit goes in
+        producer.join(TIMEOUT)
+        assert not producer.is_alive()
+        assert third[0].result(TIMEOUT) == 42
+        second.release()
+        assert (a.result(TIMEOUT), b.result(TIMEOUT)) == ("late", "late")
+    stats = runner.statistics()
+    assert (stats.submitted, stats.completed) == (3, 3)
+
+
+@pytest.mark.timeout(60)
+def test_a_script_never_holds_more_than_max_pending_unfinished_runs() -> None:
+    peak = Peak()
+    runner = ThreadPoolTaskRunner(max_workers=3, max_pending=4)
+    with runner.subscribe(peak), runner:
+        futures = [runner.submit(double, {"x": i}) for i in range(300)]
+        futures += runner.map(double, {"x": range(3)})  # a map counts every run of it
+        results = [f.result(TIMEOUT) for f in futures]
+    assert results == [2 * i for i in range(300)] + [0, 2, 4]
+    assert 1 <= peak.peak <= 4 + 2  # a map goes in whole once there is room for one run
+    assert runner.statistics().completed == 303
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    limit=st.integers(1, 6),
+    producers=st.integers(1, 4),
+    runs=st.integers(0, 40),
+    workers=st.integers(1, 4),
+)
+def test_producer_threads_stay_under_the_limit_and_lose_nothing(
+    limit: int, producers: int, runs: int, workers: int
+) -> None:
+    peak = Peak()
+    runner = ThreadPoolTaskRunner(max_workers=workers, max_pending=limit)
+    results: list[list[int]] = [[] for _ in range(producers)]
+    with runner.subscribe(peak), runner:
+
+        def produce(k: int) -> None:
+            futures = [runner.submit(double, {"x": k * 1000 + i}) for i in range(runs)]
+            results[k] = [f.result(TIMEOUT) for f in futures]
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT * 4)
+    assert results == [[2 * (k * 1000 + i) for i in range(runs)] for k in range(producers)]
+    assert peak.peak <= limit
+    assert peak.now == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_map_goes_in_whole_once_there_is_room_for_one_run() -> None:
+    stuck = Stuck()
+    with ThreadPoolTaskRunner(max_workers=4, max_pending=2) as runner:
+        cond = observe(runner)
+        held = runner.submit(stuck.body)
+        big = runner.map(double, {"x": range(5)})  # room for one: all five go in
+        assert big.result(TIMEOUT) == [0, 2, 4, 6, 8]
+        other = runner.submit(stuck.body)  # 2 unfinished now: the next map waits
+        out: list[Any] = []
+        producer = threading.Thread(target=lambda: out.append(runner.map(double, {"x": [1, 2]})))
+        producer.start()
+        assert cond.waiting.wait(TIMEOUT)
+        stuck.release()
+        producer.join(TIMEOUT)
+        assert out[0].result(TIMEOUT) == [2, 4]
+        assert (held.result(TIMEOUT), other.result(TIMEOUT)) == ("late", "late")
+
+
+@pytest.mark.timeout(30)
+def test_a_nested_submit_from_a_thread_body_never_waits() -> None:
+    @task
+    def parent(n: int) -> int:
+        # Every unfinished run is a parent: a child that waited for room would never get it.
+        return task(double).submit(n).result(TIMEOUT) + 1
+
+    with ThreadPoolTaskRunner(max_workers=2, max_pending=2) as runner:
+        parents = runner.map(parent, {"n": [1, 2]})
+        assert parents.result(TIMEOUT) == [3, 5]
+    assert runner.statistics().completed == 4
+
+
+# -- the runner's own loop ----------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_a_submit_from_the_loop_of_a_full_runner_raises_and_loses_nothing() -> None:
+    started = [asyncio.Event(), asyncio.Event()]
+    gate = asyncio.Event()
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=2) as runner:
+            held = [runner.submit(ahold, {"started": s, "gate": gate, "value": 7}) for s in started]
+            with pytest.raises(RunnerFullError, match=r"max_pending=2.*wait_for_room"):
+                runner.submit(double, {"x": 1})
+            with pytest.raises(RunnerFullError):
+                runner.map(double, {"x": [1]})
+            assert isinstance(RunnerFullError("x"), RuntimeError)
+            gate.set()
+            await runner.wait_for_room()
+            late = runner.submit(double, {"x": 4})  # right after the wait: it goes in
+            assert [await f for f in held] == [7, 7]
+            assert await late == 8
+    stats = runner.statistics()
+    assert (stats.submitted, stats.completed) == (3, 3)
+
+
+@pytest.mark.anyio
+async def test_wait_for_room_returns_at_once_with_room_or_without_a_limit() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            await runner.wait_for_room()  # no limit
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            await runner.wait_for_room()
+            assert await runner.submit(double, {"x": 2}) == 4
+    with pytest.raises(RuntimeError, match="not started"):
+        await ThreadPoolTaskRunner(max_pending=1).wait_for_room()
+
+
+@pytest.mark.anyio
+async def test_coroutines_waiting_for_room_go_in_one_by_one_in_order() -> None:
+    gates = [asyncio.Event() for _ in range(3)]
+    went_in = {name: asyncio.Event() for name in "ab"}
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            room = runner._scheduler.room  # type: ignore[union-attr]
+            assert room is not None
+            first = runner.submit(ahold, {"started": asyncio.Event(), "gate": gates[0]})
+            subs: dict[str, Future[int]] = {}
+
+            async def producer(name: str, gate: asyncio.Event, *, task_status: Any) -> None:
+                task_status.started()
+                await runner.wait_for_room()  # (waiting before the test goes on)
+                subs[name] = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate})
+                went_in[name].set()
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(producer, "a", gates[1])
+                await tg.start(producer, "b", gates[2])
+                assert len(room._waiters) == 2
+                gates[0].set()  # one place: "a" gets it, "b" still waits
+                await went_in["a"].wait()
+                assert not went_in["b"].is_set()
+                assert len(room._waiters) == 1
+                gates[1].set()
+                await went_in["b"].wait()
+                gates[2].set()
+            await first
+            assert [await subs[k] for k in "ab"] == [0, 0]
+
+
+@pytest.mark.anyio
+async def test_room_given_to_a_cancelled_waiter_goes_to_the_next() -> None:
+    gate = asyncio.Event()
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            room = runner._scheduler.room  # type: ignore[union-attr]
+            assert room is not None
+            held = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate})
+
+            async def waiting(started: asyncio.Event) -> None:
+                started.set()
+                await runner.wait_for_room()
+
+            started = [asyncio.Event(), asyncio.Event()]
+            first, second = (asyncio.ensure_future(waiting(s)) for s in started)
+            for s in started:
+                await s.wait()
+            assert len(room._waiters) == 2
+            gate.set()
+            await held  # its end woke "first" (the room is kept for it) ...
+            first.cancel()  # ... which is cancelled before it resumes: "second" gets the room
+            await second
+            assert first.cancelled()
+            assert await runner.submit(double, {"x": 3}) == 6
+
+
+@pytest.mark.anyio
+async def test_a_nested_submit_from_a_coroutine_body_never_raises() -> None:
+    @task
+    async def parent(n: int) -> int:
+        return await task(double).submit(n) + 1
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            assert await runner.submit(parent, {"n": 5}) == 11
+
+
+# -- the room itself ----------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_closing_the_room_lets_a_waiting_thread_go_on() -> None:
+    room = Room(1, "r")
+    cond = Observed()
+    room._cond = cond
+    room.enter(1, nested=False, on_loop=False)
+    done = threading.Event()
+
+    def wait() -> None:
+        room.enter(1, nested=False, on_loop=False)
+        done.set()
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert cond.waiting.wait(TIMEOUT)
+    assert not done.is_set()
+    room.close()  # the session stopped accepting: the submit after the wait says so itself
+    t.join(TIMEOUT)
+    assert done.is_set()
+    room.free(2)
+    assert room.count == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_submit_that_fails_gives_its_place_back() -> None:
+    with ThreadPoolTaskRunner(max_pending=1) as runner:
+        sched = runner._scheduler
+        assert sched is not None
+        room = sched.room
+        assert room is not None
+        real = sched.submit
+
+        def refuse(*args: Any) -> None:
+            raise RuntimeError("refused")
+
+        sched.submit = refuse  # type: ignore[method-assign,assignment]
+        with pytest.raises(RuntimeError, match="refused"):
+            runner.submit(double, {"x": 1})
+        assert room.count == 0
+        sched.submit = real  # type: ignore[method-assign]
+        assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2
+    assert room.count == 0
