@@ -6,6 +6,7 @@ submits from inside the runner's runs always go in."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from typing import Any
 
@@ -151,6 +152,39 @@ def test_producer_threads_stay_under_the_limit_and_lose_nothing(
     assert results == [[2 * (k * 1000 + i) for i in range(runs)] for k in range(producers)]
     assert peak.peak <= limit
     assert peak.now == 0
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_a_script_waits_for_room_cancels_the_runs_and_leaves() -> None:
+    stuck = Stuck()
+
+    def ctrl_c(cond: Observed) -> None:  # a real SIGINT, once the main thread waits for room
+        assert cond.waiting.wait(TIMEOUT)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    runner = ThreadPoolTaskRunner(max_workers=2, max_pending=1)
+    held: list[Future[str]] = []
+    pressing: list[threading.Thread] = []
+
+    def script() -> None:
+        with runner:
+            held.append(runner.submit(stuck.body))
+            pressing.append(threading.Thread(target=ctrl_c, args=(observe(runner),)))
+            pressing[0].start()
+            runner.submit(double, {"x": 1})
+            pytest.fail("the submit went in")
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            script()
+    finally:
+        for t in pressing:
+            t.join(TIMEOUT)
+        signal.signal(signal.SIGINT, previous)
+        stuck.release()  # (the abandoned thread body returns, and its thread with it)
+    assert held[0].cancelled()
+    assert runner.statistics().submitted == 1
 
 
 @pytest.mark.timeout(30)
