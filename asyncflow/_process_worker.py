@@ -2,12 +2,15 @@
 package), so it starts fast: it imports only the standard library, plus cloudpickle when the
 first call arrives.
 
-Its one argument: the descriptor number of the reply ledger (below), or "-"; every other
-descriptor it inherited past stderr it closes first (see ``_close_inherited``).
+Its arguments: the descriptor number of the reply ledger (below), or "-"; and the descriptor
+number of the parent's own stdout, or "-" (a body's ``print`` goes there, as it would in a
+child of ``concurrent.futures``; without one, to stderr). Every other descriptor it inherited
+past stderr it closes first (see ``_close_inherited``). Its stderr is a pipe the parent reads:
+the parent shows it on its own stderr and keeps its last lines for a crash error.
 
 Protocol on the private pipes (the original stdin: calls in; the original stdout: replies out;
-both moved to descriptors of their own, with stdin then reading ``/dev/null`` and ``print`` in a
-task going to stderr). Every message is a 4-byte big-endian length and a body.
+both moved to descriptors of their own, with stdin then reading ``/dev/null`` and descriptor 1
+then the parent's stdout). Every message is a 4-byte big-endian length and a body.
 In, each body is a pickle:
 - first: ``(sys_path, cwd, initializer_bytes, log_level, ledger_fd)``; answered ``ready``
   once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);
@@ -362,23 +365,29 @@ def main() -> None:
 _STDERR = 2
 
 
+def _fd_argument(index: int) -> int:
+    """The descriptor number given as argument ``index``, or -1 ("-", or none given)."""
+    return int(sys.argv[index]) if len(sys.argv) > index and sys.argv[index] != "-" else -1
+
+
 def _close_inherited() -> None:
-    """Close every descriptor this worker inherited but its pipes (0 to 2) and the reply
-    ledger (the first argument: its number, or "-"). The parent's loop may be uvloop, whose
-    spawn (libuv's) closes none: one the parent left inheritable (or was started with, such as
-    a build tool's jobserver pipe) would stay open here as long as the worker lives, and a
+    """Close every descriptor this worker inherited but its pipes (0 to 2), the reply ledger
+    and the parent's stdout (its arguments). The parent's loop may be uvloop, whose spawn
+    (libuv's) closes none: one the parent left inheritable (or was started with, such as a
+    build tool's jobserver pipe) would stay open here as long as the worker lives, and a
     pipe's other end would never see it end."""
-    kept = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else -1
+    kept = {_fd_argument(1), _fd_argument(2)} - {-1}
     try:
         open_now = [int(name) for name in os.listdir("/dev/fd")]  # (Linux: /proc/self/fd)
     except OSError:  # no such listing: every number up to the limit
-        top = os.sysconf("SC_OPEN_MAX")
-        os.closerange(3, kept if kept > 0 else top)
-        if kept > 0:
-            os.closerange(kept + 1, top)
+        start = _STDERR + 1
+        for fd in sorted(kept):
+            os.closerange(start, fd)
+            start = fd + 1
+        os.closerange(start, os.sysconf("SC_OPEN_MAX"))
         return
     for fd in open_now:
-        if fd > _STDERR and fd != kept:
+        if fd > _STDERR and fd not in kept:
             try:
                 os.close(fd)
             except OSError:  # (the listing's own descriptor, closed already)
@@ -394,14 +403,20 @@ def _serve() -> str:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     os.register_at_fork(before=_note_run_context, after_in_child=_keep_run_context)
     # The pipes move to descriptors of their own (not inherited by what a body starts): a
-    # body reading its stdin reads nothing, and a print() goes to stderr, not in the replies.
+    # body reading its stdin reads nothing, and a print() goes to the parent's stdout (else to
+    # stderr), never in the replies.
     inbox = os.fdopen(os.dup(0), "rb")
     outbox = _outbox = os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    stdout = _fd_argument(2)
+    if stdout >= 0:
+        os.dup2(stdout, 1)
+        os.close(stdout)
+    else:
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
     setup = _read(inbox)
     if setup is None:
         return "eof"

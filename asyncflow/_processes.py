@@ -380,6 +380,7 @@ class _Worker:
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
         self.stderr = bytearray()
+        self._line = bytearray()  # the end of its stderr not shown yet (see _show)
         self.killed = False
         self.reaped = False  # exited, and whatever it left in its process group killed
         self.calls = 0  # calls answered
@@ -396,7 +397,7 @@ class _Worker:
         A process it started in a session of its own (a daemon) may keep the pipe open for as
         long as it lives, and must not hold the runner's exit: ``_STDERR_GRACE`` seconds after
         the worker exited, the task ends all the same, and the pipe is left in ``lingering``,
-        read on (its output dropped) until it ends or the pool closes it (the daemon's writes
+        read on (its output still shown) until it ends or the pool closes it (the daemon's writes
         then fail, as when this process exits). (The pipe is this pool's own, not the loop's
         subprocess pipe: the exit did not end a wait for the process through that one.)"""
         fd, self.stderr_fd = self.stderr_fd, -1  # (this task's from now on)
@@ -413,7 +414,9 @@ class _Worker:
             if data:
                 self.stderr += data
                 del self.stderr[:-_TAIL]
+                self._show(data)
                 return
+            self._show(b"", end=True)
             loop.remove_reader(fd)
             if fd in lingering:  # (the task is over)
                 lingering.discard(fd)
@@ -441,6 +444,21 @@ class _Worker:
         else:
             lingering.add(fd)
         await self._end_group()
+
+    def _show(self, data: bytes, end: bool = False) -> None:
+        """Show what it wrote to its stderr on this process's stderr, whole lines at a time
+        (lines of workers writing at once do not mix), the rest once it ``end``s."""
+        line = self._line
+        line += data
+        cut = len(line) if end or len(line) > _TAIL else line.rfind(b"\n") + 1
+        if cut:
+            text = line[:cut].decode(errors="replace")
+            del line[:cut]
+            stream = sys.stderr
+            if stream is not None:
+                with contextlib.suppress(Exception):  # (a closed one: nowhere to show it)
+                    stream.write(text)
+                    stream.flush()
 
     def _stop_now(self) -> None:
         """Kill its group and stop its watcher, at once (the loop is being torn down)."""
@@ -638,6 +656,19 @@ class _Worker:
         if tail:
             message += "; last lines of its stderr:\n" + "\n".join(tail.splitlines()[-15:])
         return WorkerCrashedError(message, self.pid, code, tail)
+
+
+def _own_stdout() -> int | None:
+    """A copy of this process's stdout descriptor for a worker (its bodies print there), or
+    None if this process has none."""
+    try:
+        return os.dup(1)
+    except OSError:
+        return None
+
+
+def _fd_argument(fd: int | None) -> str:
+    return "-" if fd is None else str(fd)
 
 
 def _slow_start(task_name: str, pid: int) -> None:
@@ -1058,18 +1089,20 @@ class ProcessWorkers:
         """A new worker (see ``_spawn``)."""
         ledger = _ledger()
         fd = None if ledger is None else ledger[0]
+        out = _own_stdout()
         errors = None
         try:
             errors = os.pipe()  # its stderr (see _Worker.drain_stderr)
             process = await anyio.open_process(
-                # (The ledger's descriptor: the one the worker keeps of those it inherits.)
-                [sys.executable, "-u", _WORKER, "-" if fd is None else str(fd)],
+                # (The descriptors the worker keeps of those it inherits: the ledger's, and
+                # this process's stdout, where its bodies print.)
+                [sys.executable, "-u", _WORKER, _fd_argument(fd), _fd_argument(out)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=errors[1],
                 start_new_session=True,  # its own process group: killed as a whole
                 env=self._env,
-                pass_fds=() if fd is None else (fd,),
+                pass_fds=tuple(n for n in (fd, out) if n is not None),
             )
         except BaseException as exc:
             if ledger is not None:
@@ -1089,6 +1122,8 @@ class ProcessWorkers:
         finally:
             if fd is not None:
                 os.close(fd)  # the worker has its own; the map here keeps the file
+            if out is not None:
+                os.close(out)
             if errors is not None:
                 os.close(errors[1])  # (the worker has its own)
         worker = _Worker(process, asyncio.get_running_loop(), None if ledger is None else ledger[1])

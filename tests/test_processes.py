@@ -222,7 +222,7 @@ def raise_chained() -> None:
 
 
 def exit_now(code: int, note: str) -> None:
-    print(note)
+    print(note, file=sys.stderr)
     os._exit(code)
 
 
@@ -1487,13 +1487,49 @@ def test_coroutine_bodies_run_in_the_worker_on_a_loop_of_their_own() -> None:
         assert runner.submit(apid).result(TIMEOUT) == worker  # the worker runs on
 
 
-def test_a_body_writing_to_stdout_does_not_disturb_the_replies() -> None:
+def test_a_body_writing_to_stdout_does_not_disturb_the_replies(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         assert runner.submit(chatty, {"text": "hello"}).result(TIMEOUT) == "HELLO"
         assert runner.submit(chatty, {"text": "again"}).result(TIMEOUT) == "AGAIN"
         err = runner.submit(exit_now, {"code": 3, "note": "last words"}).exception(TIMEOUT)
     assert isinstance(err, WorkerCrashedError)
-    assert "last words" in err.stderr_tail  # what a body prints goes to the worker's stderr
+    assert "last words" in err.stderr_tail  # what a body writes to stderr, for the crash
+    out = capfd.readouterr().out
+    for text in ("hello", "again"):  # print, sys.__stdout__, sys.stdout, a child process
+        assert out.count(f"{text}\n") == 4, out
+
+
+def speak(n: int) -> int:
+    print(f"said {n}")
+    sys.stderr.write(f"half of line {n}, ")  # a line in two writes, shown whole
+    sys.stderr.flush()
+    sys.stderr.write("and the rest\n")
+    return n
+
+
+def trail(text: str) -> None:
+    sys.stderr.write(text)  # no end of line: shown once its worker has ended
+
+
+def test_a_body_s_output_shows_here_its_stdout_on_stdout_its_stderr_on_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with ProcessPoolTaskRunner(max_workers=2) as runner:
+        assert runner.map(speak, {"n": range(6)}).result(TIMEOUT) == list(range(6))
+        runner.submit(exit_now, {"code": 4, "note": "going"}).exception(TIMEOUT)
+    out, err = capfd.readouterr()
+    assert sorted(line for line in out.splitlines() if line.startswith("said")) == [
+        f"said {n}" for n in range(6)
+    ]
+    lines = err.splitlines()
+    for n in range(6):
+        assert f"half of line {n}, and the rest" in lines, err  # (not mixed with another's)
+    assert "going" in lines
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        runner.submit(trail, {"text": "unended"}).result(TIMEOUT)
+    assert capfd.readouterr().err == "unended"
 
 
 def test_submitting_from_inside_a_worker_is_a_clear_error() -> None:
