@@ -36,6 +36,7 @@ from ._runlog import RunSummary as RunSummary
 from ._runners import ProcessPoolTaskRunner as ProcessPoolTaskRunner
 from ._runners import TaskRunner as TaskRunner
 from ._runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
+from ._runners import wait_for_room as wait_for_room
 from ._settings import Settings as Settings
 from ._settings import get_settings as get_settings
 from ._states import State as State
@@ -94,4 +95,5 @@ __all__ = (
     "unmapped",
     "wait",
     "wait_async",
+    "wait_for_room",
 )

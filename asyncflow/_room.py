@@ -34,9 +34,10 @@ class _Waiter:
 class Room:
     """The count of one session's unfinished runs, against its limit.
 
-    A run counts from its submit until it is final (``freed`` is its done-callback). Room for a
-    coroutine that waited is kept for it from when it is woken until it resumes (``_held``):
-    its next submit, with no ``await`` in between, goes in.
+    A run counts from its submit until it is final (``freed`` is told of its end). A place that
+    came free for a coroutine waiting in ``wait`` is held for it (``_held``) until its thread's
+    next submit takes it, or until that loop's next turn if none did: a submit right after the
+    wait goes in, whoever else submits meanwhile.
     """
 
     def __init__(self, limit: int, runner_name: str) -> None:
@@ -44,10 +45,11 @@ class Room:
         self._name = runner_name
         self._cond = threading.Condition(threading.Lock())
         self._count = 0
-        self._held = 0  # woken coroutines that have not resumed yet
+        self._held = 0  # places held for woken coroutines
+        self._resumed: dict[int, int] = {}  # thread -> held places its resumed coroutines hold
         self._waiters: deque[_Waiter] = deque()
         self._closed = False
-        self.freed = _Freed(self)  # the done-callback of every counted run
+        self.freed = _Freed(self)
 
     @property
     def count(self) -> int:
@@ -56,19 +58,34 @@ class Room:
     def enter(self, runs: int, nested: bool, on_loop: bool) -> None:
         """Count ``runs`` new runs, once there is room for one (a nested submit: at once).
 
-        Another thread waits here; the loop's thread gets ``RunnerFullError`` instead.
+        Another thread waits here; the loop's thread gets ``RunnerFullError`` instead. Once
+        the room is closed (the session is leaving), only nested submits go in.
         """
         with self._cond:
             if not nested:
-                while self._count + self._held >= self.limit and not self._closed:
-                    if on_loop:
-                        raise RunnerFullError(
-                            f"runner {self._name!r} holds max_pending={self.limit} unfinished "
-                            "runs: `await runner.wait_for_room()` before submitting from its "
-                            "event loop (submits from other threads wait by themselves)"
-                        )
-                    self._cond.wait()
+                thread = threading.get_ident()
+                if self._resumed.get(thread):  # the place a coroutine of this thread waited for
+                    self._take_held(thread)
+                else:
+                    self._wait_for_a_place(on_loop)
             self._count += runs
+
+    def _wait_for_a_place(self, on_loop: bool) -> None:
+        # (Under the lock.) The main thread waits in slices: a Ctrl-C that lands just before
+        # the wait blocks is only seen once the wait ends.
+        timeout = _SLICE if threading.current_thread() is threading.main_thread() else None
+        while True:
+            if self._closed:
+                raise RuntimeError(f"runner {self._name!r} is closed")
+            if self._count + self._held < self.limit:
+                return
+            if on_loop:
+                raise RunnerFullError(
+                    f"runner {self._name!r} holds max_pending={self.limit} unfinished runs: "
+                    "`await runner.wait_for_room()` before submitting from its event loop "
+                    "(submits from other threads wait by themselves)"
+                )
+            self._cond.wait(timeout)
 
     def free(self, runs: int) -> None:
         """``runs`` counted runs are final (any thread)."""
@@ -77,7 +94,7 @@ class Room:
             self._wake()
 
     def close(self) -> None:
-        """The session stopped accepting runs: wake every waiter (its submit then says so)."""
+        """The session is leaving: wake every waiter; from now on only nested submits go in."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -88,48 +105,64 @@ class Room:
         # (Under the lock.) Coroutines first, one per free place, in the order they came; then
         # every blocked thread, to check for itself (one woken alone could be interrupted).
         while self._waiters and self._count + self._held < self.limit:
-            self._held += 1
             waiter = self._waiters.popleft()
-            waiter.woken = True
-            self._resolve(waiter)
+            if self._resolve(waiter):
+                self._held += 1
+                waiter.woken = True
         if self._count + self._held < self.limit:
             self._cond.notify_all()
 
     @staticmethod
-    def _resolve(waiter: _Waiter) -> None:
+    def _resolve(waiter: _Waiter) -> bool:
         future = waiter.future
         try:
             future.get_loop().call_soon_threadsafe(_set_done, future)
-        except RuntimeError:  # its loop is closed: nobody waits any more
-            pass
+        except RuntimeError:  # its loop is closed: nobody waits there any more
+            return False
+        return True
+
+    def _take_held(self, thread: int) -> None:
+        # (Under the lock.)
+        left = self._resumed[thread] - 1
+        if left:
+            self._resumed[thread] = left
+        else:
+            del self._resumed[thread]
+        self._held -= 1
 
     async def wait(self) -> None:
-        """Return once the session holds fewer than ``limit`` unfinished runs (or is closed)."""
+        """Return once there is room for a run (or the room is closed)."""
         with self._cond:
             if self._closed or (self._count + self._held < self.limit and not self._waiters):
                 return
             waiter = _Waiter(asyncio.get_running_loop().create_future())
             self._waiters.append(waiter)
-        resumed = False
         try:
             await waiter.future
-            resumed = True
-        finally:
+        except BaseException:
             with self._cond:
-                if waiter.woken:
+                if waiter.woken:  # cancelled after it was woken: the place goes on
                     self._held -= 1
-                    if not resumed:  # cancelled after it was woken: the room goes on
-                        self._wake()
-                elif waiter in self._waiters:  # (else: woken by close)
+                    self._wake()
+                elif waiter in self._waiters:
                     self._waiters.remove(waiter)
-        if resumed:
-            # The caller submits now, before the loop's next turn; then, if it did not, the
-            # next waiter gets the room.
-            asyncio.get_running_loop().call_soon(self._wake_locked)
+            raise
+        if waiter.woken:
+            # Its place is this thread's until a submit here takes it, or the loop's next turn.
+            thread = threading.get_ident()
+            with self._cond:
+                self._resumed[thread] = self._resumed.get(thread, 0) + 1
+            asyncio.get_running_loop().call_soon(self._let_go, thread)
 
-    def _wake_locked(self) -> None:
+    def _let_go(self, thread: int) -> None:
+        """A resumed coroutine's place, if no submit took it, goes to the next waiter."""
         with self._cond:
-            self._wake()
+            if self._resumed.get(thread):
+                self._take_held(thread)
+                self._wake()
+
+
+_SLICE = 0.1  # seconds: how long the main thread waits at a time (see _wait_for_a_place)
 
 
 class _Freed(CountingCallback):

@@ -28,7 +28,7 @@ from ._stats import RunnerStatistics
 from ._task import Task, as_task
 from ._threads import ThreadWorkers
 
-__all__ = ("ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner")
+__all__ = ("ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner", "wait_for_room")
 
 Self = TypeVar("Self", bound="TaskRunner")
 
@@ -184,7 +184,7 @@ class TaskRunner(abc.ABC):
         dependencies: Mapping[str, Iterable[Any]] | None = None,
     ) -> Future[Any]:
         """Submit one run of ``task`` with ``parameters`` (a dict of parameter name -> value);
-        never blocks.
+        never blocks, but with ``max_pending`` (see ``wait_for_room``).
 
         Futures anywhere in ``parameters`` are inputs: the run starts when they are done and
         gets their results. ``wait_for`` futures are waited for without passing data;
@@ -207,20 +207,25 @@ class TaskRunner(abc.ABC):
         return fut
 
     def _counted(
-        self, sched: Scheduler, runs: list[Future[Any]], submit: Callable[[], object]
+        self,
+        sched: Scheduler,
+        runs: list[Future[Any]],
+        submit: Callable[[], object],
+        group: MapGroup | None = None,
     ) -> None:
-        """``submit()`` new ``runs``, counted by the session's back-pressure (``max_pending``):
-        from outside this runner's runs, once it holds fewer unfinished runs than that."""
+        """``submit()`` new ``runs`` (of a map: its ``group``), counted by the session's
+        back-pressure (``max_pending``): from outside this runner's runs, once it holds fewer
+        unfinished runs than that."""
         room = sched.room
         assert room is not None
         if not runs:
             submit()
             return
-        parent = current_future.get()
-        nested = parent is not None and parent._scheduler is sched
-        room.enter(len(runs), nested, threading.get_ident() == sched.thread_id)
-        add_done_callback_to_all(runs, room.freed)  # (never called if the submit fails)
+        room.enter(len(runs), _nested(sched), threading.get_ident() == sched.thread_id)
         try:
+            # Told of their ends (never, if the submit fails): a map's, through its group.
+            if group is None or group.watch(lambda _left: room.freed) is None:
+                add_done_callback_to_all(runs, room.freed)
             submit()
         except BaseException:
             room.free(len(runs))
@@ -228,16 +233,16 @@ class TaskRunner(abc.ABC):
 
     async def wait_for_room(self) -> None:
         """Wait until the session holds fewer than ``max_pending`` unfinished runs (at once
-        without ``max_pending``).
+        without ``max_pending``, or inside one of this runner's runs).
 
         A submit from the runner's own event loop cannot wait: when the runner is full it
         raises ``RunnerFullError``. Await this before it instead; a submit right after this
         returns (no ``await`` in between) goes in. Submits from other threads wait by
         themselves, and submits from inside the runner's own runs never wait.
         """
-        room = self._require_started().room
-        if room is not None:
-            await room.wait()
+        sched = self._require_started()
+        if sched.room is not None and not _nested(sched):
+            await sched.room.wait()
 
     def _future(  # noqa: PLR0917 - private, per run
         self,
@@ -324,7 +329,8 @@ class TaskRunner(abc.ABC):
         """Submit one run per element of the iterable parameters (``unmapped`` ones go whole).
 
         ``max_in_flight`` bounds how many of these runs execute at once; the others wait in a
-        queue holding no thread or asyncio task.
+        queue holding no thread or asyncio task. With the runner's ``max_pending``, the map goes
+        in whole once there is room for one run (see ``wait_for_room``).
         """
         sched = self._require_started()
         limit = (
@@ -364,7 +370,7 @@ class TaskRunner(abc.ABC):
         if sched.room is None:
             sched.submit_many(runs, plain=plain)  # one hand-over to the loop for the whole map
         else:
-            self._counted(sched, runs, lambda: sched.submit_many(runs, plain=plain))
+            self._counted(sched, runs, lambda: sched.submit_many(runs, plain=plain), group)
         futures = FutureList(runs)
         futures._group = group
         return futures
@@ -444,6 +450,7 @@ class TaskRunner(abc.ABC):
         )
         try:
             if exc_type is not None:
+                sched.refuse_waiting()
                 sched.cancel_all()
             try:
                 await sched.aclose(abandon=urgent)
@@ -529,6 +536,7 @@ class TaskRunner(abc.ABC):
         urgent = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         try:
             if exc_type is not None:
+                sched.refuse_waiting()
                 sched.cancel_all()
             closing = loop_thread.run(sched.aclose(abandon=urgent))
             try:
@@ -555,6 +563,26 @@ class TaskRunner(abc.ABC):
             loop_thread.run(_call(self._keep_stats, sched)).result()
         except RuntimeError:  # the loop is gone: keep what was last seen
             pass
+
+
+def _nested(sched: Scheduler) -> bool:
+    """Whether the caller is one of the runs of ``sched`` (its body, or a hook of it)."""
+    parent = current_future.get()
+    return parent is not None and parent._scheduler is sched
+
+
+async def wait_for_room() -> None:
+    """``await runner.wait_for_room()`` for the runner ``task.submit()`` would use here (in an
+    async ``@flow``, its own copy of the flow's runner)."""
+    runner = current_runner.get()
+    if runner is None:
+        if current_future.get() is not None:  # a run's body: its submits never wait
+            return
+        raise RuntimeError(
+            "wait_for_room() needs a runner: call it inside an async @flow, an "
+            "`async with runner:` block or a task body"
+        )
+    await runner.wait_for_room()
 
 
 async def _call(fn: Callable[..., None], *args: Any) -> None:
@@ -670,7 +698,9 @@ class ProcessPoolTaskRunner(TaskRunner):
     a worker that dies fails only the run it was running (``WorkerCrashedError``) and is
     replaced; a timeout or cancel kills the worker (and its children) and replaces it. Cheap
     calls without a policy may go to a worker in batches: cancelling one of those that has not
-    started marks it to be skipped, and the worker serves on.
+    started marks it to be skipped, and the worker serves on. A body's ``print`` goes to this
+    process's stdout; what it writes to stderr shows on this process's stderr, whole lines at a
+    time, and its last lines are in a crash error.
     ``initializer(*initargs)`` runs once in each worker before its first task. A worker exits
     after ``max_tasks_per_worker`` calls, or after ``idle_timeout`` seconds without work; a
     new one starts when needed. ``worker_env``: None (workers inherit this environment), a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import sys
 import threading
@@ -668,7 +669,10 @@ class Scheduler:
         task = fut._task
         if not (task.on_failure or task.on_cancellation):
             return
-        side = self.loop.create_task(run_hooks(task, fut, fut.state))
+        # The hooks run as part of the run (its context, as for a run that started).
+        ctx = contextvars.copy_context()
+        ctx.run(current_future.set, fut)
+        side = _create_task(self.loop, run_hooks(task, fut, fut.state), ctx)
         self._side.add(side)
         side.add_done_callback(self._side_done)
 
@@ -870,13 +874,18 @@ class Scheduler:
                 if not self._inbox:
                     self._accepting = False
                     break
-        if self.room is not None:
-            self.room.close()
+        self.refuse_waiting()
         # Stop listening to other runners' futures: nothing here waits for them any more.
         for up in self._external:
             up.remove_done_callback(self._external_done)
         self._external.clear()
         await self.backend.aclose(abandon)
+
+    def refuse_waiting(self) -> None:
+        """Any thread: the session is leaving; submits waiting for room (``max_pending``) are
+        refused, and from now on only the runs' own submits go in."""
+        if self.room is not None:
+            self.room.close()
 
     def abandon(self) -> None:
         """Any thread: make a pending ``aclose`` stop waiting for running thread bodies and

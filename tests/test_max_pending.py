@@ -16,6 +16,7 @@ from helpers import TIMEOUT, Stuck, ahold, double
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import asyncflow
 from asyncflow import (
     DaskTaskRunner,
     Future,
@@ -23,10 +24,11 @@ from asyncflow import (
     TaskEvent,
     TaskRunner,
     ThreadPoolTaskRunner,
+    get_run_context,
     task,
 )
 from asyncflow._room import Room
-from asyncflow.exceptions import RunnerFullError
+from asyncflow.exceptions import RunnerFullError, UpstreamFailedError
 
 
 class Observed(threading.Condition):
@@ -183,7 +185,7 @@ def test_ctrl_c_while_a_script_waits_for_room_cancels_the_runs_and_leaves() -> N
             t.join(TIMEOUT)
         signal.signal(signal.SIGINT, previous)
         stuck.release()  # (the abandoned thread body returns, and its thread with it)
-    assert held[0].cancelled()
+    assert held[0].cancelled(), held[0].exception(0)
     assert runner.statistics().submitted == 1
 
 
@@ -324,26 +326,247 @@ async def test_a_nested_submit_from_a_coroutine_body_never_raises() -> None:
 
 # -- the room itself ----------------------------------------------------------------------------
 @pytest.mark.timeout(30)
-def test_closing_the_room_lets_a_waiting_thread_go_on() -> None:
+def test_closing_the_room_refuses_a_waiting_thread_but_not_a_nested_submit() -> None:
     room = Room(1, "r")
     cond = Observed()
     room._cond = cond
     room.enter(1, nested=False, on_loop=False)
-    done = threading.Event()
+    refused: list[BaseException] = []
 
     def wait() -> None:
-        room.enter(1, nested=False, on_loop=False)
-        done.set()
+        try:
+            room.enter(1, nested=False, on_loop=False)
+        except RuntimeError as exc:
+            refused.append(exc)
 
     t = threading.Thread(target=wait)
     t.start()
     assert cond.waiting.wait(TIMEOUT)
-    assert not done.is_set()
-    room.close()  # the session stopped accepting: the submit after the wait says so itself
+    room.close()  # the session is leaving
     t.join(TIMEOUT)
-    assert done.is_set()
-    room.free(2)
+    assert [str(e) for e in refused] == ["runner 'r' is closed"]
+    room.enter(1, nested=True, on_loop=False)  # a run's own submit still goes in
+    assert room.count == 2
+
+
+@pytest.mark.timeout(30)
+def test_leaving_on_ctrl_c_refuses_the_producers_waiting_for_room() -> None:
+    stuck = Stuck()
+    ran: list[int] = []
+    refused: list[str] = []
+    answered = threading.Event()  # the producer's submit went in or was refused
+    tidying = threading.Event()
+    runner = ThreadPoolTaskRunner(max_workers=2, max_pending=2)
+
+    def work(i: int) -> int:
+        ran.append(i)
+        return i
+
+    async def tidy_on_cancel() -> None:  # keeps the session open until the producer is answered
+        tidying.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await anyio.to_thread.run_sync(answered.wait, TIMEOUT)
+            raise
+
+    def producer() -> None:
+        try:
+            runner.submit(work, {"i": 1})
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        answered.set()
+
+    def script() -> None:
+        with runner:
+            runner.submit(stuck.body)
+            runner.submit(tidy_on_cancel)
+            assert tidying.wait(TIMEOUT)
+            cond = observe(runner)
+            pressing.append(threading.Thread(target=producer))
+            pressing[0].start()
+            assert cond.waiting.wait(TIMEOUT)  # the producer waits for room
+            raise KeyboardInterrupt
+
+    pressing: list[threading.Thread] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            script()
+    finally:
+        for t in pressing:
+            t.join(TIMEOUT)
+        stuck.release()
+    assert refused == ["runner 'threadpool' is closed"]
+    assert ran == []  # the places the cancelled runs freed went to no one
+    assert runner.statistics().submitted == 2
+
+
+@pytest.mark.anyio
+async def test_a_woken_coroutine_s_place_is_kept_from_producer_threads() -> None:
+    gate = asyncio.Event()
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            held = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate, "value": 1})
+            later: list[Future[int]] = []
+
+            async def producer() -> Future[int]:
+                ready.set()
+                await runner.wait_for_room()  # (waiting before the test goes on)
+                # A thread submits now (it waits: the place is this coroutine's) ...
+                cond = observe(runner)
+                thread = threading.Thread(
+                    target=lambda: later.append(runner.submit(double, {"x": 5}))
+                )
+                thread.start()
+                assert cond.waiting.wait(TIMEOUT)
+                threads.append(thread)
+                return runner.submit(double, {"x": 2})  # ... and this one goes in
+
+            threads: list[threading.Thread] = []
+            ready = asyncio.Event()
+            waiting = asyncio.ensure_future(producer())
+            await ready.wait()
+            gate.set()
+            mine = await waiting
+            assert await held == 1
+            assert await mine == 4
+            await anyio.to_thread.run_sync(threads[0].join, TIMEOUT)
+            assert await later[0] == 10
+
+
+@pytest.mark.timeout(30)
+def test_a_coroutine_waiting_on_a_loop_closed_under_it_holds_no_place() -> None:
+    stuck = Stuck()
+    with ThreadPoolTaskRunner(max_pending=1) as runner:
+        room = runner._scheduler.room  # type: ignore[union-attr]
+        assert room is not None
+        held = runner.submit(stuck.body)
+        loop = asyncio.new_event_loop()
+        waiting = loop.create_task(runner.wait_for_room())
+        loop.run_until_complete(asyncio.sleep(0))  # it waits for room
+        loop.close()  # (a loop torn down without finishing it)
+        stuck.release()
+        assert held.result(TIMEOUT) == "late"
+        assert (room.count, room._held) == (0, 0)
+        assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2
+    waiting._log_destroy_pending = False  # type: ignore[attr-defined]  # (expected here)
+
+
+@pytest.mark.anyio
+async def test_wait_for_room_inside_one_of_the_runner_s_runs_returns_at_once() -> None:
+    @task
+    async def parent(n: int) -> int:
+        await runner.wait_for_room()  # the run holds the only place: it must not wait for it
+        await asyncflow.wait_for_room()
+        return await task(double).submit(n) + 1
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            assert await runner.submit(parent, {"n": 5}) == 11
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_waits_for_room_in_its_own_runner() -> None:
+    peak = Peak()
+    given = ThreadPoolTaskRunner(max_pending=2)
+    given.subscribe(peak)
+
+    @asyncflow.flow(task_runner=given)
+    async def produce(n: int) -> list[int]:
+        futures = []
+        for i in range(n):
+            await asyncflow.wait_for_room()  # (the flow's own copy of ``given``)
+            futures.append(task(double).submit(i))
+        return [await f for f in futures]
+
+    with anyio.fail_after(TIMEOUT):
+        assert await produce(20) == [2 * i for i in range(20)]
+    assert 1 <= peak.peak <= 2
+    with pytest.raises(RuntimeError, match="needs a runner"):
+        await asyncflow.wait_for_room()
+
+
+@pytest.mark.timeout(30)
+def test_a_sync_flow_s_submits_wait_for_room() -> None:
+    peak = Peak()
+    given = ThreadPoolTaskRunner(max_workers=2, max_pending=3)
+    given.subscribe(peak)
+
+    @asyncflow.flow(task_runner=given)
+    def produce(n: int) -> Any:  # (its futures come back as their results)
+        return [task(double).submit(i) for i in range(n)]
+
+    assert produce(30) == [2 * i for i in range(30)]
+    assert 1 <= peak.peak <= 3
+
+
+@pytest.mark.timeout(30)
+def test_a_hook_of_a_run_that_never_started_runs_as_part_of_it() -> None:
+    seen: list[Any] = []
+
+    def report(t: Any, fut: Future[Any], state: Any) -> None:
+        seen.append(get_run_context().task_run_id)
+        seen.append(task(double).submit(3))  # nested: it neither waits nor is refused
+
+    @task
+    def fail() -> None:
+        raise ValueError("no")
+
+    after = task(double).with_options(on_failure=[report])
+    with ThreadPoolTaskRunner(max_pending=1) as runner:
+        upstream = runner.submit(fail)
+        skipped = runner.submit(after, {"x": upstream})  # waits in the submit for room
+        assert isinstance(skipped.exception(TIMEOUT), UpstreamFailedError)
+    assert seen[0] == skipped.task_run_id
+    assert seen[1].result(TIMEOUT) == 6
+
+
+@pytest.mark.timeout(60)
+def test_every_way_a_run_ends_gives_its_place_back() -> None:
+    stuck = Stuck()
+    calls: list[int] = []
+
+    @task(retries=2, retry_delay=0)
+    def flaky(i: int) -> int:
+        calls.append(i)
+        if len(calls) < 2:
+            raise ConnectionError("once")
+        return i
+
+    @task
+    def fail() -> None:
+        raise ValueError("no")
+
+    cached = task(double).with_options(cache_key=lambda *a: "same")
+    runner = ThreadPoolTaskRunner(max_workers=2, max_pending=4)
+    with runner:
+        room = runner._scheduler.room  # type: ignore[union-attr]
+        assert room is not None
+        assert runner.map(double, {"x": range(50)}).result(TIMEOUT)[-1] == 98  # in batches
+        assert runner.submit(flaky, {"i": 7}).result(TIMEOUT) == 7  # retried
+        assert [runner.submit(cached, {"x": 1}).result(TIMEOUT) for _ in range(2)] == [2, 2]
+        failed = runner.submit(fail)
+        skipped = runner.map(double, {"x": [failed, failed]})  # skipped, upstream failed
+        assert all(isinstance(f.exception(TIMEOUT), UpstreamFailedError) for f in skipped)
+        running = runner.submit(stuck.body)
+        assert stuck.started.wait(TIMEOUT)
+        running.cancel()  # abandoned thread body
+        queued = runner.submit(double, {"x": [running]})  # skipped: its input was cancelled
+        queued.wait(TIMEOUT)
+        assert queued.cancelled()
+        stuck.release()
     assert room.count == 0
+    assert room._held == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_process_runner_holds_at_most_max_pending_unfinished_runs() -> None:
+    peak = Peak()
+    runner = ProcessPoolTaskRunner(max_workers=2, max_pending=3)
+    with runner.subscribe(peak), runner:
+        futures = [runner.submit(double, {"x": i}) for i in range(12)]
+        assert [f.result(TIMEOUT) for f in futures] == [2 * i for i in range(12)]
+    assert 1 <= peak.peak <= 3
 
 
 @pytest.mark.timeout(30)
