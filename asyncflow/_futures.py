@@ -68,6 +68,43 @@ _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", 
 _lock = threading.RLock()
 
 
+# Event loops that run the scheduler of an open session -> the names of those runners. A
+# blocking wait for an unfinished future there would stop their runs (the one it waits for,
+# or one that run waits for, among them): it is refused, as on the future's own loop.
+_hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[str]] = (
+    weakref.WeakKeyDictionary()
+)
+_hosts_lock = threading.Lock()
+
+
+def host(loop: asyncio.AbstractEventLoop, runner_name: str, opened: bool) -> None:
+    """A session of ``runner_name`` on ``loop`` ``opened`` (else it closed)."""
+    with _hosts_lock:
+        names = _hosts.setdefault(loop, [])
+        if opened:
+            names.append(runner_name)
+        else:
+            names.remove(runner_name)
+            if not names:
+                del _hosts[loop]
+
+
+def refuse_blocking_on_a_host(what: str, advice: str) -> None:
+    """Raise if this thread runs an event loop that runs a runner's scheduler."""
+    if not _hosts:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    names = _hosts.get(loop)
+    if names:
+        raise RuntimeError(
+            f"cannot block on {what} from an event loop that runs runner {names[0]!r} (its "
+            f"runs would stop while this waits, and what it waits for may need them): {advice}"
+        )
+
+
 def check_timeout(timeout: object) -> float | None:
     """``timeout`` (not None) as seconds to wait, None for no limit (infinity); raise unless it
     is a number of seconds, 0 or more."""
@@ -493,6 +530,9 @@ class Future(Node, Generic[R]):
                 f"cannot block on the unfinished future of task {self._task.name!r} from the "
                 "runner's own event loop thread (it would deadlock): use `await future` instead"
             )
+        refuse_blocking_on_a_host(
+            f"the unfinished future of task {self._task.name!r}", "use `await future` instead"
+        )
         with _lock:
             if self._status >= COMPLETED:
                 return True

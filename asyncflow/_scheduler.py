@@ -38,6 +38,7 @@ from ._futures import (
     cancelled_error,
     complete_all,
     crashed_error,
+    host,
     params_of,
 )
 from ._graph import Graph, Node, Outcome
@@ -215,6 +216,8 @@ class Scheduler:
         self.room = None if opts.max_pending is None else Room(opts.max_pending, runner.name)
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
+        host(self.loop, runner.name, opened=True)  # (until aclose ends: see _unhost)
+        self._hosted = True
         self._graph: Graph[Future[Any]] = Graph()
         self._live: set[Future[Any]] = set()
         # Another runner's unfinished input -> its stand-in here (see _watch_external)
@@ -879,7 +882,16 @@ class Scheduler:
         for up in self._external:
             up.remove_done_callback(self._external_done)
         self._external.clear()
-        await self.backend.aclose(abandon)
+        try:
+            await self.backend.aclose(abandon)
+        finally:
+            self._unhost()
+
+    def _unhost(self) -> None:
+        """The session no longer runs on its loop (see ``_futures.host``); once."""
+        if self._hosted:
+            self._hosted = False
+            host(self.loop, self.runner.name, opened=False)
 
     def refuse_waiting(self) -> None:
         """Any thread: the session is leaving; submits waiting for room (``max_pending``) are

@@ -23,6 +23,7 @@ from ._futures import (
     add_done_callback_to_all,
     all_results,
     check_timeout,
+    refuse_blocking_on_a_host,
     refuse_waiting_on_itself,
     status_of,
 )
@@ -73,6 +74,10 @@ def _check_blocking_allowed(pending: list[Future[Any]], one_runner: bool = False
                 "from the runner's own event loop thread (it would deadlock): use the async "
                 "form (`await future_list`, wait_async, as_completed_async)"
             )
+    refuse_blocking_on_a_host(
+        f"unfinished futures (task {pending[0]._task.name!r} among them)",
+        "use the async form (`await future_list`, wait_async, as_completed_async)",
+    )
     refuse_waiting_on_itself(pending)
 
 

@@ -127,6 +127,59 @@ def test_blocking_on_an_unfinished_future_in_a_coroutine_body_raises_at_once() -
     assert all("await" in m or "wait_async" in m for m in messages)
 
 
+def test_blocking_on_another_runner_s_future_in_a_coroutine_body_raises_at_once() -> None:
+    # Blocking would stop this runner's loop: a deadlock once the other run needs this one.
+    gate = threading.Event()
+    started = threading.Event()
+    other_box: list[Future[int]] = []
+
+    async def blocks_on_other() -> list[str]:
+        f = other_box[0]
+        calls = [*blocking_calls(f).values(), *many_blocking_calls(f).values()]
+        return [_error_of(call) for call in calls]
+
+    with ThreadPoolTaskRunner() as other, ThreadPoolTaskRunner(max_workers=1) as runner:
+        held = other.submit(hold, {"started": started.set, "gate": gate, "value": 1})
+        other_box.append(held)
+        assert started.wait(TIMEOUT)
+        messages = runner.submit(blocks_on_other).result(timeout=TIMEOUT)
+        assert not held.done()
+        gate.set()
+        assert held.result(timeout=TIMEOUT) == 1
+    assert len(messages) == 9
+    assert all("from an event loop that runs runner 'threadpool'" in m for m in messages)
+    assert all("await" in m or "wait_async" in m for m in messages)
+
+
+@pytest.mark.anyio
+async def test_an_async_with_block_may_not_block_on_another_runner_s_future_until_it_ends() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    with ThreadPoolTaskRunner() as other:
+        held = other.submit(hold, {"started": started.set, "gate": gate, "value": 2})
+        assert started.wait(TIMEOUT)
+        async with ThreadPoolTaskRunner() as runner:
+            mine = runner.submit(adouble, {"x": held})  # (it waits for the other runner's run)
+            with pytest.raises(RuntimeError, match="event loop that runs runner"):
+                held.result(TIMEOUT)  # it would stop ``mine`` from ever running here
+            gate.set()
+            assert await mine == 4
+        assert held.result(TIMEOUT) == 2
+        # The block has ended: this loop runs no runner now, and may block (a thread lets the
+        # other runner's run go once it started).
+        again, go = threading.Event(), threading.Event()
+        later = other.submit(hold, {"started": again.set, "gate": go, "value": 5})
+
+        def open_once_started() -> None:
+            if again.wait(TIMEOUT):
+                go.set()
+
+        opener = threading.Thread(target=open_once_started)
+        opener.start()
+        assert later.result(TIMEOUT) == 5
+        opener.join(TIMEOUT)
+
+
 @pytest.mark.anyio
 async def test_result_from_another_thread_works_while_the_loop_awaits() -> None:
     loop = asyncio.get_running_loop()
