@@ -350,10 +350,12 @@ def main() -> None:
     ending = "error"
     try:
         ending = _serve()
-    except BaseException:
+    except BaseException as exc:
         traceback.print_exc()  # before any exit below: the parent shows it in its error
         sys.stderr.flush()
-        raise
+        if isinstance(exc, SystemExit):
+            raise
+        raise SystemExit(1) from None  # (not raised on: Python would print it once more)
     finally:
         if ending == "eof" or os.getppid() != parent:
             # Our input ended without a goodbye: the parent died. Whatever this worker started

@@ -38,6 +38,7 @@ import anyio
 import cloudpickle
 from anyio.abc import Process
 
+from ._echo import Echo, LineSplitter
 from ._error_text import error_text, message_of
 from ._futures import (
     COMPLETED,
@@ -80,6 +81,7 @@ _LEDGER_SIZE = 1 << 18  # bytes of replies a worker may hold before it writes th
 _WORKER = str(Path(__file__).with_name("_process_worker.py"))
 _TAIL = 4096  # bytes of a worker's stderr kept for error messages
 _STDERR_GRACE = 0.5  # seconds a worker's stderr is read for after it exited, if it has not ended
+_ECHO_GRACE = 1.0  # seconds the pool's close waits for its workers' stderr to be shown here
 _SLOW_START = 30.0  # seconds after which a worker still starting is said to be slow (a warning)
 _GRACE = 0.5  # seconds between terminate and kill
 _OUR_SIGNALS = (-signal.SIGTERM, -signal.SIGKILL)  # how a worker stopped by kill() ends
@@ -358,8 +360,11 @@ class _Worker:
         process: Process,
         loop: asyncio.AbstractEventLoop,
         ledger: mmap.mmap | None = None,
+        echo: Echo | None = None,
     ) -> None:
         self.process = process
+        self._echo = echo  # shows its stderr (see _show)
+        self._lines = LineSplitter()
         # Its pool's loop: a cancel may stop it between two turns of a loop run by hand, when
         # no loop is running.
         self.loop = loop
@@ -380,7 +385,6 @@ class _Worker:
         self.label = f"process {self.pid}"  # names it in events
         self._buffer = bytearray()
         self.stderr = bytearray()
-        self._line = bytearray()  # the end of its stderr not shown yet (see _show)
         self.killed = False
         self.reaped = False  # exited, and whatever it left in its process group killed
         self.calls = 0  # calls answered
@@ -448,17 +452,8 @@ class _Worker:
     def _show(self, data: bytes, end: bool = False) -> None:
         """Show what it wrote to its stderr on this process's stderr, whole lines at a time
         (lines of workers writing at once do not mix), the rest once it ``end``s."""
-        line = self._line
-        line += data
-        cut = len(line) if end or len(line) > _TAIL else line.rfind(b"\n") + 1
-        if cut:
-            text = line[:cut].decode(errors="replace")
-            del line[:cut]
-            stream = sys.stderr
-            if stream is not None:
-                with contextlib.suppress(Exception):  # (a closed one: nowhere to show it)
-                    stream.write(text)
-                    stream.flush()
+        if self._echo is not None:
+            self._echo.show(self._lines.feed(data, end))
 
     def _stop_now(self) -> None:
         """Kill its group and stop its watcher, at once (the loop is being torn down)."""
@@ -660,10 +655,14 @@ class _Worker:
 
 def _own_stdout() -> int | None:
     """A copy of this process's stdout descriptor for a worker (its bodies print there), or
-    None if this process has none."""
+    None if this process has none (started without one, or it was closed: descriptor 1 may
+    then be something else, which a body must not write to)."""
+    stream = sys.__stdout__
+    if stream is None or stream.closed:
+        return None
     try:
-        return os.dup(1)
-    except OSError:
+        return os.dup(stream.fileno())
+    except (OSError, ValueError):
         return None
 
 
@@ -822,6 +821,7 @@ class ProcessWorkers:
         self._announced: weakref.WeakSet[Any] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()  # batches run, workers reaped or closed
         self._drains: set[asyncio.Task[None]] = set()  # one per worker: reads its stderr
+        self._echo = Echo()  # shows the workers' stderr here
         self._lingering: set[int] = set()  # stderr pipes a worker's daemon holds (drain_stderr)
         self._workers: set[_Worker] = set()
         self._starting: set[_Worker] = set()  # started, not ready yet (their initializer runs)
@@ -971,6 +971,7 @@ class ProcessWorkers:
             self._workers.discard(worker)
         if self._drains:  # each ends when its worker has exited
             await asyncio.wait(set(self._drains))
+        await self._echo.drained(_ECHO_GRACE)
         loop = asyncio.get_running_loop()
         for fd in self._lingering:  # (stderr pipes that daemons of its workers hold)
             loop.remove_reader(fd)
@@ -1126,7 +1127,9 @@ class ProcessWorkers:
                 os.close(out)
             if errors is not None:
                 os.close(errors[1])  # (the worker has its own)
-        worker = _Worker(process, asyncio.get_running_loop(), None if ledger is None else ledger[1])
+        worker = _Worker(
+            process, asyncio.get_running_loop(), None if ledger is None else ledger[1], self._echo
+        )
         self._workers.add(worker)
         self._read_stderr(worker, errors[0])
         self._starting.add(worker)

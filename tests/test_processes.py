@@ -15,6 +15,7 @@ import copyreg
 import dataclasses
 import functools
 import gc
+import io
 import json
 import logging
 import operator
@@ -46,6 +47,7 @@ import asyncflow
 import asyncflow._driver as driver_module
 import asyncflow._watcher as watcher_module
 from asyncflow import ProcessPoolTaskRunner, StateType, ThreadPoolTaskRunner, task, unmapped
+from asyncflow._echo import LineSplitter
 from asyncflow._futures import CANCELLED, Future, MapGroup, plain_runs
 from asyncflow._mapping import expand
 from asyncflow._processes import ProcessWorkers, _items_of, _MapCalls
@@ -729,7 +731,7 @@ def test_system_exit_or_keyboard_interrupt_in_a_body_crashes_the_run_and_replace
 
 # -- row 12: a worker that cannot start --------------------------------------------------------
 def test_a_worker_that_cannot_start_fails_runs_with_its_stderr_and_starts_stop(
-    tmp_path: Path,
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     starts = tmp_path / "starts"
     runner = ProcessPoolTaskRunner(
@@ -747,7 +749,10 @@ def test_a_worker_that_cannot_start_fails_runs_with_its_stderr_and_starts_stop(
         assert "no database here" in str(err)
     assert all(f.state.is_crashed() for f in futures)
     # Queued runs fail fast after a few failed starts instead of starting workers forever.
-    assert len(starts.read_text().split()) < len(futures)
+    attempts = len(starts.read_text().split())
+    assert attempts < len(futures)
+    # Each failed start's traceback is shown here once (Python does not print it again).
+    assert capfd.readouterr().err.count("RuntimeError: no database here") == attempts
 
 
 def refuse_while(down: str, starts: str) -> None:
@@ -1530,6 +1535,80 @@ def test_a_body_s_output_shows_here_its_stdout_on_stdout_its_stderr_on_stderr(
     with ProcessPoolTaskRunner(max_workers=1) as runner:
         runner.submit(trail, {"text": "unended"}).result(TIMEOUT)
     assert capfd.readouterr().err == "unended"
+
+
+class BlockedStderr(io.StringIO):
+    """A stderr nobody reads: a write waits until ``unblock()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        if not self.gate.wait(TIMEOUT):
+            raise TimeoutError("never unblocked")
+        return super().write(text)
+
+
+def say(text: str) -> int:
+    print(text, file=sys.stderr)
+    return len(text)
+
+
+def test_a_stderr_nobody_reads_does_not_stop_the_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = BlockedStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(say, {"text": "first"}).result(TIMEOUT) == 5
+        assert stderr.entered.wait(TIMEOUT)  # showing it waits for the stderr ...
+        futures = [runner.submit(say, {"text": f"more {i}"}) for i in range(3)]
+        assert [f.result(TIMEOUT) for f in futures] == [6, 6, 6]  # ... the runs do not
+        stderr.gate.set()
+    assert stderr.getvalue().splitlines() == ["first", "more 0", "more 1", "more 2"]
+
+
+def test_a_long_line_is_shown_in_pieces_without_cutting_a_character() -> None:
+    lines = LineSplitter()
+    assert lines.feed(b"caf\xc3") == ""  # half of a character, and no end of line yet
+    assert lines.feed(b"\xa9 ok\nnext") == "caf\u00e9 ok\n"
+    assert lines.feed(b"", end=True) == "next"
+    long = ("\u00e9" * 3000).encode()  # 6000 bytes, 3000 characters
+    shown = lines.feed(long[:4097]) + lines.feed(long[4097:]) + lines.feed(b"\n", end=True)
+    assert shown == "\u00e9" * 3000 + "\n"
+    assert "\ufffd" not in shown
+
+
+def print_here(text: str) -> str:
+    print(text)
+    return text
+
+
+def test_a_parent_whose_stdout_was_closed_keeps_bodies_out_of_its_descriptor_1(
+    tmp_path: Path,
+) -> None:
+    # Descriptor 1 is then whatever was opened next; a body's print must not land there.
+    taken = tmp_path / "taken"
+    script = (
+        "import os, sys\n"
+        "from asyncflow import ProcessPoolTaskRunner\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_processes import print_here\n"
+        "sys.stdout.close()\n"
+        "os.close(1)\n"
+        f"taken = open({str(taken)!r}, 'w')\n"
+        "assert taken.fileno() == 1, taken.fileno()\n"
+        "with ProcessPoolTaskRunner(max_workers=1) as runner:\n"
+        "    runner.submit(print_here, {'text': 'from the body'}).result(30)\n"
+        "taken.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert taken.read_text() == ""
+    assert "from the body" in done.stderr  # (shown with the worker's stderr instead)
 
 
 def test_submitting_from_inside_a_worker_is_a_clear_error() -> None:
