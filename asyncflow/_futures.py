@@ -792,11 +792,18 @@ class Future(Node, Generic[R]):
                     except RuntimeError:  # that loop is closed: nobody is waiting any more
                         pass
         if callbacks is not None:
-            for fn in callbacks:
-                try:
-                    fn(self)
-                except BaseException:  # noqa: PERF203 - even SystemExit: the loop must go on
-                    self._callback_failed(fn)
+            # Not as part of the run that happens to end this one (a coroutine run ends inside
+            # its own task): a callback's submits are not that run's nested ones.
+            token = current_future.set(None) if current_future.get() is not None else None
+            try:
+                for fn in callbacks:
+                    try:
+                        fn(self)
+                    except BaseException:  # noqa: PERF203 - even SystemExit: the loop goes on
+                        self._callback_failed(fn)
+            finally:
+                if token is not None:
+                    current_future.reset(token)
 
 
 status_of = operator.attrgetter("_status")  # a future's state, for scans in C

@@ -64,8 +64,8 @@ class Room:
         with self._cond:
             if not nested:
                 thread = threading.get_ident()
-                if self._resumed.get(thread):  # the place a coroutine of this thread waited for
-                    self._take_held(thread)
+                if self._resumed.get(thread) and not self._closed:
+                    self._take_held(thread)  # the place a coroutine of this thread waited for
                 else:
                     self._wait_for_a_place(on_loop)
             self._count += runs
@@ -106,9 +106,11 @@ class Room:
         # every blocked thread, to check for itself (one woken alone could be interrupted).
         while self._waiters and self._count + self._held < self.limit:
             waiter = self._waiters.popleft()
-            if self._resolve(waiter):
-                self._held += 1
-                waiter.woken = True
+            waiter.woken = True  # (before it can resume: it reads this under the lock)
+            self._held += 1
+            if not self._resolve(waiter):
+                waiter.woken = False
+                self._held -= 1
         if self._count + self._held < self.limit:
             self._cond.notify_all()
 
@@ -147,12 +149,13 @@ class Room:
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
             raise
-        if waiter.woken:
+        with self._cond:
+            if not waiter.woken:  # (woken by close)
+                return
             # Its place is this thread's until a submit here takes it, or the loop's next turn.
             thread = threading.get_ident()
-            with self._cond:
-                self._resumed[thread] = self._resumed.get(thread, 0) + 1
-            asyncio.get_running_loop().call_soon(self._let_go, thread)
+            self._resumed[thread] = self._resumed.get(thread, 0) + 1
+        asyncio.get_running_loop().call_soon(self._let_go, thread)
 
     def _let_go(self, thread: int) -> None:
         """A resumed coroutine's place, if no submit took it, goes to the next waiter."""

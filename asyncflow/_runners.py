@@ -574,10 +574,10 @@ def _nested(sched: Scheduler) -> bool:
 async def wait_for_room() -> None:
     """``await runner.wait_for_room()`` for the runner ``task.submit()`` would use here (in an
     async ``@flow``, its own copy of the flow's runner)."""
+    if current_future.get() is not None:  # a run's body or hook: its submits never wait
+        return
     runner = current_runner.get()
     if runner is None:
-        if current_future.get() is not None:  # a run's body: its submits never wait
-            return
         raise RuntimeError(
             "wait_for_room() needs a runner: call it inside an async @flow, an "
             "`async with runner:` block or a task body"

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from . import _limits as limits
 from ._cache import CacheStore, default_store
-from ._context import current_future
+from ._context import current_attempt, current_future
 from ._driver import drive, run_hooks
 from ._events import EventHub
 from ._futures import (
@@ -667,15 +667,16 @@ class Scheduler:
         if not self._live and not self._side and self._idle is not None:
             self._idle.set()
 
-    def _hooks_later(self, fut: Future[Any]) -> None:
-        """Hooks of a run that ended without starting (its future is already final)."""
+    def _hooks_later(self, fut: Future[Any], ctx: contextvars.Context | None) -> None:
+        """Hooks of a run that ended without starting (its future is already final), in a copy
+        of ``ctx``, the run's own context (taken before it let go of it), as for a run that
+        started: not in the context this happens in (an upstream's, in a skip cascade)."""
         task = fut._task
         if not (task.on_failure or task.on_cancellation):
             return
-        # The hooks run as part of the run (its context, as for a run that started).
-        ctx = contextvars.copy_context()
-        ctx.run(current_future.set, fut)
-        side = _create_task(self.loop, run_hooks(task, fut, fut.state), ctx)
+        hooks_ctx = contextvars.Context() if ctx is None else ctx.copy()
+        hooks_ctx.run(_as_run, fut)
+        side = _create_task(self.loop, run_hooks(task, fut, fut.state), hooks_ctx)
         self._side.add(side)
         side.add_done_callback(self._side_done)
 
@@ -746,10 +747,11 @@ class Scheduler:
         self._counts[fut._status] += 1
         if (events := self.events) is not None:
             events.final(fut, 0)
+        ctx = fut._ctx
         fut._release_inputs()
         self._live.discard(fut)
         if fut._task.driven:
-            self._hooks_later(fut)
+            self._hooks_later(fut, ctx)
 
     def _cancel(self, fut: Future[Any]) -> None:
         if self._inbox:
@@ -761,6 +763,7 @@ class Scheduler:
             # batch is being registered): cancel it when its turn comes.
             self._cancel_pending.add(fut)
             return
+        ctx = fut._ctx  # (for its hooks, if it never started)
         handle = fut._handle
         pol = fut._policy
         if pol is not None and pol.started:
@@ -808,7 +811,7 @@ class Scheduler:
                 self._release(pol)
         self._after(*self._graph.cancel(fut))
         if fut._task.driven:
-            self._hooks_later(fut)
+            self._hooks_later(fut, ctx)
         self._check_idle()
 
     def _cancel_all(self) -> None:
@@ -912,6 +915,12 @@ class Scheduler:
             if pol is not None and pol.finishing and fut._handle is not None:
                 fut._handle.cancel()
         self.backend.abandon()
+
+
+def _as_run(fut: Future[Any]) -> None:
+    """(Inside a context:) make it the context of ``fut``'s run, at its first attempt."""
+    current_future.set(fut)
+    current_attempt.set(1)
 
 
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # asyncio.Task takes context=

@@ -6,6 +6,7 @@ submits from inside the runner's runs always go in."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import threading
 from typing import Any
@@ -27,7 +28,7 @@ from asyncflow import (
     get_run_context,
     task,
 )
-from asyncflow._room import Room
+from asyncflow._room import Room, _Waiter
 from asyncflow.exceptions import RunnerFullError, UpstreamFailedError
 
 
@@ -588,3 +589,130 @@ def test_a_submit_that_fails_gives_its_place_back() -> None:
         sched.submit = real  # type: ignore[method-assign]
         assert runner.submit(double, {"x": 1}).result(TIMEOUT) == 2
     assert room.count == 0
+
+
+# -- after a second review ----------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_wait_for_room_in_a_run_inside_another_runner_s_block_returns_at_once() -> None:
+    gate = asyncio.Event()
+
+    @task
+    async def parent(n: int) -> int:
+        await asyncflow.wait_for_room()  # this run's runner is r1, whatever block is open
+        return await task(double).submit(n) + 1
+
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            ThreadPoolTaskRunner(max_pending=1) as r1,
+            ThreadPoolTaskRunner(max_pending=1) as r2,
+        ):
+            held = r2.submit(ahold, {"started": asyncio.Event(), "gate": gate})  # r2: full
+            assert await r1.submit(parent, {"n": 2}) == 5
+            gate.set()
+            await held
+
+
+@pytest.mark.timeout(30)
+def test_a_hook_of_a_skipped_run_sees_its_own_context_not_its_upstream_s() -> None:
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    seen: list[tuple[int, str]] = []
+
+    @task(retries=2, retry_delay=0)
+    async def upstream() -> None:  # (its body runs in its driver's task, where it ends)
+        who.set("set inside the upstream's body")
+        raise ValueError("always")
+
+    def report(t: Any, fut: Future[Any], state: Any) -> None:
+        seen.append((get_run_context().attempt, who.get()))
+
+    after = task(double).with_options(on_failure=[report])
+    who.set("the submitter")
+    with ThreadPoolTaskRunner() as runner:
+        failing = runner.submit(upstream)
+        skipped = runner.submit(after, {"x": failing})
+        assert isinstance(skipped.exception(TIMEOUT), UpstreamFailedError)
+    assert seen == [(1, "the submitter")]
+
+
+class _RecordingLoop:
+    """Stands for a waiter's loop on another thread: records whether the waiter was marked
+    woken when its wake-up was handed to that loop (it may resume at once, there)."""
+
+    def __init__(self) -> None:
+        self.woken_then: list[bool] = []
+        self.waiter: Any = None
+
+    def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
+        self.woken_then.append(self.waiter.woken)
+
+
+class _FutureOn:
+    def __init__(self, loop: _RecordingLoop) -> None:
+        self._loop = loop
+
+    def get_loop(self) -> _RecordingLoop:
+        return self._loop
+
+
+def test_a_waiter_is_marked_woken_before_its_loop_can_resume_it() -> None:
+    room = Room(1, "r")
+    room.enter(1, nested=False, on_loop=False)
+    loop = _RecordingLoop()
+    waiter = _Waiter(_FutureOn(loop))  # type: ignore[arg-type]
+    loop.waiter = waiter
+    room._waiters.append(waiter)
+    room.free(1)
+    assert loop.woken_then == [True]
+    assert room._held == 1
+
+
+@pytest.mark.anyio
+async def test_a_place_held_for_a_woken_coroutine_is_not_taken_once_the_room_closed() -> None:
+    room = Room(1, "r")
+    room.enter(1, nested=False, on_loop=True)
+    ready = asyncio.Event()
+
+    async def waiting() -> None:
+        ready.set()
+        await room.wait()
+        room.enter(1, nested=False, on_loop=True)  # its submit, right after the wait
+
+    with anyio.fail_after(TIMEOUT):
+        waiter = asyncio.ensure_future(waiting())
+        await ready.wait()
+        room.free(1)  # woken: the place is held for it ...
+        room.close()  # ... and the session leaves before it resumes
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiter
+
+
+@pytest.mark.anyio
+async def test_a_done_callback_s_submit_is_not_a_nested_one_of_the_run_that_ended() -> None:
+    gate = asyncio.Event()
+    outcomes: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner(max_pending=1) as runner:
+            ended = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate})
+
+            def submit_next(f: Future[Any]) -> None:  # (the run's end woke the producer first)
+                try:
+                    runner.submit(double, {"x": 1})
+                    outcomes.append("went in")
+                except RunnerFullError:
+                    outcomes.append("full")
+
+            ended.add_done_callback(submit_next)
+            ready = asyncio.Event()
+
+            async def producer() -> int:
+                ready.set()
+                await runner.wait_for_room()
+                value: int = await runner.submit(double, {"x": 4})
+                return value
+
+            produced = asyncio.ensure_future(producer())
+            await ready.wait()
+            gate.set()
+            assert await produced == 8
+            await ended
+    assert outcomes == ["full"]  # the place was the producer's: the callback is not the run
