@@ -216,8 +216,6 @@ class Scheduler:
         self.room = None if opts.max_pending is None else Room(opts.max_pending, runner.name)
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
-        host(self.loop, runner.name, opened=True)  # (until aclose ends: see _unhost)
-        self._hosted = True
         self._graph: Graph[Future[Any]] = Graph()
         self._live: set[Future[Any]] = set()
         # Another runner's unfinished input -> its stand-in here (see _watch_external)
@@ -238,6 +236,9 @@ class Scheduler:
         # Process backends run coroutine bodies too (in the worker, on a loop of its own).
         self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
         self.call_parts = call_parts
+        # Last: a scheduler whose making failed is never closed, and would stay registered.
+        host(self.loop, runner.name, opened=True)  # (until aclose ends: see _unhost)
+        self._hosted = True
 
     # -- from any thread ---------------------------------------------------------------------
     def submit(self, fut: Future[Any], inputs: list[Future[Any]] | None = None) -> None:

@@ -180,6 +180,30 @@ async def test_an_async_with_block_may_not_block_on_another_runner_s_future_unti
         opener.join(TIMEOUT)
 
 
+class _NoBackend(ThreadPoolTaskRunner):
+    def _make_backend(self, scheduler: Any) -> Any:
+        raise OSError("no backend here")
+
+
+@pytest.mark.anyio
+async def test_a_session_that_failed_to_start_leaves_its_loop_free_to_block() -> None:
+    with pytest.raises(OSError, match="no backend here"):
+        async with _NoBackend():
+            pytest.fail("started")
+    with ThreadPoolTaskRunner() as other:
+        started, gate = threading.Event(), threading.Event()
+        held = other.submit(hold, {"started": started.set, "gate": gate, "value": 3})
+
+        def open_once_started() -> None:
+            if started.wait(TIMEOUT):
+                gate.set()
+
+        opener = threading.Thread(target=open_once_started)
+        opener.start()
+        assert held.result(TIMEOUT) == 3  # (blocks this loop: it runs no runner)
+        opener.join(TIMEOUT)
+
+
 @pytest.mark.anyio
 async def test_result_from_another_thread_works_while_the_loop_awaits() -> None:
     loop = asyncio.get_running_loop()
