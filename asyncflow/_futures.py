@@ -89,20 +89,45 @@ def host(loop: asyncio.AbstractEventLoop, runner_name: str, opened: bool) -> Non
                 del _hosts[loop]
 
 
-def refuse_blocking_on_a_host(what: str, advice: str) -> None:
-    """Raise if this thread runs an event loop that runs a runner's scheduler."""
+def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice: str) -> None:
+    """Raise if this thread runs the event loop of a runner's open session and one of the
+    unfinished ``futures`` needs (through its inputs, theirs...) a run of such a runner: that
+    run could not go on while this thread waits, and the wait would never end."""
     if not _hosts:
         return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    names = _hosts.get(loop)
-    if names:
+    if loop not in _hosts:
+        return
+    needed = _needing(futures, loop)
+    if needed is not None:
         raise RuntimeError(
-            f"cannot block on {what} from an event loop that runs runner {names[0]!r} (its "
-            f"runs would stop while this waits, and what it waits for may need them): {advice}"
+            f"cannot block on {what} from the event loop of runner "
+            f"{needed._scheduler.runner.name!r}: it needs that runner's run of task "
+            f"{needed._task.name!r}, which cannot go on while this loop waits: {advice}"
         )
+
+
+def _needing(futures: Sequence[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
+    """The first unfinished run, among ``futures`` and the runs they wait for (their inputs,
+    theirs...), of a scheduler on ``loop``; None if there is none. Only runs still waiting for
+    their inputs are walked further, each once (from any thread: see ``inputs_of``)."""
+    from ._params import inputs_of
+
+    todo = [f for f in futures if f._status < COMPLETED]
+    seen = {id(f) for f in todo}
+    while todo:
+        f = todo.pop()
+        if f._scheduler.loop is loop:
+            return f
+        if f._status == PENDING:
+            for up in inputs_of(f):
+                if up._status < COMPLETED and id(up) not in seen:
+                    seen.add(id(up))
+                    todo.append(up)
+    return None
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -531,7 +556,9 @@ class Future(Node, Generic[R]):
                 "runner's own event loop thread (it would deadlock): use `await future` instead"
             )
         refuse_blocking_on_a_host(
-            f"the unfinished future of task {self._task.name!r}", "use `await future` instead"
+            (self,),
+            f"the unfinished future of task {self._task.name!r}",
+            "use `await future` instead",
         )
         with _lock:
             if self._status >= COMPLETED:
@@ -683,10 +710,15 @@ class Future(Node, Generic[R]):
             return len(callbacks) - len(kept)
 
     def _run_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        # (As in _wake: not as part of a run that adds it, in its body, to a final future.)
+        token = current_future.set(None) if current_future.get() is not None else None
         try:
             fn(self)
         except BaseException:  # even SystemExit: it must not kill the scheduler's loop
             self._callback_failed(fn)
+        finally:
+            if token is not None:
+                current_future.reset(token)
 
     def _callback_failed(self, fn: Callable[[Future[R]], object]) -> None:
         logger.exception(

@@ -75,6 +75,7 @@ def _check_blocking_allowed(pending: list[Future[Any]], one_runner: bool = False
                 "form (`await future_list`, wait_async, as_completed_async)"
             )
     refuse_blocking_on_a_host(
+        pending,
         f"unfinished futures (task {pending[0]._task.name!r} among them)",
         "use the async form (`await future_list`, wait_async, as_completed_async)",
     )

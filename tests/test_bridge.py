@@ -127,57 +127,70 @@ def test_blocking_on_an_unfinished_future_in_a_coroutine_body_raises_at_once() -
     assert all("await" in m or "wait_async" in m for m in messages)
 
 
-def test_blocking_on_another_runner_s_future_in_a_coroutine_body_raises_at_once() -> None:
-    # Blocking would stop this runner's loop: a deadlock once the other run needs this one.
-    gate = threading.Event()
-    started = threading.Event()
-    other_box: list[Future[int]] = []
+def test_blocking_on_another_runner_s_run_that_needs_this_one_raises_at_once() -> None:
+    # Blocking would stop this runner's loop, and with it the run the other one needs.
+    gate = asyncio.Event()
+    box: list[Future[int]] = []
 
     async def blocks_on_other() -> list[str]:
-        f = other_box[0]
+        f = box[0]
         calls = [*blocking_calls(f).values(), *many_blocking_calls(f).values()]
-        return [_error_of(call) for call in calls]
+        messages = [_error_of(call) for call in calls]
+        gate.set()  # (this loop goes on: the run the other one needs ends)
+        return messages
 
-    with ThreadPoolTaskRunner() as other, ThreadPoolTaskRunner(max_workers=1) as runner:
-        held = other.submit(hold, {"started": started.set, "gate": gate, "value": 1})
-        other_box.append(held)
-        assert started.wait(TIMEOUT)
+    with ThreadPoolTaskRunner() as other, ThreadPoolTaskRunner() as runner:
+        mine = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate, "value": 2})
+        theirs = other.submit(double, {"x": mine})  # needs this runner's run
+        box.append(theirs)
         messages = runner.submit(blocks_on_other).result(timeout=TIMEOUT)
-        assert not held.done()
-        gate.set()
-        assert held.result(timeout=TIMEOUT) == 1
+        assert theirs.result(timeout=TIMEOUT) == 4
     assert len(messages) == 9
-    assert all("from an event loop that runs runner 'threadpool'" in m for m in messages)
+    assert all("event loop of runner 'threadpool'" in m for m in messages), messages
+    assert all("run of task 'ahold'" in m for m in messages)
     assert all("await" in m or "wait_async" in m for m in messages)
 
 
 @pytest.mark.anyio
-async def test_an_async_with_block_may_not_block_on_another_runner_s_future_until_it_ends() -> None:
-    gate = threading.Event()
-    started = threading.Event()
+async def test_an_async_with_block_may_block_on_another_runner_s_run_unless_it_needs_one_here() -> (
+    None
+):
+    gate = asyncio.Event()
     with ThreadPoolTaskRunner() as other:
-        held = other.submit(hold, {"started": started.set, "gate": gate, "value": 2})
-        assert started.wait(TIMEOUT)
         async with ThreadPoolTaskRunner() as runner:
-            mine = runner.submit(adouble, {"x": held})  # (it waits for the other runner's run)
-            with pytest.raises(RuntimeError, match="event loop that runs runner"):
-                held.result(TIMEOUT)  # it would stop ``mine`` from ever running here
+            mine = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate, "value": 1})
+            needs_mine = other.submit(double, {"x": mine})
+            with pytest.raises(RuntimeError, match="run of task 'ahold'"):
+                needs_mine.result(TIMEOUT)  # it would stop ``mine`` from ever running
             gate.set()
-            assert await mine == 4
-        assert held.result(TIMEOUT) == 2
-        # The block has ended: this loop runs no runner now, and may block (a thread lets the
-        # other runner's run go once it started).
-        again, go = threading.Event(), threading.Event()
-        later = other.submit(hold, {"started": again.set, "gate": go, "value": 5})
+            assert await needs_mine == 2
+            # A run that needs nothing here: blocking on it only holds this loop up a while.
+            started, go = threading.Event(), threading.Event()
+            alone = other.submit(hold, {"started": started.set, "gate": go, "value": 5})
 
-        def open_once_started() -> None:
-            if again.wait(TIMEOUT):
-                go.set()
+            def open_once_started() -> None:
+                if started.wait(TIMEOUT):
+                    go.set()
 
-        opener = threading.Thread(target=open_once_started)
-        opener.start()
-        assert later.result(TIMEOUT) == 5
-        opener.join(TIMEOUT)
+            opener = threading.Thread(target=open_once_started)
+            opener.start()
+            assert alone.result(TIMEOUT) == 5
+            opener.join(TIMEOUT)
+
+
+@flow
+def inner_flow(n: int) -> Any:
+    return [task(double).submit(i) for i in range(n)]  # (returned futures: waited for)
+
+
+@pytest.mark.anyio
+async def test_a_sync_flow_called_from_an_async_flow_may_wait_for_its_own_runs() -> None:
+    @flow
+    async def outer() -> Any:
+        return inner_flow(3)
+
+    with anyio.fail_after(TIMEOUT):
+        assert await outer() == [0, 2, 4]
 
 
 class _NoBackend(ThreadPoolTaskRunner):

@@ -716,3 +716,27 @@ async def test_a_done_callback_s_submit_is_not_a_nested_one_of_the_run_that_ende
             assert await produced == 8
             await ended
     assert outcomes == ["full"]  # the place was the producer's: the callback is not the run
+
+
+@pytest.mark.anyio
+async def test_a_callback_a_body_adds_to_a_final_future_runs_outside_the_run() -> None:
+    seen: list[str] = []
+    box: list[Future[int]] = []
+
+    def callback(f: Future[Any]) -> None:
+        try:
+            get_run_context()
+        except RuntimeError:
+            seen.append("no run")
+        else:
+            seen.append("in a run")
+
+    async def body() -> None:
+        box[0].add_done_callback(callback)  # final already: called at once, here
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            box.append(runner.submit(double, {"x": 1}))
+            await box[0]
+            await runner.submit(body)
+    assert seen == ["no run"]
