@@ -31,7 +31,9 @@ class LineSplitter:
     def feed(self, data: bytes, end: bool = False) -> str:
         """The whole lines ``data`` completes; at the ``end``, everything left."""
         text = self._rest + self._decoder.decode(data, final=end)
-        cut = len(text) if end or len(text) > _LONGEST else text.rfind("\n") + 1
+        cut = text.rfind("\n") + 1
+        if end or len(text) - cut > _LONGEST:  # (an unfinished line that long goes as it is)
+            cut = len(text)
         self._rest = text[cut:]
         return text[:cut]
 
@@ -59,10 +61,14 @@ class Echo:
             self._texts.append(text)
             self._size += len(text)
             if not self._writing:
-                self._writing = True
-                threading.Thread(
+                thread = threading.Thread(
                     target=self._write, name="asyncflow-worker-stderr", daemon=True
-                ).start()
+                )
+                try:
+                    thread.start()
+                except RuntimeError:  # (no thread to be had: the text waits for the next show)
+                    return
+                self._writing = True
 
     async def drained(self, timeout: float) -> None:
         """Wait until everything shown so far is written, for at most ``timeout`` seconds (a

@@ -353,9 +353,11 @@ def main() -> None:
     except BaseException as exc:
         traceback.print_exc()  # before any exit below: the parent shows it in its error
         sys.stderr.flush()
-        if isinstance(exc, SystemExit):
+        if isinstance(exc, KeyboardInterrupt):
             raise
-        raise SystemExit(1) from None  # (not raised on: Python would print it once more)
+        # Not raised on: Python would print it once more (a SystemExit's message too).
+        code = exc.code if isinstance(exc, SystemExit) else 1
+        raise SystemExit(code if code is None or isinstance(code, int) else 1) from None
     finally:
         if ending == "eof" or os.getppid() != parent:
             # Our input ended without a goodbye: the parent died. Whatever this worker started

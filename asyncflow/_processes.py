@@ -654,15 +654,14 @@ class _Worker:
 
 
 def _own_stdout() -> int | None:
-    """A copy of this process's stdout descriptor for a worker (its bodies print there), or
-    None if this process has none (started without one, or it was closed: descriptor 1 may
-    then be something else, which a body must not write to)."""
-    stream = sys.__stdout__
-    if stream is None or stream.closed:
+    """A copy of this process's stdout descriptor (1) for a worker (its bodies print there),
+    as a child of ``concurrent.futures`` inherits it; None if this process was started without
+    one (descriptor 1 is then whatever file was opened first, which a body must not write to)."""
+    if sys.__stdout__ is None:
         return None
     try:
-        return os.dup(stream.fileno())
-    except (OSError, ValueError):
+        return os.dup(1)
+    except OSError:
         return None
 
 

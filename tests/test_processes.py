@@ -1578,6 +1578,11 @@ def test_a_long_line_is_shown_in_pieces_without_cutting_a_character() -> None:
     shown = lines.feed(long[:4097]) + lines.feed(long[4097:]) + lines.feed(b"\n", end=True)
     assert shown == "\u00e9" * 3000 + "\n"
     assert "\ufffd" not in shown
+    # Much at once: the whole lines go, a short unfinished one waits for its end (another
+    # worker's line shown meanwhile does not land in the middle of it).
+    busy = ("x" * 99 + "\n") * 60 + "progress: 5"
+    assert lines.feed(busy.encode()) == ("x" * 99 + "\n") * 60
+    assert lines.feed(b"0%\n") == "progress: 50%\n"
 
 
 def print_here(text: str) -> str:
@@ -1585,30 +1590,45 @@ def print_here(text: str) -> str:
     return text
 
 
-def test_a_parent_whose_stdout_was_closed_keeps_bodies_out_of_its_descriptor_1(
+def test_a_parent_started_without_stdout_keeps_bodies_out_of_its_descriptor_1(
     tmp_path: Path,
 ) -> None:
-    # Descriptor 1 is then whatever was opened next; a body's print must not land there.
+    # Descriptor 1 is then the first file it opened; a body's print must not land there.
     taken = tmp_path / "taken"
     script = (
-        "import os, sys\n"
+        "import sys\n"
+        f"taken = open({str(taken)!r}, 'w')\n"
+        "assert taken.fileno() == 1, taken.fileno()\n"
         "from asyncflow import ProcessPoolTaskRunner\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_processes import print_here\n"
-        "sys.stdout.close()\n"
-        "os.close(1)\n"
-        f"taken = open({str(taken)!r}, 'w')\n"
-        "assert taken.fileno() == 1, taken.fileno()\n"
         "with ProcessPoolTaskRunner(max_workers=1) as runner:\n"
         "    runner.submit(print_here, {'text': 'from the body'}).result(30)\n"
         "taken.close()\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        ["sh", "-c", 'exec "$0" -c "$1" >&-', sys.executable, script],
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert taken.read_text() == ""
     assert "from the body" in done.stderr  # (shown with the worker's stderr instead)
+
+
+def exit_with_a_message() -> None:
+    sys.exit("no configuration found")
+
+
+def test_a_worker_start_that_exits_says_why_once() -> None:
+    with ProcessPoolTaskRunner(max_workers=1, initializer=exit_with_a_message) as runner:
+        err = runner.submit(double, {"x": 1}).exception(TIMEOUT)
+    assert isinstance(err, WorkerCrashedError)
+    assert err.stderr_tail.count("no configuration found") == 1
+    assert err.exitcode == 1
 
 
 def test_submitting_from_inside_a_worker_is_a_clear_error() -> None:
