@@ -60,20 +60,24 @@ class Echo:
                 return
             self._texts.append(text)
             self._size += len(text)
-            if not self._writing:
-                thread = threading.Thread(
-                    target=self._write, name="asyncflow-worker-stderr", daemon=True
-                )
-                try:
-                    thread.start()
-                except RuntimeError:  # (no thread to be had: the text waits for the next show)
-                    return
-                self._writing = True
+            self._start_writing()
+
+    def _start_writing(self) -> None:
+        # (Under the lock.)
+        if self._writing or not self._texts:
+            return
+        thread = threading.Thread(target=self._write, name="asyncflow-worker-stderr", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # (no thread to be had now: tried again at the next show, or drain)
+            return
+        self._writing = True
 
     async def drained(self, timeout: float) -> None:
         """Wait until everything shown so far is written, for at most ``timeout`` seconds (a
         stderr that blocks for longer is left to its daemon thread)."""
         with self._cond:
+            self._start_writing()
             if not self._writing:
                 return
             done = asyncio.get_running_loop().create_future()

@@ -152,9 +152,7 @@ def test_blocking_on_another_runner_s_run_that_needs_this_one_raises_at_once() -
 
 
 @pytest.mark.anyio
-async def test_an_async_with_block_may_block_on_another_runner_s_run_unless_it_needs_one_here() -> (
-    None
-):
+async def test_an_async_with_block_may_not_block_on_another_runner_s_run() -> None:
     gate = asyncio.Event()
     with ThreadPoolTaskRunner() as other:
         async with ThreadPoolTaskRunner() as runner:
@@ -164,18 +162,18 @@ async def test_an_async_with_block_may_block_on_another_runner_s_run_unless_it_n
                 needs_mine.result(TIMEOUT)  # it would stop ``mine`` from ever running
             gate.set()
             assert await needs_mine == 2
-            # A run that needs nothing here: blocking on it only holds this loop up a while.
-            started, go = threading.Event(), threading.Event()
-            alone = other.submit(hold, {"started": started.set, "gate": go, "value": 5})
+            # One that needs nothing here by its inputs may need it in its body: refused too.
+            later = asyncio.Event()
+            quoted = runner.submit(ahold, {"started": asyncio.Event(), "gate": later, "value": 3})
+            in_body = other.submit(result_of, {"boxed": quote(quoted)})
+            with pytest.raises(RuntimeError, match="runs would stop while this waits"):
+                in_body.result(TIMEOUT)
+            later.set()
+            assert await in_body == 3
 
-            def open_once_started() -> None:
-                if started.wait(TIMEOUT):
-                    go.set()
 
-            opener = threading.Thread(target=open_once_started)
-            opener.start()
-            assert alone.result(TIMEOUT) == 5
-            opener.join(TIMEOUT)
+def result_of(boxed: Future[int]) -> int:
+    return boxed.result(TIMEOUT)  # (a body of the other runner, waiting on this one's run)
 
 
 @flow
