@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
-from ._context import current_attempt, current_future, current_runner
+from ._context import current_attempt, current_future
 from ._error_text import error_text, message_of
 from ._graph import Node
 from ._states import State, StateType
@@ -90,19 +90,18 @@ def host(loop: asyncio.AbstractEventLoop, runner_name: str, opened: bool) -> Non
 
 
 def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice: str) -> None:
-    """Raise if this thread runs the event loop of a runner's open session: its runs would stop
-    while this thread waits, and what it waits for may need them (through its inputs, or in
-    a body: that cannot be known). Allowed: the futures of the runner of the innermost
-    ``with`` block opened here (a sync flow called from an async flow waits for its own runs),
-    unless they need, through their inputs, a run on this loop."""
+    """Raise if this thread runs the event loop of a runner's open session and one of the
+    unfinished ``futures`` needs (through its inputs, theirs...) a run on that loop: that run
+    could not go on while this thread waits, and the wait would never end. (A run's body may
+    need that loop too, which cannot be known beforehand: such a wait is not refused, as
+    refusing every wait there refused many that end.)"""
     if not _hosts:
         return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    names = _hosts.get(loop)
-    if not names:
+    if loop not in _hosts:
         return
     needed = _needing(futures, loop)
     if needed is not None:
@@ -111,13 +110,6 @@ def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice:
             f"{needed._scheduler.runner.name!r}: it needs that runner's run of task "
             f"{needed._task.name!r}, which cannot go on while this loop waits: {advice}"
         )
-    opened_here = current_runner.get()
-    for f in futures:
-        if f._status < COMPLETED and f._scheduler.runner is not opened_here:
-            raise RuntimeError(
-                f"cannot block on {what} from the event loop of runner {names[0]!r}: its runs "
-                f"would stop while this waits, and what it waits for may need them: {advice}"
-            )
 
 
 def _needing(futures: Sequence[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:

@@ -8,6 +8,7 @@ import gc
 import inspect
 import logging
 import threading
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import anyio
 import pytest
 from helpers import adouble, ahold, double, hold, noop
 
+import asyncflow._futures
 from asyncflow import (
     Future,
     FutureList,
@@ -152,7 +154,9 @@ def test_blocking_on_another_runner_s_run_that_needs_this_one_raises_at_once() -
 
 
 @pytest.mark.anyio
-async def test_an_async_with_block_may_not_block_on_another_runner_s_run() -> None:
+async def test_an_async_with_block_may_block_on_another_runner_s_run_unless_it_needs_one_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     gate = asyncio.Event()
     with ThreadPoolTaskRunner() as other:
         async with ThreadPoolTaskRunner() as runner:
@@ -162,23 +166,77 @@ async def test_an_async_with_block_may_not_block_on_another_runner_s_run() -> No
                 needs_mine.result(TIMEOUT)  # it would stop ``mine`` from ever running
             gate.set()
             assert await needs_mine == 2
-            # One that needs nothing here by its inputs may need it in its body: refused too.
-            later = asyncio.Event()
-            quoted = runner.submit(ahold, {"started": asyncio.Event(), "gate": later, "value": 3})
-            in_body = other.submit(result_of, {"boxed": quote(quoted)})
-            with pytest.raises(RuntimeError, match="runs would stop while this waits"):
-                in_body.result(TIMEOUT)
-            later.set()
-            assert await in_body == 3
+            # A run that needs nothing here: blocking on it only holds this loop up a while.
+            blocked = _Blocked(monkeypatch)
+            go = threading.Event()
+            alone = other.submit(hold, {"started": noop_started, "gate": go, "value": 5})
 
+            def open_once_blocked() -> None:
+                if blocked.waiting.wait(TIMEOUT):
+                    go.set()
 
-def result_of(boxed: Future[int]) -> int:
-    return boxed.result(TIMEOUT)  # (a body of the other runner, waiting on this one's run)
+            opener = threading.Thread(target=open_once_blocked)
+            opener.start()
+            assert alone.result(TIMEOUT) == 5  # (unfinished when called: it blocks, then ends)
+            opener.join(TIMEOUT)
 
 
 @flow
 def inner_flow(n: int) -> Any:
     return [task(double).submit(i) for i in range(n)]  # (returned futures: waited for)
+
+
+class _Blocked:
+    """Makes futures say when a thread blocks on one (their ``threading.Event`` waits)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.waiting = threading.Event()
+        waiting = self.waiting
+
+        class Event(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                waiting.set()
+                return super().wait(timeout)
+
+        own = types.SimpleNamespace(**vars(threading))  # (the futures' module only)
+        own.Event = Event
+        monkeypatch.setattr(asyncflow._futures, "threading", own)
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_may_block_on_a_long_lived_runner_s_run_that_needs_nothing_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blocked = _Blocked(monkeypatch)
+
+    @flow
+    def uses(shared: ThreadPoolTaskRunner) -> int:
+        go = threading.Event()
+        f = shared.submit(hold, {"started": noop_started, "gate": go, "value": 7})
+
+        def open_once_blocked() -> None:
+            if blocked.waiting.wait(TIMEOUT):
+                go.set()
+
+        opener = threading.Thread(target=open_once_blocked)
+        opener.start()
+        try:
+            value: int = f.result(TIMEOUT)  # unfinished: it blocks this loop a while, and ends
+        finally:
+            opener.join(TIMEOUT)
+        return value
+
+    @flow
+    async def outer(shared: ThreadPoolTaskRunner) -> int:
+        return uses(shared)
+
+    with ThreadPoolTaskRunner() as shared:
+        with anyio.fail_after(TIMEOUT):
+            assert await outer(shared) == 7
+
+
+def noop_started() -> None:
+    pass
 
 
 @pytest.mark.anyio
