@@ -22,7 +22,7 @@ import types
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
@@ -95,15 +95,7 @@ def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice:
     could not go on while this thread waits, and the wait would never end. (A run's body may
     need that loop too, which cannot be known beforehand: such a wait is not refused, as
     refusing every wait there refused many that end.)"""
-    if not _hosts:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if loop not in _hosts:
-        return
-    needed = _needing(futures, loop)
+    needed = needed_here(futures)
     if needed is not None:
         raise RuntimeError(
             f"cannot block on {what} from the event loop of runner "
@@ -112,7 +104,22 @@ def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice:
         )
 
 
-def _needing(futures: Sequence[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
+def needed_here(futures: Iterable[Future[Any]]) -> Any:
+    """If this thread runs the event loop of a runner's open session: the first run on that
+    loop that one of the unfinished ``futures`` needs (itself, or through its inputs); else
+    None."""
+    if not _hosts:
+        return None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if loop not in _hosts:
+        return None
+    return _needing(futures, loop)
+
+
+def _needing(futures: Iterable[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
     """The first unfinished run, among ``futures`` and the runs they wait for (their inputs,
     theirs...), of a scheduler on ``loop``; None if there is none. Only runs still waiting for
     their inputs are walked further, each once (from any thread: see ``inputs_of``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ._futures import CountingCallback
@@ -55,11 +56,19 @@ class Room:
     def count(self) -> int:
         return self._count
 
-    def enter(self, runs: int, nested: bool, on_loop: bool) -> None:
+    def enter(
+        self,
+        runs: int,
+        nested: bool,
+        on_loop: bool,
+        stuck: Callable[[], str | None] | None = None,
+    ) -> None:
         """Count ``runs`` new runs, once there is room for one (a nested submit: at once).
 
         Another thread waits here; the loop's thread gets ``RunnerFullError`` instead. Once
-        the room is closed (the session is leaving), only nested submits go in.
+        the room is closed (the session is leaving), only nested submits go in. ``stuck()``,
+        asked before a wait, says why no run could end while this thread waits, if so: that
+        is raised instead of waiting for ever.
         """
         with self._cond:
             if not nested:
@@ -67,10 +76,10 @@ class Room:
                 if self._resumed.get(thread) and not self._closed:
                     self._take_held(thread)  # the place a coroutine of this thread waited for
                 else:
-                    self._wait_for_a_place(on_loop)
+                    self._wait_for_a_place(on_loop, stuck)
             self._count += runs
 
-    def _wait_for_a_place(self, on_loop: bool) -> None:
+    def _wait_for_a_place(self, on_loop: bool, stuck: Callable[[], str | None] | None) -> None:
         # (Under the lock.) The main thread waits in slices: a Ctrl-C that lands just before
         # the wait blocks is only seen once the wait ends.
         timeout = _SLICE if threading.current_thread() is threading.main_thread() else None
@@ -85,6 +94,11 @@ class Room:
                     "`await runner.wait_for_room()` before submitting from its event loop "
                     "(submits from other threads wait by themselves)"
                 )
+            if stuck is not None:
+                reason = stuck()
+                if reason is not None:
+                    raise RuntimeError(reason)
+                stuck = None  # (asked once: the runs it looked at are all this wait needs)
             self._cond.wait(timeout)
 
     def free(self, runs: int) -> None:

@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 from ._cache import CacheStore
 from ._context import current_future, current_runner
 from ._events import EventHub, EventStream, Subscription, TaskEvent
-from ._futures import Future, FutureList, MapGroup, add_done_callback_to_all, plain_runs
+from ._futures import (
+    Future,
+    FutureList,
+    MapGroup,
+    add_done_callback_to_all,
+    needed_here,
+    plain_runs,
+)
 from ._limits import Limit, check_limit
 from ._logging import apply_log_level
 from ._loop import LoopThread, to_its_end
@@ -221,7 +228,9 @@ class TaskRunner(abc.ABC):
         if not runs:
             submit()
             return
-        room.enter(len(runs), _nested(sched), threading.get_ident() == sched.thread_id)
+        room.enter(
+            len(runs), _nested(sched), threading.get_ident() == sched.thread_id, _stuck(sched)
+        )
         try:
             # Told of their ends (never, if the submit fails): a map's, through its group.
             if group is None or group.watch(lambda _left: room.freed) is None:
@@ -563,6 +572,25 @@ class TaskRunner(abc.ABC):
             loop_thread.run(_call(self._keep_stats, sched)).result()
         except RuntimeError:  # the loop is gone: keep what was last seen
             pass
+
+
+def _stuck(sched: Scheduler) -> Callable[[], str | None]:
+    """For a submit about to wait for room in ``sched``: why no run of it could end while this
+    thread waits, if one of them needs a run of the event loop this thread runs (a sync flow
+    called from an async flow, its runs taking the async flow's futures)."""
+
+    def why() -> str | None:
+        needed = needed_here(sched.live_runs())
+        if needed is None:
+            return None
+        return (
+            f"runner {sched.runner.name!r} is full (max_pending) and its runs need the run of "
+            f"task {needed._task.name!r} of runner {needed._scheduler.runner.name!r}, on the "
+            "event loop this submit would block: it would wait for ever; submit from another "
+            "thread, or await the runs that need it first"
+        )
+
+    return why
 
 
 def _nested(sched: Scheduler) -> bool:

@@ -312,6 +312,16 @@ class Scheduler:
         except RuntimeError:  # the loop is closed: the runner is gone, nothing left to do
             logger.debug("runner %r is closed; dropped %r", self.runner.name, fn)
 
+    def live_runs(self) -> list[Future[Any]]:
+        """Any thread: the runs not final yet, those in the inbox too, as they are now."""
+        runs = list(self._live)
+        for x in list(self._inbox):  # (a list there holds plain runs submitted together)
+            if isinstance(x, list):
+                runs.extend(x)
+            else:
+                runs.append(x)
+        return runs
+
     @property
     def live_count(self) -> int:
         """Runs submitted and not final (including ones still in the inbox)."""

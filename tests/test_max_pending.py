@@ -734,3 +734,28 @@ def test_a_callback_a_body_adds_to_a_final_future_runs_as_part_of_the_body() -> 
         box[0].wait(TIMEOUT)
         assert runner.submit(body).result(TIMEOUT) == "returned"
         assert went_in[0].result(TIMEOUT) == 10
+
+
+@pytest.mark.anyio
+async def test_a_submit_that_would_wait_for_room_for_ever_on_a_runner_s_loop_raises() -> None:
+    gate = asyncio.Event()
+    outcome: list[str] = []
+
+    @asyncflow.flow(task_runner=ThreadPoolTaskRunner(max_pending=1))
+    def inner(upstream: Future[int]) -> None:
+        first = task(double).submit(upstream)  # needs the async block's run, on this loop
+        try:
+            task(double).submit(1)  # full: its place frees only once ``upstream`` ran
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+        first.cancel()  # (leaving the flow would wait for it: that is not refused)
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            upstream = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate, "value": 4})
+            inner(upstream)
+            gate.set()
+            assert await upstream == 4
+    assert len(outcome) == 1
+    assert "is full (max_pending)" in outcome[0]
+    assert "run of task 'ahold'" in outcome[0]
