@@ -576,11 +576,17 @@ class TaskRunner(abc.ABC):
 
 def _stuck(sched: Scheduler) -> Callable[[], str | None]:
     """For a submit about to wait for room in ``sched``: why no run of it could end while this
-    thread waits, if one of them needs a run of the event loop this thread runs (a sync flow
-    called from an async flow, its runs taking the async flow's futures)."""
+    thread waits, if each of them needs a run of the event loop this thread runs (a sync flow
+    called from an async flow, its runs taking the async flow's futures). One that needs
+    nothing there will end and free a place."""
 
     def why() -> str | None:
-        needed = needed_here(sched.live_runs())
+        needed = None
+        for run in sched.live_runs():
+            needs = needed_here((run,))
+            if needs is None:
+                return None
+            needed = needed or needs
         if needed is None:
             return None
         return (

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import TIMEOUT, Stuck, ahold, double
+from helpers import TIMEOUT, Stuck, ahold, double, hold
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +28,7 @@ from asyncflow import (
     get_run_context,
     task,
 )
+from asyncflow._context import current_runner
 from asyncflow._room import Room, _Waiter
 from asyncflow.exceptions import RunnerFullError, UpstreamFailedError
 
@@ -759,3 +760,35 @@ async def test_a_submit_that_would_wait_for_room_for_ever_on_a_runner_s_loop_rai
     assert len(outcome) == 1
     assert "is full (max_pending)" in outcome[0]
     assert "run of task 'ahold'" in outcome[0]
+
+
+@pytest.mark.anyio
+async def test_a_submit_on_a_runner_s_loop_waits_for_room_when_a_run_can_still_end() -> None:
+    gate = asyncio.Event()
+    release = threading.Event()
+    results: list[int] = []
+
+    @asyncflow.flow(task_runner=ThreadPoolTaskRunner(max_pending=2))
+    def inner(upstream: Future[int]) -> None:
+        first = task(double).submit(upstream)  # needs the async block's run, on this loop
+        other = task(hold).submit(started=lambda: None, gate=release, value=3)  # can end
+        cond = observe(current_runner.get())
+
+        def release_once_waiting() -> None:
+            if cond.waiting.wait(TIMEOUT):
+                release.set()
+
+        opener = threading.Thread(target=release_once_waiting)
+        opener.start()
+        third = task(double).submit(5)  # full: it waits until ``other`` ends
+        opener.join(TIMEOUT)
+        results.extend([other.result(TIMEOUT), third.result(TIMEOUT)])
+        first.cancel()  # (leaving the flow would wait for it)
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            upstream = runner.submit(ahold, {"started": asyncio.Event(), "gate": gate, "value": 4})
+            inner(upstream)
+            gate.set()
+            assert await upstream == 4
+    assert results == [3, 10]
