@@ -108,18 +108,22 @@ def needed_here(futures: Iterable[Future[Any]]) -> Any:
     """If this thread runs the event loop of a runner's open session: the first run on that
     loop that one of the unfinished ``futures`` needs (itself, or through its inputs); else
     None."""
+    loop = hosting_here()
+    return None if loop is None else needing(futures, loop)
+
+
+def hosting_here() -> asyncio.AbstractEventLoop | None:
+    """The event loop this thread runs, if it runs a runner's open session; else None."""
     if not _hosts:
         return None
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    if loop not in _hosts:
-        return None
-    return _needing(futures, loop)
+    return loop if loop in _hosts else None
 
 
-def _needing(futures: Iterable[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
+def needing(futures: Iterable[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
     """The first unfinished run, among ``futures`` and the runs they wait for (their inputs,
     theirs...), of a scheduler on ``loop``; None if there is none. Only runs still waiting for
     their inputs are walked further, each once (from any thread: see ``inputs_of``)."""

@@ -44,7 +44,9 @@ class Room:
     def __init__(self, limit: int, runner_name: str) -> None:
         self.limit = limit
         self._name = runner_name
-        self._cond = threading.Condition(threading.Lock())
+        # Reentrant: a garbage collection under it (a walk in ``stuck`` allocates) may close
+        # an abandoned ``wait``, whose clean-up takes it again on the same thread.
+        self._cond = threading.Condition(threading.RLock())
         self._count = 0
         self._held = 0  # places held for woken coroutines
         self._resumed: dict[int, int] = {}  # thread -> held places its resumed coroutines hold
@@ -61,14 +63,14 @@ class Room:
         runs: int,
         nested: bool,
         on_loop: bool,
-        stuck: Callable[[], str | None] | None = None,
+        stuck: Callable[[int], str | None] | None = None,
     ) -> None:
         """Count ``runs`` new runs, once there is room for one (a nested submit: at once).
 
         Another thread waits here; the loop's thread gets ``RunnerFullError`` instead. Once
-        the room is closed (the session is leaving), only nested submits go in. ``stuck()``,
-        asked before a wait, says why no run could end while this thread waits, if so: that
-        is raised instead of waiting for ever.
+        the room is closed (the session is leaving), only nested submits go in.
+        ``stuck(counted)``, asked before a wait, says why no counted run could end while this
+        thread waits, if so: that is raised instead of waiting for ever.
         """
         with self._cond:
             if not nested:
@@ -79,7 +81,7 @@ class Room:
                     self._wait_for_a_place(on_loop, stuck)
             self._count += runs
 
-    def _wait_for_a_place(self, on_loop: bool, stuck: Callable[[], str | None] | None) -> None:
+    def _wait_for_a_place(self, on_loop: bool, stuck: Callable[[int], str | None] | None) -> None:
         # (Under the lock.) The main thread waits in slices: a Ctrl-C that lands just before
         # the wait blocks is only seen once the wait ends.
         timeout = _SLICE if threading.current_thread() is threading.main_thread() else None
@@ -95,10 +97,10 @@ class Room:
                     "(submits from other threads wait by themselves)"
                 )
             if stuck is not None:
-                reason = stuck()
+                reason = stuck(self._count)
                 if reason is not None:
                     raise RuntimeError(reason)
-                stuck = None  # (asked once: the runs it looked at are all this wait needs)
+                stuck = None  # (asked once, before the first wait: best effort)
             self._cond.wait(timeout)
 
     def free(self, runs: int) -> None:

@@ -20,7 +20,6 @@ from ._futures import (
     FutureList,
     MapGroup,
     add_done_callback_to_all,
-    needed_here,
     plain_runs,
 )
 from ._limits import Limit, check_limit
@@ -228,9 +227,7 @@ class TaskRunner(abc.ABC):
         if not runs:
             submit()
             return
-        room.enter(
-            len(runs), _nested(sched), threading.get_ident() == sched.thread_id, _stuck(sched)
-        )
+        room.enter(len(runs), _nested(sched), threading.get_ident() == sched.thread_id, sched.stuck)
         try:
             # Told of their ends (never, if the submit fails): a map's, through its group.
             if group is None or group.watch(lambda _left: room.freed) is None:
@@ -572,31 +569,6 @@ class TaskRunner(abc.ABC):
             loop_thread.run(_call(self._keep_stats, sched)).result()
         except RuntimeError:  # the loop is gone: keep what was last seen
             pass
-
-
-def _stuck(sched: Scheduler) -> Callable[[], str | None]:
-    """For a submit about to wait for room in ``sched``: why no run of it could end while this
-    thread waits, if each of them needs a run of the event loop this thread runs (a sync flow
-    called from an async flow, its runs taking the async flow's futures). One that needs
-    nothing there will end and free a place."""
-
-    def why() -> str | None:
-        needed = None
-        for run in sched.live_runs():
-            needs = needed_here((run,))
-            if needs is None:
-                return None
-            needed = needed or needs
-        if needed is None:
-            return None
-        return (
-            f"runner {sched.runner.name!r} is full (max_pending) and its runs need the run of "
-            f"task {needed._task.name!r} of runner {needed._scheduler.runner.name!r}, on the "
-            "event loop this submit would block: it would wait for ever; submit from another "
-            "thread, or await the runs that need it first"
-        )
-
-    return why
 
 
 def _nested(sched: Scheduler) -> bool:

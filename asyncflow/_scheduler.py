@@ -39,6 +39,8 @@ from ._futures import (
     complete_all,
     crashed_error,
     host,
+    hosting_here,
+    needing,
     params_of,
 )
 from ._graph import Graph, Node, Outcome
@@ -311,6 +313,34 @@ class Scheduler:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the runner is gone, nothing left to do
             logger.debug("runner %r is closed; dropped %r", self.runner.name, fn)
+
+    def stuck(self, counted: int) -> str | None:
+        """Any thread, for a submit about to wait for room (``max_pending``): why no place
+        could come free while this thread waits, if so. That is when this thread runs another
+        runner's loop and each of the ``counted`` unfinished runs needs, through its inputs, a
+        run on that loop (a sync flow called from an async flow, its runs taking the async
+        flow's futures). Not when some counted run is out of sight (on its way in): it may
+        end."""
+        loop = hosting_here()
+        if loop is None:
+            return None
+        runs = [run for run in self.live_runs() if run._status < COMPLETED]
+        if len(runs) < counted:
+            return None
+        needed = None
+        for run in runs:
+            needs = needing((run,), loop)
+            if needs is None:  # it can end, and free a place
+                return None
+            needed = needed or needs
+        if needed is None:
+            return None
+        return (
+            f"runner {self.runner.name!r} is full (max_pending) and its runs need the run of "
+            f"task {needed._task.name!r} of runner {needed._scheduler.runner.name!r}, on the "
+            "event loop this submit would block: it would wait for ever; submit from another "
+            "thread, or await the runs that need it first"
+        )
 
     def live_runs(self) -> list[Future[Any]]:
         """Any thread: the runs not final yet, those in the inbox too, as they are now."""

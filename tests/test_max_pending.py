@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import signal
 import threading
 from typing import Any
@@ -792,3 +793,23 @@ async def test_a_submit_on_a_runner_s_loop_waits_for_room_when_a_run_can_still_e
             gate.set()
             assert await upstream == 4
     assert results == [3, 10]
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_collected_while_its_thread_holds_the_room_lock_does_not_hang() -> None:
+    # (A garbage collection during a walk under the room's lock can close an abandoned wait,
+    # whose clean-up takes the lock again on the same thread.)
+    room = Room(1, "r")
+    room.enter(1, nested=False, on_loop=False)
+    loop = asyncio.new_event_loop()
+    waiting = loop.create_task(room.wait())
+    loop.run_until_complete(asyncio.sleep(0))  # it waits
+    loop.close()  # (abandoned: its loop is gone)
+    room.free(1)  # a place: the wait on the closed loop is dropped from the room
+    assert (len(room._waiters), room._held) == (0, 0)
+    waiting._log_destroy_pending = False  # type: ignore[attr-defined]  # (expected here)
+    with room._cond:
+        del waiting
+        gc.collect()  # closes the wait: its clean-up takes the lock, held here
+    room.enter(1, nested=False, on_loop=False)
+    assert (room.count, room._held) == (1, 0)
