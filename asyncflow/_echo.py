@@ -21,8 +21,9 @@ _BACKLOG = 1 << 20  # characters waiting to be written, at most
 
 
 class LineSplitter:
-    """One worker's stderr bytes as whole lines of text (a character split between two reads,
-    or a line between two workers' writes, is never cut), a very long line in pieces."""
+    """One worker's stderr bytes as whole lines of text, each ended by a newline or a carriage
+    return (a character split between two reads, or a line between two workers' writes, is
+    never cut), a very long line in pieces."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -31,7 +32,8 @@ class LineSplitter:
     def feed(self, data: bytes, end: bool = False) -> str:
         """The whole lines ``data`` completes; at the ``end``, everything left."""
         text = self._rest + self._decoder.decode(data, final=end)
-        cut = text.rfind("\n") + 1
+        # (A carriage return ends a line too: a progress bar redraws its line with one.)
+        cut = max(text.rfind("\n"), text.rfind("\r")) + 1
         if end or len(text) - cut > _LONGEST:  # (an unfinished line that long goes as it is)
             cut = len(text)
         self._rest = text[cut:]

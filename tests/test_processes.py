@@ -1583,6 +1583,9 @@ def test_a_long_line_is_shown_in_pieces_without_cutting_a_character() -> None:
     busy = ("x" * 99 + "\n") * 60 + "progress: 5"
     assert lines.feed(busy.encode()) == ("x" * 99 + "\n") * 60
     assert lines.feed(b"0%\n") == "progress: 50%\n"
+    # A progress bar redraws its line: each redraw is shown as it comes.
+    assert lines.feed(b"[##  ] 40%\r[### ] 6") == "[##  ] 40%\r"
+    assert lines.feed(b"0%\r") == "[### ] 60%\r"
 
 
 def print_here(text: str) -> str:
