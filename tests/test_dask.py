@@ -584,3 +584,23 @@ def test_a_crash_retry_setting_of_the_users_own_is_kept() -> None:
     with in_process() as runner:
         cluster = runner._scheduler.backend._cluster  # type: ignore[union-attr]
         assert cluster.scheduler.allowed_failures == 0
+
+
+def test_back_pressure_holds_on_a_cluster_too() -> None:
+    peak = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def count(event: Any) -> None:
+        with lock:
+            if event.kind == "submitted":
+                peak["now"] += 1
+                peak["most"] = max(peak["most"], peak["now"])
+            elif event.kind in ("finished", "cancelled"):
+                peak["now"] -= 1
+
+    runner = DaskTaskRunner(cluster_kwargs=IN_PROCESS, max_pending=2)
+    with runner.subscribe(count), runner:
+        futures = [runner.submit(double, {"x": i}) for i in range(8)]
+        assert [f.result(timeout=TIMEOUT) for f in futures] == [2 * i for i in range(8)]
+    assert 1 <= peak["most"] <= 2
+    assert peak["now"] == 0
