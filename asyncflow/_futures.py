@@ -22,7 +22,7 @@ import types
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from ._context import current_attempt, current_future
@@ -68,25 +68,20 @@ _NAMES = ("Pending", "Running", "Retrying", "Completed", "Failed", "Cancelled", 
 _lock = threading.RLock()
 
 
-# Event loops that run the scheduler of an open session -> the names of those runners. A
-# blocking wait for an unfinished future there would stop their runs (the one it waits for,
-# or one that run waits for, among them): it is refused, as on the future's own loop.
-_hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[str]] = (
-    weakref.WeakKeyDictionary()
-)
+# Event loops that run the scheduler of an open session -> how many sessions. A blocking
+# wait there for a future that needs one of their runs would never end: it is refused.
+_hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 _hosts_lock = threading.Lock()
 
 
-def host(loop: asyncio.AbstractEventLoop, runner_name: str, opened: bool) -> None:
-    """A session of ``runner_name`` on ``loop`` ``opened`` (else it closed)."""
+def host(loop: asyncio.AbstractEventLoop, opened: bool) -> None:
+    """A session on ``loop`` ``opened`` (else it closed)."""
     with _hosts_lock:
-        names = _hosts.setdefault(loop, [])
-        if opened:
-            names.append(runner_name)
+        sessions = _hosts.get(loop, 0) + (1 if opened else -1)
+        if sessions:
+            _hosts[loop] = sessions
         else:
-            names.remove(runner_name)
-            if not names:
-                del _hosts[loop]
+            del _hosts[loop]
 
 
 def refuse_blocking_on_a_host(futures: Sequence[Future[Any]], what: str, advice: str) -> None:
@@ -125,22 +120,8 @@ def hosting_here() -> asyncio.AbstractEventLoop | None:
 
 def needing(futures: Iterable[Future[Any]], loop: asyncio.AbstractEventLoop) -> Any:
     """The first unfinished run, among ``futures`` and the runs they wait for (their inputs,
-    theirs...), of a scheduler on ``loop``; None if there is none. Only runs still waiting for
-    their inputs are walked further, each once (from any thread: see ``inputs_of``)."""
-    from ._params import inputs_of
-
-    todo = [f for f in futures if f._status < COMPLETED]
-    seen = {id(f) for f in todo}
-    while todo:
-        f = todo.pop()
-        if f._scheduler.loop is loop:
-            return f
-        if f._status == PENDING:
-            for up in inputs_of(f):
-                if up._status < COMPLETED and id(up) not in seen:
-                    seen.add(id(up))
-                    todo.append(up)
-    return None
+    theirs...), of a scheduler on ``loop``; None if there is none."""
+    return next((f for f, _ in _upstream(futures) if f._scheduler.loop is loop), None)
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -1109,21 +1090,27 @@ def refuse_waiting_on_itself(futures: Sequence[Future[Any]]) -> None:
 
 def _waiting_for(futures: Sequence[Future[Any]], run: Future[Any]) -> Future[Any] | None:
     """The first of ``futures`` that waits (through its inputs, theirs...) for ``run``, or
-    None. Only runs still waiting for their inputs are walked, each once for them all (from
-    any thread: see ``inputs_of``)."""
+    None."""
+    return next((origin for f, origin in _upstream(futures) if f is run and f is not origin), None)
+
+
+def _upstream(futures: Iterable[Future[Any]]) -> Iterator[tuple[Future[Any], Future[Any]]]:
+    """Each unfinished run among ``futures`` and the runs they wait for (their inputs,
+    theirs...), with the one of ``futures`` it was reached from. Only runs still waiting for
+    their inputs are walked further, each once for them all (from any thread: see
+    ``inputs_of``)."""
     from ._params import inputs_of
 
-    todo = [(f, f) for f in futures if f._status == PENDING]
+    todo = [(f, f) for f in futures if f._status < COMPLETED]
     seen = {id(f) for f, _ in todo}
     while todo:
         f, origin = todo.pop()
-        for up in inputs_of(f):
-            if up is run:
-                return origin
-            if up._status == PENDING and id(up) not in seen:
-                seen.add(id(up))
-                todo.append((up, origin))
-    return None
+        yield f, origin
+        if f._status == PENDING:
+            for up in inputs_of(f):
+                if up._status < COMPLETED and id(up) not in seen:
+                    seen.add(id(up))
+                    todo.append((up, origin))
 
 
 # Code of the coroutines that run a body (added by the modules that define them): their frames

@@ -239,7 +239,7 @@ class Scheduler:
         self.coroutines_in_backend: bool = getattr(self.backend, "runs_coroutines", False)
         self.call_parts = call_parts
         # Last: a scheduler whose making failed is never closed, and would stay registered.
-        host(self.loop, runner.name, opened=True)  # (until aclose ends: see _unhost)
+        host(self.loop, opened=True)  # (until aclose ends: see _unhost)
         self._hosted = True
 
     # -- from any thread ---------------------------------------------------------------------
@@ -344,22 +344,22 @@ class Scheduler:
 
     def live_runs(self) -> list[Future[Any]]:
         """Any thread: the runs not final yet, those in the inbox too, as they are now."""
-        runs = list(self._live)
-        for x in list(self._inbox):  # (a list there holds plain runs submitted together)
+        return list(self._live) + self._inbox_runs()
+
+    @property
+    def live_count(self) -> int:
+        """Runs submitted and not final (including ones still in the inbox)."""
+        return len(self._live) + len(self._inbox_runs())
+
+    def _inbox_runs(self) -> list[Future[Any]]:
+        """Runs in the inbox (a list there holds plain runs submitted together)."""
+        runs: list[Future[Any]] = []
+        for x in list(self._inbox):
             if isinstance(x, list):
                 runs.extend(x)
             else:
                 runs.append(x)
         return runs
-
-    @property
-    def live_count(self) -> int:
-        """Runs submitted and not final (including ones still in the inbox)."""
-        return len(self._live) + self._in_inbox()
-
-    def _in_inbox(self) -> int:
-        """Runs in the inbox (a list there holds plain runs submitted together)."""
-        return sum(len(x) if isinstance(x, list) else 1 for x in list(self._inbox))
 
     @property
     def graph_size(self) -> int:
@@ -407,7 +407,7 @@ class Scheduler:
         """Loop thread only (see ``call_in_loop``)."""
         running = sum(1 for f in self._live if f._status in (RUNNING, RETRYING))
         counts = self._counts
-        inbox = self._in_inbox()
+        inbox = len(self._inbox_runs())
         return RunnerStatistics(
             submitted=self._submitted + inbox,
             running=running,
@@ -935,7 +935,7 @@ class Scheduler:
         """The session no longer runs on its loop (see ``_futures.host``); once."""
         if self._hosted:
             self._hosted = False
-            host(self.loop, self.runner.name, opened=False)
+            host(self.loop, opened=False)
 
     def refuse_waiting(self) -> None:
         """Any thread: the session is leaving; submits waiting for room (``max_pending``) are

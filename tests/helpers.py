@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from asyncflow import TaskEvent
+
 TIMEOUT = 5.0  # seconds: the longest any single wait in the tests may take
 
 
@@ -107,3 +109,20 @@ def park_and_close(coro_fn: Callable[[asyncio.Event], Any]) -> None:
     task = other.run_until_complete(start())
     other.close()
     del task
+
+
+class Peak:
+    """The most unfinished runs a runner held at once, from its events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    def __call__(self, event: TaskEvent) -> None:
+        with self._lock:
+            if event.kind == "submitted":
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            elif event.kind in ("finished", "cancelled"):
+                self.now -= 1

@@ -170,13 +170,7 @@ async def test_an_async_with_block_may_block_on_another_runner_s_run_unless_it_n
             blocked = _Blocked(monkeypatch)
             go = threading.Event()
             alone = other.submit(hold, {"started": noop_started, "gate": go, "value": 5})
-
-            def open_once_blocked() -> None:
-                if blocked.waiting.wait(TIMEOUT):
-                    go.set()
-
-            opener = threading.Thread(target=open_once_blocked)
-            opener.start()
+            opener = blocked.open_once_blocked(go)
             assert alone.result(TIMEOUT) == 5  # (unfinished when called: it blocks, then ends)
             opener.join(TIMEOUT)
 
@@ -202,6 +196,17 @@ class _Blocked:
         own.Event = Event
         monkeypatch.setattr(asyncflow._futures, "threading", own)
 
+    def open_once_blocked(self, gate: threading.Event) -> threading.Thread:
+        """A started thread that opens ``gate`` once a thread blocks on a future (join it)."""
+
+        def opener() -> None:
+            if self.waiting.wait(TIMEOUT):
+                gate.set()
+
+        thread = threading.Thread(target=opener)
+        thread.start()
+        return thread
+
 
 @pytest.mark.anyio
 async def test_an_async_flow_may_block_on_a_long_lived_runner_s_run_that_needs_nothing_here(
@@ -213,13 +218,7 @@ async def test_an_async_flow_may_block_on_a_long_lived_runner_s_run_that_needs_n
     def uses(shared: ThreadPoolTaskRunner) -> int:
         go = threading.Event()
         f = shared.submit(hold, {"started": noop_started, "gate": go, "value": 7})
-
-        def open_once_blocked() -> None:
-            if blocked.waiting.wait(TIMEOUT):
-                go.set()
-
-        opener = threading.Thread(target=open_once_blocked)
-        opener.start()
+        opener = blocked.open_once_blocked(go)
         try:
             value: int = f.result(TIMEOUT)  # unfinished: it blocks this loop a while, and ends
         finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import TIMEOUT, Stuck, ahold, double, hold
+from helpers import TIMEOUT, Peak, Stuck, ahold, double, hold
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from asyncflow import (
     DaskTaskRunner,
     Future,
     ProcessPoolTaskRunner,
-    TaskEvent,
     TaskRunner,
     ThreadPoolTaskRunner,
     get_run_context,
@@ -54,23 +53,6 @@ def observe(runner: TaskRunner) -> Observed:
     cond = Observed()
     sched.room._cond = cond
     return cond
-
-
-class Peak:
-    """The most unfinished runs a runner held at once, from its events."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-
-    def __call__(self, event: TaskEvent) -> None:
-        with self._lock:
-            if event.kind == "submitted":
-                self.now += 1
-                self.peak = max(self.peak, self.now)
-            elif event.kind in ("finished", "cancelled"):
-                self.now -= 1
 
 
 # -- options ------------------------------------------------------------------------------------
