@@ -14,14 +14,15 @@ import contextlib
 import importlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
-from ._futures import COMPLETED, Future, cancelled_error
+from ._futures import COMPLETED, cancelled_error
 from ._loop import to_its_end
+from ._remote import context_fields, guarded, never_returned, run_key, send_error, task_of
 from ._threads import LeftRunning
-from .exceptions import SerializationError, TaskCrashedError, WorkerCrashedError
+from .exceptions import TaskCrashedError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from ._dask import DaskTaskRunner
@@ -32,12 +33,6 @@ __all__ = ("DaskWorkers",)
 logger = logging.getLogger("asyncflow")
 
 _OWNER = "DaskTaskRunner"
-
-# Marks, in the error of a Dask task, a body that never returned (it raised a BaseException
-# that is not an Exception: SystemExit, KeyboardInterrupt, CancelledError). Raised as a plain
-# RuntimeError, which Dask carries as it carries any error, so the worker (maybe this very
-# loop, with an in-process cluster) goes on.
-_NEVER_RETURNED = "asyncflow: the body never returned"
 
 
 class DaskWorkers:
@@ -128,7 +123,7 @@ class DaskWorkers:
         while free > 0 and queue:
             item = queue.popleft()
             if item._status >= COMPLETED:  # cancelled while it waited here: never sent
-                self._report_soon(item, False, cancelled_error(_task_of(item).name))
+                self._report_soon(item, False, cancelled_error(task_of(item).name))
             elif self._send(item):
                 free -= 1
 
@@ -140,11 +135,11 @@ class DaskWorkers:
         except BaseException as exc:  # its inputs could not be resolved
             self._report_soon(item, False, exc)
             return False
-        call = _guarded(task.fn, args, kwargs, task.is_async, _context_fields(item, task))
+        call = guarded(task.fn, args, kwargs, task.is_async, context_fields(item, task))
         try:
-            future = self._client.submit(call, key=_key(item, task), pure=False)
+            future = self._client.submit(call, key=run_key(item, task), pure=False)
         except Exception as exc:  # it cannot be pickled, or the client is closed
-            self._report_soon(item, False, _send_error(task, args, kwargs, exc))
+            self._report_soon(item, False, send_error(task, args, kwargs, exc, "the Dask cluster"))
             return False
         sched.mark_running(item, self._worker)
         self._sent[item] = (future, sched.loop.create_task(self._wait(item, task.name, future)))
@@ -172,10 +167,8 @@ class DaskWorkers:
             )
             value.__cause__ = exc
         except RuntimeError as exc:
-            ok, value = False, exc
-            marker, *rest = exc.args or (None,)
-            if marker == _NEVER_RETURNED and len(rest) == 1:
-                value = rest[0]  # a BaseException: the scheduler makes the run Crashed
+            # A BaseException the body raised: the scheduler makes the run Crashed.
+            ok, value = False, never_returned(exc) or exc
         except Exception as exc:  # the body's own error, raised again here
             ok, value = False, exc
         self._sent.pop(item, None)
@@ -266,75 +259,6 @@ async def _stop_in_process_workers(cluster: Any) -> None:
                 await worker.close(executor_wait=False, reason="asyncflow-abandon")
 
 
-def _task_of(item: Any) -> Any:
-    return item._task if type(item) is Future else item.fut._task
-
-
-def _key(item: Any, task: Any) -> str:
-    fut = item if type(item) is Future else item.fut
-    attempt = "" if type(item) is Future else f"-{item.number}"
-    return f"{task.name}-{fut.task_run_id.hex}{attempt}"
-
-
-def _context_fields(item: Any, task: Any) -> tuple[Any, ...]:
-    """What ``get_run_context()`` says in the body, as plain values (the worker may not have
-    asyncflow; then the body cannot ask)."""
-    fut = item if type(item) is Future else item.fut
-    attempt = 1 if type(item) is Future else item.number
-    return (task.name, fut.task_run_id.int, attempt, tuple(task.tags), task.key)
-
-
-def _guarded(
-    fn: Callable[..., Any],
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    is_async: bool,
-    context: tuple[Any, ...],
-) -> Callable[[], Any]:
-    """The call sent to the cluster: ``fn(*args, **kwargs)`` with its run context set, and a
-    ``BaseException`` that is not an ``Exception`` turned into an error Dask carries (Dask
-    lets one through to its worker's loop, which with an in-process cluster is this runner's).
-
-    A local function: Dask pickles it by value (cloudpickle), so a worker needs no asyncflow;
-    a body that reads its run context has it. No argument is visible to Dask, which would
-    otherwise look inside them for graphs of its own, and a parameter named like one of
-    ``Client.submit``'s keywords (``key``, ``priority``) stays the body's.
-    """
-    marker = _NEVER_RETURNED
-
-    @contextlib.contextmanager
-    def guard() -> Iterator[None]:
-        try:
-            from asyncflow._context import enter_remote_run, leave_remote_run
-        except ImportError:  # no asyncflow on this worker: the body does not use it either
-            token = None
-        else:
-            token = enter_remote_run(*context)
-        try:
-            yield
-        except Exception:
-            raise
-        except BaseException as exc:
-            raise RuntimeError(marker, exc) from None
-        finally:
-            if token is not None:
-                leave_remote_run(token)
-
-    if is_async:
-
-        async def run_async() -> Any:
-            with guard():
-                return await fn(*args, **kwargs)
-
-        return run_async
-
-    def run() -> Any:
-        with guard():
-            return fn(*args, **kwargs)
-
-    return run
-
-
 def _cluster_class(spec: type[Any] | str | None) -> Any:
     if spec is None:
         import distributed
@@ -349,29 +273,6 @@ def _cluster_class(spec: type[Any] | str | None) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"{_OWNER}: cannot import cluster_class {spec!r}: {exc}") from exc
-
-
-def _send_error(
-    task: Any, args: Sequence[Any], kwargs: dict[str, Any], exc: Exception
-) -> Exception:
-    """What failed a submit: the function or the argument that cannot be pickled, by name (Dask
-    only says which graph it could not send), else the client's own error."""
-    import cloudpickle
-
-    from ._processes import _argument_error
-
-    try:
-        cloudpickle.dumps(task.fn)
-    except Exception as cause:
-        error = SerializationError(
-            f"task {task.name!r}: the task's function cannot be sent to the Dask cluster "
-            f"({error_text(cause)})",
-            "arguments",
-        )
-        error.__cause__ = cause
-        return error
-    error = _argument_error(task, args, kwargs, exc, to="the Dask cluster")
-    return exc if error.__cause__ is exc else error
 
 
 def _worker_died(task_name: str, exc: BaseException) -> TaskCrashedError:
