@@ -28,6 +28,7 @@ from ._futures import FutureList as FutureList
 from ._logging import get_run_logger as get_run_logger
 from ._options import exponential_backoff as exponential_backoff
 from ._progress import ProgressDisplay as ProgressDisplay
+from ._ray import RayTaskRunner as RayTaskRunner
 from ._recorder import RunRecorder as RunRecorder
 from ._resolve import resolve_futures_to_results as resolve_futures_to_results
 from ._resolve import resolve_futures_to_states as resolve_futures_to_states
@@ -66,6 +67,7 @@ __all__ = (
     "MemoryCacheStore",
     "ProcessPoolTaskRunner",
     "ProgressDisplay",
+    "RayTaskRunner",
     "RunContext",
     "RunRecorder",
     "RunSummary",

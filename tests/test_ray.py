@@ -1,0 +1,281 @@
+"""RayTaskRunner: bodies on a Ray cluster, the graph and the policies here.
+
+One local cluster (two CPUs) serves the whole module: ``_cluster`` holds a lease on this
+process's Ray connection, so every runner here, given the same options, shares it instead of
+starting its own (a start takes seconds). The cluster's processes are that fixture's: Ray
+starts and stops workers as it likes (and again after a body's worker is killed), so the leak
+check of each test leaves the cluster's processes out, and the fixture checks at its end that
+every one of them is gone. Bodies check in with the contract suite's ``Hub`` (a socket), so
+nothing sleeps to let something happen. Ray pickles with its own cloudpickle: this module's
+bodies (and the contract suite's) travel by value, so workers need not import them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers
+import psutil
+import pytest
+import ray
+import ray.cloudpickle
+import test_contract
+from test_contract import TIMEOUT, Hub, agated, gated
+
+from asyncflow import RayTaskRunner, allow_failure, get_run_context, task
+from asyncflow._ray_connection import connect
+from asyncflow.exceptions import (
+    SerializationError,
+    TaskCancelledError,
+    TaskCrashedError,
+    TaskTimeoutError,
+    UpstreamFailedError,
+    WorkerCrashedError,
+)
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(test_contract)
+
+INIT = {"num_cpus": 2, "include_dashboard": False}
+
+
+def runner(**kwargs: Any) -> RayTaskRunner:
+    return RayTaskRunner(init_kwargs=INIT, **kwargs)
+
+
+def _descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> Iterator[None]:
+    before = {p.pid for p in _descendants()}
+    lease, ready = connect(None, INIT)
+    try:
+        ready.result(timeout=60)
+        yield
+    finally:
+        lease.release().result(timeout=60)
+    left = [p for p in _descendants() if p.pid not in before]
+    _, alive = psutil.wait_procs(left, timeout=TIMEOUT)
+    for p in alive:
+        p.kill()
+    assert not alive, f"the Ray cluster left processes running: {alive}"
+    assert not ray.is_initialized()
+
+
+@pytest.fixture
+def no_child_process_left_behind() -> None:
+    """(The conftest's check, left out here: the cluster's processes are ``_cluster``'s.)"""
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    with Hub() as h:
+        yield h
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+async def adouble(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * 2
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+def describe(x: object) -> str:
+    return type(x).__name__
+
+
+def context_and_pid() -> tuple[str, int, frozenset[str], int]:
+    ctx = get_run_context()
+    return ctx.task_name, ctx.attempt, ctx.tags, os.getpid()
+
+
+@task(retries=2, tags=["ray"])
+def flaky() -> int:
+    attempt = get_run_context().attempt
+    if attempt < 3:
+        raise OSError(f"attempt {attempt}")
+    return attempt
+
+
+def leave(how: str) -> int:
+    if how == "exit":
+        raise SystemExit(3)
+    if how == "interrupt":
+        raise KeyboardInterrupt
+    os._exit(7)
+
+
+def block() -> None:
+    """Never returns (unless its worker is killed)."""
+    threading.Event().wait()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def test_a_graph_of_sync_and_coroutine_bodies_runs_on_the_cluster() -> None:
+    with runner() as r:
+        a = r.submit(double, {"x": 1})
+        b = r.submit(adouble, {"x": a})
+        bad = r.submit(fail, {"x": b})
+        skipped = r.submit(double, {"x": bad})
+        accepted = r.submit(describe, {"x": allow_failure(bad)})
+        mapped = r.map(double, {"x": [b, 5, 6]})
+    assert b.result() == 4
+    with pytest.raises(ValueError, match="bad 4"):
+        bad.result()
+    assert isinstance(skipped.exception(), UpstreamFailedError)
+    assert accepted.result() == "ValueError"
+    assert mapped.result() == [8, 10, 12]
+
+
+def test_bodies_run_in_ray_workers_and_know_their_run() -> None:
+    with runner():
+        named = task(name="ctx", tags=["a", "b"])(context_and_pid).submit()
+        retried = flaky.submit()
+    name, attempt, tags, worker = named.result()
+    assert (name, attempt, tags) == ("ctx", 1, frozenset({"a", "b"}))
+    assert worker != os.getpid()
+    assert retried.result() == 3  # Ray's own retries are off: the task's two apply
+
+
+def test_a_body_runs_only_when_a_cpu_is_free_and_a_cancelled_queued_one_never_runs(
+    hub: Hub, tmp_path: Path
+) -> None:
+    mark = tmp_path / "ran"
+    with runner() as r:
+        first = r.submit(gated, {"hub": hub.address, "label": "a", "value": 1})
+        second = r.submit(agated, {"hub": hub.address, "label": "b", "value": 2})
+        assert sorted(hub.arrivals(2)) == ["a", "b"]  # both CPUs are taken
+        queued = r.submit(touch, {"path": str(mark)})
+        assert queued.state.is_pending()  # waits here, not in Ray's queue
+        queued.cancel()
+        hub.release("a", "b")
+    assert (first.result(), second.result()) == (1, 2)
+    assert isinstance(queued.exception(), TaskCancelledError)
+    assert not mark.exists()
+
+
+def test_a_cancel_kills_the_worker_running_the_body(hub: Hub) -> None:
+    with runner() as r:
+        stuck = r.submit(gated, {"hub": hub.address, "label": "stuck"})
+        hub.arrivals(1)
+        worker = psutil.Process(hub.pid("stuck"))
+        stuck.cancel()
+        worker.wait(TIMEOUT)  # (raises TimeoutExpired if the body still runs)
+        after = r.submit(double, {"x": 21})
+    assert isinstance(stuck.exception(), TaskCancelledError)
+    assert after.result() == 42
+
+
+def test_a_timed_out_body_is_stopped_and_gives_its_cpu_back(hub: Hub) -> None:
+    with runner() as r:
+        slow = task(timeout=0.2)(block).submit()
+        assert isinstance(slow.exception(timeout=TIMEOUT), TaskTimeoutError)
+        # Both CPUs are free again: two bodies run at once.
+        both = r.map(gated, {"hub": hub.address, "label": ["x", "y"]})
+        assert sorted(hub.arrivals(2)) == ["x", "y"]
+        hub.release("x", "y")
+    assert both.result() == [0, 0]
+
+
+@pytest.mark.parametrize("how", ["exit", "interrupt"])
+def test_a_body_that_raises_systemexit_or_keyboardinterrupt_crashes_its_run_not_its_worker(
+    how: str,
+) -> None:
+    with runner() as r:
+        before = r.submit(pid)
+        left = r.submit(leave, {"how": how}, wait_for=[before])
+        after = r.submit(pid, wait_for=[allow_failure(left)])
+    error = left.exception()
+    assert type(error) is TaskCrashedError
+    assert isinstance(error.__cause__, SystemExit if how == "exit" else KeyboardInterrupt)
+    assert left.state.is_crashed()
+    assert psutil.pid_exists(before.result())
+    assert after.result() in {before.result(), *(p.pid for p in _descendants())}
+
+
+def test_a_worker_that_dies_fails_its_run_with_worker_crashed_and_others_go_on() -> None:
+    with runner() as r:
+        dead = r.submit(leave, {"how": "die"})
+        fine = r.submit(double, {"x": 4})
+    assert isinstance(dead.exception(), WorkerCrashedError)
+    assert "Ray worker died" in str(dead.exception())
+    assert dead.state.is_crashed()
+    assert fine.result() == 8
+
+
+def test_an_argument_ray_cannot_pickle_is_named() -> None:
+    with runner() as r:
+        bad = r.submit(describe, {"x": threading.Lock()})
+    error = bad.exception()
+    assert isinstance(error, SerializationError)
+    assert "parameter 'x'" in str(error)
+    assert "the Ray cluster" in str(error)
+
+
+def test_a_body_the_workers_cannot_load_crashes_its_run_saying_why() -> None:
+    # helpers.double travels by reference, and Ray's workers cannot import the tests' modules.
+    with runner() as r:
+        lost = r.submit(helpers.double, {"x": 1})
+    error = lost.exception()
+    assert type(error) is TaskCrashedError
+    assert "Ray could not run it" in str(error)
+    assert "No module named 'helpers'" in str(error)
+    assert lost.state.is_crashed()
+
+
+def test_sessions_at_once_share_the_connection_and_other_options_are_refused() -> None:
+    with runner() as one, runner() as two:
+        assert one.submit(double, {"x": 1}).result() + two.submit(double, {"x": 2}).result() == 6
+        other = RayTaskRunner(init_kwargs={"num_cpus": 1})
+        with pytest.raises(RuntimeError, match="one connection per process"), other:
+            pass
+    assert ray.is_initialized()  # (still the module's)
+    with runner() as again:  # the refused one left nothing behind
+        assert again.submit(double, {"x": 3}).result() == 6
+
+
+@pytest.mark.anyio
+async def test_async_with_awaits_results_from_the_cluster() -> None:
+    async with runner() as r:
+        a = r.submit(adouble, {"x": 3})
+        b = r.submit(double, {"x": a})
+        assert await b == 12
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"address": ""}, TypeError, "address must be a non-empty str"),
+        ({"address": 6379}, TypeError, "address must be a non-empty str"),
+        ({"init_kwargs": ["num_cpus"]}, TypeError, "init_kwargs must be a dict"),
+        ({"init_kwargs": {1: 2}}, TypeError, "init_kwargs must be a dict"),
+        ({"init_kwargs": {"address": "auto"}}, ValueError, "address="),
+    ],
+)
+def test_bad_options_are_refused_naming_them(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        RayTaskRunner(**kwargs)

@@ -1,0 +1,78 @@
+"""RayTaskRunner's connection: a cluster it starts is stopped on exit (every process of it gone:
+the conftest's leak check), a start cancelled midway still stops what it started, and a
+connection made beforehand with ``ray.init`` is used and left open. Each test starts a cluster
+of its own (a few seconds each); ``test_ray.py`` holds the rest of the runner's tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+import ray
+import ray.cloudpickle
+from helpers import TIMEOUT
+
+from asyncflow import RayTaskRunner
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (workers cannot import it)
+
+SMALL = {"num_cpus": 1, "include_dashboard": False}
+
+
+def triple(x: int) -> int:
+    return x * 3
+
+
+def _ray_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "asyncflow-ray"]
+
+
+def test_a_runner_without_address_starts_a_local_cluster_and_stops_it_on_exit() -> None:
+    assert not ray.is_initialized()
+    with RayTaskRunner(init_kwargs=SMALL) as runner:
+        assert ray.is_initialized()
+        assert ray.cluster_resources()["CPU"] == 1  # init_kwargs reached ray.init
+        assert runner.submit(triple, {"x": 2}).result(timeout=TIMEOUT) == 6
+    assert not ray.is_initialized()
+    assert _ray_threads() == []
+
+
+@pytest.mark.anyio
+async def test_a_start_cancelled_midway_ends_cancelled_and_stops_what_it_started() -> None:
+    runner = RayTaskRunner(init_kwargs=SMALL)
+    entering = asyncio.ensure_future(runner.__aenter__())
+    await asyncio.sleep(0)  # (one turn: the start has asked Ray to connect, and waits)
+    assert _ray_threads() == ["asyncflow-ray"]
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    assert not ray.is_initialized()
+    async with runner:  # free to enter again
+        assert await runner.submit(triple, {"x": 3}) == 9
+    assert not ray.is_initialized()
+
+
+@pytest.fixture
+def own_connection() -> Iterator[None]:
+    handler = signal.getsignal(signal.SIGTERM)  # ray.init in the main thread sets its own
+    ray.init(**SMALL)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.mark.usefixtures("own_connection")
+def test_a_connection_made_with_ray_init_is_used_and_left_open() -> None:
+    with RayTaskRunner() as runner:
+        assert runner.submit(triple, {"x": 4}).result(timeout=TIMEOUT) == 12
+    assert ray.is_initialized()
+    assert _ray_threads() == []  # this process's connection was not the runner's to make
+    with pytest.raises(RuntimeError, match="already connected"), RayTaskRunner(init_kwargs=SMALL):
+        pass
