@@ -39,8 +39,9 @@ from asyncflow.exceptions import (
     WorkerCrashedError,
 )
 
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(test_contract)
+by_value: Any = ray.cloudpickle.register_pickle_by_value  # (untyped)
+by_value(sys.modules[__name__])
+by_value(test_contract)
 
 INIT = {"num_cpus": 2, "include_dashboard": False}
 
@@ -50,7 +51,8 @@ def runner(**kwargs: Any) -> RayTaskRunner:
 
 
 def _descendants() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    children: list[psutil.Process] = psutil.Process().children(recursive=True)
+    return children
 
 
 @pytest.fixture(scope="module", autouse=True)

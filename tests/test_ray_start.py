@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -19,7 +20,8 @@ from helpers import TIMEOUT
 
 from asyncflow import RayTaskRunner
 
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (workers cannot import it)
+by_value: Any = ray.cloudpickle.register_pickle_by_value  # (untyped)
+by_value(sys.modules[__name__])  # (workers cannot import it)
 
 SMALL = {"num_cpus": 1, "include_dashboard": False}
 
@@ -36,7 +38,8 @@ def test_a_runner_without_address_starts_a_local_cluster_and_stops_it_on_exit() 
     assert not ray.is_initialized()
     with RayTaskRunner(init_kwargs=SMALL) as runner:
         assert ray.is_initialized()
-        assert ray.cluster_resources()["CPU"] == 1  # init_kwargs reached ray.init
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        assert resources["CPU"] == 1  # init_kwargs reached ray.init
         assert runner.submit(triple, {"x": 2}).result(timeout=TIMEOUT) == 6
     assert not ray.is_initialized()
     assert _ray_threads() == []
