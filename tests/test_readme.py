@@ -24,10 +24,11 @@ def test_the_readme_has_its_examples() -> None:
         (1, "[0, 2, 4, 6, 8]"),
         (2, "[285, 328350, 332833500]"),
         (3, "14"),
-        (4, "<html>example.org</html> [8, 9, 8]"),
-        (5, "500500"),
+        (4, "[0, 1, 8, 27]"),
+        (5, "<html>example.org</html> [8, 9, 8]"),
+        (6, "500500"),
         (
-            6,
+            7,
             "[('submitted', None), ('started', 'thread asyncflow-threadpool-0'), "
             "('finished', 'Completed')]\nCounter({'submitted': 3, 'started': 3, 'finished': 3})",
         ),
