@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._error_text import error_text
 from ._futures import COMPLETED, cancelled_error
 from ._loop import to_its_end
-from ._remote import context_fields, guarded, never_returned, run_key, send_error, task_of
+from ._remote import carried, context_fields, guarded, run_key, send_error, task_of
 from ._threads import LeftRunning
 from .exceptions import TaskCrashedError, WorkerCrashedError
 
@@ -167,8 +167,8 @@ class DaskWorkers:
             )
             value.__cause__ = exc
         except RuntimeError as exc:
-            # A BaseException the body raised: the scheduler makes the run Crashed.
-            ok, value = False, never_returned(exc) or exc
+            # What the body raised, marked (a BaseException makes the run Crashed).
+            ok, value = False, carried(exc) or exc
         except Exception as exc:  # the body's own error, raised again here
             ok, value = False, exc
         self._sent.pop(item, None)

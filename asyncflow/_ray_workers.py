@@ -19,7 +19,7 @@ from ._error_text import error_text
 from ._futures import COMPLETED, cancelled_error
 from ._loop import to_its_end
 from ._ray_connection import Lease, connect
-from ._remote import context_fields, guarded, never_returned, run_key, send_error, task_of
+from ._remote import carried, context_fields, guarded, run_key, send_error, task_of
 from .exceptions import TaskCrashedError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
     if isinstance(exc, ray_errors.RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         if not isinstance(cause, ray_errors.RayError):  # the body's own error, or its mark
-            inner = never_returned(cause)
+            inner = carried(cause)
             return False, cause if inner is None else inner, False
         exc = cause  # Ray's, on the worker: its call could not be loaded there, say
     if stopped:  # (killed by interrupt: the run is final already, this is not seen)

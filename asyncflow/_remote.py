@@ -12,13 +12,15 @@ from ._error_text import error_text
 from ._futures import Future
 from .exceptions import SerializationError
 
-__all__ = ("context_fields", "guarded", "never_returned", "run_key", "send_error", "task_of")
+__all__ = ("carried", "context_fields", "guarded", "run_key", "send_error", "task_of")
 
-# Marks, in the error of a cluster's task, a body that never returned (it raised a
-# BaseException that is not an Exception: SystemExit, KeyboardInterrupt, CancelledError).
-# Raised as a plain RuntimeError, which a cluster carries as it carries any error, so the worker
-# (maybe this very loop, with an in-process Dask cluster) goes on.
-_NEVER_RETURNED = "asyncflow: the body never returned"
+# Marks, in the error of a cluster's task, what a body raised that the cluster cannot carry as
+# it is: a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+# CancelledError), or a StopIteration (an asyncio future refuses one, and awaiting the cluster's
+# future turns it into "coroutine raised StopIteration"). Raised as a plain RuntimeError, which
+# a cluster carries as it carries any error, so the worker (maybe this very loop, with an
+# in-process Dask cluster) goes on.
+_CARRIED = "asyncflow: carried from the body"
 
 
 def task_of(item: Any) -> Any:
@@ -48,9 +50,10 @@ def guarded(
     context: tuple[Any, ...],
 ) -> Callable[[], Any]:
     """The call sent to the cluster: ``fn(*args, **kwargs)`` with its run context set, and a
-    ``BaseException`` that is not an ``Exception`` turned into a marked ``RuntimeError`` (Dask
-    lets one through to its worker's loop, which with an in-process cluster is this runner's;
-    Ray's worker exits on one). For a coroutine function, the call returns its coroutine.
+    ``BaseException`` that is not an ``Exception`` (Dask lets one through to its worker's loop,
+    which with an in-process cluster is this runner's; Ray's worker exits on one) or a
+    ``StopIteration`` turned into a marked ``RuntimeError`` (see ``carried``). For a coroutine
+    function, the call returns its coroutine.
 
     A local function: the cluster pickles it by value (cloudpickle), so a worker needs no
     asyncflow; a body that reads its run context has it. No argument is visible to the
@@ -58,7 +61,7 @@ def guarded(
     references), and a parameter named like one of the submit call's keywords (``key``,
     ``priority``) stays the body's.
     """
-    marker = _NEVER_RETURNED
+    marker = _CARRIED
 
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
@@ -70,6 +73,8 @@ def guarded(
             token = enter_remote_run(*context)
         try:
             yield
+        except StopIteration as exc:
+            raise RuntimeError(marker, exc) from None
         except Exception:
             raise
         except BaseException as exc:
@@ -93,11 +98,11 @@ def guarded(
     return run
 
 
-def never_returned(exc: BaseException) -> BaseException | None:
-    """The ``BaseException`` a body raised, if ``exc`` is ``guarded``'s mark of one."""
+def carried(exc: BaseException) -> BaseException | None:
+    """What the body raised, if ``exc`` is ``guarded``'s mark of it."""
     if type(exc) is RuntimeError:
         match exc.args:
-            case (str(marker), BaseException() as inner) if marker == _NEVER_RETURNED:
+            case (str(marker), BaseException() as inner) if marker == _CARRIED:
                 return inner
     return None
 

@@ -366,6 +366,19 @@ def test_a_body_that_never_returns_crashes_its_run_and_the_runner_goes_on(body: 
         assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
 
 
+def first_of(items: list[int]) -> int:
+    return next(iter(items))  # StopIteration when there is none
+
+
+def test_a_body_raising_stop_iteration_fails_with_it() -> None:
+    # (An asyncio future refuses a StopIteration, and awaiting Dask's future turned it into a
+    # RuntimeError: it is carried marked, and raised here as it was.)
+    with in_process() as runner:
+        run = runner.submit(first_of, {"items": []})
+        assert isinstance(run.exception(timeout=TIMEOUT), StopIteration)
+        assert run.state.is_failed()
+
+
 def test_a_timed_out_body_keeps_its_worker_thread_until_it_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
