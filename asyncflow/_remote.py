@@ -63,6 +63,17 @@ def guarded(
     """
     marker = _CARRIED
 
+    def cut_cycle(link: BaseException) -> None:
+        """Dask follows ``__cause__`` to its end, for ever on a cycle (user code can make one,
+        and its worker thread then never returns): the link that closes it is cut."""
+        seen = {id(link)}
+        while (cause := link.__cause__) is not None:
+            if id(cause) in seen:
+                link.__cause__ = None
+                return
+            seen.add(id(cause))
+            link = cause
+
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
         try:
@@ -75,7 +86,8 @@ def guarded(
             yield
         except StopIteration as exc:
             raise RuntimeError(marker, exc) from None
-        except Exception:
+        except Exception as exc:
+            cut_cycle(exc)
             raise
         except BaseException as exc:
             raise RuntimeError(marker, exc) from None
