@@ -52,6 +52,9 @@ __all__ = (
     "prefect_system",
     "prefect_task",
     "prefect_threads",
+    "ray_each",
+    "ray_runner_system",
+    "ray_system",
     "runner_each",
     "thread_pool_each",
     "uvloop_missing",
@@ -81,6 +84,10 @@ def new_uvloop() -> asyncio.AbstractEventLoop:
 
 def dask_missing() -> str | None:
     return missing("distributed")
+
+
+def ray_missing() -> str | None:
+    return missing("ray")
 
 
 def prefect_missing() -> str | None:
@@ -309,6 +316,59 @@ def dask_runner_system(
     )
 
 
+_RAY_INIT = {"include_dashboard": False, "logging_level": logging.ERROR}
+
+
+def ray_runner_system(
+    label: str, tasks: int, job: Callable[[TaskRunner], float], *, cpus: int
+) -> System | Skip:
+    """``job(runner)`` on a ``RayTaskRunner`` of a fresh local Ray cluster of ``cpus`` CPUs:
+    the same cluster as the row ``ray_system(label, ...)``, whose time over this one's is this
+    row's ratio (below 1: asyncflow's Ray runner is slower than Ray itself)."""
+    name = f"asyncflow RayTaskRunner, local Ray {label}"
+    reason = ray_missing()
+    if reason is not None:
+        return Skip(name, reason)
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Run]:
+        from asyncflow import RayTaskRunner
+
+        with RayTaskRunner(init_kwargs={**_RAY_INIT, "num_cpus": cpus}) as runner:
+            yield lambda: job(runner)
+
+    return System(
+        name,
+        tasks,
+        start,
+        asyncflow=True,
+        alone=True,
+        versus=f"Ray, local cluster, {label}",
+        runs=SLOW_RUNS,
+    )
+
+
+def ray_system(label: str, tasks: int, job: Callable[[Any], float], *, cpus: int) -> System | Skip:
+    """``job(ray)`` with this process connected to a fresh local Ray cluster of ``cpus`` CPUs
+    (no goal: Ray is not among the issue's field, and is here for its runner's ratio)."""
+    name = f"Ray, local cluster, {label}"
+    reason = ray_missing()
+    if reason is not None:
+        return Skip(name, reason)
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Run]:
+        import ray
+
+        ray.init(num_cpus=cpus, **_RAY_INIT)  # type: ignore[arg-type]
+        try:
+            yield lambda: job(ray)
+        finally:
+            ray.shutdown()
+
+    return System(name, tasks, start, alone=True, goal=None, runs=SLOW_RUNS)
+
+
 def runner_each(fn: Any, n: int, check: Check) -> Callable[[TaskRunner], float]:
     """An asyncflow job on a started runner: submit ``fn(x=i)`` for each ``i``, take each
     result, check; returns the seconds."""
@@ -476,6 +536,21 @@ def dask_each(fn: Callable[[int], Any], n: int, check: Check) -> Callable[[Any],
         results = client.gather(futures)
         seconds = time.perf_counter() - start
         check(results, n)
+        return seconds
+
+    return job
+
+
+def ray_each(fn: Callable[..., Any], args: list[Any], check: Check) -> Callable[[Any], float]:
+    """A Ray job: a Ray task ``fn(a)`` for each of ``args`` (Ray's retries off, as asyncflow
+    sets them), ``ray.get`` them all, check; returns the seconds."""
+
+    def job(ray: Any) -> float:
+        remote = ray.remote(fn).options(max_retries=0, retry_exceptions=False)
+        start = time.perf_counter()
+        results = ray.get([remote.remote(a) for a in args])
+        seconds = time.perf_counter() - start
+        check(results, len(args))
         return seconds
 
     return job

@@ -8,7 +8,8 @@ cheap, so it sends such calls in batches); a second row submits call by call. Ba
 spawn ``ProcessPoolExecutor(2)``: ``submit`` per call then ``.result()`` (goal: asyncflow at
 least 3 times the throughput), and ``map`` with ``chunksize=100``, a chunk size tuned by hand for
 this batch (the former B5 goal: at least its throughput). anyio: ``to_process.run_sync`` per
-call from a task group, at most 2 at once.
+call from a task group, at most 2 at once. Dask (2 single-threaded worker processes) and Ray
+(a local cluster of 2 CPUs), and asyncflow's runners for both, do 500 calls.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from ._systems import (
     prefect_each,
     prefect_processes,
     prefect_system,
+    ray_each,
+    ray_runner_system,
+    ray_system,
     runner_each,
     uvloop_missing,
 )
@@ -151,6 +155,8 @@ def systems() -> list[System | Skip]:
             threads=1,
         ),
         dask_system("2 processes", DASK_TASKS, _dask_job, processes=True, workers=2, threads=1),
+        ray_runner_system("2 CPUs", DASK_TASKS, runner_each(noop, DASK_TASKS, check), cpus=WORKERS),
+        ray_system("2 CPUs", DASK_TASKS, ray_each(noop, list(range(DASK_TASKS)), check), cpus=2),
         prefect_system(
             "ProcessPoolTaskRunner(2)", PREFECT_TASKS, prefect_processes(WORKERS), _prefect_job
         ),

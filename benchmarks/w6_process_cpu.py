@@ -12,7 +12,8 @@ machine, which is not always twice what one gets (two vCPUs of a virtual machine
 Every system is started and warmed up outside the timer, and every run checks every result.
 asyncflow: ``runner.map`` in one ``with ProcessPoolTaskRunner(2)`` session. The others:
 ``ProcessPoolExecutor(2)`` (spawn) ``map``, anyio's ``to_process.run_sync`` at most 2 at once,
-Dask on 2 single-threaded worker processes, Prefect's ``ProcessPoolTaskRunner(2)``.
+Dask on 2 single-threaded worker processes, Ray on a local cluster of 2 CPUs (and asyncflow's
+runners for both), Prefect's ``ProcessPoolTaskRunner(2)``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from ._systems import (
     prefect_processes,
     prefect_system,
     prefect_task,
+    ray_each,
+    ray_runner_system,
+    ray_system,
     uvloop_missing,
 )
 from ._work import burn, burn_calls
@@ -85,7 +89,7 @@ def _others(
     Callable[[TaskRunner], float],
     Callable[[], Job],
 ]:
-    """The runs of anyio, Dask, asyncflow's Dask runner and Prefect."""
+    """The runs of anyio, Dask, asyncflow's Dask and Ray runners and Prefect."""
 
     def anyio_run() -> Coroutine[Any, Any, float]:
         async def run() -> float:
@@ -116,7 +120,7 @@ def _others(
         check(results)
         return seconds
 
-    def on_dask_job(runner: TaskRunner) -> float:
+    def on_cluster_job(runner: TaskRunner) -> float:
         start = time.perf_counter()
         futures = [runner.submit(burn_task, {"loops": loops}) for _ in range(TASKS)]
         results = [f.result() for f in futures]
@@ -137,7 +141,7 @@ def _others(
 
         return job
 
-    return anyio_run, dask_job, on_dask_job, prefect_job
+    return anyio_run, dask_job, on_cluster_job, prefect_job
 
 
 @contextlib.contextmanager
@@ -215,7 +219,7 @@ def systems(loops: int) -> list[System | Skip]:
             run()
             yield run
 
-    anyio_run, dask_job, on_dask_job, prefect_job = _others(loops, check)
+    anyio_run, dask_job, on_cluster_job, prefect_job = _others(loops, check)
     no_uvloop = uvloop_missing()
     anyio_name = "anyio.to_process.run_sync, at most 2 at once, uvloop"
     make_anyio: Callable[[], Coroutine[Any, Any, float]] = anyio_run
@@ -239,8 +243,12 @@ def systems(loops: int) -> list[System | Skip]:
         Skip(anyio_name, no_uvloop)
         if no_uvloop is not None
         else System(anyio_name, TASKS, lambda: loop_run(new_uvloop, make_anyio)),
-        dask_runner_system("2 processes", TASKS, on_dask_job, processes=True, workers=2, threads=1),
+        dask_runner_system(
+            "2 processes", TASKS, on_cluster_job, processes=True, workers=2, threads=1
+        ),
         dask_system("2 processes", TASKS, dask_job, processes=True, workers=2, threads=1),
+        ray_runner_system("2 CPUs", TASKS, on_cluster_job, cpus=WORKERS),
+        ray_system("2 CPUs", TASKS, ray_each(burn, args, check), cpus=WORKERS),
         prefect_system("ProcessPoolTaskRunner(2)", TASKS, prefect_processes(WORKERS), prefect_job),
     ]
 
