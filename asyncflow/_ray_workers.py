@@ -20,7 +20,7 @@ from ._futures import COMPLETED, cancelled_error
 from ._loop import to_its_end
 from ._ray_connection import Lease, connect
 from ._remote import carried, context_fields, guarded, run_key, send_error, task_of
-from .exceptions import TaskCrashedError, WorkerCrashedError
+from .exceptions import RemoteTraceback, TaskCrashedError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from ._ray import RayTaskRunner
@@ -203,7 +203,13 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         if not isinstance(cause, ray_errors.RayError):  # the body's own error, or its mark
             inner = carried(cause)
-            return False, cause if inner is None else inner, False
+            if inner is not None:
+                return False, inner, False
+            # Its traceback there, as Ray wrote it, is its cause (as for worker processes; the
+            # cause it had there did not travel). Past the class's own __setattr__: a frozen
+            # dataclass's refuses every attribute.
+            object.__setattr__(cause, "__cause__", RemoteTraceback(str(exc)))
+            return False, cause, False
         exc = cause  # Ray's, on the worker: its call could not be loaded there, say
     if stopped:  # (killed by interrupt: the run is final already, this is not seen)
         return False, cancelled_error(task_name), False

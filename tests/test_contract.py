@@ -432,7 +432,7 @@ def test_an_upstream_failed_error_a_body_raised_again_has_the_first_failure_as_c
 ) -> None:
     # A body raises a skipped run's error (handed in through allow_failure): its dependents'
     # cause is still the first failure, and one that came back from a worker process (its only
-    # cause there, its remote traceback) is the cause as it is.
+    # cause there, its remote traceback) is the cause as it is (processes, Ray).
     with runner:
         root = runner.submit(raise_boom, {"message": "root cause"})
         skipped = runner.submit(double, {"x": root})
@@ -444,7 +444,7 @@ def test_an_upstream_failed_error_a_body_raised_again_has_the_first_failure_as_c
     assert err.upstream_name == "reraise"
     again = raised.exception()
     assert isinstance(again, UpstreamFailedError)
-    if isinstance(runner, ProcessPoolTaskRunner):
+    if not isinstance(runner, ThreadPoolTaskRunner):  # it came back from a worker process
         assert err.__cause__ is again
         assert isinstance(again.__cause__, RemoteTraceback)
     else:

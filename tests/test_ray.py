@@ -1,13 +1,7 @@
 """RayTaskRunner: bodies on a Ray cluster, the graph and the policies here.
 
-One local cluster (two CPUs) serves the whole module: ``_cluster`` holds a lease on this
-process's Ray connection, so every runner here, given the same options, shares it instead of
-starting its own (a start takes seconds). The cluster's processes are that fixture's: Ray
-starts and stops workers as it likes (and again after a body's worker is killed), so the leak
-check of each test leaves the cluster's processes out, and the fixture checks at its end that
-every one of them is gone. Bodies check in with the contract suite's ``Hub`` (a socket), so
-nothing sleeps to let something happen. Ray pickles with its own cloudpickle: this module's
-bodies (and the contract suite's) travel by value, so workers need not import them.
+One local cluster (two CPUs) serves the whole module (``ray_cluster``). Bodies check in with the
+contract suite's ``Hub`` (a socket), so nothing sleeps to let something happen.
 """
 
 from __future__ import annotations
@@ -24,13 +18,19 @@ import helpers
 import psutil
 import pytest
 import ray
-import ray.cloudpickle
 import test_contract
+from ray_cluster import (  # noqa: F401 - the module's fixtures
+    INIT,
+    by_value,
+    descendants,
+    no_child_process_left_behind,
+    shared_cluster,
+)
 from test_contract import TIMEOUT, Hub, agated, gated
 
 from asyncflow import RayTaskRunner, allow_failure, get_run_context, task
-from asyncflow._ray_connection import connect
 from asyncflow.exceptions import (
+    RemoteTraceback,
     SerializationError,
     TaskCancelledError,
     TaskCrashedError,
@@ -39,42 +39,12 @@ from asyncflow.exceptions import (
     WorkerCrashedError,
 )
 
-by_value: Any = ray.cloudpickle.register_pickle_by_value  # (untyped)
 by_value(sys.modules[__name__])
 by_value(test_contract)
-
-INIT = {"num_cpus": 2, "include_dashboard": False}
 
 
 def runner(**kwargs: Any) -> RayTaskRunner:
     return RayTaskRunner(init_kwargs=INIT, **kwargs)
-
-
-def _descendants() -> list[psutil.Process]:
-    children: list[psutil.Process] = psutil.Process().children(recursive=True)
-    return children
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cluster() -> Iterator[None]:
-    before = {p.pid for p in _descendants()}
-    lease, ready = connect(None, INIT)
-    try:
-        ready.result(timeout=60)
-        yield
-    finally:
-        lease.release().result(timeout=60)
-    left = [p for p in _descendants() if p.pid not in before]
-    _, alive = psutil.wait_procs(left, timeout=TIMEOUT)
-    for p in alive:
-        p.kill()
-    assert not alive, f"the Ray cluster left processes running: {alive}"
-    assert not ray.is_initialized()
-
-
-@pytest.fixture
-def no_child_process_left_behind() -> None:
-    """(The conftest's check, left out here: the cluster's processes are ``_cluster``'s.)"""
 
 
 @pytest.fixture
@@ -146,6 +116,11 @@ def test_a_graph_of_sync_and_coroutine_bodies_runs_on_the_cluster() -> None:
     assert b.result() == 4
     with pytest.raises(ValueError, match="bad 4"):
         bad.result()
+    error = bad.exception()
+    assert error is not None
+    remote = error.__cause__  # its traceback on the worker
+    assert isinstance(remote, RemoteTraceback)
+    assert 'raise ValueError(f"bad {x}")' in remote.text
     assert isinstance(skipped.exception(), UpstreamFailedError)
     assert accepted.result() == "ValueError"
     assert mapped.result() == [8, 10, 12]
@@ -214,7 +189,7 @@ def test_a_body_that_raises_systemexit_or_keyboardinterrupt_crashes_its_run_not_
     assert isinstance(error.__cause__, SystemExit if how == "exit" else KeyboardInterrupt)
     assert left.state.is_crashed()
     assert psutil.pid_exists(before.result())
-    assert after.result() in {before.result(), *(p.pid for p in _descendants())}
+    assert after.result() in {before.result(), *(p.pid for p in descendants())}
 
 
 def first_of(items: list[int]) -> int:
