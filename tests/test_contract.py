@@ -1,4 +1,6 @@
-"""One behaviour suite, run against every runner (as CPython's executor tests do).
+"""One behaviour suite, run against every runner (as CPython's executor tests do): thread and
+process pools here, Dask and Ray in ``test_dask_contract.py`` and ``test_ray_contract.py``, which
+collect these tests again with a ``runner`` fixture of their own.
 
 Bodies coordinate with the tests through a ``Hub``: a socket on localhost where a body checks in
 (its label and pid) and then blocks until the test says the word. It works the same for threads,
@@ -20,6 +22,7 @@ import cloudpickle
 import pytest
 
 from asyncflow import (
+    DaskTaskRunner,
     ProcessPoolTaskRunner,
     TaskRunner,
     ThreadPoolTaskRunner,
@@ -444,11 +447,14 @@ def test_an_upstream_failed_error_a_body_raised_again_has_the_first_failure_as_c
     assert err.upstream_name == "reraise"
     again = raised.exception()
     assert isinstance(again, UpstreamFailedError)
-    if not isinstance(runner, ThreadPoolTaskRunner):  # it came back from a worker process
+    if isinstance(runner, ThreadPoolTaskRunner):
+        assert err.__cause__ is root.exception()
+    elif isinstance(runner, DaskTaskRunner):  # Dask sends an error back with its causes: copies
+        assert type(err.__cause__) is BoomError
+        assert str(err.__cause__) == "root cause"
+    else:  # it came back from a worker process
         assert err.__cause__ is again
         assert isinstance(again.__cause__, RemoteTraceback)
-    else:
-        assert err.__cause__ is root.exception()
 
 
 def test_causes_stay_shallow_down_a_chain_of_skips_and_bodies_raising_them_again(
