@@ -168,7 +168,8 @@ class DaskWorkers:
             value.__cause__ = exc
         except RuntimeError as exc:
             # What the body raised, marked (a BaseException makes the run Crashed).
-            ok, value = False, carried(exc) or exc
+            mark = carried(exc)
+            ok, value = False, exc if mark is None else mark[0]
         except Exception as exc:  # the body's own error, raised again here
             ok, value = False, exc
         self._sent.pop(item, None)

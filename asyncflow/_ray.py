@@ -31,17 +31,22 @@ class RayTaskRunner(TaskRunner):
     to end closes it, and a connection made beforehand with ``ray.init`` is used (then give
     neither option) and left open.
 
-    A body is sent to the cluster when one of its CPUs is free for it (as the cluster last told,
-    at least one): it is Running, and its timeout counts, from then; a run cancelled before that
-    never reaches the cluster. A body sent is stopped for real by a cancel or a timeout: Ray
-    kills the worker process running it (``ray.cancel(force=True)``), and starts another.
-    Coroutine bodies run on a loop of their own in the worker (``asyncio.run``). Bodies,
-    arguments and results travel as Ray sends them (cloudpickle); every result comes back here.
-    In a body, ``get_run_context()`` works (with asyncflow installed on the workers) and
-    submitting does not. Ray's retries are off (``max_retries=0``): retries are the task's. A
-    body that raises ``SystemExit``, ``KeyboardInterrupt`` or ``CancelledError`` crashes its
-    run, not its worker; a worker that dies fails its run with ``WorkerCrashedError``; any
-    other failure of Ray's fails the run with ``TaskCrashedError`` saying what Ray said.
+    A body is sent to the cluster when one of its CPUs is free for it, counting the bodies of
+    every session of this process (as the cluster last told, at least one): it is Running, and
+    its timeout counts, from then; a run cancelled before that never reaches the cluster (an
+    autoscaling cluster therefore does not grow for them). A body sent is stopped for real by a
+    cancel or a timeout: Ray kills the worker process running it (``ray.cancel(force=True)``),
+    and starts another. Coroutine bodies run on a loop of their own in the worker
+    (``asyncio.run``). Bodies, arguments and results travel as Ray sends them (cloudpickle);
+    every result comes back here. In a body, ``get_run_context()`` works (with asyncflow
+    installed on the workers) and submitting does not. Ray's retries are off
+    (``max_retries=0``): retries are the task's. What a body raises comes back with its
+    traceback on the worker as cause (a ``RemoteError`` if it does not load here); one that
+    raises ``SystemExit``, ``KeyboardInterrupt`` or ``CancelledError`` crashes its run, not its
+    worker; a worker that dies fails its run with ``WorkerCrashedError``; a call the worker
+    cannot load, or a result it cannot send back, fails with ``SerializationError``; any other
+    failure of Ray's crashes the run with ``TaskCrashedError`` saying what Ray said. A start
+    that is cancelled (Ctrl-C) returns at once, even while Ray still tries to connect.
     """
 
     def __init__(

@@ -1,26 +1,35 @@
 """The Ray backend: each work item (a run, or an attempt of one) becomes one Ray task.
 
-Bodies go to the cluster only when one of its CPUs is free for them (the cluster's CPU count,
-read again at most once a second while bodies wait), so a body sent is a body running: its
-run is Running and its timeout counts from then, and a run cancelled before that never
-reaches the cluster. Unlike Dask, Ray can stop a body: a cancel or a timeout kills the worker
-process running it (``ray.cancel(force=True)``; a gentler cancel only raises
-``KeyboardInterrupt`` in the body, which a blocking call such as ``time.sleep`` does not see).
+Bodies go to the cluster only when one of its CPUs is free for them, so a body sent is a body
+running: its run is Running and its timeout counts from then, and a run cancelled before that
+never reaches the cluster. The CPUs are counted for the whole process (``_CPUS``): Ray allows
+one connection per process, so the sessions sharing it fill one cluster. Unlike Dask, Ray can
+stop a body: a cancel or a timeout kills the worker process running it
+(``ray.cancel(force=True)``; a gentler cancel only raises ``KeyboardInterrupt`` in the body,
+which a blocking call such as ``time.sleep`` does not see).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
 from ._futures import COMPLETED, cancelled_error
-from ._loop import to_its_end
 from ._ray_connection import Lease, connect
-from ._remote import carried, context_fields, guarded, run_key, send_error, task_of
-from .exceptions import RemoteTraceback, TaskCrashedError, WorkerCrashedError
+from ._remote import MARK, carried, context_fields, guarded, run_key, send_error, task_of
+from .exceptions import (
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TaskCrashedError,
+    WorkerCrashedError,
+)
 
 if TYPE_CHECKING:
     from ._ray import RayTaskRunner
@@ -29,6 +38,52 @@ if TYPE_CHECKING:
 __all__ = ("RayWorkers",)
 
 _RECOUNT = 1.0  # seconds: how long the cluster's CPU count is trusted while bodies wait
+
+
+class _Cpus:
+    """The cluster's CPUs that this process's bodies fill, and the backends waiting for one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+        self._counted_at = float("-inf")
+        self.busy = 0
+        self._waiting: dict[RayWorkers, None] = {}
+
+    def recount(self) -> None:
+        """Ask the cluster how many CPUs it has (nodes may have joined or left)."""
+        import ray
+
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        with self._lock:
+            self._total = max(1, int(resources.get("CPU", 0)))
+            self._counted_at = time.monotonic()
+
+    def take(self, backend: RayWorkers) -> bool:
+        """One CPU for ``backend``'s next body, if one is free; else it is woken when one is."""
+        if self.busy >= self._total and time.monotonic() - self._counted_at > _RECOUNT:
+            self.recount()
+        with self._lock:
+            if self.busy < self._total:
+                self.busy += 1
+                return True
+            self._waiting[backend] = None
+            return False
+
+    def give_back(self, backend: RayWorkers) -> None:
+        with self._lock:
+            self.busy -= 1
+            waiting = [b for b in self._waiting if b is not backend]
+            self._waiting.clear()
+        for other in waiting:
+            other.wake()
+
+    def forget(self, backend: RayWorkers) -> None:
+        with self._lock:
+            self._waiting.pop(backend, None)
+
+
+_CPUS = _Cpus()
 
 
 class RayWorkers:
@@ -40,32 +95,29 @@ class RayWorkers:
         self._sched = sched
         self._runner = runner
         self._lease: Lease | None = None
+        self._ready = False  # the connection is made
         self._remote: Any = None  # the one Ray remote function every body goes through
         self._queue: deque[Any] = deque()  # items waiting for a free CPU
         # item -> its Ray object reference and the asyncio task awaiting it
         self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
         self._stopped: set[Any] = set()  # items whose worker this backend had killed
         self._held = False
-        self._cpus = 1
-        self._counted_at = float("-inf")
+        self._look_again: asyncio.TimerHandle | None = None
         self._worker = "ray"
 
     async def start(self) -> None:
-        """Connect to Ray (once, before any submit). A connection made is kept before it is
-        awaited, so that ``aclose`` releases it whatever happens next; it is awaited to its
-        end even if cancelled meanwhile (the cancellation then raised after)."""
-        import ray
-
+        """Connect to Ray (once, before any submit). The lease is kept before the connection is
+        awaited, so that ``aclose`` releases it whatever happens next. A cancel stops the wait
+        at once (a wrong address makes Ray try for minutes): the connection's own thread
+        then disconnects once it is made."""
         runner = self._runner
         self._lease, ready = connect(runner._address, runner._init_kwargs)
-        made, cancelled = await to_its_end(asyncio.wrap_future(ready))
-        if cancelled is not None:
-            if not made.cancelled():
-                made.exception()  # seen to: the cancellation is what the caller gets
-            raise cancelled
-        made.result()
+        await asyncio.wrap_future(ready)
+        self._ready = True
+        import ray  # (imported by now, by the connection's thread)
+
         self._remote = ray.remote(_caller())
-        self._recount()
+        _CPUS.recount()
         self._worker = f"ray {ray.get_runtime_context().gcs_address}"
 
     # -- sending -----------------------------------------------------------------------------
@@ -77,30 +129,33 @@ class RayWorkers:
         self._queue.extend(items)
         self._pump()
 
-    def _recount(self) -> None:
-        import ray
-
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        self._cpus = max(1, int(resources.get("CPU", 0)))
-        self._counted_at = self._sched.loop.time()
+    def wake(self) -> None:
+        """(Any thread.) A CPU was given back: look again."""
+        with contextlib.suppress(RuntimeError):  # (this session's loop is closed)
+            self._sched.loop.call_soon_threadsafe(self._pump)
 
     def _pump(self) -> None:
         if self._held or self._remote is None:
             return
-        queue, sent = self._queue, self._sent
-        if (
-            queue
-            and len(sent) >= self._cpus
-            and self._sched.loop.time() - self._counted_at > _RECOUNT
-        ):
-            self._recount()  # nodes may have joined or left
-        free = self._cpus - len(sent)
-        while free > 0 and queue:
-            item = queue.popleft()
+        queue = self._queue
+        while queue:
+            item = queue[0]
             if item._status >= COMPLETED:  # cancelled while it waited here: never sent
+                queue.popleft()
                 self._report_soon(item, False, cancelled_error(task_of(item).name))
-            elif self._send(item):
-                free -= 1
+                continue
+            if not _CPUS.take(self):
+                # Woken when one is given back; look again meanwhile for nodes that joined.
+                if self._look_again is None:
+                    self._look_again = self._sched.loop.call_later(_RECOUNT, self._again)
+                return
+            queue.popleft()
+            if not self._send(item):
+                _CPUS.give_back(self)
+
+    def _again(self) -> None:
+        self._look_again = None
+        self._pump()
 
     def _send(self, item: Any) -> bool:
         sched = self._sched
@@ -110,20 +165,22 @@ class RayWorkers:
         except BaseException as exc:  # its inputs could not be resolved
             self._report_soon(item, False, exc)
             return False
-        call = guarded(task.fn, args, kwargs, task.is_async, context_fields(item, task))
+        call = guarded(
+            task.fn, args, kwargs, task.is_async, context_fields(item, task), carry_all=True
+        )
         try:
             ref = self._remote.options(
                 name=run_key(item, task), num_cpus=1, max_retries=0, retry_exceptions=False
             ).remote(call, task.is_async)
         except Exception as exc:  # it cannot be pickled, or Ray is gone
-            self._report_soon(item, False, send_error(task, args, kwargs, exc, "the Ray cluster"))
+            self._report_soon(item, False, *_send_failure(task, args, kwargs, exc))
             return False
         sched.mark_running(item, self._worker)
         self._sent[item] = (ref, sched.loop.create_task(self._wait(item, task.name, ref)))
         return True
 
-    def _report_soon(self, item: Any, ok: bool, value: Any) -> None:
-        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value)
+    def _report_soon(self, item: Any, ok: bool, value: Any, crashed: bool = False) -> None:
+        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value, crashed)
 
     async def _wait(self, item: Any, task_name: str, ref: Any) -> None:
         crashed = False
@@ -136,6 +193,7 @@ class RayWorkers:
             ok, value, crashed = _failure(task_name, exc, item in self._stopped)
         self._sent.pop(item, None)
         self._stopped.discard(item)
+        _CPUS.give_back(self)
         self._sched.on_outcome(item, ok, value, crashed)
         self._pump()
 
@@ -158,39 +216,64 @@ class RayWorkers:
         """Nothing to abandon: a body this backend stops is stopped for real."""
 
     async def aclose(self, abandon: bool = False) -> None:
+        _CPUS.forget(self)
+        if self._look_again is not None:
+            self._look_again.cancel()
         # Every run is final by now; bodies still sent are ones just stopped: their outcomes
         # are on their way. Waited for, so that no worker this session killed is left running.
         waits = [wait for _ref, wait in self._sent.values()]
         if waits and not abandon:
             await asyncio.wait(waits)
-        for ref, wait in self._sent.values():
+        for item, (ref, wait) in list(self._sent.items()):
             wait.cancel()
-            if not abandon:
-                continue
-            import ray
+            if abandon:
+                import ray
 
-            ray.cancel(ref, force=True)
+                ray.cancel(ref, force=True)
+            del self._sent[item]
+            _CPUS.give_back(self)
         if waits:
             await asyncio.wait(waits)
-        self._sent.clear()
         self._queue.clear()  # (every run is final by now: none of these will be sent)
-        lease, self._lease = self._lease, None
         self._remote = None
-        if lease is not None:
-            await asyncio.wrap_future(lease.release())
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        closed = lease.release()
+        if self._ready or not abandon:  # (else a start given up: its thread ends on its own)
+            await asyncio.wrap_future(closed)
+            lease.join()
 
 
 def _caller() -> Callable[[Callable[[], Any], bool], Any]:
     """The Ray remote function every body goes through: a local function, so Ray sends it by
-    value (a worker needs no asyncflow). A coroutine body runs on a loop of its own: Ray runs
-    no coroutine function as a task."""
+    value (a worker needs no asyncflow). A coroutine body runs on a loop of its own: Ray runs no
+    coroutine function as a task. What the body raised (``guarded``'s mark) goes back pickled
+    here, with its type's name, its message and its traceback's text, so that one that does
+    not load in this process still says what it was."""
+    marker = MARK
 
     def call(run: Callable[[], Any], is_async: bool) -> Any:
-        if is_async:
-            import asyncio
+        import asyncio
 
-            return asyncio.run(run())
-        return run()
+        try:
+            return asyncio.run(run()) if is_async else run()
+        except RuntimeError as exc:
+            if len(exc.args) != 3 or exc.args[0] != marker:  # noqa: PLR2004
+                raise
+            raised, text = exc.args[1], exc.args[2]
+        from ray import cloudpickle
+
+        pickler: Any = cloudpickle  # (untyped)
+        try:
+            data: bytes | None = pickler.dumps(raised)
+        except Exception:
+            data = None
+        try:
+            message = str(raised)
+        except Exception:
+            message = "(its message could not be read)"
+        raise RuntimeError(marker, data, type(raised).__qualname__, message, text)
 
     return call
 
@@ -201,20 +284,33 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
 
     if isinstance(exc, ray_errors.RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        if not isinstance(cause, ray_errors.RayError):  # the body's own error, or its mark
-            inner = carried(cause)
-            if inner is not None:
-                return False, inner, False
-            # Its traceback there, as Ray wrote it, is its cause (as for worker processes; the
-            # cause it had there did not travel). Past the class's own __setattr__: a frozen
-            # dataclass's refuses every attribute.
-            object.__setattr__(cause, "__cause__", RemoteTraceback(str(exc)))
-            return False, cause, False
-        exc = cause  # Ray's, on the worker: its call could not be loaded there, say
+        mark = carried(cause)
+        if mark is not None:  # what the body raised
+            return (False, _raised(*mark), False)
+        if isinstance(cause, ray_errors.RaySystemError):
+            error: Exception = SerializationError(
+                f"task {task_name!r}: its call cannot be loaded on the Ray worker "
+                f"({error_text(cause)})",
+                "arguments",
+            )
+        elif isinstance(cause, ray_errors.RayError):
+            error = TaskCrashedError(
+                f"task {task_name!r} crashed: Ray could not run it ({error_text(cause)})"
+            )
+            error.__cause__ = exc
+            return False, error, True
+        else:  # raised on the worker, around the body: storing its result
+            error = SerializationError(
+                f"task {task_name!r}: its result cannot be sent back from the Ray worker "
+                f"({error_text(cause)})",
+                "result",
+            )
+        error.__cause__ = exc
+        return False, error, False
     if stopped:  # (killed by interrupt: the run is final already, this is not seen)
         return False, cancelled_error(task_name), False
     if isinstance(exc, ray_errors.WorkerCrashedError):
-        error: TaskCrashedError = WorkerCrashedError(
+        error = WorkerCrashedError(
             f"task {task_name!r} crashed: its Ray worker died while running it ({exc})",
             pid=0,
             exitcode=None,
@@ -228,3 +324,34 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
         )
     error.__cause__ = exc
     return False, error, True
+
+
+def _raised(data: bytes | None, type_name: str, message: str, text: str) -> BaseException:
+    """What a body raised, loaded here; else a ``RemoteError`` saying what it was. Its cause is
+    its traceback on the worker, as for worker processes (the cause it had there did not
+    travel). (Past the class's own __setattr__: a frozen dataclass's refuses every attribute.)"""
+    import cloudpickle
+
+    raised: object = None
+    if data is not None:
+        with contextlib.suppress(Exception):
+            raised = cloudpickle.loads(data)
+    if not isinstance(raised, BaseException):
+        raised = RemoteError(type_name, message)
+    object.__setattr__(raised, "__cause__", RemoteTraceback(text))
+    return raised
+
+
+def _send_failure(
+    task: Any, args: Any, kwargs: dict[str, Any], exc: Exception
+) -> tuple[Exception, bool]:
+    """Why a body could not be sent, and whether the run crashed (Ray is gone) or failed."""
+    from ray import exceptions as ray_errors
+
+    if isinstance(exc, ray_errors.RayError):
+        error = TaskCrashedError(
+            f"task {task.name!r} crashed: Ray did not take it ({error_text(exc)})"
+        )
+        error.__cause__ = exc
+        return error, True
+    return send_error(task, args, kwargs, exc, "the Ray cluster"), False

@@ -12,7 +12,7 @@ from ._error_text import error_text
 from ._futures import Future
 from .exceptions import SerializationError
 
-__all__ = ("carried", "context_fields", "guarded", "run_key", "send_error", "task_of")
+__all__ = ("MARK", "carried", "context_fields", "guarded", "run_key", "send_error", "task_of")
 
 # Marks, in the error of a cluster's task, what a body raised that the cluster cannot carry as
 # it is: a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
@@ -20,7 +20,7 @@ __all__ = ("carried", "context_fields", "guarded", "run_key", "send_error", "tas
 # future turns it into "coroutine raised StopIteration"). Raised as a plain RuntimeError, which
 # a cluster carries as it carries any error, so the worker (maybe this very loop, with an
 # in-process Dask cluster) goes on.
-_CARRIED = "asyncflow: carried from the body"
+MARK = "asyncflow: carried from the body"
 
 
 def task_of(item: Any) -> Any:
@@ -48,11 +48,15 @@ def guarded(
     kwargs: dict[str, Any],
     is_async: bool,
     context: tuple[Any, ...],
+    *,
+    carry_all: bool = False,
 ) -> Callable[[], Any]:
     """The call sent to the cluster: ``fn(*args, **kwargs)`` with its run context set, and a
     ``BaseException`` that is not an ``Exception`` (Dask lets one through to its worker's loop,
     which with an in-process cluster is this runner's; Ray's worker exits on one) or a
-    ``StopIteration`` turned into a marked ``RuntimeError`` (see ``carried``). For a coroutine
+    ``StopIteration`` turned into a marked ``RuntimeError`` carrying it and its traceback's
+    text (see ``carried``); with ``carry_all``, every exception of the body, so that one the
+    cluster raises around the body (it cannot send the result) is told apart. For a coroutine
     function, the call returns its coroutine.
 
     A local function: the cluster pickles it by value (cloudpickle), so a worker needs no
@@ -61,7 +65,7 @@ def guarded(
     references), and a parameter named like one of the submit call's keywords (``key``,
     ``priority``) stays the body's.
     """
-    marker = _CARRIED
+    marker = MARK
 
     def cut_cycle(link: BaseException) -> None:
         """Dask follows ``__cause__`` to its end, for ever on a cycle (user code can make one,
@@ -74,6 +78,11 @@ def guarded(
             seen.add(id(cause))
             link = cause
 
+    def carry(exc: BaseException) -> RuntimeError:
+        import traceback
+
+        return RuntimeError(marker, exc, "".join(traceback.format_exception(exc)))
+
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
         try:
@@ -85,12 +94,14 @@ def guarded(
         try:
             yield
         except StopIteration as exc:
-            raise RuntimeError(marker, exc) from None
+            raise carry(exc) from None
         except Exception as exc:
+            if carry_all:
+                raise carry(exc) from None
             cut_cycle(exc)
             raise
         except BaseException as exc:
-            raise RuntimeError(marker, exc) from None
+            raise carry(exc) from None
         finally:
             if token is not None:
                 leave_remote_run(token)
@@ -110,12 +121,13 @@ def guarded(
     return run
 
 
-def carried(exc: BaseException) -> BaseException | None:
-    """What the body raised, if ``exc`` is ``guarded``'s mark of it."""
+def carried(exc: BaseException) -> tuple[Any, ...] | None:
+    """The rest of the mark's arguments if ``exc`` is ``guarded``'s mark: what the body raised,
+    and its traceback's text (Ray's worker sends them on in a form of its own)."""
     if type(exc) is RuntimeError:
         match exc.args:
-            case (str(marker), BaseException() as inner) if marker == _CARRIED:
-                return inner
+            case (str(marker), *rest) if marker == MARK:
+                return tuple(rest)
     return None
 
 

@@ -218,8 +218,8 @@ class Task(Generic[P, R]):
             )
         if runner is None and remote_run.get() is not None:
             raise RuntimeError(
-                f"{self.name}.{what}() is not available inside a Dask worker: return the "
-                "values and submit from the runner's side, or call the task directly"
+                f"{self.name}.{what}() is not available on a cluster's worker (Dask, Ray): "
+                "return the values and submit from the runner's side, or call the task directly"
             )
         if runner is None:
             raise RuntimeError(

@@ -434,7 +434,7 @@ def test_a_body_on_the_cluster_knows_its_run_and_cannot_submit() -> None:
         run = runner.submit(task(retries=1, name="ctx")(reads_its_context))
         assert run.result(timeout=TIMEOUT) == ("ctx", 2, str(run.task_run_id))
         nested = runner.submit(submits_from_the_worker)
-        with pytest.raises(RuntimeError, match=r"not available inside a Dask worker"):
+        with pytest.raises(RuntimeError, match=r"not available on a cluster"):
             nested.result(timeout=TIMEOUT)
 
 
@@ -550,7 +550,7 @@ def test_an_in_process_cluster_started_in_a_run_gives_its_bodies_their_own_conte
         run = outer.submit(task(name="outer")(opens_a_dask_runner))
         name, error = run.result(timeout=30)
     assert name == "inner"
-    assert "not available inside a Dask worker" in error
+    assert "not available on a cluster" in error
 
 
 def test_an_adaptive_cluster_is_sent_all_the_work_it_should_grow_for() -> None:

@@ -30,6 +30,7 @@ from test_contract import TIMEOUT, Hub, agated, gated
 
 from asyncflow import RayTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
+    RemoteError,
     RemoteTraceback,
     SerializationError,
     TaskCancelledError,
@@ -145,12 +146,27 @@ def test_a_body_runs_only_when_a_cpu_is_free_and_a_cancelled_queued_one_never_ru
         second = r.submit(agated, {"hub": hub.address, "label": "b", "value": 2})
         assert sorted(hub.arrivals(2)) == ["a", "b"]  # both CPUs are taken
         queued = r.submit(touch, {"path": str(mark)})
+        r.statistics()  # (taken on the loop: the submit before it is in)
         assert queued.state.is_pending()  # waits here, not in Ray's queue
         queued.cancel()
         hub.release("a", "b")
     assert (first.result(), second.result()) == (1, 2)
     assert isinstance(queued.exception(), TaskCancelledError)
     assert not mark.exists()
+
+
+def test_sessions_at_once_fill_the_cluster_together(hub: Hub) -> None:
+    # Both sessions share the process's connection, so they count the same two CPUs.
+    with runner() as one, runner() as two:
+        held = one.map(gated, {"hub": hub.address, "label": ["a", "b"]})
+        assert sorted(hub.arrivals(2)) == ["a", "b"]  # both CPUs are taken
+        waiting = two.submit(double, {"x": 4})
+        two.statistics()  # (taken on the loop: the submit before it is in)
+        assert waiting.state.is_pending()  # not sent: no CPU is free
+        hub.release("a")
+        assert waiting.result(timeout=TIMEOUT) == 8  # the CPU given back is the other's
+        hub.release("b")
+    assert held.result() == [0, 0]
 
 
 def test_a_cancel_kills_the_worker_running_the_body(hub: Hub) -> None:
@@ -225,15 +241,65 @@ def test_an_argument_ray_cannot_pickle_is_named() -> None:
     assert "the Ray cluster" in str(error)
 
 
-def test_a_body_the_workers_cannot_load_crashes_its_run_saying_why() -> None:
+def test_a_body_the_workers_cannot_load_fails_its_run_saying_why() -> None:
     # helpers.double travels by reference, and Ray's workers cannot import the tests' modules.
     with runner() as r:
         lost = r.submit(helpers.double, {"x": 1})
     error = lost.exception()
-    assert type(error) is TaskCrashedError
-    assert "Ray could not run it" in str(error)
+    assert isinstance(error, SerializationError)
+    assert error.direction == "arguments"
+    assert "cannot be loaded on the Ray worker" in str(error)
     assert "No module named 'helpers'" in str(error)
-    assert lost.state.is_crashed()
+    assert lost.state.is_failed()
+
+
+class TwoArgsError(Exception):
+    """Pickles, and does not load back (its __init__ wants two arguments)."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_args() -> None:
+    raise TwoArgsError(1, 2)
+
+
+def give_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def raise_ray_error() -> None:
+    raise ray.exceptions.GetTimeoutError("the body's own get timed out")
+
+
+def submit_inside() -> None:
+    double_task.submit(1)
+
+
+double_task = task(double)
+
+
+def test_what_a_body_raises_or_returns_that_does_not_travel_fails_its_run_saying_what() -> None:
+    with runner() as r:
+        odd = r.submit(raise_two_args)
+        lock = r.submit(give_lock)
+        own = r.submit(raise_ray_error)
+        nested = r.submit(submit_inside)
+    odd_error = odd.exception()
+    assert isinstance(odd_error, RemoteError)  # as from a worker process
+    assert (odd_error.type_name, odd_error.remote_message) == ("TwoArgsError", "1-2")
+    assert isinstance(odd_error.__cause__, RemoteTraceback)
+    assert "raise TwoArgsError(1, 2)" in odd_error.__cause__.text
+    assert odd.state.is_failed()
+    lock_error = lock.exception()
+    assert isinstance(lock_error, SerializationError)
+    assert lock_error.direction == "result"
+    assert "cannot pickle" in str(lock_error)
+    # A Ray error the body raised itself is the body's error, not Ray's failure.
+    assert type(own.exception()) is ray.exceptions.GetTimeoutError
+    assert own.state.is_failed()
+    with pytest.raises(RuntimeError, match=r"not available on a cluster's worker \(Dask, Ray\)"):
+        nested.result()
 
 
 def test_sessions_at_once_share_the_connection_and_other_options_are_refused() -> None:

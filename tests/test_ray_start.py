@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ def test_a_runner_without_address_starts_a_local_cluster_and_stops_it_on_exit() 
 
 
 @pytest.mark.anyio
-async def test_a_start_cancelled_midway_ends_cancelled_and_stops_what_it_started() -> None:
+async def test_a_start_cancelled_midway_ends_cancelled_and_what_it_started_is_stopped() -> None:
     runner = RayTaskRunner(init_kwargs=SMALL)
     entering = asyncio.ensure_future(runner.__aenter__())
     await asyncio.sleep(0)  # (one turn: the start has asked Ray to connect, and waits)
@@ -54,10 +55,36 @@ async def test_a_start_cancelled_midway_ends_cancelled_and_stops_what_it_started
     entering.cancel()
     with pytest.raises(asyncio.CancelledError):
         await entering
-    assert not ray.is_initialized()
-    async with runner:  # free to enter again
+    # Free to enter again: this start waits for the one given up to end (its thread
+    # disconnects as soon as it is connected), then connects anew.
+    async with runner:
         assert await runner.submit(triple, {"x": 3}) == 9
     assert not ray.is_initialized()
+    assert _ray_threads() == []
+
+
+GIVE_UP = """
+import asyncio
+from asyncflow import RayTaskRunner
+
+async def main():
+    runner = RayTaskRunner(address="127.0.0.1:1")  # (nothing listens there)
+    try:
+        await asyncio.wait_for(runner.__aenter__(), 0.5)
+    except TimeoutError:
+        print("gave up")
+
+asyncio.run(main())
+"""
+
+
+def test_a_start_that_never_connects_can_be_given_up() -> None:
+    # Ray tries a wrong address for minutes: the start must not wait for that once cancelled.
+    done = subprocess.run(
+        [sys.executable, "-c", GIVE_UP], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "gave up", done.stderr
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
