@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
-from ._futures import COMPLETED, cancelled_error
 from ._loop import to_its_end
-from ._remote import carried, context_fields, guarded, run_key, send_error, task_of
+from ._remote import ClusterBackend, carried, run_key
 from ._threads import LeftRunning
 from .exceptions import TaskCrashedError, WorkerCrashedError
 
@@ -35,20 +33,16 @@ logger = logging.getLogger("asyncflow")
 _OWNER = "DaskTaskRunner"
 
 
-class DaskWorkers:
+class DaskWorkers(ClusterBackend):
     """The backend of ``DaskTaskRunner`` (see the module's docstring)."""
 
-    runs_coroutines = True  # coroutine bodies go to the cluster too
+    _to = "the Dask cluster"
 
     def __init__(self, sched: Scheduler, runner: DaskTaskRunner) -> None:
-        self._sched = sched
+        super().__init__(sched)
         self._runner = runner
         self._client: Any = None  # a distributed.Client once started (untyped there)
         self._cluster: Any = None
-        self._queue: deque[Any] = deque()  # items waiting for a free worker thread
-        # item -> its Dask future and the asyncio task awaiting it
-        self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
-        self._held = False
         self._left = LeftRunning()  # bodies sent whose runs ended: waited for at close
         self._adaptive = False
         self._worker = "dask"
@@ -96,14 +90,6 @@ class DaskWorkers:
                 )
 
     # -- sending -----------------------------------------------------------------------------
-    def submit(self, item: Any) -> None:
-        self._queue.append(item)
-        self._pump()
-
-    def submit_many(self, items: list[Any]) -> None:
-        self._queue.extend(items)
-        self._pump()
-
     def _threads(self) -> int:
         """How many bodies may be on the cluster at once: its worker threads, as its scheduler
         last told the client (the client asks every few seconds), at least 1. Unbounded for a
@@ -118,76 +104,44 @@ class DaskWorkers:
     def _pump(self) -> None:
         if self._held or self._client is None:
             return
-        queue, sent = self._queue, self._sent
-        free = self._threads() - len(sent)
-        while free > 0 and queue:
-            item = queue.popleft()
-            if item._status >= COMPLETED:  # cancelled while it waited here: never sent
-                self._report_soon(item, False, cancelled_error(task_of(item).name))
-            elif self._send(item):
+        queue = self._queue
+        free = self._threads() - len(self._sent)
+        while free > 0:
+            self._drop_final()
+            if not queue:
+                return
+            if self._send(queue.popleft()):
                 free -= 1
 
-    def _send(self, item: Any) -> bool:
-        sched = self._sched
-        try:
-            task, params = sched.call_parts(item)
-            args, kwargs = task.spec.split(params)
-        except BaseException as exc:  # its inputs could not be resolved
-            self._report_soon(item, False, exc)
-            return False
-        call = guarded(task.fn, args, kwargs, task.is_async, context_fields(item, task))
-        try:
-            future = self._client.submit(call, key=run_key(item, task), pure=False)
-        except Exception as exc:  # it cannot be pickled, or the client is closed
-            self._report_soon(item, False, send_error(task, args, kwargs, exc, "the Dask cluster"))
-            return False
-        sched.mark_running(item, self._worker)
-        self._sent[item] = (future, sched.loop.create_task(self._wait(item, task.name, future)))
-        return True
+    def _submit_call(self, call: Callable[[], Any], item: Any, task: Any) -> Any:
+        return self._client.submit(call, key=run_key(item, task), pure=False)
 
-    def _report_soon(self, item: Any, ok: bool, value: Any) -> None:
-        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value)
-
-    async def _wait(self, item: Any, task_name: str, future: Any) -> None:
+    def _failure(self, item: Any, task_name: str, exc: Exception) -> tuple[bool, Any, bool]:
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
-        crashed = False
-        try:
-            value = await future
-            ok = True
-        except asyncio.CancelledError:  # only this backend cancels this task (see aclose)
-            return
-        except KilledWorker as exc:
-            ok, crashed, value = False, True, _worker_died(task_name, exc)
-        except FutureCancelledError as exc:  # not by this runner: it never cancels one
-            ok, crashed = False, True
-            value = TaskCrashedError(
+        if isinstance(exc, KilledWorker):
+            return False, _worker_died(task_name, exc), True
+        if isinstance(exc, FutureCancelledError):  # not by this runner: it never cancels one
+            error = TaskCrashedError(
                 f"task {task_name!r} crashed: the Dask cluster dropped its run ({exc})"
             )
-            value.__cause__ = exc
-        except RuntimeError as exc:
-            # What the body raised, marked (a BaseException makes the run Crashed).
-            mark = carried(exc)
-            ok, value = False, exc if mark is None else mark[0]
-        except Exception as exc:  # the body's own error, raised again here
-            ok, value = False, exc
-        self._sent.pop(item, None)
-        self._sched.on_outcome(item, ok, value, crashed)
+            error.__cause__ = exc
+            return False, error, True
+        # The body's own error, raised again here; or marked, what the body raised (a
+        # BaseException makes the run Crashed).
+        mark = carried(exc)
+        return False, exc if mark is None else mark[0], False
+
+    def _ended(self, item: Any) -> None:
         if not self._sent:
             self._left.wake()
-        self._pump()
 
     # -- the scheduler's other calls -----------------------------------------------------------
     def interrupt(self, item: Any) -> bool:
         """A body sent to the cluster cannot be stopped (a worker thread, or a coroutine Dask
         runs to its end): it keeps its slot until it returns; its outcome is then dropped."""
         return False
-
-    def hold(self, on: bool) -> None:
-        self._held = on
-        if not on:
-            self._pump()
 
     def abandon(self) -> None:
         self._left.abandon()

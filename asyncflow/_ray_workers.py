@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
-from ._futures import COMPLETED, cancelled_error
+from ._futures import cancelled_error
 from ._ray_connection import Lease, connect
-from ._remote import MARK, carried, context_fields, guarded, run_key, send_error, task_of
+from ._remote import MARK, ClusterBackend, carried, run_key
 from .exceptions import (
     RemoteError,
     RemoteTraceback,
@@ -86,22 +85,19 @@ class _Cpus:
 _CPUS = _Cpus()
 
 
-class RayWorkers:
+class RayWorkers(ClusterBackend):
     """The backend of ``RayTaskRunner`` (see the module's docstring)."""
 
-    runs_coroutines = True  # coroutine bodies go to the cluster too
+    _to = "the Ray cluster"
+    _carry_all = True  # (see _caller)
 
     def __init__(self, sched: Scheduler, runner: RayTaskRunner) -> None:
-        self._sched = sched
+        super().__init__(sched)
         self._runner = runner
         self._lease: Lease | None = None
         self._ready = False  # the connection is made
         self._remote: Any = None  # the one Ray remote function every body goes through
-        self._queue: deque[Any] = deque()  # items waiting for a free CPU
-        # item -> its Ray object reference and the asyncio task awaiting it
-        self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
         self._stopped: set[Any] = set()  # items whose worker this backend had killed
-        self._held = False
         self._look_again: asyncio.TimerHandle | None = None
         self._worker = "ray"
 
@@ -121,14 +117,6 @@ class RayWorkers:
         self._worker = f"ray {ray.get_runtime_context().gcs_address}"
 
     # -- sending -----------------------------------------------------------------------------
-    def submit(self, item: Any) -> None:
-        self._queue.append(item)
-        self._pump()
-
-    def submit_many(self, items: list[Any]) -> None:
-        self._queue.extend(items)
-        self._pump()
-
     def wake(self) -> None:
         """(Any thread.) A CPU was given back: look again."""
         with contextlib.suppress(RuntimeError):  # (this session's loop is closed)
@@ -138,64 +126,45 @@ class RayWorkers:
         if self._held or self._remote is None:
             return
         queue = self._queue
-        while queue:
-            item = queue[0]
-            if item._status >= COMPLETED:  # cancelled while it waited here: never sent
-                queue.popleft()
-                self._report_soon(item, False, cancelled_error(task_of(item).name))
-                continue
+        while True:
+            self._drop_final()
+            if not queue:
+                return
             if not _CPUS.take(self):
                 # Woken when one is given back; look again meanwhile for nodes that joined.
                 if self._look_again is None:
                     self._look_again = self._sched.loop.call_later(_RECOUNT, self._again)
                 return
-            queue.popleft()
-            if not self._send(item):
+            if not self._send(queue.popleft()):
                 _CPUS.give_back(self)
 
     def _again(self) -> None:
         self._look_again = None
         self._pump()
 
-    def _send(self, item: Any) -> bool:
-        sched = self._sched
-        try:
-            task, params = sched.call_parts(item)
-            args, kwargs = task.spec.split(params)
-        except BaseException as exc:  # its inputs could not be resolved
-            self._report_soon(item, False, exc)
-            return False
-        call = guarded(
-            task.fn, args, kwargs, task.is_async, context_fields(item, task), carry_all=True
-        )
-        try:
-            ref = self._remote.options(
-                name=run_key(item, task), num_cpus=1, max_retries=0, retry_exceptions=False
-            ).remote(call, task.is_async)
-        except Exception as exc:  # it cannot be pickled, or Ray is gone
-            self._report_soon(item, False, *_send_failure(task, args, kwargs, exc))
-            return False
-        sched.mark_running(item, self._worker)
-        self._sent[item] = (ref, sched.loop.create_task(self._wait(item, task.name, ref)))
-        return True
+    def _submit_call(self, call: Callable[[], Any], item: Any, task: Any) -> Any:
+        options = {"num_cpus": 1, "max_retries": 0, "retry_exceptions": False}
+        return self._remote.options(name=run_key(item, task), **options).remote(call, task.is_async)
 
-    def _report_soon(self, item: Any, ok: bool, value: Any, crashed: bool = False) -> None:
-        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value, crashed)
+    def _send_failure(
+        self, task: Any, args: Sequence[Any], kwargs: dict[str, Any], exc: Exception
+    ) -> tuple[Exception, bool]:
+        from ray import exceptions as ray_errors
 
-    async def _wait(self, item: Any, task_name: str, ref: Any) -> None:
-        crashed = False
-        try:
-            value = await ref
-            ok = True
-        except asyncio.CancelledError:  # only this backend cancels this task (see aclose)
-            return
-        except Exception as exc:
-            ok, value, crashed = _failure(task_name, exc, item in self._stopped)
-        self._sent.pop(item, None)
+        if isinstance(exc, ray_errors.RayError):  # Ray is gone
+            error = TaskCrashedError(
+                f"task {task.name!r} crashed: Ray did not take it ({error_text(exc)})"
+            )
+            error.__cause__ = exc
+            return error, True
+        return super()._send_failure(task, args, kwargs, exc)
+
+    def _failure(self, item: Any, task_name: str, exc: Exception) -> tuple[bool, Any, bool]:
+        return _failure(task_name, exc, item in self._stopped)
+
+    def _ended(self, item: Any) -> None:
         self._stopped.discard(item)
         _CPUS.give_back(self)
-        self._sched.on_outcome(item, ok, value, crashed)
-        self._pump()
 
     # -- the scheduler's other calls -----------------------------------------------------------
     def interrupt(self, item: Any) -> bool:
@@ -206,11 +175,6 @@ class RayWorkers:
             self._stopped.add(item)
             ray.cancel(self._sent[item][0], force=True)
         return True  # (else queued here: it is dropped when its turn comes)
-
-    def hold(self, on: bool) -> None:
-        self._held = on
-        if not on:
-            self._pump()
 
     def abandon(self) -> None:
         """Nothing to abandon: a body this backend stops is stopped for real."""
@@ -340,18 +304,3 @@ def _raised(data: bytes | None, type_name: str, message: str, text: str) -> Base
         raised = RemoteError(type_name, message)
     object.__setattr__(raised, "__cause__", RemoteTraceback(text))
     return raised
-
-
-def _send_failure(
-    task: Any, args: Any, kwargs: dict[str, Any], exc: Exception
-) -> tuple[Exception, bool]:
-    """Why a body could not be sent, and whether the run crashed (Ray is gone) or failed."""
-    from ray import exceptions as ray_errors
-
-    if isinstance(exc, ray_errors.RayError):
-        error = TaskCrashedError(
-            f"task {task.name!r} crashed: Ray did not take it ({error_text(exc)})"
-        )
-        error.__cause__ = exc
-        return error, True
-    return send_error(task, args, kwargs, exc, "the Ray cluster"), False

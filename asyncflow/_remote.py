@@ -1,18 +1,33 @@
-"""The call a cluster runs for one work item (Dask's or Ray's): the body, with its run context,
-in a wrapper that carries every way a body can end as an ordinary error; and the error for a
-call that cannot be sent."""
+"""What the backends of clusters (Dask's, Ray's) share: the call a cluster runs for one work
+item (the body, with its run context, in a wrapper that carries every way a body can end as an
+ordinary error), the error for a call that cannot be sent, and ``ClusterBackend``, the queue
+and the sending and waiting around them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
-from ._futures import Future
+from ._futures import COMPLETED, Future, cancelled_error
 from .exceptions import SerializationError
 
-__all__ = ("MARK", "carried", "context_fields", "guarded", "run_key", "send_error", "task_of")
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+__all__ = (
+    "MARK",
+    "ClusterBackend",
+    "carried",
+    "context_fields",
+    "guarded",
+    "run_key",
+    "send_error",
+    "task_of",
+)
 
 # Marks, in the error of a cluster's task, what a body raised that the cluster cannot carry as
 # it is: a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
@@ -151,3 +166,100 @@ def send_error(
         return error
     error = _argument_error(task, args, kwargs, exc, to=to)
     return exc if error.__cause__ is exc else error
+
+
+class ClusterBackend:
+    """What the backends of clusters (Dask's, Ray's) share: work items wait in a queue here
+    until the cluster has room for them (``_pump``, each backend's own); each is then sent as
+    one call (``_submit_call``) of its body wrapped by ``guarded``, and an asyncio task awaits
+    its outcome there (``_wait``), which ``_failure`` reads when it is an error."""
+
+    runs_coroutines = True  # coroutine bodies go to the cluster too
+    _to = "the cluster"  # in messages: where a call could not be sent
+    _carry_all = False  # guarded's carry_all
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._sched = sched
+        self._queue: deque[Any] = deque()  # items waiting for room on the cluster
+        # item -> its handle on the cluster, and the asyncio task awaiting its outcome
+        self._sent: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
+        self._held = False
+        self._worker = "cluster"  # how ``mark_running`` names where a body runs
+
+    def submit(self, item: Any) -> None:
+        self._queue.append(item)
+        self._pump()
+
+    def submit_many(self, items: list[Any]) -> None:
+        self._queue.extend(items)
+        self._pump()
+
+    def hold(self, on: bool) -> None:
+        self._held = on
+        if not on:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Send what the cluster has room for (each backend knows how much that is)."""
+        raise NotImplementedError
+
+    def _drop_final(self) -> None:
+        """Report the items at the queue's head cancelled while they waited here: never sent."""
+        queue = self._queue
+        while queue and queue[0]._status >= COMPLETED:
+            item = queue.popleft()
+            self._report_soon(item, False, cancelled_error(task_of(item).name))
+
+    def _send(self, item: Any) -> bool:
+        """Send ``item``'s call; False if it could not be (its outcome is then reported)."""
+        sched = self._sched
+        try:
+            task, params = sched.call_parts(item)
+            args, kwargs = task.spec.split(params)
+        except BaseException as exc:  # its inputs could not be resolved
+            self._report_soon(item, False, exc)
+            return False
+        context = context_fields(item, task)
+        call = guarded(task.fn, args, kwargs, task.is_async, context, carry_all=self._carry_all)
+        try:
+            handle = self._submit_call(call, item, task)
+        except Exception as exc:  # it cannot be pickled, or the cluster is gone
+            self._report_soon(item, False, *self._send_failure(task, args, kwargs, exc))
+            return False
+        sched.mark_running(item, self._worker)
+        self._sent[item] = (handle, sched.loop.create_task(self._wait(item, task.name, handle)))
+        return True
+
+    def _submit_call(self, call: Callable[[], Any], item: Any, task: Any) -> Any:
+        """Hand ``call`` to the cluster; its handle there, awaitable for the outcome."""
+        raise NotImplementedError
+
+    def _send_failure(
+        self, task: Any, args: Sequence[Any], kwargs: dict[str, Any], exc: Exception
+    ) -> tuple[Exception, bool]:
+        """Why a call could not be sent, and whether that crashed its run."""
+        return send_error(task, args, kwargs, exc, self._to), False
+
+    def _report_soon(self, item: Any, ok: bool, value: Any, crashed: bool = False) -> None:
+        self._sched.loop.call_soon(self._sched.on_outcome, item, ok, value, crashed)
+
+    async def _wait(self, item: Any, task_name: str, handle: Any) -> None:
+        crashed = False
+        try:
+            value = await handle
+            ok = True
+        except asyncio.CancelledError:  # only the backend cancels this task (at its close)
+            return
+        except Exception as exc:
+            ok, value, crashed = self._failure(item, task_name, exc)
+        self._sent.pop(item, None)
+        self._ended(item)
+        self._sched.on_outcome(item, ok, value, crashed)
+        self._pump()
+
+    def _failure(self, item: Any, task_name: str, exc: Exception) -> tuple[bool, Any, bool]:
+        """The run's outcome for the error its call ended with: (ok, value, crashed)."""
+        raise NotImplementedError
+
+    def _ended(self, item: Any) -> None:
+        """``item``'s call is over (before its outcome is reported)."""

@@ -366,39 +366,6 @@ def test_a_body_that_never_returns_crashes_its_run_and_the_runner_goes_on(body: 
         assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
 
 
-def first_of(items: list[int]) -> int:
-    return next(iter(items))  # StopIteration when there is none
-
-
-def test_a_body_raising_stop_iteration_fails_with_it() -> None:
-    # (An asyncio future refuses a StopIteration, and awaiting Dask's future turned it into a
-    # RuntimeError: it is carried marked, and raised here as it was.)
-    with in_process() as runner:
-        run = runner.submit(first_of, {"items": []})
-        assert isinstance(run.exception(timeout=TIMEOUT), StopIteration)
-        assert run.state.is_failed()
-
-
-def raise_in_a_cycle() -> None:
-    first = UpstreamFailedError("a", "b", "failed")
-    second = UpstreamFailedError("c", "d", "failed")
-    first.__cause__ = second
-    second.__cause__ = first  # (user code can make a cycle of causes)
-    raise first
-
-
-def test_a_cycle_of_causes_a_body_raised_does_not_hang_its_worker_or_its_dependents() -> None:
-    # (Dask followed the causes for ever, in the worker's thread.)
-    with in_process(n_workers=1) as runner:
-        up = runner.submit(raise_in_a_cycle)
-        down = runner.submit(double, {"x": up})
-        err = down.exception(timeout=TIMEOUT)
-        assert isinstance(err, UpstreamFailedError)
-        assert isinstance(err.__cause__, UpstreamFailedError)
-        assert isinstance(up.exception(), UpstreamFailedError)
-        assert runner.submit(double, {"x": 3}).result(timeout=TIMEOUT) == 6  # its one thread
-
-
 def test_a_timed_out_body_keeps_its_worker_thread_until_it_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -208,20 +208,6 @@ def test_a_body_that_raises_systemexit_or_keyboardinterrupt_crashes_its_run_not_
     assert after.result() in {before.result(), *(p.pid for p in descendants())}
 
 
-def first_of(items: list[int]) -> int:
-    return next(iter(items))  # StopIteration when there is none
-
-
-def test_a_body_raising_stop_iteration_fails_with_it() -> None:
-    # (Awaiting Ray's reference turned it into a RuntimeError: it is carried marked.)
-    with runner() as r:
-        run = r.submit(first_of, {"items": []})
-        ok = r.submit(first_of, {"items": [5]})
-    assert isinstance(run.exception(), StopIteration)
-    assert run.state.is_failed()
-    assert ok.result() == 5
-
-
 def test_a_worker_that_dies_fails_its_run_with_worker_crashed_and_others_go_on() -> None:
     with runner() as r:
         dead = r.submit(leave, {"how": "die"})
