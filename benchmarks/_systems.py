@@ -305,15 +305,15 @@ def dask_runner_system(
         with DaskTaskRunner(cluster_kwargs=cluster) as runner:
             yield lambda: job(runner)
 
-    return System(
-        name,
-        tasks,
-        start,
-        asyncflow=True,
-        alone=True,
-        versus=f"Dask distributed LocalCluster, {label}",
-        runs=SLOW_RUNS,
-    )
+    return _over_a_cluster(name, tasks, start, f"Dask distributed LocalCluster, {label}")
+
+
+def _over_a_cluster(
+    name: str, tasks: int, start: Callable[[], contextlib.AbstractContextManager[Run]], versus: str
+) -> System:
+    """The row of an asyncflow runner over a cluster: its ratio is the cluster's own row's time
+    (``versus``) over its own, with no goal."""
+    return System(name, tasks, start, asyncflow=True, alone=True, versus=versus, runs=SLOW_RUNS)
 
 
 _RAY_INIT = {"include_dashboard": False, "logging_level": logging.ERROR}
@@ -337,15 +337,7 @@ def ray_runner_system(
         with RayTaskRunner(init_kwargs={**_RAY_INIT, "num_cpus": cpus}) as runner:
             yield lambda: job(runner)
 
-    return System(
-        name,
-        tasks,
-        start,
-        asyncflow=True,
-        alone=True,
-        versus=f"Ray, local cluster, {label}",
-        runs=SLOW_RUNS,
-    )
+    return _over_a_cluster(name, tasks, start, f"Ray, local cluster, {label}")
 
 
 def ray_system(label: str, tasks: int, job: Callable[[Any], float], *, cpus: int) -> System | Skip:

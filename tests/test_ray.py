@@ -6,7 +6,6 @@ contract suite's ``Hub`` (a socket), so nothing sleeps to let something happen.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import threading
@@ -26,7 +25,7 @@ from ray_cluster import (  # noqa: F401 - the module's fixtures
     no_child_process_left_behind,
     shared_cluster,
 )
-from test_contract import TIMEOUT, Hub, agated, gated
+from test_contract import TIMEOUT, Hub, adouble, agated, double, gated
 
 from asyncflow import RayTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
@@ -52,15 +51,6 @@ def runner(**kwargs: Any) -> RayTaskRunner:
 def hub() -> Iterator[Hub]:
     with Hub() as h:
         yield h
-
-
-def double(x: int) -> int:
-    return x * 2
-
-
-async def adouble(x: int) -> int:
-    await asyncio.sleep(0)
-    return x * 2
 
 
 def fail(x: int) -> int:
