@@ -65,6 +65,10 @@ class _Host:
     def stop(self) -> None:
         self._stop.set()
 
+    def keep(self) -> None:
+        """(Under the lock, before it is connected.) Do not stop after all."""
+        self._stop.clear()
+
     def _run(self) -> None:
         try:
             if self._after is not None:
@@ -76,7 +80,8 @@ class _Host:
             self.ready.set_exception(exc)
             self.closed.set_result(None)
             return
-        self.ready.set_result(None)
+        with _lock:  # (with connect's look at a start given up: see there)
+            self.ready.set_result(None)
         self._stop.wait()
         try:
             import ray
@@ -95,6 +100,12 @@ class _Host:
         worker_logger.addFilter(quiet)
         try:
             ray.init(self.address, **{"logging_level": logging.WARNING, **self.kwargs})
+        except BaseException:
+            # A start can fail after the local node started (a runtime_env it cannot set up):
+            # Ray's state in this process would point at processes that die with this thread.
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise
         finally:
             worker_logger.removeFilter(quiet)
 
@@ -125,7 +136,7 @@ def _described(address: str | None, kwargs: Mapping[str, Any]) -> str:
 
 def connect(address: str | None, init_kwargs: Mapping[str, Any]) -> tuple[Lease, Future[None]]:
     """A lease on the connection, and a future done once it is made (failed if it cannot be)."""
-    global _host
+    global _host, _closing
     kwargs = dict(init_kwargs)
     with _lock:
         host = _host
@@ -139,6 +150,21 @@ def connect(address: str | None, init_kwargs: Mapping[str, Any]) -> tuple[Lease,
                 )
             host.users += 1
             return Lease(host), _copy(host.ready)
+        closing = _closing
+        if closing is not None and not closing.ready.done():  # a start given up, still going
+            if (closing.address, closing.kwargs) == (address, kwargs):
+                # Taken up again: it goes on connecting instead of closing once connected.
+                closing.users += 1
+                closing.keep()
+                _host, _closing = closing, None
+                return Lease(closing), _copy(closing.ready)
+            raise RuntimeError(
+                f"{_OWNER}: a connection to Ray that was given up "
+                f"({_described(closing.address, closing.kwargs)}) is still being made, and Ray "
+                f"allows one per process: this session ({_described(address, kwargs)}) can "
+                "start once it is made or fails (Ray may try a wrong address for minutes), or "
+                "with the same options"
+            )
         ray = sys.modules.get("ray")  # (not imported: not connected)
         if _closing is None and ray is not None and ray.is_initialized():
             if address is not None or kwargs:

@@ -40,14 +40,16 @@ _RECOUNT = 1.0  # seconds: how long the cluster's CPU count is trusted while bod
 
 
 class _Cpus:
-    """The cluster's CPUs that this process's bodies fill, and the backends waiting for one."""
+    """The cluster's CPUs that this process's bodies fill, and the sessions waiting for one,
+    served in the order they began to wait (a session that just gave one back does not take it
+    again before a session that waited)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._total = 0
         self._counted_at = float("-inf")
-        self.busy = 0
-        self._waiting: dict[RayWorkers, None] = {}
+        self._held: dict[RayWorkers, int] = {}  # backend -> CPUs its bodies use
+        self._waiting: dict[RayWorkers, None] = {}  # in the order they began to wait
 
     def recount(self) -> None:
         """Ask the cluster how many CPUs it has (nodes may have joined or left)."""
@@ -59,27 +61,43 @@ class _Cpus:
             self._counted_at = time.monotonic()
 
     def take(self, backend: RayWorkers) -> bool:
-        """One CPU for ``backend``'s next body, if one is free; else it is woken when one is."""
-        if self.busy >= self._total and time.monotonic() - self._counted_at > _RECOUNT:
+        """One CPU for ``backend``'s next body, if one is free and no session waited longer;
+        else it waits in line, and is woken when a CPU is given back."""
+        if time.monotonic() - self._counted_at > _RECOUNT and self._busy() >= self._total:
             self.recount()
         with self._lock:
-            if self.busy < self._total:
-                self.busy += 1
+            first = next(iter(self._waiting), backend)
+            if self._busy() < self._total and first is backend:
+                self._held[backend] = self._held.get(backend, 0) + 1
+                self._waiting.pop(backend, None)
                 return True
-            self._waiting[backend] = None
-            return False
+            self._waiting.setdefault(backend, None)
+        return False
+
+    def _busy(self) -> int:
+        return sum(self._held.values())
 
     def give_back(self, backend: RayWorkers) -> None:
         with self._lock:
-            self.busy -= 1
-            waiting = [b for b in self._waiting if b is not backend]
-            self._waiting.clear()
-        for other in waiting:
-            other.wake()
+            left = self._held[backend] - 1
+            if left:
+                self._held[backend] = left
+            else:
+                del self._held[backend]
+            first = next(iter(self._waiting), None)
+        if first is not None and first is not backend:
+            first.wake()
 
     def forget(self, backend: RayWorkers) -> None:
+        """``backend`` waits no more, and gives back every CPU it still counts (its session
+        ends, even cut short)."""
         with self._lock:
+            was_first = next(iter(self._waiting), None) is backend
             self._waiting.pop(backend, None)
+            freed = self._held.pop(backend, 0)
+            first = next(iter(self._waiting), None)
+        if first is not None and (was_first or freed):
+            first.wake()
 
 
 _CPUS = _Cpus()
@@ -180,7 +198,6 @@ class RayWorkers(ClusterBackend):
         """Nothing to abandon: a body this backend stops is stopped for real."""
 
     async def aclose(self, abandon: bool = False) -> None:
-        _CPUS.forget(self)
         if self._look_again is not None:
             self._look_again.cancel()
         # Every run is final by now; bodies still sent are ones just stopped: their outcomes
@@ -188,25 +205,37 @@ class RayWorkers(ClusterBackend):
         waits = [wait for _ref, wait in self._sent.values()]
         if waits and not abandon:
             await asyncio.wait(waits)
-        for item, (ref, wait) in list(self._sent.items()):
-            wait.cancel()
+        for ref, wait in self._sent.values():
+            wait.cancel()  # (its bookkeeping is done as it ends)
             if abandon:
                 import ray
 
                 ray.cancel(ref, force=True)
-            del self._sent[item]
-            _CPUS.give_back(self)
         if waits:
             await asyncio.wait(waits)
         self._queue.clear()  # (every run is final by now: none of these will be sent)
         self._remote = None
+        lease = self._let_go()
+        if lease is not None:
+            closed = lease.release()
+            if self._ready or not abandon:  # (else a start given up: its thread ends alone)
+                await asyncio.wrap_future(closed)
+                lease.join()
+
+    def detach(self) -> None:
+        """(Any thread, once the loop no longer runs.) Give back what this session still holds
+        when its close was cut short (a second Ctrl-C stops the loop under it): else its CPUs
+        stay counted and its lease keeps the connection, and later sessions wait for ever."""
+        lease = self._let_go()
+        if lease is not None:
+            lease.release()
+
+    def _let_go(self) -> Lease | None:
+        """Its CPUs and its place in line given back; its lease, to release."""
+        self._sent.clear()
+        _CPUS.forget(self)
         lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        closed = lease.release()
-        if self._ready or not abandon:  # (else a start given up: its thread ends on its own)
-            await asyncio.wrap_future(closed)
-            lease.join()
+        return lease
 
 
 def _caller() -> Callable[[Callable[[], Any], bool], Any]:
@@ -273,6 +302,12 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
         return False, error, False
     if stopped:  # (killed by interrupt: the run is final already, this is not seen)
         return False, cancelled_error(task_name), False
+    if isinstance(exc, ray_errors.RaySystemError):  # the result, sent back, does not load here
+        error = SerializationError(
+            f"task {task_name!r}: its result cannot be loaded here ({error_text(exc)})", "result"
+        )
+        error.__cause__ = exc
+        return False, error, False
     if isinstance(exc, ray_errors.WorkerCrashedError):
         error = WorkerCrashedError(
             f"task {task_name!r} crashed: its Ray worker died while running it ({exc})",
@@ -298,8 +333,10 @@ def _raised(data: bytes | None, type_name: str, message: str, text: str) -> Base
 
     raised: object = None
     if data is not None:
-        with contextlib.suppress(Exception):
+        try:
             raised = cloudpickle.loads(data)
+        except BaseException:
+            raised = None
     if not isinstance(raised, BaseException):
         raised = RemoteError(type_name, message)
     object.__setattr__(raised, "__cause__", RemoteTraceback(text))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._error_text import error_text
 from ._futures import COMPLETED, Future, cancelled_error
-from .exceptions import SerializationError
+from .exceptions import SerializationError, TaskCrashedError
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -96,6 +96,7 @@ def guarded(
     def carry(exc: BaseException) -> RuntimeError:
         import traceback
 
+        cut_cycle(exc)  # (the cluster pickles it with its causes)
         return RuntimeError(marker, exc, "".join(traceback.format_exception(exc)))
 
     @contextlib.contextmanager
@@ -246,14 +247,22 @@ class ClusterBackend:
     async def _wait(self, item: Any, task_name: str, handle: Any) -> None:
         crashed = False
         try:
-            value = await handle
-            ok = True
+            try:
+                value = await handle
+                ok = True
+            except Exception as exc:
+                ok, value, crashed = self._failure(item, task_name, exc)
         except asyncio.CancelledError:  # only the backend cancels this task (at its close)
             return
-        except Exception as exc:
-            ok, value, crashed = self._failure(item, task_name, exc)
-        self._sent.pop(item, None)
-        self._ended(item)
+        except BaseException as exc:  # reading the outcome raised (an error that loads badly)
+            ok, crashed = False, True
+            value = TaskCrashedError(
+                f"task {task_name!r} crashed: its outcome could not be read ({error_text(exc)})"
+            )
+            value.__cause__ = exc
+        finally:  # (however it ends: the item's room on the cluster is given back)
+            if self._sent.pop(item, None) is not None:
+                self._ended(item)
         self._sched.on_outcome(item, ok, value, crashed)
         self._pump()
 

@@ -563,6 +563,11 @@ class TaskRunner(abc.ABC):
                 loop_thread.stop()
             finally:
                 self._claimed = False
+                # What a backend shares with other sessions (Ray's CPUs and connection), given
+                # back even when a second Ctrl-C cut its close short.
+                detach = getattr(sched.backend, "detach", None)
+                if detach is not None:
+                    detach()
 
     def _keep_stats_from(self, loop_thread: LoopThread, sched: Scheduler) -> None:
         try:

@@ -366,6 +366,26 @@ def test_a_body_that_never_returns_crashes_its_run_and_the_runner_goes_on(body: 
         assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
 
 
+def raise_with_a_cycle_of_causes(kind: str) -> None:
+    first = SystemExit(3) if kind == "exit" else StopIteration("none left")
+    second = ValueError("its cause")
+    first.__cause__ = second
+    second.__cause__ = first  # (user code can make a cycle of causes)
+    raise first
+
+
+def test_what_is_carried_from_a_body_keeps_its_kind_when_its_causes_make_a_cycle() -> None:
+    # (Dask pickled the carried error with its causes, for ever: it came back as a plain
+    # Exception, the crash a failure.)
+    with in_process() as runner:
+        exits = runner.submit(raise_with_a_cycle_of_causes, {"kind": "exit"})
+        stops = runner.submit(raise_with_a_cycle_of_causes, {"kind": "stop"})
+        assert isinstance(exits.exception(timeout=TIMEOUT), TaskCrashedError)
+        assert exits.state.is_crashed()
+        assert isinstance(stops.exception(timeout=TIMEOUT), StopIteration)
+        assert stops.state.is_failed()
+
+
 def test_a_timed_out_body_keeps_its_worker_thread_until_it_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

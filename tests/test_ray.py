@@ -27,6 +27,7 @@ from ray_cluster import (  # noqa: F401 - the module's fixtures
 )
 from test_contract import TIMEOUT, Hub, adouble, agated, double, gated
 
+import asyncflow._ray_workers as ray_workers
 from asyncflow import RayTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
     RemoteError,
@@ -40,6 +41,7 @@ from asyncflow.exceptions import (
 )
 
 by_value(sys.modules[__name__])
+FOREIGN_THREADS_KEPT = True  # (see conftest: Ray's driver keeps its own)
 by_value(test_contract)
 
 
@@ -75,10 +77,11 @@ def flaky() -> int:
 
 
 def leave(how: str) -> int:
+    """Raise SystemExit or KeyboardInterrupt naming this worker's pid, or kill the worker."""
     if how == "exit":
-        raise SystemExit(3)
+        raise SystemExit(os.getpid())
     if how == "interrupt":
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(os.getpid())
     os._exit(7)
 
 
@@ -159,6 +162,28 @@ def test_sessions_at_once_fill_the_cluster_together(hub: Hub) -> None:
     assert held.result() == [0, 0]
 
 
+def test_a_cpu_given_back_goes_to_the_session_that_waited_longest(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (No second look at the cluster's size meanwhile: only the hand-over wakes a session.)
+    monkeypatch.setattr(ray_workers, "_RECOUNT", 3600.0)
+    with runner() as one, runner() as two:
+        first = one.map(gated, {"hub": hub.address, "label": ["a0", "a1", "a2", "a3"]})
+        assert sorted(hub.arrivals(2)) == ["a0", "a1"]  # a2 and a3 wait for a CPU
+        one.statistics()  # (taken on the loop: the map is in, and waits)
+        other = two.submit(gated, {"hub": hub.address, "label": "b0"})
+        two.statistics()
+        hub.release("a0")
+        assert hub.arrivals(1) == ["a2"]  # the first session waited first
+        hub.release("a1")
+        assert hub.arrivals(1) == ["b0"]  # then the second, before the first's next body
+        hub.release("a2", "b0")
+        assert hub.arrivals(1) == ["a3"]
+        hub.release("a3")
+    assert first.result() == [0, 0, 0, 0]
+    assert other.result() == 0
+
+
 def test_a_cancel_kills_the_worker_running_the_body(hub: Hub) -> None:
     with runner() as r:
         stuck = r.submit(gated, {"hub": hub.address, "label": "stuck"})
@@ -187,15 +212,15 @@ def test_a_body_that_raises_systemexit_or_keyboardinterrupt_crashes_its_run_not_
     how: str,
 ) -> None:
     with runner() as r:
-        before = r.submit(pid)
-        left = r.submit(leave, {"how": how}, wait_for=[before])
-        after = r.submit(pid, wait_for=[allow_failure(left)])
-    error = left.exception()
-    assert type(error) is TaskCrashedError
-    assert isinstance(error.__cause__, SystemExit if how == "exit" else KeyboardInterrupt)
-    assert left.state.is_crashed()
-    assert psutil.pid_exists(before.result())
-    assert after.result() in {before.result(), *(p.pid for p in descendants())}
+        left = r.submit(leave, {"how": how})
+        after = r.submit(double, {"x": 2}, wait_for=[allow_failure(left)])
+        error = left.exception()
+        assert type(error) is TaskCrashedError
+        raised = error.__cause__
+        assert isinstance(raised, SystemExit if how == "exit" else KeyboardInterrupt)
+        assert left.state.is_crashed()
+        assert psutil.Process(raised.args[0]).is_running()  # its worker lives on
+    assert after.result() == 4
 
 
 def test_a_worker_that_dies_fails_its_run_with_worker_crashed_and_others_go_on() -> None:
@@ -253,6 +278,55 @@ def submit_inside() -> None:
 
 
 double_task = task(double)
+
+
+class LoadsOnlyThereError(Exception):
+    """Pickles anywhere, and does not load in the process ``pid`` (the tests'): there, loading
+    it raises ``refusal`` (an Exception, or a KeyboardInterrupt)."""
+
+    def __init__(self, pid: int, refusal: str) -> None:
+        super().__init__(pid, refusal)
+        self.pid, self.refusal = pid, refusal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_elsewhere, (self.pid, self.refusal))
+
+
+def _load_elsewhere(pid: int, refusal: str) -> LoadsOnlyThereError:
+    if os.getpid() == pid:
+        raise (
+            KeyboardInterrupt("loading it here")
+            if refusal == "interrupt"
+            else ValueError("it does not load here")
+        )
+    return LoadsOnlyThereError(pid, refusal)
+
+
+def give_loads_only_there(pid: int) -> LoadsOnlyThereError:
+    return LoadsOnlyThereError(pid, "value")
+
+
+def raise_loads_only_there(pid: int) -> None:
+    raise LoadsOnlyThereError(pid, "interrupt")
+
+
+def test_what_does_not_load_here_fails_its_run_saying_so() -> None:
+    with runner() as r:
+        result = r.submit(give_loads_only_there, {"pid": os.getpid()})
+        raised = r.submit(raise_loads_only_there, {"pid": os.getpid()})
+        after = r.submit(double, {"x": 5}, wait_for=[allow_failure(result), allow_failure(raised)])
+    error = result.exception()
+    assert isinstance(error, SerializationError)
+    assert error.direction == "result"
+    assert "its result cannot be loaded here" in str(error)
+    assert result.state.is_failed()
+    # Loading the error raised KeyboardInterrupt here: what it was is still said, and the
+    # session went on.
+    remote = raised.exception()
+    assert isinstance(remote, RemoteError)
+    assert remote.type_name == "LoadsOnlyThereError"
+    assert raised.state.is_failed()
+    assert after.result() == 10
 
 
 def test_what_a_body_raises_or_returns_that_does_not_travel_fails_its_run_saying_what() -> None:

@@ -19,6 +19,7 @@ from test_contract import hub  # noqa: F401 - a fixture of the suite's tests
 from asyncflow import RayTaskRunner, TaskRunner
 
 by_value(sys.modules[__name__])
+FOREIGN_THREADS_KEPT = True  # (see conftest: Ray's driver keeps its own)
 by_value(test_contract)
 
 # The suite's tests, collected here again.

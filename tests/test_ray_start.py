@@ -73,18 +73,42 @@ async def main():
         await asyncio.wait_for(runner.__aenter__(), 0.5)
     except TimeoutError:
         print("gave up")
+    try:
+        async with RayTaskRunner(init_kwargs={"num_cpus": 1}):
+            pass
+    except RuntimeError as exc:
+        print("refused:", exc)
 
 asyncio.run(main())
 """
 
 
-def test_a_start_that_never_connects_can_be_given_up() -> None:
-    # Ray tries a wrong address for minutes: the start must not wait for that once cancelled.
+def test_a_start_that_never_connects_can_be_given_up_and_other_options_are_refused_at_once() -> (
+    None
+):
+    # Ray tries a wrong address for minutes: the start must not wait for that once cancelled,
+    # and a session with other options must say why it cannot start, not wait.
     done = subprocess.run(
         [sys.executable, "-c", GIVE_UP], capture_output=True, text=True, timeout=60, check=False
     )
-    assert done.stdout.strip() == "gave up", done.stderr
+    printed = done.stdout.splitlines()
+    assert printed[0] == "gave up", done.stderr
+    assert printed[1].startswith("refused: RayTaskRunner: a connection to Ray that was given up")
+    assert "address='127.0.0.1:1'" in printed[1]
     assert done.returncode == 0, done.stderr
+
+
+def test_a_start_that_fails_leaves_ray_free_for_the_next_one() -> None:
+    # This start fails after Ray's local node started: Ray's state in this process must not
+    # point at that node's processes (they die with the thread that started them).
+    failing = RayTaskRunner(
+        init_kwargs={**SMALL, "runtime_env": {"working_dir": "/nonexistent-asyncflow-dir"}}
+    )
+    with pytest.raises(ValueError, match="nonexistent-asyncflow-dir"), failing:
+        pass
+    assert not ray.is_initialized()
+    with RayTaskRunner(init_kwargs=SMALL) as runner:
+        assert runner.submit(triple, {"x": 5}).result(timeout=TIMEOUT) == 15
 
 
 @pytest.fixture
