@@ -88,6 +88,19 @@ class _Cpus:
         if first is not None and first is not backend:
             first.wake()
 
+    def leave_line(self, backend: RayWorkers) -> None:
+        """``backend`` has nothing left to send: it waits no more (were it first in line, the
+        CPU given back for it would wait for it for ever)."""
+        with self._lock:
+            if backend not in self._waiting:
+                return
+            was_first = next(iter(self._waiting)) is backend
+            del self._waiting[backend]
+            first = next(iter(self._waiting), None)
+            free = self._busy() < self._total
+        if first is not None and was_first and free:
+            first.wake()
+
     def forget(self, backend: RayWorkers) -> None:
         """``backend`` waits no more, and gives back every CPU it still counts (its session
         ends, even cut short)."""
@@ -147,6 +160,7 @@ class RayWorkers(ClusterBackend):
         while True:
             self._drop_final()
             if not queue:
+                _CPUS.leave_line(self)
                 return
             if not _CPUS.take(self):
                 # Woken when one is given back; look again meanwhile for nodes that joined.

@@ -184,6 +184,35 @@ def test_a_cpu_given_back_goes_to_the_session_that_waited_longest(
     assert other.result() == 0
 
 
+class FakeSession:
+    """Stands in for a session's backend in ``_Cpus``: records that it was woken."""
+
+    def __init__(self, name: str, woken: list[str]) -> None:
+        self.name, self._woken = name, woken
+
+    def wake(self) -> None:
+        self._woken.append(self.name)
+
+
+def test_the_cpu_line_hands_a_cpu_to_the_next_session_when_the_first_leaves_it() -> None:
+    cpus: Any = ray_workers._Cpus()
+    cpus._total, cpus._counted_at = 1, float("inf")  # one CPU, never counted again
+    woken: list[str] = []
+    a, b, c = (FakeSession(name, woken) for name in "abc")
+    assert cpus.take(a)
+    assert not cpus.take(b)
+    assert not cpus.take(c)  # in line: b, then c
+    cpus.give_back(a)
+    assert woken == ["b"]
+    assert not cpus.take(a)  # b waited longer: a goes to the end of the line
+    cpus.leave_line(b)  # b's queue emptied meanwhile: the CPU is c's
+    assert woken == ["b", "c"]
+    assert cpus.take(c)
+    cpus.forget(c)  # (its session ended, cut short): its CPU is free again, for a
+    assert woken == ["b", "c", "a"]
+    assert cpus.take(a)
+
+
 def test_a_cancel_kills_the_worker_running_the_body(hub: Hub) -> None:
     with runner() as r:
         stuck = r.submit(gated, {"hub": hub.address, "label": "stuck"})
