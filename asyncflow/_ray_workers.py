@@ -62,17 +62,26 @@ class _Cpus:
 
     def take(self, backend: RayWorkers) -> bool:
         """One CPU for ``backend``'s next body, if one is free and no session waited longer;
-        else it waits in line, and is woken when a CPU is given back."""
+        else it waits in line, and is woken when a CPU is given back. A session that takes one
+        while more are free wakes the next in line (several may come back at once); one
+        refused while a CPU is free wakes the session ahead of it."""
         if time.monotonic() - self._counted_at > _RECOUNT and self._busy() >= self._total:
-            self.recount()
+            with contextlib.suppress(Exception):  # (Ray gone: the runs sent will say so)
+                self.recount()
         with self._lock:
             first = next(iter(self._waiting), backend)
-            if self._busy() < self._total and first is backend:
+            free = self._busy() < self._total
+            taken = free and first is backend
+            if taken:
                 self._held[backend] = self._held.get(backend, 0) + 1
                 self._waiting.pop(backend, None)
-                return True
-            self._waiting.setdefault(backend, None)
-        return False
+                free = self._busy() < self._total
+                first = next(iter(self._waiting), backend)
+            else:
+                self._waiting.setdefault(backend, None)
+        if free and first is not backend:
+            first.wake()
+        return taken
 
     def _busy(self) -> int:
         return sum(self._held.values())
@@ -212,21 +221,27 @@ class RayWorkers(ClusterBackend):
         """Nothing to abandon: a body this backend stops is stopped for real."""
 
     async def aclose(self, abandon: bool = False) -> None:
-        if self._look_again is not None:
-            self._look_again.cancel()
-        # Every run is final by now; bodies still sent are ones just stopped: their outcomes
-        # are on their way. Waited for, so that no worker this session killed is left running.
-        waits = [wait for _ref, wait in self._sent.values()]
-        if waits and not abandon:
-            await asyncio.wait(waits)
-        for ref, wait in self._sent.values():
-            wait.cancel()  # (its bookkeeping is done as it ends)
-            if abandon:
-                import ray
+        try:
+            if self._look_again is not None:
+                self._look_again.cancel()
+            # Every run is final by now; bodies still sent are ones just stopped: their
+            # outcomes are on their way. Waited for, so that no worker this session killed is
+            # left running.
+            waits = [wait for _ref, wait in self._sent.values()]
+            if waits and not abandon:
+                await asyncio.wait(waits)
+            for ref, wait in self._sent.values():
+                wait.cancel()  # (its bookkeeping is done as it ends)
+                if abandon:
+                    import ray
 
-                ray.cancel(ref, force=True)
-        if waits:
-            await asyncio.wait(waits)
+                    with contextlib.suppress(Exception):  # (Ray gone: nothing runs there)
+                        ray.cancel(ref, force=True)
+            if waits:
+                await asyncio.wait(waits)
+        except BaseException:
+            self.detach()  # (what it holds is given back all the same)
+            raise
         self._queue.clear()  # (every run is final by now: none of these will be sent)
         self._remote = None
         lease = self._let_go()

@@ -204,13 +204,38 @@ def test_the_cpu_line_hands_a_cpu_to_the_next_session_when_the_first_leaves_it()
     assert not cpus.take(c)  # in line: b, then c
     cpus.give_back(a)
     assert woken == ["b"]
-    assert not cpus.take(a)  # b waited longer: a goes to the end of the line
+    assert not cpus.take(a)  # b waited longer: a goes to the end of the line (and wakes b)
+    assert woken == ["b", "b"]
     cpus.leave_line(b)  # b's queue emptied meanwhile: the CPU is c's
-    assert woken == ["b", "c"]
+    assert woken == ["b", "b", "c"]
     assert cpus.take(c)
     cpus.forget(c)  # (its session ended, cut short): its CPU is free again, for a
-    assert woken == ["b", "c", "a"]
+    assert woken == ["b", "b", "c", "a"]
     assert cpus.take(a)
+
+
+def test_cpus_given_back_together_reach_every_session_in_line() -> None:
+    cpus: Any = ray_workers._Cpus()
+    cpus._total, cpus._counted_at = 2, float("inf")
+    woken: list[str] = []
+    x, a, b = (FakeSession(name, woken) for name in "xab")
+    assert cpus.take(x)
+    assert cpus.take(x)
+    assert not cpus.take(a)
+    assert not cpus.take(b)  # in line: a, then b
+    cpus.forget(x)  # two CPUs free at once
+    assert woken == ["a"]
+    assert cpus.take(a)  # one more is free: a wakes the next in line
+    assert woken == ["a", "b"]
+    assert cpus.take(b)
+    # A session refused while a CPU is free (another is ahead of it) wakes the one ahead: were
+    # that one's wake-up lost, the CPU would wait for it for ever.
+    assert not cpus.take(x)  # in line: x
+    cpus.give_back(a)
+    assert woken == ["a", "b", "x"]
+    assert not cpus.take(a)  # x is ahead: a is refused, and x is woken again
+    assert woken == ["a", "b", "x", "x"]
+    assert cpus.take(x)
 
 
 def test_a_cancel_kills_the_worker_running_the_body(hub: Hub) -> None:
