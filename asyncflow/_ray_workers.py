@@ -88,6 +88,8 @@ class _Cpus:
 
     def give_back(self, backend: RayWorkers) -> None:
         with self._lock:
+            if backend not in self._held:  # (forgotten meanwhile: given back with the rest)
+                return
             left = self._held[backend] - 1
             if left:
                 self._held[backend] = left
@@ -139,6 +141,7 @@ class RayWorkers(ClusterBackend):
         self._remote: Any = None  # the one Ray remote function every body goes through
         self._stopped: set[Any] = set()  # items whose worker this backend had killed
         self._look_again: asyncio.TimerHandle | None = None
+        self._letting_go = threading.Lock()
         self._worker = "ray"
 
     async def start(self) -> None:
@@ -260,10 +263,12 @@ class RayWorkers(ClusterBackend):
             lease.release()
 
     def _let_go(self) -> Lease | None:
-        """Its CPUs and its place in line given back; its lease, to release."""
-        self._sent.clear()
-        _CPUS.forget(self)
-        lease, self._lease = self._lease, None
+        """Its CPUs and its place in line given back; its lease, to release (once: a close cut
+        short may still run on the loop's thread while ``detach`` runs on another)."""
+        with self._letting_go:
+            self._sent.clear()
+            _CPUS.forget(self)
+            lease, self._lease = self._lease, None
         return lease
 
 

@@ -211,6 +211,8 @@ def test_the_cpu_line_hands_a_cpu_to_the_next_session_when_the_first_leaves_it()
     assert cpus.take(c)
     cpus.forget(c)  # (its session ended, cut short): its CPU is free again, for a
     assert woken == ["b", "b", "c", "a"]
+    cpus.give_back(c)  # (a body of c's ending late: its CPU was given back with the rest)
+    assert woken == ["b", "b", "c", "a"]
     assert cpus.take(a)
 
 
