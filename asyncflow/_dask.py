@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._cache import CacheStore
+from ._cluster_options import checked_address, checked_kwargs, frozen_kwargs
 from ._runners import TaskRunner
 from ._scheduler import Backend, Scheduler
 from ._settings import get_settings
@@ -70,10 +71,8 @@ class DaskTaskRunner(TaskRunner):
                 f"{_OWNER}: give either address (an existing cluster) or cluster_class, "
                 "cluster_kwargs and adapt_kwargs (a cluster it starts), not both"
             )
-        if address is not None:
-            if not isinstance(address, str) or not address:
-                raise TypeError(f"{_OWNER}: address must be a non-empty str, not {address!r}")
-            _warn_if_plain_tcp_off_host(address)
+        if (given := checked_address(_OWNER, address)) is not None:
+            _warn_if_plain_tcp_off_host(given)
         if cluster_class is not None and not (
             isinstance(cluster_class, str) or callable(cluster_class)
         ):
@@ -82,9 +81,11 @@ class DaskTaskRunner(TaskRunner):
             )
         self._address = address
         self._cluster_class = cluster_class
-        self._cluster_kwargs = _kwargs("cluster_kwargs", cluster_kwargs)
-        self._adapt_kwargs = None if adapt_kwargs is None else _kwargs("adapt_kwargs", adapt_kwargs)
-        self._client_kwargs = _kwargs("client_kwargs", client_kwargs)
+        self._cluster_kwargs = checked_kwargs(_OWNER, "cluster_kwargs", cluster_kwargs)
+        self._adapt_kwargs = (
+            None if adapt_kwargs is None else checked_kwargs(_OWNER, "adapt_kwargs", adapt_kwargs)
+        )
+        self._client_kwargs = checked_kwargs(_OWNER, "client_kwargs", client_kwargs)
         super().__init__(
             get_settings(),
             max_concurrency=max_concurrency,
@@ -111,9 +112,9 @@ class DaskTaskRunner(TaskRunner):
         return (
             self._address,
             self._cluster_class,
-            _frozen(self._cluster_kwargs),
-            None if self._adapt_kwargs is None else _frozen(self._adapt_kwargs),
-            _frozen(self._client_kwargs),
+            frozen_kwargs(self._cluster_kwargs),
+            None if self._adapt_kwargs is None else frozen_kwargs(self._adapt_kwargs),
+            frozen_kwargs(self._client_kwargs),
             *self._policy_config(),
         )
 
@@ -121,18 +122,6 @@ class DaskTaskRunner(TaskRunner):
         from ._dask_workers import DaskWorkers
 
         return DaskWorkers(scheduler, self)
-
-
-def _kwargs(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"{_OWNER}: {name} must be a dict of keyword arguments, not {value!r}")
-    return dict(value)
-
-
-def _frozen(kwargs: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
 
 
 def _warn_if_plain_tcp_off_host(address: str) -> None:

@@ -730,28 +730,35 @@ def _unloaded_result(task_name: str, exc: BaseException) -> SerializationError:
     )
 
 
+def _loaded_error(data: bytes | None, type_name: str, message: str, text: str) -> BaseException:
+    """An exception a body raised in a worker (a process, a Ray worker), sent back pickled with
+    its type's name, its message and its traceback's text: loaded here; else a ``RemoteError``
+    saying what it was. Its cause is its traceback there (the cause it had there did not
+    travel)."""
+    remote: BaseException | None = None
+    if data is not None:
+        try:
+            loaded = cloudpickle.loads(data)
+        except BaseException as exc:
+            if not _fails_its_run(exc):
+                raise
+            loaded = None
+        if isinstance(loaded, BaseException):
+            remote = loaded
+    if remote is None:
+        remote = RemoteError(type_name, message)
+    # (Past the class's own __setattr__: a frozen dataclass's refuses every attribute.)
+    object.__setattr__(remote, "__cause__", RemoteTraceback(text))
+    return remote
+
+
 def _decode(
     task_name: str, reply: tuple[str, Any], args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[bool, Any]:
     """A reply other than a plain result: an exception, a pickling failure or a crash."""
     kind, payload = reply
     if kind == "exc":
-        data, type_name, message, text = payload
-        remote: BaseException | None = None
-        if data is not None:
-            try:
-                loaded = cloudpickle.loads(data)
-            except BaseException as exc:
-                if not _fails_its_run(exc):
-                    raise
-                loaded = None
-            if isinstance(loaded, BaseException):
-                remote = loaded
-        if remote is None:
-            remote = RemoteError(type_name, message)
-        # (Past the class's own __setattr__: a frozen dataclass's refuses every attribute.)
-        object.__setattr__(remote, "__cause__", RemoteTraceback(text))
-        return False, remote
+        return False, _loaded_error(*payload)
     if kind == "ser":
         direction, message = payload
         if direction == "result":

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._cache import CacheStore
+from ._cluster_options import checked_address, checked_kwargs, frozen_kwargs
 from ._runners import TaskRunner
 from ._scheduler import Backend, Scheduler
 from ._settings import get_settings
@@ -59,19 +60,10 @@ class RayTaskRunner(TaskRunner):
         cache_store: CacheStore | None = None,
         max_pending: int | None = None,
     ) -> None:
-        if address is not None and (not isinstance(address, str) or not address):
-            raise TypeError(f"{_OWNER}: address must be a non-empty str, not {address!r}")
-        if init_kwargs is not None and (
-            not isinstance(init_kwargs, Mapping) or not all(isinstance(k, str) for k in init_kwargs)
-        ):
-            raise TypeError(
-                f"{_OWNER}: init_kwargs must be a dict of ray.init's keyword arguments, "
-                f"not {init_kwargs!r}"
-            )
-        if init_kwargs is not None and "address" in init_kwargs:
+        self._address = checked_address(_OWNER, address)
+        self._init_kwargs = checked_kwargs(_OWNER, "init_kwargs", init_kwargs)
+        if "address" in self._init_kwargs:
             raise ValueError(f"{_OWNER}: give the address as address=, not in init_kwargs")
-        self._address = address
-        self._init_kwargs = dict(init_kwargs or {})
         super().__init__(
             get_settings(),
             max_concurrency=max_concurrency,
@@ -92,7 +84,7 @@ class RayTaskRunner(TaskRunner):
     def _config(self) -> tuple[Any, ...]:
         return (
             self._address,
-            tuple(sorted((k, repr(v)) for k, v in self._init_kwargs.items())),
+            frozen_kwargs(self._init_kwargs),
             *self._policy_config(),
         )
 

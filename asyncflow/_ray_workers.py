@@ -23,8 +23,6 @@ from ._futures import cancelled_error
 from ._ray_connection import Lease, connect
 from ._remote import MARK, ClusterBackend, carried, run_key
 from .exceptions import (
-    RemoteError,
-    RemoteTraceback,
     SerializationError,
     TaskCrashedError,
     WorkerCrashedError,
@@ -309,11 +307,13 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
     """A Ray task's error as the run's outcome: (ok, value, crashed)."""
     from ray import exceptions as ray_errors
 
+    from ._processes import _loaded_error
+
     if isinstance(exc, ray_errors.RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         mark = carried(cause)
         if mark is not None:  # what the body raised
-            return (False, _raised(*mark), False)
+            return (False, _loaded_error(*mark), False)
         if isinstance(cause, ray_errors.RaySystemError):
             error: Exception = SerializationError(
                 f"task {task_name!r}: its call cannot be loaded on the Ray worker "
@@ -357,21 +357,3 @@ def _failure(task_name: str, exc: Exception, stopped: bool) -> tuple[bool, Any, 
         )
     error.__cause__ = exc
     return False, error, True
-
-
-def _raised(data: bytes | None, type_name: str, message: str, text: str) -> BaseException:
-    """What a body raised, loaded here; else a ``RemoteError`` saying what it was. Its cause is
-    its traceback on the worker, as for worker processes (the cause it had there did not
-    travel). (Past the class's own __setattr__: a frozen dataclass's refuses every attribute.)"""
-    import cloudpickle
-
-    raised: object = None
-    if data is not None:
-        try:
-            raised = cloudpickle.loads(data)
-        except BaseException:
-            raised = None
-    if not isinstance(raised, BaseException):
-        raised = RemoteError(type_name, message)
-    object.__setattr__(raised, "__cause__", RemoteTraceback(text))
-    return raised

@@ -255,6 +255,10 @@ class ClusterBackend:
         except asyncio.CancelledError:  # only the backend cancels this task (at its close)
             return
         except BaseException as exc:  # reading the outcome raised (an error that loads badly)
+            from ._processes import _fails_its_run
+
+            if not _fails_its_run(exc):  # (the user's Ctrl-C, on the main thread)
+                raise
             ok, crashed = False, True
             value = TaskCrashedError(
                 f"task {task_name!r} crashed: its outcome could not be read ({error_text(exc)})"

@@ -126,3 +126,13 @@ class Peak:
                 self.peak = max(self.peak, self.now)
             elif event.kind in ("finished", "cancelled"):
                 self.now -= 1
+
+
+def peak_of_doubling(runner: Any, count: int) -> Peak:
+    """Start ``runner``, submit ``double(x=i)`` for ``i`` in ``range(count)`` from this thread
+    and check every result: the most unfinished runs it held at once, from its events."""
+    peak = Peak()
+    with runner.subscribe(peak), runner:
+        futures = [runner.submit(double, {"x": i}) for i in range(count)]
+        assert [f.result(TIMEOUT) for f in futures] == [2 * i for i in range(count)]
+    return peak

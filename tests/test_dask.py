@@ -22,7 +22,7 @@ import dask
 import distributed
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
-from helpers import TIMEOUT, Peak, adouble, double
+from helpers import TIMEOUT, adouble, double, peak_of_doubling
 
 from asyncflow import DaskTaskRunner, ThreadPoolTaskRunner, allow_failure, get_run_context, task
 from asyncflow.exceptions import (
@@ -607,10 +607,6 @@ def test_a_crash_retry_setting_of_the_users_own_is_kept() -> None:
 
 
 def test_back_pressure_holds_on_a_cluster_too() -> None:
-    peak = Peak()
-    runner = DaskTaskRunner(cluster_kwargs=IN_PROCESS, max_pending=2)
-    with runner.subscribe(peak), runner:
-        futures = [runner.submit(double, {"x": i}) for i in range(8)]
-        assert [f.result(timeout=TIMEOUT) for f in futures] == [2 * i for i in range(8)]
+    peak = peak_of_doubling(DaskTaskRunner(cluster_kwargs=IN_PROCESS, max_pending=2), 8)
     assert 1 <= peak.peak <= 2
     assert peak.now == 0

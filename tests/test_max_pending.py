@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import TIMEOUT, Peak, Stuck, ahold, double, hold
+from helpers import TIMEOUT, Peak, Stuck, ahold, double, hold, peak_of_doubling
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -546,11 +546,7 @@ def test_every_way_a_run_ends_gives_its_place_back() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_process_runner_holds_at_most_max_pending_unfinished_runs() -> None:
-    peak = Peak()
-    runner = ProcessPoolTaskRunner(max_workers=2, max_pending=3)
-    with runner.subscribe(peak), runner:
-        futures = [runner.submit(double, {"x": i}) for i in range(12)]
-        assert [f.result(TIMEOUT) for f in futures] == [2 * i for i in range(12)]
+    peak = peak_of_doubling(ProcessPoolTaskRunner(max_workers=2, max_pending=3), 12)
     assert 1 <= peak.peak <= 3
 
 
