@@ -15,7 +15,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -47,6 +46,7 @@ from ._graph import Graph, Node, Outcome
 from ._limits import Limit, RunPolicy
 from ._params import TOP_LEVEL, inputs_of, resolve_parameters
 from ._room import Room
+from ._starter import Starts
 from ._states import UPSTREAM_FAILED
 from ._stats import RunnerStatistics
 from .exceptions import RemoteTraceback, UpstreamFailedError
@@ -60,13 +60,6 @@ logger = logging.getLogger("asyncflow")
 
 __all__ = ("Backend", "Scheduler", "SchedulerOptions")
 
-# Coroutine runs made tasks per loop turn (see Scheduler._start_some). A task brings about six
-# objects the garbage collector tracks (task, coroutines, context, handle, weak reference); 100
-# of them stay under the collector's threshold of 700 new objects, so a batch mostly runs and
-# is freed before a young collection sees it. With 1,000 per turn every batch outlived a few
-# young collections, and the runs of a million-task graph were promoted to the oldest
-# generation by the million, each promotion bringing the next full collection closer.
-_START_BATCH = 100
 # Indexed by status code (only final ones are used).
 _OUTCOMES = (
     Outcome.COMPLETED,
@@ -227,8 +220,7 @@ class Scheduler:
         self._inbox_scheduled = False
         self._accepting = True
         self._idle: asyncio.Event | None = None
-        self._starts: deque[Future[Any]] = deque()  # coroutine runs waiting for their task
-        self._starting = False  # a _start_some call is scheduled
+        self._starts = Starts(self.loop, self._run_async)  # plain coroutine runs to start
         # The runner's event hub while it has subscribers, else None: every emission point
         # checks only this attribute (the hub switches it from any thread).
         self.events: EventHub | None = None
@@ -442,9 +434,10 @@ class Scheduler:
         self._live.update(futures)
         self._submitted += len(futures)
         if futures[0]._task.is_async and not self.coroutines_in_backend:
-            self._starts.extend(futures)
-            if not self._starting:
-                self._start_some_soon()
+            starts = self._starts
+            starts.queue.extend(futures)
+            if starts.starter is None:
+                starts.wake()
         else:
             self.backend.submit_many(futures)
 
@@ -568,39 +561,19 @@ class Scheduler:
             events.took(item, worker)
 
     def _start_soon(self, fut: Future[Any]) -> None:
-        """Queue a plain coroutine run; its task is made by ``_start_some``, soon."""
-        self._starts.append(fut)
-        if not self._starting:
-            self._start_some_soon()
+        """Queue a plain coroutine run: a starter task runs its first step soon (see
+        ``_starter``), at most ``_starter.BATCH`` per loop turn.
 
-    def _start_some_soon(self) -> None:
-        self._starting = True
-        self.loop.call_soon(self._start_some)
-
-    def _start_some(self) -> None:
-        """Make the tasks of queued coroutine runs, at most ``_START_BATCH`` per loop turn.
-
-        Why not at once: a coroutine run holds far more memory as a task (the task, its
-        coroutine and frame) than as a queued run; a million submitted in one go would all be
-        tasks before the first one runs, and the loop would make them all in one turn. In
-        batches, early runs finish (and are freed) while later ones wait as small records.
-        The batch is small (see ``_START_BATCH``) so that a batch is freed young.
+        Why not at once: a coroutine run holds far more memory once started (its coroutine
+        and frame, a task if it waits) than as a queued run; a million submitted in one go
+        would all be started before the first one ends, and in one loop turn. In batches,
+        early runs finish (and are freed) while later ones wait as small records. The batch is
+        small (see ``_starter.BATCH``) so that a batch is freed young.
         """
         starts = self._starts
-        loop = self.loop
-        run_async = self._run_async
-        for _ in range(min(len(starts), _START_BATCH)):
-            fut = starts.popleft()
-            if fut._status < COMPLETED:  # else: cancelled while it waited here
-                ctx = fut._ctx.copy()  # type: ignore[union-attr]  # (None only once final)
-                if _TASK_CONTEXT:  # _create_task, inlined: once per run
-                    fut._handle = asyncio.Task(run_async(fut), loop=loop, context=ctx)  # type: ignore[call-arg]
-                else:  # pragma: no cover - Python 3.10
-                    fut._handle = _create_task(loop, run_async(fut), ctx)
-        if starts:
-            loop.call_soon(self._start_some)
-        else:
-            self._starting = False
+        starts.queue.append(fut)
+        if starts.starter is None:
+            starts.wake()
 
     async def _run_async(self, fut: Future[Any]) -> None:
         fut._status = RUNNING
@@ -694,11 +667,12 @@ class Scheduler:
         ready, skipped = self._graph.finish(fut, _OUTCOMES[status])
         if skipped:
             ready = self._after_skips(ready, skipped)
+        starts = self._starts
         for child in ready:
             if child._policy is None and child._task.is_async and not self.coroutines_in_backend:
-                self._starts.append(child)  # _start_soon, inlined: once per run
-                if not self._starting:
-                    self._start_some_soon()
+                starts.queue.append(child)  # _start_soon, inlined: once per run
+                if starts.starter is None:
+                    starts.wake()
             else:
                 self._start(child)
         if not live and self._idle is not None and not self._side:
@@ -962,9 +936,6 @@ def _as_run(fut: Future[Any]) -> None:
     """(Inside a context:) make it the context of ``fut``'s run, at its first attempt."""
     current_future.set(fut)
     current_attempt.set(1)
-
-
-_TASK_CONTEXT = sys.version_info >= (3, 11)  # asyncio.Task takes context=
 
 
 # Tasks are built directly, not through ``loop.create_task``: a loop's task factory may start

@@ -1,0 +1,205 @@
+"""Starting plain coroutine runs: the first steps of many runs in one asyncio task.
+
+A coroutine run that ends in its first step (it never waits on anything) needs no task of its
+own, and an asyncio task is most of what such a run costs: the task, its registration in
+asyncio's weak set of tasks, a handle on the loop's ready queue, and a loop turn before its
+first step. So a *starter* task runs the first steps of queued runs one after another, each in
+its own context, and only a run that waits gets a task of its own.
+
+The catch is ``asyncio.current_task()``: a body sees the starter there during its first step
+(anyio's cancel scopes, ``asyncio.timeout`` and task groups record it). A run that waits is
+moved to a task of its own only when nothing kept the starter: its reference counts (strong and
+weak) are back where they were before the step. Otherwise the starter itself follows that run
+to its end, as that run's task, and a new starter takes the queue. A run that ends in its step
+having kept the starter (or having cancelled it) ends the starter's batch the same way, so no
+later run ever shares a task with something a body held on to.
+
+asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
+there is nothing, hence this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import types
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+from ._futures import COMPLETED
+
+if TYPE_CHECKING:
+    from ._futures import Future
+
+__all__ = ("BATCH", "start_queued")
+
+# Runs started per loop turn, at most. A started run brings a few objects the garbage
+# collector tracks (its coroutines and context; a task, a handle and a weak reference if it
+# waits); 100 of them stay under the collector's threshold of 700 new objects, so a batch
+# mostly runs and is freed before a young collection sees it. With 1,000 per turn every batch
+# outlived a few young collections, and the runs of a million-task graph were promoted to the
+# oldest generation by the million, each promotion bringing the next full collection closer.
+BATCH = 100
+
+_refs = sys.getrefcount
+_weak_refs = weakref.getweakrefcount
+# Python 3.11 (Task.cancelling, a task's context) and reference counts to read (CPython).
+_SHARED = sys.version_info >= (3, 11) and hasattr(sys, "getrefcount")
+
+
+class Starts:
+    """What a starter takes from its scheduler: the queue, the run's coroutine, the loop."""
+
+    __slots__ = ("loop", "queue", "run", "starter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        run: Callable[[Future[Any]], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.loop = loop
+        self.run = run
+        self.queue: deque[Future[Any]] = deque()  # coroutine runs waiting for their first step
+        # The task that takes them, if any (on Python 3.10: the call that makes their tasks).
+        self.starter: asyncio.Task[None] | asyncio.Handle | None = None
+
+    def wake(self) -> None:
+        """Make a starter for the queue, unless one is there."""
+        if self.starter is None:
+            self._new()
+
+    def _new(self) -> None:
+        if not _SHARED:  # pragma: no cover - Python 3.10, or no reference counts
+            self.starter = self.loop.call_soon(self._each)
+            return
+        # Its own empty context: every first step runs in its run's context instead.
+        task = asyncio.Task(start_queued(self), loop=self.loop, context=contextvars.Context())  # type: ignore[call-arg]
+        self.starter = task
+        task.add_done_callback(self._ended)
+
+    def _each(self) -> None:  # pragma: no cover - Python 3.10, or no reference counts
+        """A task of its own for each of ``BATCH`` queued runs."""
+        queue = self.queue
+        for _ in range(min(len(queue), BATCH)):
+            fut = queue.popleft()
+            if fut._status < COMPLETED:  # else: cancelled while it waited here
+                ctx = fut._ctx.copy()  # type: ignore[union-attr]  # (None only once final)
+                fut._handle = ctx.run(asyncio.Task, self.run(fut), loop=self.loop)
+        self.starter = self.loop.call_soon(self._each) if queue else None
+
+    def hand_over(self, task: asyncio.Task[Any]) -> None:
+        """``task`` no longer takes the queue: a new starter does, if anything is queued."""
+        if self.starter is task:
+            if self.queue:
+                self._new()
+            else:
+                self.starter = None
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        # A starter that ended without handing over: cancelled before its first step, or it
+        # failed. The queue must not wait for ever.
+        self.hand_over(task)
+
+
+@types.coroutine
+def start_queued(starts: Starts) -> Generator[Any, None, None]:
+    """The coroutine of a starter task (see the module's docstring)."""
+    me = asyncio.current_task()
+    assert me is not None
+    queue = starts.queue
+    run = starts.run
+    loop = starts.loop
+    cancelling = me.cancelling  # type: ignore[attr-defined]  # (Python 3.11: see _SHARED)
+    refs = _refs(me)
+    weak = _weak_refs(me)
+    for _ in range(BATCH):
+        if not queue:
+            break
+        fut = queue.popleft()
+        if fut._status >= COMPLETED:  # cancelled while it waited here
+            continue
+        ctx = fut._ctx.copy()  # type: ignore[union-attr]  # (None only once final)
+        coro = run(fut)
+        fut._handle = me  # a cancel during the step: the run ends Cancelled (see _cancel)
+        try:
+            step = ctx.run(coro.send, None)
+        except StopIteration:  # it ended (its _finish let go of the handle)
+            if cancelling() or _refs(me) != refs or _weak_refs(me) != weak:
+                break
+            continue
+        if _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: the run's handle)
+            # The body holds on to this task: it stays the run's until the run ends.
+            starts.hand_over(me)
+            yield from _follow(coro, ctx, step)
+            return
+        rest = _resume(coro, step)
+        rest.send(None)
+        task = fut._handle = asyncio.Task(rest, loop=loop, context=ctx)  # type: ignore[call-arg]
+        if cancelling():  # the run's cancel was asked during its step
+            task.cancel()
+            break
+    starts.hand_over(me)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], step: Any) -> Generator[Any, Any, None]:
+    """The rest of a run that waited in its first step, in a task of its own (whose context is
+    the run's): wait for what it waits on, then hand the coroutine to the task.
+
+    Primed by its maker (one ``send(None)``): it waits at its first ``yield`` for the task's
+    first step, so that a cancel that comes before that step still reaches the run."""
+    try:
+        yield
+    except GeneratorExit:
+        coro.close()
+        raise
+    except BaseException as exc:  # the task was cancelled before its first step
+        if asyncio.isfuture(step):
+            step.cancel()  # as the task does with what it waits on, when cancelled
+        try:
+            step = coro.throw(exc)
+        except StopIteration:
+            return
+    while True:
+        try:
+            yield step
+        except GeneratorExit:  # noqa: PERF203 - the loop is the coroutine's life
+            coro.close()
+            raise
+        except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
+            try:
+                step = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            yield from coro
+            return
+
+
+@types.coroutine
+def _follow(
+    coro: Coroutine[Any, Any, None], ctx: contextvars.Context, step: Any
+) -> Generator[Any, Any, None]:
+    """The rest of a run that waited in its first step, in the starter that made that step
+    (whose own context is not the run's: each step runs in ``ctx``)."""
+    send = coro.send
+    throw = coro.throw
+    while True:
+        try:
+            value = yield step
+        except GeneratorExit:  # noqa: PERF203 - the loop is the coroutine's life
+            coro.close()
+            raise
+        except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
+            try:
+                step = ctx.run(throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                step = ctx.run(send, value)
+            except StopIteration:
+                return
