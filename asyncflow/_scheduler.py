@@ -583,9 +583,11 @@ class Scheduler:
         current_future.set(fut)
         task = fut._task
         try:
-            params = params_of(fut)
-            if params is None:
-                raise asyncio.CancelledError  # noqa: TRY301 - cancelled before it started
+            params = fut._params
+            if type(params) is not dict:  # (params_of, inlined for the common case)
+                params = params_of(fut)
+                if params is None:
+                    raise asyncio.CancelledError  # noqa: TRY301 - cancelled before it started
             deps = fut._deps
             if deps is not None:
                 params = resolve_parameters(params, deps)

@@ -121,7 +121,9 @@ def start_queued(starts: Starts) -> Generator[Any, None, None]:
         fut = queue.popleft()
         if fut._status >= COMPLETED:  # cancelled while it waited here
             continue
-        ctx = fut._ctx.copy()  # type: ignore[union-attr]  # (None only once final)
+        ctx: contextvars.Context = fut._ctx  # type: ignore[assignment]  # (None only once final)
+        if fut._group is not None:  # the runs of a map share one snapshot: each starts in a copy
+            ctx = ctx.copy()  # (a submit's run has a snapshot of its own, taken at submit)
         coro = run(fut)
         fut._handle = me  # a cancel during the step: the run ends Cancelled (see _cancel)
         try:
