@@ -8,11 +8,12 @@ its own context, and only a run that waits gets a task of its own.
 
 The catch is ``asyncio.current_task()``: a body sees the starter there during its first step
 (anyio's cancel scopes, ``asyncio.timeout`` and task groups record it). A run that waits is
-moved to a task of its own only when nothing kept the starter: its reference counts (strong and
-weak) are back where they were before the step. Otherwise the starter itself follows that run
-to its end, as that run's task, and a new starter takes the queue. A run that ends in its step
-having kept the starter (or having cancelled it) ends the starter's batch the same way, so no
-later run ever shares a task with something a body held on to.
+moved to a task of its own only when its step left the starter as it found it: the same
+reference counts (strong and weak), no done-callback, the same name, no cancel asked for.
+Otherwise the starter itself follows that run to its end, as that run's task, and a new
+starter takes the queue. A run that ends in its step having changed the starter ends the
+starter's batch the same way, so no later run ever shares a task that a body held on to,
+renamed, cancelled or asked to be told about.
 
 asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
 there is nothing, hence this module.
@@ -26,7 +27,7 @@ import sys
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._futures import COMPLETED
@@ -34,7 +35,7 @@ from ._futures import COMPLETED
 if TYPE_CHECKING:
     from ._futures import Future
 
-__all__ = ("BATCH", "start_queued")
+__all__ = ("BATCH", "Starts")
 
 # Runs started per loop turn, at most. A started run brings a few objects the garbage
 # collector tracks (its coroutines and context; a task, a handle and a weak reference if it
@@ -46,7 +47,7 @@ BATCH = 100
 
 _refs = sys.getrefcount
 _weak_refs = weakref.getweakrefcount
-# Python 3.11 (Task.cancelling, a task's context) and reference counts to read (CPython).
+# Python 3.11 (a task's context) and reference counts to read (CPython).
 _SHARED = sys.version_info >= (3, 11) and hasattr(sys, "getrefcount")
 
 
@@ -75,10 +76,10 @@ class Starts:
         if not _SHARED:  # pragma: no cover - Python 3.10, or no reference counts
             self.starter = self.loop.call_soon(self._each)
             return
-        # Its own empty context: every first step runs in its run's context instead.
-        task = asyncio.Task(start_queued(self), loop=self.loop, context=contextvars.Context())  # type: ignore[call-arg]
-        self.starter = task
-        task.add_done_callback(self._ended)
+        coro = _starter(self)
+        coro.send(None)  # primed (see _start_queued)
+        # Its own empty context: every step of a run runs in the run's context instead.
+        self.starter = asyncio.Task(coro, loop=self.loop, context=contextvars.Context())  # type: ignore[call-arg]
 
     def _each(self) -> None:  # pragma: no cover - Python 3.10, or no reference counts
         """A task of its own for each of ``BATCH`` queued runs."""
@@ -90,7 +91,7 @@ class Starts:
                 fut._handle = ctx.run(asyncio.Task, self.run(fut), loop=self.loop)
         self.starter = self.loop.call_soon(self._each) if queue else None
 
-    def hand_over(self, task: asyncio.Task[Any]) -> None:
+    def hand_over(self, task: asyncio.Task[Any] | None) -> None:
         """``task`` no longer takes the queue: a new starter does, if anything is queued."""
         if self.starter is task:
             if self.queue:
@@ -98,26 +99,46 @@ class Starts:
             else:
                 self.starter = None
 
-    def _ended(self, task: asyncio.Task[Any]) -> None:
-        # A starter that ended without handing over: cancelled before its first step, or it
-        # failed. The queue must not wait for ever.
-        self.hand_over(task)
+
+async def _starter(starts: Starts) -> None:
+    """The coroutine of a starter task. (Python 3.12's tasks take native coroutines only: this
+    one awaits the generator that does the work.)"""
+    await _start_queued(starts)
 
 
 @types.coroutine
-def start_queued(starts: Starts) -> Generator[Any, None, None]:
-    """The coroutine of a starter task (see the module's docstring)."""
+def _start_queued(starts: Starts) -> Generator[Any, Any, None]:
+    """Run the first steps of up to ``BATCH`` queued runs (see the module's docstring).
+
+    Primed by its maker, it waits at its first ``yield`` for its task's first step: a cancel
+    that comes before that step (a loop's shutdown cancels every task) lands in this frame, and
+    the queue goes to a new starter instead of waiting for ever."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        starts.hand_over(asyncio.current_task())  # (the task that was cancelled)
+        raise
     me = asyncio.current_task()
     assert me is not None
+    try:
+        yield from _steps(starts, me)
+    finally:  # (also when something failed: the queue goes on)
+        starts.hand_over(me)
+
+
+def _steps(starts: Starts, me: asyncio.Task[Any]) -> Generator[Any, Any, None]:
     queue = starts.queue
     run = starts.run
     loop = starts.loop
-    cancelling = me.cancelling  # type: ignore[attr-defined]  # (Python 3.11: see _SHARED)
-    refs = _refs(me)
+    # Its private fields: its done-callbacks (None or empty when there are none) and whether a
+    # cancel is to be delivered at its next step.
+    fields: Any = me
+    refs = _refs(me)  # (counted once every local name for it is bound)
     weak = _weak_refs(me)
+    name = me.get_name()
     for _ in range(BATCH):
         if not queue:
-            break
+            return
         fut = queue.popleft()
         if fut._status >= COMPLETED:  # cancelled while it waited here
             continue
@@ -129,21 +150,49 @@ def start_queued(starts: Starts) -> Generator[Any, None, None]:
         try:
             step = ctx.run(coro.send, None)
         except StopIteration:  # it ended (its _finish let go of the handle)
-            if cancelling() or _refs(me) != refs or _weak_refs(me) != weak:
-                break
+            if (
+                _refs(me) != refs
+                or _weak_refs(me) != weak
+                or fields._callbacks
+                or me.get_name() is not name
+                or fields._must_cancel  # (even if uncancelled since)
+            ):
+                return  # changed by the body: nobody else's task from now on
             continue
-        if _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: the run's handle)
-            # The body holds on to this task: it stays the run's until the run ends.
+        if (
+            _refs(me) != refs + 1  # (+1: the run's handle)
+            or _weak_refs(me) != weak
+            or fields._callbacks
+            or me.get_name() is not name
+        ):
+            # The body held on to this task, or changed it: it stays the run's to its end.
             starts.hand_over(me)
-            yield from _follow(coro, ctx, step)
+            follow = _follow(coro, ctx, step)
+            del coro, ctx, step, fut  # (nothing of this run or an earlier one kept meanwhile)
+            yield from follow
             return
-        rest = _resume(coro, step)
-        rest.send(None)
-        task = fut._handle = asyncio.Task(rest, loop=loop, context=ctx)  # type: ignore[call-arg]
-        if cancelling():  # the run's cancel was asked during its step
-            task.cancel()
-            break
-    starts.hand_over(me)
+        fut._handle = _own_task(coro, step, loop, ctx)
+        if fields._must_cancel:  # its cancel was asked in the step
+            fut._handle.cancel()
+            return
+
+
+def _own_task(
+    coro: Coroutine[Any, Any, None],
+    step: Any,
+    loop: asyncio.AbstractEventLoop,
+    ctx: contextvars.Context,
+) -> asyncio.Task[None]:
+    """The task of its own that a run gets at its first wait, in the run's context."""
+    rest = _rest(_resume(coro, step))
+    rest.send(None)  # primed (see _resume)
+    return asyncio.Task(rest, loop=loop, context=ctx)  # type: ignore[call-arg]
+
+
+async def _rest(resume: Awaitable[None]) -> None:
+    """(Python 3.12's tasks take native coroutines only: this one awaits the generator that
+    does the work, and keeps nothing else.)"""
+    await resume
 
 
 @types.coroutine
@@ -151,20 +200,22 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any) -> Generator[Any, Any, N
     """The rest of a run that waited in its first step, in a task of its own (whose context is
     the run's): wait for what it waits on, then hand the coroutine to the task.
 
-    Primed by its maker (one ``send(None)``): it waits at its first ``yield`` for the task's
-    first step, so that a cancel that comes before that step still reaches the run."""
+    Primed by its maker, it waits at its first ``yield`` for the task's first step, so that a
+    cancel that comes before that step still reaches the run: as a task cancelled while it
+    waits, it cancels what the run waits on and waits for that to end (a task may take a while
+    to), and the run then sees it cancelled."""
     try:
         yield
     except GeneratorExit:
         coro.close()
         raise
     except BaseException as exc:  # the task was cancelled before its first step
-        if asyncio.isfuture(step):
-            step.cancel()  # as the task does with what it waits on, when cancelled
-        try:
-            step = coro.throw(exc)
-        except StopIteration:
-            return
+        if not (asyncio.isfuture(step) and step.cancel(*exc.args[:1])):
+            # Nothing to cancel (done already, or a bare yield): the run sees the cancel now.
+            try:
+                step = coro.throw(exc)
+            except StopIteration:
+                return
     while True:
         try:
             yield step
@@ -177,11 +228,11 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any) -> Generator[Any, Any, N
             except StopIteration:
                 return
         else:
+            step = None  # (what it waited on is the run's alone now, as with a task)
             yield from coro
             return
 
 
-@types.coroutine
 def _follow(
     coro: Coroutine[Any, Any, None], ctx: contextvars.Context, step: Any
 ) -> Generator[Any, Any, None]:
@@ -196,11 +247,13 @@ def _follow(
             coro.close()
             raise
         except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
+            step = None
             try:
                 step = ctx.run(throw, exc)
             except StopIteration:
                 return
         else:
+            step = None  # (what it waited on is the run's alone now, as with a task)
             try:
                 step = ctx.run(send, value)
             except StopIteration:

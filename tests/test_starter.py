@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import sys
 import weakref
 from typing import Any
 
@@ -284,3 +286,287 @@ async def test_a_starter_cancelled_before_its_first_step_leaves_no_run_behind() 
             assert len(starters) == 1
             starters[0].cancel()  # (as a loop's shutdown cancels every task)
             assert [await f for f in futures] == [1, 2, 3]
+
+
+# -- a body that changes its task without keeping it --------------------------------------------
+async def test_a_done_callback_on_the_task_is_called_when_the_run_ends() -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    ended = asyncio.Event()
+    called: list[Any] = []
+
+    def on_done(task: Any) -> None:
+        called.append(task)
+        ended.set()
+
+    async def body() -> int:
+        _current_task().add_done_callback(on_done)  # (the task is not kept)
+        entered.set()
+        await gate.wait()
+        return len(called)  # its task is not done while it runs
+
+    async def noop() -> None:
+        return None
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            f = runner.submit(body)
+            await entered.wait()
+            await runner.submit(noop)  # (a later batch: its starter began and ended meanwhile)
+            gate.set()
+            assert await f == 0
+            await ended.wait()
+    assert len(called) == 1
+
+
+async def test_a_run_that_ended_after_adding_a_done_callback_shares_no_task() -> None:
+    called: list[Any] = []
+    later: list[asyncio.Task[Any]] = []
+    ended = asyncio.Event()
+
+    def on_done(task: Any) -> None:
+        called.append(task)
+        ended.set()
+
+    async def adds_one() -> int:
+        _current_task().add_done_callback(on_done)  # (the task is not kept)
+        return 1
+
+    async def runs_later() -> int:
+        later.append(_current_task())
+        return 2
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            first = runner.submit(adds_one)
+            second = runner.submit(runs_later)
+            assert (await first, await second) == (1, 2)
+            await ended.wait()
+    assert called[0] is not later[0]
+
+
+async def test_a_name_given_to_the_task_stays_the_runs_alone() -> None:
+    async def names_it() -> str:
+        _current_task().set_name("namer")
+        return "named"
+
+    async def reads_it() -> str:
+        return _current_task().get_name()
+
+    async def names_it_and_waits() -> str:
+        _current_task().set_name("mine")
+        await asyncio.sleep(0)
+        return _current_task().get_name()
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            named = runner.submit(names_it)
+            other = runner.submit(reads_it)
+            waits = runner.submit(names_it_and_waits)
+            assert await named == "named"
+            assert await other != "namer"
+            assert await waits == "mine"  # the name it gave outlives its first wait
+
+
+async def test_a_cancel_taken_back_in_a_first_step_reaches_no_later_run() -> None:
+    # On Python 3.11 uncancel() leaves the cancel to be delivered at the task's next step.
+    async def flips() -> int:
+        task: Any = _current_task()
+        task.cancel()
+        task.uncancel()
+        return 1
+
+    async def keeps() -> bool:
+        me = asyncio.current_task()
+        await asyncio.sleep(0)
+        return me is asyncio.current_task()
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            first = runner.submit(flips)
+            second = runner.submit(keeps)
+            assert await first == 1
+            assert await second is True
+
+
+# -- a cancel before a run's own task took its first step ---------------------------------------
+async def test_such_a_cancel_waits_for_the_task_the_run_awaited_to_end() -> None:
+    """As a task cancelled while it awaits another: that one is cancelled, and the run sees its
+    cancel once that one ended."""
+    release = asyncio.Event()
+    inner_waits = asyncio.Event()
+    futures: list[Any] = []
+    seen: list[bool] = []
+
+    async def inner_body() -> str:
+        try:
+            inner_waits.set()
+            await release.wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # a clean-up that takes two loop turns
+            await asyncio.sleep(0)
+            raise
+        return "released"
+
+    inner: list[asyncio.Task[str]] = []
+
+    async def waits_on_inner() -> None:
+        try:
+            await inner[0]
+        except asyncio.CancelledError:
+            seen.append(inner[0].done())
+            raise
+
+    async def cancels_the_first() -> bool:
+        return bool(futures[0].cancel())
+
+    with anyio.fail_after(TIMEOUT):
+        inner.append(asyncio.get_running_loop().create_task(inner_body()))
+        await inner_waits.wait()
+        async with ThreadPoolTaskRunner() as runner:
+            futures.append(runner.submit(waits_on_inner))
+            futures.append(runner.submit(cancels_the_first))
+            assert await futures[1] is True
+            with pytest.raises(TaskCancelledError):
+                await futures[0]
+        await asyncio.wait([inner[0]])
+    assert inner[0].cancelled()
+    assert seen == [True]
+
+
+async def test_such_a_cancel_leaves_the_awaited_task_awaitable_by_others() -> None:
+    """The run awaits a task others await too, and the session ends with an error right after
+    the run's first step: the others still get that task's result."""
+    release = asyncio.Event()
+    entered = asyncio.Event()
+    shared_cancelled = asyncio.Event()
+
+    async def shared_work() -> str:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:  # (it finishes its work all the same)
+            shared_cancelled.set()
+            await release.wait()
+        return "done"
+
+    shared = asyncio.get_running_loop().create_task(shared_work())
+
+    async def other_awaiter() -> str:
+        await shared_cancelled.wait()
+        release.set()
+        return await shared
+
+    other = asyncio.get_running_loop().create_task(other_awaiter())
+
+    async def body() -> str:
+        entered.set()
+        return await shared  # its first wait
+
+    async def session() -> None:
+        async with ThreadPoolTaskRunner() as runner:
+            runner.submit(body)
+            await entered.wait()
+            raise KeyError("the session ends with an error")
+
+    with anyio.fail_after(TIMEOUT):
+        with pytest.raises(KeyError):
+            await session()
+        assert await other == "done"
+        assert await shared == "done"
+
+
+# -- what a started run keeps -------------------------------------------------------------------
+class _Big:
+    """A payload that can be weakly referenced."""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_what_a_run_first_waited_on_is_freed_once_it_woke(keep: bool) -> None:
+    gate = asyncio.Event()
+    checked = asyncio.Event()
+    freed: list[bool] = []
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task() if keep else None  # (kept: the starter follows the run)
+        f = loop.create_future()
+        loop.call_soon(f.set_result, _Big())
+        obj = await f  # its first wait
+        ref = weakref.ref(obj)
+        del obj, f
+        await asyncio.sleep(0)  # (a loop turn: the handle that woke it held the future)
+        gc.collect()
+        freed.append(ref() is None)
+        checked.set()
+        await gate.wait()
+        del me
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(body)
+            await checked.wait()
+            gate.set()
+            await fut
+    assert freed == [True]
+
+
+async def test_a_starter_following_a_run_keeps_nothing_of_earlier_runs() -> None:
+    gate_a = asyncio.Event()
+    gate_b = asyncio.Event()
+    entered = asyncio.Event()
+    refs: list[weakref.ref[Any]] = []
+
+    async def a() -> None:
+        await gate_a.wait()
+        refs.append(weakref.ref(_current_task()))  # (its own task, not the starter)
+        refs.append(weakref.ref(contextvars.copy_context()))  # (a copy: its own is current)
+
+    async def b() -> None:
+        me = asyncio.current_task()  # kept: the starter follows b
+        entered.set()
+        await gate_b.wait()
+        del me
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            fa = runner.submit(a)
+            fb = runner.submit(b)
+            await entered.wait()
+            gate_a.set()
+            await fa
+            gc.collect()
+            alive = [r() is not None for r in refs]
+            gate_b.set()
+            await fb
+    assert alive == [False, False]
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    return task
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_runs_start_where_tasks_take_native_coroutines_only() -> None:
+    """Python 3.12's tasks refuse generator-based coroutines: the starters' tasks are given
+    native ones. (Run in a fresh interpreter told to accept only what 3.12 accepts.)"""
+    program = (
+        "import asyncio, asyncio.coroutines as c, collections.abc, types\n"
+        "c._COROUTINE_TYPES = (types.CoroutineType, collections.abc.Coroutine)\n"
+        "from asyncflow import ThreadPoolTaskRunner\n"
+        "async def add(a, b):\n"
+        "    return a + b\n"
+        "async def waits(a):\n"
+        "    await asyncio.sleep(0)\n"
+        "    return a\n"
+        "async def main():\n"
+        "    async with ThreadPoolTaskRunner() as runner:\n"
+        "        one = runner.submit(add, {'a': 1, 'b': 2})\n"
+        "        two = runner.submit(waits, {'a': 4})\n"
+        "        print(await one, await two)\n"
+        "asyncio.run(main())\n"
+    )
+    done = await anyio.run_process([sys.executable, "-c", program], check=False)
+    assert done.stderr.decode() == ""
+    assert done.stdout.decode().split() == ["3", "4"]
