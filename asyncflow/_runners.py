@@ -202,7 +202,9 @@ class TaskRunner(abc.ABC):
         t = task if type(task) is Task else as_task(task)
         if type(parameters) is dict:  # _future, inlined for the common case: once per run
             params = parameters.copy()
-            t.spec.check(params, t.name)
+            spec = t.spec  # (check, inlined for the common case: every parameter named)
+            if spec.varpos is not None or params.keys() != spec.names:
+                spec.check(params, t.name)
             fut, inputs = self._make(sched, t, params, wait_for, dependencies, None)
         else:
             fut, inputs = self._future(sched, t, parameters, wait_for, dependencies, None)
