@@ -9,11 +9,14 @@ its own context, and only a run that waits gets a task of its own.
 The catch is ``asyncio.current_task()``: a body sees the starter there during its first step
 (anyio's cancel scopes, ``asyncio.timeout`` and task groups record it). A run that waits is
 moved to a task of its own only when its step left the starter as it found it: the same
-reference counts (strong and weak), no done-callback, the same name, no cancel asked for.
-Otherwise the starter itself follows that run to its end, as that run's task, and a new
-starter takes the queue. A run that ends in its step having changed the starter ends the
-starter's batch the same way, so no later run ever shares a task that a body held on to,
-renamed, cancelled or asked to be told about.
+reference counts (strong and weak), and nothing done to it (the starter's own class notes a
+done-callback, a name, a cancel or an attribute set on it). Otherwise the starter itself
+follows that run to its end, as that run's task, and a new starter takes the queue. A run
+that ends in its step having changed the starter ends the starter's batch the same way, so no
+later run ever shares a task that a body held on to or changed.
+
+A run moved to a task of its own resumes one loop turn later than it would in a task of its
+own from the start: that task takes what the run waits on at its first step.
 
 asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
 there is nothing, hence this module.
@@ -51,6 +54,34 @@ _weak_refs = weakref.getweakrefcount
 _SHARED = sys.version_info >= (3, 11) and hasattr(sys, "getrefcount")
 
 
+class _Starter(asyncio.Task):  # type: ignore[type-arg]
+    """A starter task: it notes whether anything changed it during a step (a body that renames
+    it, cancels it, watches it or sets an attribute on it: see the module's docstring)."""
+
+    __slots__ = ("changed",)
+    changed: bool
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, "changed", True)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        object.__setattr__(self, "changed", True)
+        super().__delattr__(name)
+
+    def set_name(self, value: object) -> None:
+        object.__setattr__(self, "changed", True)
+        super().set_name(value)
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        object.__setattr__(self, "changed", True)
+        super().add_done_callback(fn, context=context)
+
+    def cancel(self, msg: Any = None) -> bool:
+        object.__setattr__(self, "changed", True)
+        return super().cancel(msg)
+
+
 class Starts:
     """What a starter takes from its scheduler: the queue, the run's coroutine, the loop."""
 
@@ -79,7 +110,9 @@ class Starts:
         coro = _starter(self)
         coro.send(None)  # primed (see _start_queued)
         # Its own empty context: every step of a run runs in the run's context instead.
-        self.starter = asyncio.Task(coro, loop=self.loop, context=contextvars.Context())  # type: ignore[call-arg]
+        task = _Starter(coro, loop=self.loop, context=contextvars.Context())  # type: ignore[call-arg]
+        object.__setattr__(task, "changed", False)
+        self.starter = task
 
     def _each(self) -> None:  # pragma: no cover - Python 3.10, or no reference counts
         """A task of its own for each of ``BATCH`` queued runs."""
@@ -119,23 +152,19 @@ def _start_queued(starts: Starts) -> Generator[Any, Any, None]:
         starts.hand_over(asyncio.current_task())  # (the task that was cancelled)
         raise
     me = asyncio.current_task()
-    assert me is not None
+    assert isinstance(me, _Starter)
     try:
         yield from _steps(starts, me)
     finally:  # (also when something failed: the queue goes on)
         starts.hand_over(me)
 
 
-def _steps(starts: Starts, me: asyncio.Task[Any]) -> Generator[Any, Any, None]:
+def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
     queue = starts.queue
     run = starts.run
     loop = starts.loop
-    # Its private fields: its done-callbacks (None or empty when there are none) and whether a
-    # cancel is to be delivered at its next step.
-    fields: Any = me
     refs = _refs(me)  # (counted once every local name for it is bound)
     weak = _weak_refs(me)
-    name = me.get_name()
     for _ in range(BATCH):
         if not queue:
             return
@@ -150,41 +179,34 @@ def _steps(starts: Starts, me: asyncio.Task[Any]) -> Generator[Any, Any, None]:
         try:
             step = ctx.run(coro.send, None)
         except StopIteration:  # it ended (its _finish let go of the handle)
-            if (
-                _refs(me) != refs
-                or _weak_refs(me) != weak
-                or fields._callbacks
-                or me.get_name() is not name
-                or fields._must_cancel  # (even if uncancelled since)
-            ):
-                return  # changed by the body: nobody else's task from now on
+            if me.changed or _refs(me) != refs or _weak_refs(me) != weak:
+                return  # kept or changed by the body: nobody else's task from now on
             continue
-        if (
-            _refs(me) != refs + 1  # (+1: the run's handle)
-            or _weak_refs(me) != weak
-            or fields._callbacks
-            or me.get_name() is not name
-        ):
+        if me.changed or _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: its handle)
             # The body held on to this task, or changed it: it stays the run's to its end.
             starts.hand_over(me)
             follow = _follow(coro, ctx, step)
             del coro, ctx, step, fut  # (nothing of this run or an earlier one kept meanwhile)
             yield from follow
             return
-        fut._handle = _own_task(coro, step, loop, ctx)
-        if fields._must_cancel:  # its cancel was asked in the step
-            fut._handle.cancel()
-            return
+        # What it waits on is marked as awaited until a task takes it, and no other coroutine
+        # may await it meanwhile: the mark is taken off here, and put back by the run's own
+        # task just before it takes it.
+        marked = asyncio.isfuture(step) and step._asyncio_future_blocking
+        if marked:
+            step._asyncio_future_blocking = False
+        fut._handle = _own_task(coro, step, marked, loop, ctx)
 
 
 def _own_task(
     coro: Coroutine[Any, Any, None],
     step: Any,
+    marked: bool,
     loop: asyncio.AbstractEventLoop,
     ctx: contextvars.Context,
 ) -> asyncio.Task[None]:
     """The task of its own that a run gets at its first wait, in the run's context."""
-    rest = _rest(_resume(coro, step))
+    rest = _rest(_resume(coro, step, marked))
     rest.send(None)  # primed (see _resume)
     return asyncio.Task(rest, loop=loop, context=ctx)  # type: ignore[call-arg]
 
@@ -196,65 +218,86 @@ async def _rest(resume: Awaitable[None]) -> None:
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], step: Any) -> Generator[Any, Any, None]:
+def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generator[Any, Any, None]:
     """The rest of a run that waited in its first step, in a task of its own (whose context is
-    the run's): wait for what it waits on, then hand the coroutine to the task.
+    the run's): wait for what it waits on, then hand the coroutine to the task. ``marked``:
+    ``step`` was marked as awaited (see ``_steps``).
 
     Primed by its maker, it waits at its first ``yield`` for the task's first step, so that a
     cancel that comes before that step still reaches the run: as a task cancelled while it
     waits, it cancels what the run waits on and waits for that to end (a task may take a while
-    to), and the run then sees it cancelled."""
+    to), and the run then sees it cancelled. An exception thrown in reaches the coroutine
+    outside of any ``except`` block here (else it would be the context of the run's next
+    error)."""
+    thrown: BaseException | None = None
     try:
         yield
     except GeneratorExit:
         coro.close()
         raise
     except BaseException as exc:  # the task was cancelled before its first step
-        if not (asyncio.isfuture(step) and step.cancel(*exc.args[:1])):
-            # Nothing to cancel (done already, or a bare yield): the run sees the cancel now.
+        thrown = exc
+    if thrown is not None:
+        get_loop = getattr(step, "get_loop", None)
+        if not (
+            asyncio.isfuture(step)
+            and get_loop is not None
+            and get_loop() is asyncio.get_running_loop()
+            and step.cancel(*thrown.args[:1])
+        ):
+            # Nothing of this loop to cancel (done already, a bare yield): it sees it now.
+            step = None
             try:
-                step = coro.throw(exc)
+                step = coro.throw(thrown)
             except StopIteration:
                 return
+            finally:
+                thrown = None
+            marked = False  # (a new wait, marked by the run itself)
+    if marked:
+        step._asyncio_future_blocking = True
     while True:
         try:
             yield step
-        except GeneratorExit:  # noqa: PERF203 - the loop is the coroutine's life
+        except GeneratorExit:
             coro.close()
             raise
         except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
-            try:
-                step = coro.throw(exc)
-            except StopIteration:
-                return
+            thrown = exc
         else:
             step = None  # (what it waited on is the run's alone now, as with a task)
             yield from coro
             return
+        step = None
+        try:
+            step = coro.throw(thrown)
+        except StopIteration:
+            return
+        finally:
+            thrown = None
 
 
 def _follow(
     coro: Coroutine[Any, Any, None], ctx: contextvars.Context, step: Any
 ) -> Generator[Any, Any, None]:
     """The rest of a run that waited in its first step, in the starter that made that step
-    (whose own context is not the run's: each step runs in ``ctx``)."""
+    (whose own context is not the run's: each step runs in ``ctx``). An exception thrown in
+    reaches the coroutine outside of any ``except`` block here (see ``_resume``)."""
     send = coro.send
     throw = coro.throw
+    thrown: BaseException | None = None
     while True:
         try:
             value = yield step
-        except GeneratorExit:  # noqa: PERF203 - the loop is the coroutine's life
+        except GeneratorExit:
             coro.close()
             raise
         except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
-            step = None
-            try:
-                step = ctx.run(throw, exc)
-            except StopIteration:
-                return
-        else:
-            step = None  # (what it waited on is the run's alone now, as with a task)
-            try:
-                step = ctx.run(send, value)
-            except StopIteration:
-                return
+            thrown = exc
+        step = None  # (what it waited on is the run's alone now, as with a task)
+        try:
+            step = ctx.run(send, value) if thrown is None else ctx.run(throw, thrown)
+        except StopIteration:
+            return
+        finally:
+            thrown = None

@@ -570,3 +570,145 @@ async def test_runs_start_where_tasks_take_native_coroutines_only() -> None:
     done = await anyio.run_process([sys.executable, "-c", program], check=False)
     assert done.stderr.decode() == ""
     assert done.stdout.decode().split() == ["3", "4"]
+
+
+# -- what waits on what: a first step's wait, handed to the run's own task --------------------
+async def test_runs_of_one_batch_may_await_the_same_pending_future() -> None:
+    """One shared asyncio future (a "connect once" task, say) awaited by several runs: the
+    mark a first step's ``await`` puts on it does not refuse the next run's ``await``."""
+    shared: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    entered = asyncio.Event()
+    count = 0
+
+    async def body(i: int) -> int:
+        nonlocal count
+        count += 1
+        if count == 3:
+            entered.set()
+        return await shared + i
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(body, {"i": i}) for i in range(3)]
+            await entered.wait()
+            shared.set_result(10)
+            assert [await f for f in futures] == [10, 11, 12]
+
+
+async def test_runs_of_one_batch_may_await_the_same_pending_task_while_one_is_followed() -> None:
+    """The same, with the later run followed by its starter (it keeps its task)."""
+    shared: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    entered = asyncio.Event()
+    kept: list[Any] = []
+
+    async def first() -> int:
+        return await shared
+
+    async def keeps() -> int:
+        kept.append(asyncio.current_task())
+        entered.set()
+        return await shared + 1
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(first), runner.submit(keeps)]
+            await entered.wait()
+            shared.set_result(10)
+            assert [await f for f in futures] == [10, 11]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_an_exception_thrown_into_a_run_is_no_context_of_its_next_one(keep: bool) -> None:
+    """A run whose awaited task failed, which handled that and then raised another error: as
+    in a task of its own, that error has no context and no exception is being handled."""
+    seen: list[Any] = []
+    kept: list[Any] = []
+
+    async def fails() -> None:
+        raise ValueError("inner")
+
+    async def body() -> None:
+        if keep:
+            kept.append(asyncio.current_task())
+        t = asyncio.ensure_future(fails())
+        try:
+            await t
+        except ValueError:
+            pass
+        seen.append(sys.exc_info()[1])
+        raise KeyError("outer")
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(body)
+            with pytest.raises(KeyError) as info:
+                await fut
+    assert seen == [None]
+    assert info.value.__context__ is None
+
+
+async def test_an_attribute_set_on_the_task_reaches_no_later_run() -> None:
+    """asyncio tasks take attributes (``task.x = ...``; some libraries tag tasks that way): a
+    run that set one in its first step does not leave it to the next run's task."""
+    seen: list[Any] = []
+
+    async def tags() -> None:
+        asyncio.current_task().tag = "first run's"  # type: ignore[union-attr]
+
+    async def reads() -> None:
+        seen.append(getattr(asyncio.current_task(), "tag", None))
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(tags), runner.submit(reads)]
+            for f in futures:
+                await f
+    assert seen == [None]
+
+
+async def test_a_cancel_message_asked_in_the_first_step_reaches_the_run() -> None:
+    """``asyncio.current_task().cancel("why")`` in the first step, then a wait: the body sees
+    the message."""
+    args: list[Any] = []
+
+    async def body() -> None:
+        asyncio.current_task().cancel("why")  # type: ignore[union-attr]
+        try:
+            await asyncio.sleep(TIMEOUT * 10)
+        except asyncio.CancelledError as exc:
+            args.append(exc.args)
+            raise
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(body)
+            with pytest.raises(TaskCancelledError):
+                await fut
+    assert args == [("why",)]
+
+
+async def test_a_task_the_body_started_may_await_what_the_body_awaits() -> None:
+    """The body starts a plain asyncio task that awaits the same future as the body: that
+    task's first step comes before the run's own task's, and its ``await`` is not refused."""
+    shared: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    helper_started = asyncio.Event()
+    outcome: list[Any] = []
+
+    async def helper() -> None:
+        helper_started.set()
+        try:
+            outcome.append(await shared)
+        except BaseException as exc:
+            outcome.append(repr(exc))
+
+    async def body() -> int:
+        asyncio.Task(helper())  # (not through a loop's task factory)
+        return await shared
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(body)
+            await helper_started.wait()
+            shared.set_result(3)
+            assert await fut == 3
+    assert outcome == [3]
