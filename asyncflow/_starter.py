@@ -192,7 +192,7 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
         # What it waits on is marked as awaited until a task takes it, and no other coroutine
         # may await it meanwhile: the mark is taken off here, and put back by the run's own
         # task just before it takes it.
-        marked = asyncio.isfuture(step) and step._asyncio_future_blocking
+        marked = getattr(step, "_asyncio_future_blocking", False)  # (asyncio.isfuture's test)
         if marked:
             step._asyncio_future_blocking = False
         fut._handle = _own_task(coro, step, marked, loop, ctx)
@@ -206,15 +206,29 @@ def _own_task(
     ctx: contextvars.Context,
 ) -> asyncio.Task[None]:
     """The task of its own that a run gets at its first wait, in the run's context."""
-    rest = _rest(_resume(coro, step, marked))
+    rest: Any = _resume(coro, step, marked)
+    if _NATIVE_ONLY:
+        rest = _rest(rest)
     rest.send(None)  # primed (see _resume)
     return asyncio.Task(rest, loop=loop, context=ctx)  # type: ignore[call-arg]
 
 
 async def _rest(resume: Awaitable[None]) -> None:
-    """(Python 3.12's tasks take native coroutines only: this one awaits the generator that
-    does the work, and keeps nothing else.)"""
+    """(Where tasks take native coroutines only, from Python 3.12 on: this one awaits the
+    generator that does the work, and keeps nothing else.)"""
     await resume
+
+
+@types.coroutine
+def _probe() -> Generator[None, None, None]:
+    yield
+
+
+_probed = _probe()
+# Whether tasks refuse generator-based coroutines (Python 3.12 on): a task that makes them
+# costs a coroutine more and a level more at every step of the run.
+_NATIVE_ONLY = not asyncio.iscoroutine(_probed)
+_probed.close()
 
 
 @types.coroutine
@@ -254,6 +268,12 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generat
             finally:
                 thrown = None
             marked = False  # (a new wait, marked by the run itself)
+    elif step is None or (marked and step.done()):
+        # Nothing to wait for: a bare yield asks for a later loop turn (this is one), and what
+        # it awaited ended meanwhile (a task would take it, only to wake a turn later).
+        step = None
+        yield from coro
+        return
     if marked:
         step._asyncio_future_blocking = True
     while True:

@@ -712,3 +712,29 @@ async def test_a_task_the_body_started_may_await_what_the_body_awaits() -> None:
             shared.set_result(3)
             assert await fut == 3
     assert outcome == [3]
+
+
+async def test_runs_resume_after_a_bare_yield_and_after_what_they_awaited_ended_early() -> None:
+    """A bare yield (``asyncio.sleep(0)``) and an awaited future that ends before the run's own
+    task first steps: both resume, in order, with what they awaited."""
+    early = asyncio.get_running_loop().create_future()
+    order: list[str] = []
+
+    async def yields() -> str:
+        await asyncio.sleep(0)
+        order.append("yields")
+        return "yielded"
+
+    async def awaits_early() -> int:
+        value: int = await early
+        order.append("awaits")
+        return value
+
+    async def ends_it() -> None:
+        early.set_result(7)  # (after the two first steps, before their tasks' first steps)
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(yields), runner.submit(awaits_early), runner.submit(ends_it)]
+            assert [await f for f in futures] == ["yielded", 7, None]
+    assert order == ["yields", "awaits"]
