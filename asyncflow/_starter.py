@@ -260,13 +260,10 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generat
             and step.cancel(*thrown.args[:1])
         ):
             # Nothing of this loop to cancel (done already, a bare yield): it sees it now.
-            step = None
-            try:
-                step = coro.throw(thrown)
-            except StopIteration:
+            step = _thrown(coro, thrown)
+            thrown = None
+            if step is _ENDED:
                 return
-            finally:
-                thrown = None
             marked = False  # (a new wait, marked by the run itself)
     elif step is None or (marked and step.done()):
         # Nothing to wait for: a bare yield asks for a later loop turn (this is one), and what
@@ -289,12 +286,21 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generat
             yield from coro
             return
         step = None
-        try:
-            step = coro.throw(thrown)
-        except StopIteration:
+        step = _thrown(coro, thrown)
+        thrown = None
+        if step is _ENDED:
             return
-        finally:
-            thrown = None
+
+
+def _thrown(coro: Coroutine[Any, Any, None], exc: BaseException) -> Any:
+    """What ``coro`` waits on next once ``exc`` is thrown into it; ``_ENDED`` if it ended."""
+    try:
+        return coro.throw(exc)
+    except StopIteration:
+        return _ENDED
+
+
+_ENDED = object()
 
 
 def _follow(

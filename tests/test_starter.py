@@ -21,6 +21,7 @@ TIMEOUT = 5.0
 pytestmark = pytest.mark.anyio
 
 seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
+held: contextvars.ContextVar[Any] = contextvars.ContextVar("held", default=None)
 
 
 class _Entered:
@@ -34,6 +35,17 @@ class _Entered:
         self.n -= 1
         if self.n == 0:
             self.event.set()
+
+
+async def _three_past_a_gate(body: Any, entered: _Entered, gate: asyncio.Event) -> list[Any]:
+    """Submit three runs of ``body`` (``i`` = 0, 1, 2), open ``gate`` once all three entered,
+    and return what they returned."""
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(body, {"i": i}) for i in range(3)]
+            await entered.event.wait()
+            gate.set()
+            return [await f for f in futures]
 
 
 def _cancel_current_task() -> None:
@@ -78,12 +90,7 @@ async def test_a_run_that_waits_gets_a_task_of_its_own() -> None:
         tasks.append(id(asyncio.current_task()))
         return i
 
-    with anyio.fail_after(TIMEOUT):
-        async with ThreadPoolTaskRunner() as runner:
-            futures = [runner.submit(wait_then_report, {"i": i}) for i in range(3)]
-            await entered.event.wait()
-            gate.set()
-            assert [await f for f in futures] == [0, 1, 2]
+    assert await _three_past_a_gate(wait_then_report, entered, gate) == [0, 1, 2]
     assert len(set(in_step)) == 1  # the three first steps ran in one starter
     assert len(set(tasks)) == 3  # each waited in a task of its own
     assert in_step[0] not in tasks
@@ -104,12 +111,7 @@ async def test_a_body_that_keeps_its_task_has_it_to_its_end() -> None:
         kept.append(me)
         return i
 
-    with anyio.fail_after(TIMEOUT):
-        async with ThreadPoolTaskRunner() as runner:
-            futures = [runner.submit(keep_task, {"i": i}) for i in range(3)]
-            await entered.event.wait()
-            gate.set()
-            assert [await f for f in futures] == [0, 1, 2]
+    assert await _three_past_a_gate(keep_task, entered, gate) == [0, 1, 2]
     assert same == [True, True, True]
     assert len({id(t) for t in kept}) == 3  # and no other run's task
 
@@ -161,12 +163,7 @@ async def test_cancel_scopes_and_task_groups_across_the_first_wait() -> None:
                 await gate.wait()
         return i
 
-    with anyio.fail_after(TIMEOUT):
-        async with ThreadPoolTaskRunner() as runner:
-            futures = [runner.submit(with_scopes, {"i": i}) for i in range(3)]
-            await entered.event.wait()
-            gate.set()
-            assert [await f for f in futures] == [0, 1, 2]
+    assert await _three_past_a_gate(with_scopes, entered, gate) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -519,7 +516,9 @@ async def test_a_starter_following_a_run_keeps_nothing_of_earlier_runs() -> None
     async def a() -> None:
         await gate_a.wait()
         refs.append(weakref.ref(_current_task()))  # (its own task, not the starter)
-        refs.append(weakref.ref(contextvars.copy_context()))  # (a copy: its own is current)
+        marker = _Big()
+        held.set(marker)  # alive while its context is
+        refs.append(weakref.ref(marker))
 
     async def b() -> None:
         me = asyncio.current_task()  # kept: the starter follows b
