@@ -252,20 +252,14 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generat
     except BaseException as exc:  # the task was cancelled before its first step
         thrown = exc
     if thrown is not None:
-        get_loop = getattr(step, "get_loop", None)
-        if not (
-            asyncio.isfuture(step)
-            and get_loop is not None
-            and get_loop() is asyncio.get_running_loop()
-            and step.cancel(*thrown.args[:1])
-        ):
+        if not (marked and _of_this_loop(step) and step.cancel(*thrown.args[:1])):
             # Nothing of this loop to cancel (done already, a bare yield): it sees it now.
             step = _thrown(coro, thrown)
             thrown = None
             if step is _ENDED:
                 return
             marked = False  # (a new wait, marked by the run itself)
-    elif step is None or (marked and step.done()):
+    elif step is None or (marked and step.done() and _of_this_loop(step)):
         # Nothing to wait for: a bare yield asks for a later loop turn (this is one), and what
         # it awaited ended meanwhile (a task would take it, only to wake a turn later).
         step = None
@@ -294,10 +288,25 @@ def _resume(coro: Coroutine[Any, Any, None], step: Any, marked: bool) -> Generat
 
 def _thrown(coro: Coroutine[Any, Any, None], exc: BaseException) -> Any:
     """What ``coro`` waits on next once ``exc`` is thrown into it; ``_ENDED`` if it ended."""
+    _unseen(exc, _resume.__code__)
     try:
         return coro.throw(exc)
     except StopIteration:
         return _ENDED
+
+
+def _unseen(exc: BaseException, code: types.CodeType) -> None:
+    """Take the frame that caught ``exc`` to throw it on (``code``'s) off its traceback: a
+    task throws into a coroutine without one of its own there."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is code:
+        exc.__traceback__ = tb.tb_next
+
+
+def _of_this_loop(fut: Any) -> bool:
+    """Whether the future ``fut`` belongs to the running loop (a task refuses another's)."""
+    get_loop = getattr(fut, "get_loop", None)
+    return get_loop is not None and get_loop() is asyncio.get_running_loop()
 
 
 _ENDED = object()
@@ -321,6 +330,8 @@ def _follow(
         except BaseException as exc:  # thrown in by the task: a cancel, a bad yield
             thrown = exc
         step = None  # (what it waited on is the run's alone now, as with a task)
+        if thrown is not None:
+            _unseen(thrown, _follow.__code__)
         try:
             step = ctx.run(send, value) if thrown is None else ctx.run(throw, thrown)
         except StopIteration:

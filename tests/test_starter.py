@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import gc
 import sys
+import traceback
 import weakref
 from typing import Any
 
@@ -737,3 +738,119 @@ async def test_runs_resume_after_a_bare_yield_and_after_what_they_awaited_ended_
             futures = [runner.submit(yields), runner.submit(awaits_early), runner.submit(ends_it)]
             assert [await f for f in futures] == ["yielded", 7, None]
     assert order == ["yields", "awaits"]
+
+
+# -- what a body sees of errors thrown in at its waits, as in a task of its own ---------------
+def _frames(exc: BaseException) -> list[str]:
+    return [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)]
+
+
+async def _failing(gate: asyncio.Event) -> None:
+    await gate.wait()
+    raise ValueError("child")
+
+
+async def _body(keep: bool, entered: asyncio.Event, gate: asyncio.Event) -> list[str]:
+    kept = asyncio.current_task() if keep else None  # keep: the starter follows the run
+    child = asyncio.create_task(_failing(gate))
+    entered.set()
+    try:
+        await child
+    except ValueError as exc:
+        del kept
+        return _frames(exc)
+    raise AssertionError("not reached")
+
+
+async def _frames_seen(submit: bool, keep: bool) -> list[str]:
+    entered, gate = asyncio.Event(), asyncio.Event()
+    with anyio.fail_after(TIMEOUT):
+        if not submit:  # a plain asyncio task of the same body
+            task = asyncio.create_task(_body(keep, entered, gate))
+            await entered.wait()
+            gate.set()
+            return await task
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(_body, {"keep": keep, "entered": entered, "gate": gate})
+            await entered.wait()
+            gate.set()
+            frames: list[str] = await fut
+            return frames
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["own-task", "followed"])
+async def test_an_error_thrown_into_a_run_at_its_first_wait_shows_no_starter_frame(
+    keep: bool,
+) -> None:
+    """An awaited task fails after the run's first wait: the error the body catches has, as
+    in a task of its own, the body's frame and the child's, and no frame of asyncflow's own
+    (``_resume`` re-raises it into the run at its first wait; ``_follow`` at every wait)."""
+    plain = await _frames_seen(submit=False, keep=keep)
+    assert plain == ["_body", "_failing"]
+    assert await _frames_seen(submit=True, keep=keep) == plain
+
+
+async def test_a_cancel_of_a_followed_run_shows_no_starter_frame() -> None:
+    """The same for a cancel at a later wait of a run its starter follows."""
+    entered = asyncio.Event()
+    seen: list[list[str]] = []
+
+    async def body() -> None:
+        kept = asyncio.current_task()
+        await asyncio.sleep(0)  # (a first wait; the starter follows)
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            seen.append(_frames(exc))
+            del kept
+            raise
+
+    with anyio.fail_after(TIMEOUT):
+        task = asyncio.create_task(body())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        entered.clear()
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(body)
+            await entered.wait()
+            fut.cancel()
+            with pytest.raises(TaskCancelledError):
+                await fut
+    assert seen[0] == ["body", "wait"]
+    assert seen[1] == seen[0]
+
+
+async def test_a_done_future_of_another_loop_is_refused_as_in_a_task() -> None:
+    """A body awaits a future of another event loop (a bug asyncio refuses: "attached to a
+    different loop"). It ends between the run's first step and its own task's first step: the
+    body gets the RuntimeError a task of its own raises, not the future's result."""
+    other = asyncio.new_event_loop()
+    try:
+        seen: list[str] = []
+
+        async def body(fut: asyncio.Future[int]) -> None:
+            try:
+                seen.append(repr(await fut))
+            except RuntimeError as exc:
+                seen.append("RuntimeError" if "different loop" in str(exc) else repr(exc))
+
+        async def ends(fut: asyncio.Future[int]) -> None:
+            fut.set_result(1)  # (after body's first step, before its own task's first one)
+
+        with anyio.fail_after(TIMEOUT):
+            plain_fut: asyncio.Future[int] = other.create_future()
+            task = asyncio.create_task(body(plain_fut))
+            await asyncio.create_task(ends(plain_fut))
+            await task
+            fut: asyncio.Future[int] = other.create_future()
+            async with ThreadPoolTaskRunner() as runner:
+                futures = [runner.submit(body, {"fut": fut}), runner.submit(ends, {"fut": fut})]
+                for f in futures:
+                    await f
+    finally:
+        other.close()
+    assert seen[0] == "RuntimeError"  # a task of its own
+    assert seen[1] == seen[0]
