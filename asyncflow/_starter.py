@@ -16,7 +16,10 @@ that ends in its step having changed the starter ends the starter's batch the sa
 later run ever shares a task that a body held on to or changed.
 
 A run moved to a task of its own resumes one loop turn later than it would in a task of its
-own from the start: that task takes what the run waits on at its first step.
+own from the start: that task takes what the run waits on at its first step. So once a run of
+a task waited in its first step, the later runs of that task (in this session) are given a
+task of their own from the start, as before there were starters: runs that wait (on I/O, say)
+cost what they did, and runs that never wait cost less.
 
 asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
 there is nothing, hence this module.
@@ -85,7 +88,7 @@ class _Starter(asyncio.Task):  # type: ignore[type-arg]
 class Starts:
     """What a starter takes from its scheduler: the queue, the run's coroutine, the loop."""
 
-    __slots__ = ("loop", "queue", "run", "starter")
+    __slots__ = ("loop", "queue", "run", "starter", "waiting")
 
     def __init__(
         self,
@@ -97,6 +100,9 @@ class Starts:
         self.queue: deque[Future[Any]] = deque()  # coroutine runs waiting for their first step
         # The task that takes them, if any (on Python 3.10: the call that makes their tasks).
         self.starter: asyncio.Task[None] | asyncio.Handle | None = None
+        # The tasks (asyncflow's) whose runs waited in their first step: later runs of theirs
+        # get a task of their own at once, as before their first step they would need one.
+        self.waiting: set[Any] = set()
 
     def wake(self) -> None:
         """Make a starter for the queue, unless one is there."""
@@ -163,6 +169,7 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
     queue = starts.queue
     run = starts.run
     loop = starts.loop
+    waiting = starts.waiting
     refs = _refs(me)  # (counted once every local name for it is bound)
     weak = _weak_refs(me)
     for _ in range(BATCH):
@@ -175,6 +182,9 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
         if fut._group is not None:  # the runs of a map share one snapshot: each starts in a copy
             ctx = ctx.copy()  # (a submit's run has a snapshot of its own, taken at submit)
         coro = run(fut)
+        if waiting and fut._task in waiting:  # it will wait, as its task's runs did
+            fut._handle = asyncio.Task(coro, loop=loop, context=ctx)  # type: ignore[call-arg]
+            continue
         fut._handle = me  # a cancel during the step: the run ends Cancelled (see _cancel)
         try:
             step = ctx.run(coro.send, None)
@@ -182,6 +192,7 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
             if me.changed or _refs(me) != refs or _weak_refs(me) != weak:
                 return  # kept or changed by the body: nobody else's task from now on
             continue
+        waiting.add(fut._task)
         if me.changed or _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: its handle)
             # The body held on to this task, or changed it: it stays the run's to its end.
             starts.hand_over(me)

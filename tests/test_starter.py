@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncflow import ThreadPoolTaskRunner
+from asyncflow import ThreadPoolTaskRunner, _starter
 from asyncflow._starter import BATCH
 from asyncflow.exceptions import TaskCancelledError
 
@@ -67,15 +67,25 @@ async def test_runs_that_never_wait_share_starter_tasks(monkeypatch: pytest.Monk
     async def add(a: int, b: int) -> int:
         return a + b
 
+    starters: list[int] = []
+    make_starter = _starter._Starter.__init__
+
+    def counted_starter(self: Any, *args: Any, **kwargs: Any) -> None:
+        starters.append(1)
+        make_starter(self, *args, **kwargs)
+
     monkeypatch.setattr(asyncio, "Task", _CountedTask)
+    monkeypatch.setattr(_starter._Starter, "__init__", counted_starter)
     _CountedTask.made = 0
     runs = 10 * BATCH
     with anyio.fail_after(TIMEOUT):
         async with ThreadPoolTaskRunner() as runner:
             futures = [runner.submit(add, {"a": i, "b": 1}) for i in range(runs)]
             assert [await f for f in futures] == [i + 1 for i in range(runs)]
-    # One starter per batch of first steps (and a few of the session's own), not one per run.
-    assert _CountedTask.made <= runs // BATCH + 5
+    # One starter per batch of first steps (and a few tasks of the session's own), not one
+    # task per run.
+    assert 1 <= len(starters) <= runs // BATCH + 1
+    assert _CountedTask.made <= 5
 
 
 async def test_a_run_that_waits_gets_a_task_of_its_own() -> None:
@@ -92,9 +102,44 @@ async def test_a_run_that_waits_gets_a_task_of_its_own() -> None:
         return i
 
     assert await _three_past_a_gate(wait_then_report, entered, gate) == [0, 1, 2]
-    assert len(set(in_step)) == 1  # the three first steps ran in one starter
     assert len(set(tasks)) == 3  # each waited in a task of its own
+    # The first one's first step ran in a starter: it moved to its task at its first wait.
     assert in_step[0] not in tasks
+    # Once a run of the task waited, its later runs got their task from the start.
+    assert in_step[1:] == tasks[1:]
+
+
+async def test_runs_of_a_task_that_waited_start_in_tasks_of_their_own_and_others_do_not() -> None:
+    gate = asyncio.Event()
+    entered = _Entered(1)
+    seen: list[tuple[str, str]] = []  # (run, the class of the task of its first step)
+
+    async def waits(i: int) -> int:
+        seen.append((f"waits {i}", type(asyncio.current_task()).__name__))
+        entered()
+        await gate.wait()
+        return i
+
+    async def never_waits(i: int) -> int:
+        seen.append((f"never {i}", type(asyncio.current_task()).__name__))
+        return i
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            first = runner.submit(waits, {"i": 0})
+            await entered.event.wait()  # it waited in its first step
+            later = [runner.submit(waits, {"i": i}) for i in (1, 2)]
+            others = [runner.submit(never_waits, {"i": i}) for i in (3, 4)]
+            gate.set()
+            assert [await f for f in [first, *later, *others]] == [0, 1, 2, 3, 4]
+    starter, own = _starter._Starter.__name__, asyncio.Task.__name__
+    assert sorted(seen) == [
+        ("never 3", starter),
+        ("never 4", starter),
+        ("waits 0", starter),
+        ("waits 1", own),
+        ("waits 2", own),
+    ]
 
 
 async def test_a_body_that_keeps_its_task_has_it_to_its_end() -> None:
