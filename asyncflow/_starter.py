@@ -51,6 +51,10 @@ __all__ = ("BATCH", "Starts")
 # oldest generation by the million, each promotion bringing the next full collection closer.
 BATCH = 100
 
+# Tasks remembered per session as having runs that wait (see Starts.waiting), at most: a
+# session that submits a new function each time (a lambda per submit) must not grow a set.
+_HINTS = 4096
+
 _refs = sys.getrefcount
 _weak_refs = weakref.getweakrefcount
 # Python 3.11 (a task's context) and reference counts to read (CPython).
@@ -192,7 +196,8 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
             if me.changed or _refs(me) != refs or _weak_refs(me) != weak:
                 return  # kept or changed by the body: nobody else's task from now on
             continue
-        waiting.add(fut._task)
+        if len(waiting) < _HINTS:
+            waiting.add(fut._task)
         if me.changed or _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: its handle)
             # The body held on to this task, or changed it: it stays the run's to its end.
             starts.hand_over(me)

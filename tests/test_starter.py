@@ -899,3 +899,21 @@ async def test_a_done_future_of_another_loop_is_refused_as_in_a_task() -> None:
         other.close()
     assert seen[0] == "RuntimeError"  # a task of its own
     assert seen[1] == seen[0]
+
+
+async def test_the_tasks_remembered_as_waiting_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_starter, "_HINTS", 3)
+
+    def a_new_function() -> Any:
+        async def waits_once(i: int) -> int:
+            await asyncio.sleep(0)
+            return i
+
+        return waits_once
+
+    with anyio.fail_after(TIMEOUT):
+        async with ThreadPoolTaskRunner() as runner:
+            futures = [runner.submit(a_new_function(), {"i": i}) for i in range(6)]
+            assert [await f for f in futures] == list(range(6))
+            scheduler: Any = runner._scheduler
+            assert len(scheduler._starts.waiting) == 3
