@@ -17,9 +17,10 @@ later run ever shares a task that a body held on to or changed.
 
 A run moved to a task of its own resumes one loop turn later than it would in a task of its
 own from the start: that task takes what the run waits on at its first step. So once a run of
-a task waited in its first step, the later runs of that task (in this session) are given a
-task of their own from the start, as before there were starters: runs that wait (on I/O, say)
-cost what they did, and runs that never wait cost less.
+a task waited in its first step, the later runs of that task are given a task of their own
+from the start, as before there were starters: runs that wait (on I/O, say) cost what they
+did, and runs that never wait cost less. (The first steps of a turn still come in the order
+the runs were queued: a run after such tasks waits for the next starter's turn.)
 
 asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
 there is nothing, hence this module.
@@ -51,9 +52,9 @@ __all__ = ("BATCH", "Starts")
 # oldest generation by the million, each promotion bringing the next full collection closer.
 BATCH = 100
 
-# Tasks remembered per session as having runs that wait (see Starts.waiting), at most: a
-# session that submits a new function each time (a lambda per submit) must not grow a set.
-_HINTS = 4096
+# Whether a task whose runs waited in their first step gets a task per run from then on (see
+# the module's docstring; tests turn it off to send every run through a starter).
+_REMEMBER = True
 
 _refs = sys.getrefcount
 _weak_refs = weakref.getweakrefcount
@@ -92,7 +93,7 @@ class _Starter(asyncio.Task):  # type: ignore[type-arg]
 class Starts:
     """What a starter takes from its scheduler: the queue, the run's coroutine, the loop."""
 
-    __slots__ = ("loop", "queue", "run", "starter", "waiting")
+    __slots__ = ("loop", "queue", "run", "starter")
 
     def __init__(
         self,
@@ -104,9 +105,6 @@ class Starts:
         self.queue: deque[Future[Any]] = deque()  # coroutine runs waiting for their first step
         # The task that takes them, if any (on Python 3.10: the call that makes their tasks).
         self.starter: asyncio.Task[None] | asyncio.Handle | None = None
-        # The tasks (asyncflow's) whose runs waited in their first step: later runs of theirs
-        # get a task of their own at once, as before their first step they would need one.
-        self.waiting: set[Any] = set()
 
     def wake(self) -> None:
         """Make a starter for the queue, unless one is there."""
@@ -173,7 +171,8 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
     queue = starts.queue
     run = starts.run
     loop = starts.loop
-    waiting = starts.waiting
+    remember = _REMEMBER
+    up_front = False  # tasks made in this turn for runs whose tasks' runs waited
     refs = _refs(me)  # (counted once every local name for it is bound)
     weak = _weak_refs(me)
     for _ in range(BATCH):
@@ -182,12 +181,19 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
         fut = queue.popleft()
         if fut._status >= COMPLETED:  # cancelled while it waited here
             continue
+        waits = remember and fut._task._waits_at_start
+        if up_front and not waits:
+            # Its first step after theirs, in the order the runs were queued: in the next
+            # starter's turn, which comes after their tasks' first steps.
+            queue.appendleft(fut)
+            return
         ctx: contextvars.Context = fut._ctx  # type: ignore[assignment]  # (None only once final)
         if fut._group is not None:  # the runs of a map share one snapshot: each starts in a copy
             ctx = ctx.copy()  # (a submit's run has a snapshot of its own, taken at submit)
         coro = run(fut)
-        if waiting and fut._task in waiting:  # it will wait, as its task's runs did
+        if waits:  # it will wait, as its task's runs did: a task of its own at once
             fut._handle = asyncio.Task(coro, loop=loop, context=ctx)  # type: ignore[call-arg]
+            up_front = True
             continue
         fut._handle = me  # a cancel during the step: the run ends Cancelled (see _cancel)
         try:
@@ -196,8 +202,8 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
             if me.changed or _refs(me) != refs or _weak_refs(me) != weak:
                 return  # kept or changed by the body: nobody else's task from now on
             continue
-        if len(waiting) < _HINTS:
-            waiting.add(fut._task)
+        if remember:
+            fut._task._waits_at_start = True
         if me.changed or _refs(me) != refs + 1 or _weak_refs(me) != weak:  # (+1: its handle)
             # The body held on to this task, or changed it: it stays the run's to its end.
             starts.hand_over(me)

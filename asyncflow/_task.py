@@ -100,6 +100,11 @@ _DEFAULTS: dict[str, Any] = {
 class Task(Generic[P, R]):
     """A function plus options. Calling it runs the function directly, without a runner."""
 
+    # Set once a run of it waited in its first step (see _starter): its later runs get an
+    # asyncio task of their own from the start. A hint for speed, kept on the task itself so
+    # that nothing else holds the task (and its function's closure) for it.
+    _waits_at_start = False
+
     def __init__(
         self,
         fn: Callable[P, R],

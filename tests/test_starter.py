@@ -25,6 +25,17 @@ seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
 held: contextvars.ContextVar[Any] = contextvars.ContextVar("held", default=None)
 
 
+@pytest.fixture(autouse=True)
+def every_run_through_a_starter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run's first step in a starter: no task is remembered as one whose runs wait (the
+    tests of that turn it back on)."""
+    monkeypatch.setattr(_starter, "_REMEMBER", False)
+
+
+def _remember(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_starter, "_REMEMBER", True)
+
+
 class _Entered:
     """Set once ``n`` bodies have called it: every first step ran."""
 
@@ -88,7 +99,8 @@ async def test_runs_that_never_wait_share_starter_tasks(monkeypatch: pytest.Monk
     assert _CountedTask.made <= 5
 
 
-async def test_a_run_that_waits_gets_a_task_of_its_own() -> None:
+async def test_a_run_that_waits_gets_a_task_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    _remember(monkeypatch)
     gate = asyncio.Event()
     entered = _Entered(3)
     tasks: list[int] = []
@@ -109,7 +121,10 @@ async def test_a_run_that_waits_gets_a_task_of_its_own() -> None:
     assert in_step[1:] == tasks[1:]
 
 
-async def test_runs_of_a_task_that_waited_start_in_tasks_of_their_own_and_others_do_not() -> None:
+async def test_runs_of_a_task_that_waited_start_in_tasks_of_their_own_and_others_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _remember(monkeypatch)
     gate = asyncio.Event()
     entered = _Entered(1)
     seen: list[tuple[str, str]] = []  # (run, the class of the task of its first step)
@@ -901,19 +916,74 @@ async def test_a_done_future_of_another_loop_is_refused_as_in_a_task() -> None:
     assert seen[1] == seen[0]
 
 
-async def test_the_tasks_remembered_as_waiting_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_starter, "_HINTS", 3)
+async def test_first_steps_keep_the_order_runs_were_queued_in_once_a_task_waited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of a task whose runs waited (a task of its own up front), then a run of a task
+    that never waits: their bodies start in that order, as two ``asyncio.create_task``."""
+    _remember(monkeypatch)
+    order: list[str] = []
+    entered = asyncio.Event()
+    gate = asyncio.Event()
 
-    def a_new_function() -> Any:
-        async def waits_once(i: int) -> int:
-            await asyncio.sleep(0)
-            return i
+    async def waits(i: int) -> int:
+        order.append(f"waits {i}")
+        entered.set()
+        await gate.wait()
+        return i
 
-        return waits_once
+    async def never(i: int) -> int:
+        order.append(f"never {i}")
+        return i
 
     with anyio.fail_after(TIMEOUT):
+        plain = [asyncio.create_task(waits(1)), asyncio.create_task(never(2))]
+        await plain[1]
+        gate.set()
+        await plain[0]
+        assert order == ["waits 1", "never 2"]
+        order.clear()
+        gate.clear()
+        entered.clear()
         async with ThreadPoolTaskRunner() as runner:
-            futures = [runner.submit(a_new_function(), {"i": i}) for i in range(6)]
-            assert [await f for f in futures] == list(range(6))
-            scheduler: Any = runner._scheduler
-            assert len(scheduler._starts.waiting) == 3
+            first = runner.submit(waits, {"i": 0})
+            await entered.wait()  # a run of `waits` waited in its first step
+            order.clear()
+            later = [runner.submit(waits, {"i": 1}), runner.submit(never, {"i": 2})]
+            await later[1]
+            gate.set()
+            assert [await f for f in [first, *later]] == [0, 1, 2]
+    assert order == ["waits 1", "never 2"]
+
+
+async def test_what_a_run_that_waited_captured_is_freed_with_its_future(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A function made per submit (a closure over some data) whose run waited: once the run
+    ended and its future is dropped, the data is freed, as with ``asyncio.create_task``."""
+    _remember(monkeypatch)
+    refs: list[weakref.ref[Any]] = []
+
+    def make() -> Any:
+        big = _Big()
+        refs.append(weakref.ref(big))
+
+        async def body() -> int:
+            await asyncio.sleep(0)
+            return id(big)
+
+        return body
+
+    with anyio.fail_after(TIMEOUT):
+        task = asyncio.create_task(make()())
+        await task
+        del task
+        gc.collect()
+        assert refs[0]() is None  # a task of its own: freed
+        async with ThreadPoolTaskRunner() as runner:
+            fut = runner.submit(make())
+            await fut
+            del fut
+            gc.collect()
+            alive = refs[1]() is not None
+    assert alive is False
