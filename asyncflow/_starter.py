@@ -20,7 +20,7 @@ own from the start: that task takes what the run waits on at its first step. So 
 a task waited in its first step, the later runs of that task are given a task of their own
 from the start, as before there were starters: runs that wait (on I/O, say) cost what they
 did, and runs that never wait cost less. (The first steps of a turn still come in the order
-the runs were queued: a run after such tasks waits for the next starter's turn.)
+the runs were queued: the runs after such a run in the same turn get a task up front too.)
 
 asyncio offers eager tasks from Python 3.12 on, but they still make a task per run; on 3.11
 there is nothing, hence this module.
@@ -172,7 +172,7 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
     run = starts.run
     loop = starts.loop
     remember = _REMEMBER
-    up_front = False  # tasks made in this turn for runs whose tasks' runs waited
+    up_front = False  # from the first run in this turn whose task's runs waited on
     refs = _refs(me)  # (counted once every local name for it is bound)
     weak = _weak_refs(me)
     for _ in range(BATCH):
@@ -181,19 +181,15 @@ def _steps(starts: Starts, me: _Starter) -> Generator[Any, Any, None]:
         fut = queue.popleft()
         if fut._status >= COMPLETED:  # cancelled while it waited here
             continue
-        waits = remember and fut._task._waits_at_start
-        if up_front and not waits:
-            # Its first step after theirs, in the order the runs were queued: in the next
-            # starter's turn, which comes after their tasks' first steps.
-            queue.appendleft(fut)
-            return
+        # A task of its own at once: a run that will wait, as its task's runs did, and any run
+        # after one in this turn (first steps keep the order the runs were queued in).
+        up_front = up_front or (remember and fut._task._waits_at_start)
         ctx: contextvars.Context = fut._ctx  # type: ignore[assignment]  # (None only once final)
         if fut._group is not None:  # the runs of a map share one snapshot: each starts in a copy
             ctx = ctx.copy()  # (a submit's run has a snapshot of its own, taken at submit)
         coro = run(fut)
-        if waits:  # it will wait, as its task's runs did: a task of its own at once
+        if up_front:
             fut._handle = asyncio.Task(coro, loop=loop, context=ctx)  # type: ignore[call-arg]
-            up_front = True
             continue
         fut._handle = me  # a cancel during the step: the run ends Cancelled (see _cancel)
         try:
