@@ -561,15 +561,8 @@ class Scheduler:
             events.took(item, worker)
 
     def _start_soon(self, fut: Future[Any]) -> None:
-        """Queue a plain coroutine run: a starter task runs its first step soon (see
-        ``_starter``), at most ``_starter.BATCH`` per loop turn.
-
-        Why not at once: a coroutine run holds far more memory once started (its coroutine
-        and frame, a task if it waits) than as a queued run; a million submitted in one go
-        would all be started before the first one ends, and in one loop turn. In batches,
-        early runs finish (and are freed) while later ones wait as small records. The batch is
-        small (see ``_starter.BATCH``) so that a batch is freed young.
-        """
+        """Queue a plain coroutine run: a starter task runs its first step soon, at most
+        ``_starter.BATCH`` per loop turn (why in batches, and why that many: see there)."""
         starts = self._starts
         starts.queue.append(fut)
         if starts.starter is None:

@@ -44,12 +44,16 @@ if TYPE_CHECKING:
 
 __all__ = ("BATCH", "Starts")
 
-# Runs started per loop turn, at most. A started run brings a few objects the garbage
-# collector tracks (its coroutines and context; a task, a handle and a weak reference if it
-# waits); 100 of them stay under the collector's threshold of 700 new objects, so a batch
-# mostly runs and is freed before a young collection sees it. With 1,000 per turn every batch
-# outlived a few young collections, and the runs of a million-task graph were promoted to the
-# oldest generation by the million, each promotion bringing the next full collection closer.
+# Runs started per loop turn, at most. Not all at once: a started run holds far more memory
+# (its coroutine and frame, a task if it waits) than a queued one, and a million submitted in
+# one go would all be started, in one loop turn, before the first one ends; in batches, early
+# runs end (and are freed) while later ones wait as small records. A started run brings a few
+# objects the garbage collector tracks (its coroutines and context; a task, a handle and a
+# weak reference if it waits); 100 of them stay under the collector's threshold of 700 new
+# objects, so a batch mostly runs and is freed before a young collection sees it. With 1,000
+# per turn every batch outlived a few young collections, and the runs of a million-task graph
+# were promoted to the oldest generation by the million, each promotion bringing the next
+# full collection closer.
 BATCH = 100
 
 # Whether a task whose runs waited in their first step gets a task per run from then on (see
@@ -107,11 +111,7 @@ class Starts:
         self.starter: asyncio.Task[None] | asyncio.Handle | None = None
 
     def wake(self) -> None:
-        """Make a starter for the queue, unless one is there."""
-        if self.starter is None:
-            self._new()
-
-    def _new(self) -> None:
+        """Make a starter for the queue (callers check that there is none)."""
         if not _SHARED:  # pragma: no cover - Python 3.10, or no reference counts
             self.starter = self.loop.call_soon(self._each)
             return
@@ -136,7 +136,7 @@ class Starts:
         """``task`` no longer takes the queue: a new starter does, if anything is queued."""
         if self.starter is task:
             if self.queue:
-                self._new()
+                self.wake()
             else:
                 self.starter = None
 

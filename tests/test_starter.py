@@ -317,7 +317,7 @@ async def test_a_body_that_cancels_its_own_task_and_waits_is_cancelled(keep: boo
             task = asyncio.current_task()
             kept.append(task)
         _cancel_current_task()  # (its task is not kept by this frame)
-        await asyncio.sleep(TIMEOUT * 10)
+        await asyncio.Event().wait()  # (until cancelled)
         return 1
 
     async def plain() -> int:
@@ -736,7 +736,7 @@ async def test_a_cancel_message_asked_in_the_first_step_reaches_the_run() -> Non
     async def body() -> None:
         asyncio.current_task().cancel("why")  # type: ignore[union-attr]
         try:
-            await asyncio.sleep(TIMEOUT * 10)
+            await asyncio.Event().wait()  # (until cancelled)
         except asyncio.CancelledError as exc:
             args.append(exc.args)
             raise
