@@ -5,6 +5,7 @@ Read at the edges (runner construction, flow start), never on the scheduler's ho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -43,13 +44,31 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
 
+_PREFIX = "ASYNCFLOW_"
+
+# The last settings read, and the variables they were read from. Building the model costs
+# about 0.35 ms (pydantic-settings inspects every field's type for every source), most of what
+# an async flow call cost: each call makes its own runner. The model reads nothing but these
+# variables (no .env file, no secrets directory) and is frozen, so the same variables give the
+# same settings, and one instance can be shared.
+_last: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
 def get_settings() -> Settings:
     """Read the settings from the environment now; an invalid value names its variable."""
+    global _last  # (one entry, replaced whole: safe across threads)
+    # (Names in any case: pydantic-settings matches them without regard to case.)
+    key = tuple((k, v) for k, v in os.environ.items() if k[:10].upper() == _PREFIX)
+    last = _last
+    if last is not None and last[0] == key:
+        return last[1]
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"ASYNCFLOW_{field.upper()}={err.get('input')!r}: {err['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
+    _last = (key, settings)
+    return settings

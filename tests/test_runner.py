@@ -18,9 +18,19 @@ import pytest
 import trio
 import uvloop
 from helpers import adouble, double, hold, noop
+from pydantic import ValidationError
 
-from asyncflow import Future, FutureList, ThreadPoolTaskRunner, _futures, allow_failure, quote, task
-from asyncflow.exceptions import TaskCancelledError
+from asyncflow import (
+    Future,
+    FutureList,
+    ThreadPoolTaskRunner,
+    _futures,
+    allow_failure,
+    get_settings,
+    quote,
+    task,
+)
+from asyncflow.exceptions import SettingsError, TaskCancelledError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
 
@@ -1068,6 +1078,31 @@ def test_max_workers_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert ThreadPoolTaskRunner(max_workers=5).max_workers == 5  # the argument wins
     monkeypatch.delenv("ASYNCFLOW_THREAD_POOL_MAX_WORKERS")
     assert ThreadPoolTaskRunner().max_workers == min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_settings_follow_every_change_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings read again with the same variables are the same (frozen) settings; any change,
+    # in a name's case too, is read anew; an invalid value is refused every time it is read.
+    monkeypatch.delenv("ASYNCFLOW_DEFAULT_RETRIES", raising=False)
+    monkeypatch.delenv("asyncflow_default_retries", raising=False)
+    first = get_settings()
+    assert get_settings() is first
+    monkeypatch.setenv("ASYNCFLOW_DEFAULT_RETRIES", "2")
+    assert get_settings().default_retries == 2
+    assert ThreadPoolTaskRunner()._options.default_retries == 2
+    monkeypatch.setenv("ASYNCFLOW_DEFAULT_RETRIES", "3")
+    assert get_settings().default_retries == 3
+    monkeypatch.delenv("ASYNCFLOW_DEFAULT_RETRIES")
+    monkeypatch.setenv("asyncflow_default_retries", "4")  # (names are matched in any case)
+    assert get_settings().default_retries == 4
+    monkeypatch.setenv("asyncflow_default_retries", "many")
+    for _ in range(2):
+        with pytest.raises(SettingsError, match="DEFAULT_RETRIES"):
+            get_settings()
+    monkeypatch.delenv("asyncflow_default_retries")
+    assert get_settings().default_retries == first.default_retries == 0
+    with pytest.raises(ValidationError):  # shared, so it cannot be changed
+        first.default_retries = 5
 
 
 def test_max_workers_from_the_environment_bounds_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
