@@ -51,14 +51,13 @@ _PREFIX = "ASYNCFLOW_"
 # an async flow call cost: each call makes its own runner. The model reads nothing but these
 # variables (no .env file, no secrets directory) and is frozen, so the same variables give the
 # same settings, and one instance can be shared.
-_last: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_last: tuple[tuple[tuple[str, str | None], ...], Settings] | None = None
 
 
 def get_settings() -> Settings:
     """Read the settings from the environment now; an invalid value names its variable."""
     global _last  # (one entry, replaced whole: safe across threads)
-    # (Names in any case: pydantic-settings matches them without regard to case.)
-    key = tuple((k, v) for k, v in os.environ.items() if k[:10].upper() == _PREFIX)
+    key = _variables()
     last = _last
     if last is not None and last[0] == key:
         return last[1]
@@ -70,5 +69,12 @@ def get_settings() -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"ASYNCFLOW_{field.upper()}={err.get('input')!r}: {err['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
-    _last = (key, settings)
+    if _variables() == key:  # (not changed by another thread while they were read)
+        _last = (key, settings)
     return settings
+
+
+def _variables() -> tuple[tuple[str, str | None], ...]:
+    # (Names in any case: pydantic-settings matches them without regard to case.)
+    env = os.environ
+    return tuple([(k, env.get(k)) for k in env if k[:10].upper() == _PREFIX])
