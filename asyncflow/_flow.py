@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import TaskRunner, ThreadPoolTaskRunner
-from ._task import refuse_coroutine
+from ._task import is_async_callable, refuse_coroutine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,7 +34,7 @@ class Flow(Generic[P, R]):
         self.fn = fn
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.task_runner = task_runner
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = is_async_callable(fn)
         functools.update_wrapper(self, fn)
 
     def _runner(self) -> TaskRunner:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import reprlib
 import sys
 import traceback
@@ -23,6 +22,7 @@ from ._recorder import RunRecorder, check_outputs
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from ._states import UPSTREAM_FAILED, StateType
+from ._task import is_async_callable
 from .exceptions import RemoteTraceback
 
 __all__ = ("add_run_command", "observe")
@@ -225,7 +225,7 @@ def _load(args: argparse.Namespace) -> _Call:
     runner = _build_runner(args, fn)
     if isinstance(fn, Flow):
         return _Call(str(fn.name), fn.fn, fn.is_async, runner, flow_args, flow_kwargs)
-    return _Call(name, fn, inspect.iscoroutinefunction(fn), runner, flow_args, flow_kwargs)
+    return _Call(name, fn, is_async_callable(fn), runner, flow_args, flow_kwargs)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -22,12 +22,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-__all__ = ("Task", "as_task", "refuse_coroutine", "task")
+__all__ = ("Task", "as_task", "is_async_callable", "refuse_coroutine", "task")
 
 _UNSET: Any = object()
 
 
-def _is_async_callable(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or (
@@ -159,7 +159,7 @@ class Task(Generic[P, R]):
         self.on_completion: tuple[Callable[..., Any], ...] = checked["on_completion"]
         self.on_failure: tuple[Callable[..., Any], ...] = checked["on_failure"]
         self.on_cancellation: tuple[Callable[..., Any], ...] = checked["on_cancellation"]
-        self.is_async = _is_async_callable(fn)
+        self.is_async = is_async_callable(fn)
         self.spec = CallSpec(fn)
         target = fn.func if isinstance(fn, functools.partial) else fn
         self.key = (

@@ -32,7 +32,7 @@ from asyncflow import (
     wait,
     wait_async,
 )
-from asyncflow._context import current_future
+from asyncflow._context import current_future, current_runner
 from asyncflow.exceptions import TaskCancelledError, UpstreamFailedError
 
 TIMEOUT = 5.0
@@ -993,6 +993,23 @@ async def test_an_async_flow_returning_a_run_that_raised_stop_iteration_names_th
     with pytest.raises(RuntimeError, match="task 'stops' raised StopIteration") as info:
         await returns_it()
     assert isinstance(info.value.__cause__, StopIteration)
+
+
+class _AsyncPipeline:
+    """A callable object whose ``__call__`` is a coroutine function."""
+
+    async def __call__(self, x: int) -> int:
+        assert current_runner.get() is not None
+        return await task(double).submit(x)
+
+
+@pytest.mark.anyio
+async def test_a_flow_of_an_object_with_an_async_call_is_an_async_flow() -> None:
+    # As for tasks: the object is called inside the flow's runner, and awaited there.
+    pipeline = flow(_AsyncPipeline(), name="pipeline")
+    assert pipeline.is_async
+    assert await pipeline(3) == 6
+    assert await flow(functools.partial(_AsyncPipeline(), 4))() == 8
 
 
 # -- futures of other runners ---------------------------------------------------------------------

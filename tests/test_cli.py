@@ -102,6 +102,15 @@ def own_runner() -> bool:
     return task(pid).submit().result() != os.getpid()  # True: it ran in a worker process
 
 
+class AsyncCallable:
+    async def __call__(self, n: int = 2) -> list[int]:
+        await asyncio.sleep(0)
+        return [double.submit(i) for i in range(n)]
+
+
+async_object = AsyncCallable()
+
+
 NOT_A_FUNCTION = 3
 
 if __name__ == "__main__":
@@ -137,6 +146,11 @@ def test_a_flow_that_succeeds_exits_0_and_prints_its_result(flows: Path) -> None
 def test_a_relative_path_and_an_async_flow(flows: Path) -> None:
     done = asyncflow_cli("run", "flows.py:async_pipeline", "--max-workers", "2", cwd=flows.parent)
     assert (done.returncode, done.stdout) == (0, "[0, 2]\n")
+
+
+def test_an_object_with_an_async_call_runs_as_an_async_flow(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:async_object", "--", "3", cwd=flows.parent)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[0, 2, 4]\n", "")
 
 
 def test_a_result_of_none_prints_nothing(flows: Path) -> None:
