@@ -1006,7 +1006,7 @@ class _AsyncPipeline:
 @pytest.mark.anyio
 async def test_a_flow_of_an_object_with_an_async_call_is_an_async_flow() -> None:
     # As for tasks: the object is called inside the flow's runner, and awaited there.
-    pipeline = flow(_AsyncPipeline(), name="pipeline")
+    pipeline = flow(name="pipeline")(_AsyncPipeline())
     assert pipeline.is_async
     assert await pipeline(3) == 6
     assert await flow(functools.partial(_AsyncPipeline(), 4))() == 8
