@@ -167,10 +167,18 @@ class TaskRunner(abc.ABC):
         return self._config() == other._config()
 
     def __hash__(self) -> int:
-        return hash((type(self), self._config()))
+        return hash((type(self), self._hashed_config()))
+
+    def _hashed_config(self) -> tuple[Any, ...]:
+        """What ``hash`` reads of the configuration: all of it, but what may be unhashable."""
+        return self._config()
+
+    def _shown_config(self) -> tuple[Any, ...]:
+        """What ``repr`` shows of the configuration: all of it, but what may be secret."""
+        return self._config()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}{self._config()}"
+        return f"{type(self).__name__}{self._shown_config()}"
 
     # -- submitting ----------------------------------------------------------------------------
     def _require_started(self) -> Scheduler:
@@ -778,7 +786,15 @@ class ProcessPoolTaskRunner(TaskRunner):
         )
 
     def _config(self) -> tuple[Any, ...]:
-        env = None if self._worker_env_spec is None else tuple(sorted(self._worker_env_spec))
+        spec = self._worker_env_spec
+        # (A dict is the workers' whole environment; a list, names passed on from this one.)
+        env = (
+            None
+            if spec is None
+            else ("dict", tuple(sorted(spec.items())))
+            if isinstance(spec, dict)
+            else ("names", tuple(sorted(spec)))
+        )
         return (
             self._max_workers,
             self._initializer,
@@ -788,6 +804,16 @@ class ProcessPoolTaskRunner(TaskRunner):
             self._idle_timeout,
             *self._policy_config(),
         )
+
+    def _hashed_config(self) -> tuple[Any, ...]:
+        # Not the initializer and its arguments: they may be unhashable (a list, say).
+        return self._config()[3:]
+
+    def _shown_config(self) -> tuple[Any, ...]:
+        # The names of the workers' variables, not their values (a password, say).
+        config = self._config()
+        spec = self._worker_env_spec
+        return (*config[:4], None if spec is None else tuple(sorted(spec)), *config[5:])
 
     def _make_backend(self, scheduler: Scheduler) -> Backend:
         from ._processes import ProcessWorkers

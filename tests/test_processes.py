@@ -1716,6 +1716,28 @@ def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
     assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ONLY_THIS": "1"}
 
 
+def test_runners_with_other_worker_envs_differ_and_repr_shows_no_values() -> None:
+    prod = ProcessPoolTaskRunner(max_workers=1, worker_env={"DB_URL": "postgres://prod"})
+    test = ProcessPoolTaskRunner(max_workers=1, worker_env={"DB_URL": "postgres://test"})
+    names = ProcessPoolTaskRunner(max_workers=1, worker_env=["DB_URL"])
+    assert prod != test
+    assert prod != names
+    assert test != names
+    assert prod == prod.duplicate()
+    assert hash(prod) == hash(prod.duplicate())
+    assert names == ProcessPoolTaskRunner(max_workers=1, worker_env=("DB_URL",))
+    assert "DB_URL" in repr(prod)
+    assert "postgres" not in repr(prod)
+
+
+def test_a_runner_with_unhashable_initargs_can_be_hashed() -> None:
+    runner = ProcessPoolTaskRunner(max_workers=1, initializer=print, initargs=([1, 2],))
+    assert hash(runner) == hash(runner.duplicate())
+    assert runner == runner.duplicate()
+    assert runner != ProcessPoolTaskRunner(max_workers=1, initializer=print, initargs=([1],))
+    assert runner in {runner.duplicate()}
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
