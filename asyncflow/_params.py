@@ -89,12 +89,24 @@ def find_futures(
     return annotated
 
 
+def checked_wait_for(wait_for: Iterable[Any]) -> list[Any]:
+    """A ``wait_for`` given once for many runs (a map's), as a list, checked as a submit's."""
+    _check_iterable(wait_for)
+    waits = list(wait_for)
+    wait_for_edges(waits, [], [])
+    return waits
+
+
+def _check_iterable(wait_for: object) -> None:
+    if isinstance(wait_for, (str, bytes)) or not isinstance(wait_for, Iterable):
+        raise TypeError(f"wait_for must be a list of futures, not {wait_for!r}")
+
+
 def wait_for_edges(
     wait_for: Iterable[Any], strict: list[Future[Any]], allowed: list[Future[Any]]
 ) -> None:
     """Edges from a ``wait_for`` list: futures, or ``allow_failure`` around futures or lists."""
-    if isinstance(wait_for, (str, bytes)) or not isinstance(wait_for, Iterable):
-        raise TypeError(f"wait_for must be a list of futures, not {wait_for!r}")
+    _check_iterable(wait_for)
     for item in wait_for:
         out = strict
         inner = item

@@ -27,7 +27,14 @@ from ._logging import apply_log_level
 from ._loop import LoopThread, to_its_end
 from ._mapping import expand
 from ._options import check_timeout
-from ._params import ATOMIC, IMMUTABLE, TOP_LEVEL, find_futures, wait_for_edges
+from ._params import (
+    ATOMIC,
+    IMMUTABLE,
+    TOP_LEVEL,
+    checked_wait_for,
+    find_futures,
+    wait_for_edges,
+)
 from ._scheduler import Backend, Scheduler, SchedulerOptions
 from ._settings import Settings, get_settings
 from ._stats import RunnerStatistics
@@ -360,12 +367,14 @@ class TaskRunner(abc.ABC):
                 f"parameters of task {t.name!r} must be a dict of name -> value, "
                 f"not {type(parameters).__name__}"
             )
+        waits = None if wait_for is None else checked_wait_for(wait_for)
         rows, types = expand(t.name, dict(parameters))
-        waits = None if wait_for is None else list(wait_for)
         spec = t.spec
         if len(rows) and spec.varpos is None:
             # The children differ only in their values: one check holds for all of them.
             spec.check(rows.row(0), t.name)
+        elif not len(rows):  # no child: the names are checked all the same
+            spec.check({**rows.static, **dict.fromkeys(rows.names, ())}, t.name)
         else:
             for p in rows.rows():
                 spec.check(p, t.name)

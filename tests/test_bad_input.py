@@ -33,6 +33,10 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+def collect(*args: int, x: int) -> tuple[tuple[int, ...], int]:
+    return args, x
+
+
 def hold(started: Callable[[], object], gate: threading.Event, value: int = 0) -> int:
     started()
     if not gate.wait(TIMEOUT):
@@ -142,6 +146,14 @@ def test_wait_for_holding_a_non_future(busy: BusyRunner) -> None:
         increment.submit(1, wait_for=["not a future"])
     with pytest.raises(TypeError, match="dependencies must be a dict"):
         busy.runner.submit(double, {"x": 1}, dependencies=[good])  # type: ignore[arg-type]
+    # A map's wait_for is checked the same way, and so it is when the map has no runs.
+    for rows in ([1, 2], []):
+        with pytest.raises(TypeError, match="wait_for must be a list of futures, not <Future"):
+            busy.runner.map(double, {"x": rows}, wait_for=good)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="wait_for must be a list of futures, not 5"):
+            busy.runner.map(double, {"x": rows}, wait_for=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="wait_for must hold asyncflow futures, got 42"):
+            busy.runner.map(double, {"x": rows}, wait_for=iter([good, 42]))
     assert good.result(timeout=TIMEOUT) == 2
     busy.check_unaffected()
 
@@ -354,9 +366,19 @@ def test_map_with_different_lengths_lists_each_length(busy: BusyRunner) -> None:
     busy.check_unaffected()
 
 
-def test_map_with_parameters_that_do_not_bind(busy: BusyRunner) -> None:
+@pytest.mark.parametrize("rows", [[1, 2], []], ids=["two runs", "no run"])
+def test_map_with_parameters_that_do_not_bind(busy: BusyRunner, rows: list[int]) -> None:
     with pytest.raises(TypeError, match=r"task 'add' is missing required parameter\(s\) 'y'"):
-        busy.runner.map(add, {"x": [1, 2]})
+        busy.runner.map(add, {"x": rows})
+    with pytest.raises(TypeError, match=r"task 'add' got unexpected parameter\(s\) 'yy'"):
+        busy.runner.map(add, {"x": rows, "yy": rows})
+    with pytest.raises(TypeError, match=r"task 'add' got unexpected parameter\(s\) 'z'"):
+        busy.runner.map(add, {"x": rows, "y": unmapped(1), "z": 3})
+    with pytest.raises(TypeError, match=r"parameter 'args' collects \*args and must be a list"):
+        busy.runner.map(task(collect), {"args": unmapped(5), "x": rows})
+    assert busy.runner.map(task(collect), {"args": unmapped((1,)), "x": rows}).result(
+        timeout=TIMEOUT
+    ) == [((1,), x) for x in rows]
     busy.check_unaffected()
 
 
