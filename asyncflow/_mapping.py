@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 import reprlib
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ._annotations import allow_failure, quote, unmapped
@@ -18,12 +19,30 @@ __all__ = ("MapRows", "expand")
 _STATIC = (str, bytes, bytearray, io.IOBase, unmapped, quote)
 
 
-def _as_sequence(name: str, value: Any) -> list[Any] | None:
+class _Unsized:
+    """The elements of an iterable without a length (a generator, ``itertools.count()``): taken
+    after the others, and only as many as the longest of those and one more, to tell a
+    different length without running an endless one to its end."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+
+    def take(self, most: int | None) -> list[Any]:
+        if most is None:  # no other iterable has a length: this one is taken whole
+            return list(self.items)
+        return list(itertools.islice(self.items, most + 1))
+
+
+def _as_sequence(name: str, value: Any) -> list[Any] | _Unsized | None:
     """The elements to map over for one parameter, or None when it is passed whole."""
     if isinstance(value, _STATIC):
         return None
     if isinstance(value, allow_failure):
         inner = _as_sequence(name, value.value)
+        if isinstance(inner, _Unsized):
+            return _Unsized(map(allow_failure, inner.items))
         return None if inner is None else [allow_failure(v) for v in inner]
     if isinstance(value, Future):
         # A future whose result is a list: mapping needs its length, so wait for it. On the
@@ -33,7 +52,9 @@ def _as_sequence(name: str, value: Any) -> list[Any] | None:
     if isinstance(value, dict):
         return list(value.keys())
     if isinstance(value, Iterable) and not _file_like(value):
-        return list(value)  # consumes generators, once
+        if not isinstance(value, Sized):
+            return _Unsized(iter(value))
+        return list(value)
     return None
 
 
@@ -97,7 +118,7 @@ class MapRows:
 def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[type]]:
     """The parameters of each child, in order (``unmapped``/static values go to every
     child), by column, and the types of all their values (gathered per parameter, in C)."""
-    sequences: dict[str, list[Any]] = {}
+    sequences: dict[str, list[Any] | _Unsized] = {}
     static: dict[str, Any] = {}
     for name, value in parameters.items():
         seq = _as_sequence(name, value)
@@ -117,13 +138,29 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
             f"(parameters: {sorted(parameters) or 'none'}){resolved}; wrap values meant for "
             "every child in unmapped(...)"
         )
-    lengths = {name: len(seq) for name, seq in sequences.items()}
+    columns = _columns(task_name, sequences)
+    types = set(map(type, static.values()))
+    for column in columns:
+        types.update(map(type, column))
+    return MapRows(static, tuple(sequences), columns), types
+
+
+def _columns(task_name: str, sequences: dict[str, list[Any] | _Unsized]) -> list[list[Any]]:
+    """The mapped parameters' elements, checked to be as many for each."""
+    known = [len(seq) for seq in sequences.values() if isinstance(seq, list)]
+    most = max(known, default=None)
+    lengths: dict[str, str] = {}
+    columns: list[list[Any]] = []
+    for name, seq in sequences.items():
+        column = seq.take(most) if isinstance(seq, _Unsized) else seq
+        n = len(column)
+        if most is None:
+            most = n
+        lengths[name] = f"more than {most}" if n > most else str(n)
+        columns.append(column)
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{name!r}: {n}" for name, n in lengths.items())
         raise MappingLengthMismatch(
             f"map of task {task_name!r} got iterables of different lengths ({detail})"
         )
-    types = set(map(type, static.values()))
-    for seq in sequences.values():
-        types.update(map(type, seq))
-    return MapRows(static, tuple(sequences), list(sequences.values())), types
+    return columns

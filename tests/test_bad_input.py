@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from asyncflow import (
     FutureList,
     Task,
     ThreadPoolTaskRunner,
+    allow_failure,
     as_completed,
     get_settings,
     task,
@@ -363,6 +365,31 @@ def test_map_with_different_lengths_lists_each_length(busy: BusyRunner) -> None:
     assert isinstance(info.value, ValueError)
     with pytest.raises(MappingLengthMismatch, match=r"'x': 1.*'y': 4"):
         busy.runner.map(add, {"x": (1,), "y": range(4)})
+    busy.check_unaffected()
+
+
+def test_map_over_an_endless_iterator_beside_a_list_is_a_length_mismatch(
+    busy: BusyRunner,
+) -> None:
+    # Iterators without a length are taken after the others, as far as the longest and one
+    # more: an endless one cannot run for ever, a longer one is told apart.
+    with pytest.raises(MappingLengthMismatch, match=r"'x': 3, 'y': more than 3\)"):
+        busy.runner.map(add, {"x": [1, 2, 3], "y": itertools.count()})
+    longer = iter(range(10))
+    with pytest.raises(MappingLengthMismatch, match=r"'x': more than 2, 'y': 2\)"):
+        busy.runner.map(add, {"x": longer, "y": [1, 2]})
+    assert next(longer) == 3  # no further than that
+    shorter = (i for i in range(1))
+    with pytest.raises(MappingLengthMismatch, match=r"'x': 2, 'y': 1\)"):
+        busy.runner.map(add, {"x": [1, 2], "y": shorter})
+    with pytest.raises(MappingLengthMismatch, match=r"'x': 2, 'y': more than 2\)"):
+        busy.runner.map(add, {"x": (i for i in range(2)), "y": itertools.count()})
+    # As long as the others, they map as lists do (allow_failure around one too).
+    mapped = busy.runner.map(
+        add, {"x": (i for i in range(3)), "y": allow_failure(iter([10, 20, 30]))}
+    )
+    assert mapped.result(timeout=TIMEOUT) == [10, 21, 32]
+    assert busy.runner.map(add, {"x": iter([1, 2]), "y": [3, 4]}).result(TIMEOUT) == [4, 6]
     busy.check_unaffected()
 
 
