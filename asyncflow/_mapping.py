@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ._annotations import allow_failure, quote, unmapped
-from ._futures import Future
-from .exceptions import MappingLengthMismatch, MappingMissingIterable
+from ._futures import CANCELLED, COMPLETED, CRASHED, Future, cancelled_error
+from .exceptions import MappingLengthMismatch, MappingMissingIterable, UpstreamFailedError
 
 __all__ = ("MapRows", "expand")
 
@@ -35,20 +35,19 @@ class _Unsized:
         return list(itertools.islice(self.items, most + 1))
 
 
-def _as_sequence(name: str, value: Any) -> list[Any] | _Unsized | None:
+def _as_sequence(task_name: str, value: Any) -> list[Any] | _Unsized | None:
     """The elements to map over for one parameter, or None when it is passed whole."""
     if isinstance(value, _STATIC):
         return None
     if isinstance(value, allow_failure):
-        inner = _as_sequence(name, value.value)
+        inner = _as_sequence(task_name, value.value)
         if isinstance(inner, _Unsized):
             return _Unsized(map(allow_failure, inner.items))
         return None if inner is None else [allow_failure(v) for v in inner]
     if isinstance(value, Future):
         # A future whose result is a list: mapping needs its length, so wait for it. On the
         # scheduler's loop thread an unfinished one raises (await it first) instead of hanging.
-        value = value.result()
-        return _as_sequence(name, value)
+        return _as_sequence(task_name, _result_to_map(task_name, value))
     if isinstance(value, dict):
         return list(value.keys())
     if isinstance(value, Iterable) and not _file_like(value):
@@ -56,6 +55,22 @@ def _as_sequence(name: str, value: Any) -> list[Any] | _Unsized | None:
             return _Unsized(iter(value))
         return list(value)
     return None
+
+
+def _result_to_map(task_name: str, future: Future[Any]) -> Any:
+    """The result of ``future``, or what a run of ``task_name`` with it as an input gets when
+    it failed or was cancelled (so the error names the map's task and the upstream)."""
+    try:
+        return future.result()
+    except BaseException as exc:
+        status = future._status
+        if status < COMPLETED or exc is not future._value:  # (not final: a refused wait, say)
+            raise
+        if status == CANCELLED:
+            why = f"its upstream {future.task_name!r} was cancelled"
+            raise cancelled_error(task_name, why) from None
+        how = "crashed" if status == CRASHED else "failed"
+        raise UpstreamFailedError(task_name, future.task_name, how) from exc
 
 
 # File objects that are not an ``io.IOBase``: passed whole, as a file is, not split in lines.
@@ -121,7 +136,7 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
     sequences: dict[str, list[Any] | _Unsized] = {}
     static: dict[str, Any] = {}
     for name, value in parameters.items():
-        seq = _as_sequence(name, value)
+        seq = _as_sequence(task_name, value)
         if seq is None:
             static[name] = value.value if isinstance(value, unmapped) else value
         else:

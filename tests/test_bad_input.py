@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,13 @@ from asyncflow import (
     unmapped,
     wait,
 )
-from asyncflow.exceptions import MappingLengthMismatch, MappingMissingIterable, SettingsError
+from asyncflow.exceptions import (
+    MappingLengthMismatch,
+    MappingMissingIterable,
+    SettingsError,
+    TaskCancelledError,
+    UpstreamFailedError,
+)
 
 TIMEOUT = 5.0
 
@@ -352,6 +359,44 @@ def test_map_with_nothing_iterable(busy: BusyRunner) -> None:
         match=r"the future given for 'x' \(task 'add'\) resolved to 5, which map does not",
     ):
         busy.runner.map(add, {"x": five, "y": 1})
+    busy.check_unaffected()
+
+
+def _no_items() -> list[int]:
+    raise ValueError("bad input file")
+
+
+def _exits() -> list[int]:
+    raise SystemExit(3)
+
+
+async def _waits_for_ever() -> list[int]:
+    await asyncio.Event().wait()
+    raise AssertionError("not cancelled")
+
+
+def test_map_over_a_future_that_failed_names_the_task_and_its_upstream(busy: BusyRunner) -> None:
+    # As a submit's run with that future as an input: UpstreamFailedError, the cause chained.
+    items = busy.runner.submit(_no_items)
+    for given in (items, allow_failure(items)):
+        with pytest.raises(
+            UpstreamFailedError,
+            match="task 'add' did not run: its upstream task '_no_items' failed",
+        ) as info:
+            busy.runner.map(add, {"x": given, "y": unmapped(1)})
+        assert isinstance(info.value.__cause__, ValueError)
+        assert info.value.__cause__ is items.exception()
+    crashed = busy.runner.submit(_exits)
+    with pytest.raises(UpstreamFailedError, match="its upstream task '_exits' crashed"):
+        busy.runner.map(add, {"x": crashed, "y": unmapped(1)})
+    cancelled = busy.runner.submit(_waits_for_ever)
+    cancelled.cancel()
+    cancelled.wait(TIMEOUT)
+    with pytest.raises(
+        TaskCancelledError,
+        match=r"task 'add' was cancelled \(its upstream '_waits_for_ever' was cancelled\)",
+    ):
+        busy.runner.map(add, {"x": cancelled, "y": unmapped(1)})
     busy.check_unaffected()
 
 
