@@ -335,7 +335,7 @@ async def _attempts(
     if params is None:
         raise asyncio.CancelledError
     if fut._deps is not None:
-        params = resolve_parameters(params, fut._deps)
+        params = resolve_parameters(params, fut._deps, task.name)
     key = None
     if task.cache_key is not None:
         try:

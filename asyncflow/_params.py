@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._annotations import BaseAnnotation, allow_failure, quote
+from ._error_text import error_text
 from ._futures import COMPLETED, Future, FutureList, params_of
 
 __all__ = (
@@ -231,11 +232,14 @@ def inputs_of(fut: Future[Any]) -> list[Future[Any]]:
     return [] if params is None else [value for value in params.values() if type(value) is Future]
 
 
-def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dict[str, Any]:
-    """The parameters a run's body gets: its recorded inputs replaced by their results.
+def resolve_parameters(
+    params: dict[str, Any], inputs: list[Future[Any]], task_name: str
+) -> dict[str, Any]:
+    """The parameters a run of ``task_name`` gets: its recorded inputs replaced by their results.
 
     A future that is not one of ``inputs`` (put into a container after submit) is passed on as
-    it is: it was never waited for.
+    it is: it was never waited for. A container that cannot hold the results (a set, say, and
+    a result that is a list) is a ``TypeError`` naming the task and the parameter.
     """
 
     known: Any = None
@@ -250,7 +254,13 @@ def resolve_parameters(params: dict[str, Any], inputs: list[Future[Any]]) -> dic
             if known is None:
                 # A list scan is cheapest for a few inputs; a wide fan-in uses a set (O(1)).
                 known = inputs if len(inputs) <= _FEW else set(inputs)
-            out[name] = resolve_value(value, False, _known_results(known))
+            try:
+                out[name] = resolve_value(value, False, _known_results(known))
+            except Exception as exc:
+                raise TypeError(
+                    f"task {task_name!r} did not run: its parameter {name!r} could not be "
+                    f"rebuilt with the results of the futures in it ({error_text(exc)})"
+                ) from exc
     return out
 
 

@@ -145,7 +145,7 @@ def call_parts(item: Any) -> tuple[Any, dict[str, Any]]:
     if params is None:  # cancelled before its turn; the outcome is ignored
         raise cancelled_error(item._task.name)
     if item._deps is not None:
-        params = resolve_parameters(params, item._deps)
+        params = resolve_parameters(params, item._deps, item._task.name)
     return item._task, params
 
 
@@ -163,7 +163,7 @@ def call_sync(fut: Any) -> Any:
     if params is None:  # cancelled before a worker picked it up; the outcome is ignored
         raise cancelled_error(task.name)
     if deps is not None:
-        params = resolve_parameters(params, deps)
+        params = resolve_parameters(params, deps, task.name)
     return task.spec.call(task.fn, params)
 
 
@@ -583,7 +583,7 @@ class Scheduler:
                     raise asyncio.CancelledError  # noqa: TRY301 - cancelled before it started
             deps = fut._deps
             if deps is not None:
-                params = resolve_parameters(params, deps)
+                params = resolve_parameters(params, deps, task.name)
             spec = task.spec
             value = await (task.fn(**params) if spec.simple else spec.call(task.fn, params))
             status = COMPLETED

@@ -362,6 +362,39 @@ def test_map_with_nothing_iterable(busy: BusyRunner) -> None:
     busy.check_unaffected()
 
 
+def _a_list() -> list[str]:
+    return ["a", "b"]
+
+
+def _size(keys: Any) -> int:
+    raise AssertionError("the body ran")
+
+
+async def _asize(keys: Any) -> int:
+    raise AssertionError("the body ran")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [task(_size), task(_asize), task(retries=1)(_size), task(timeout=5)(_asize)],
+    ids=["thread", "coroutine", "thread with a policy", "coroutine with a policy"],
+)
+def test_an_input_in_a_set_whose_result_cannot_be_hashed_names_task_and_parameter(
+    busy: BusyRunner, body: Task[..., int]
+) -> None:
+    key = busy.runner.submit(_a_list)
+    for keys in ({key}, {key: 1}):
+        run = busy.runner.submit(body, {"keys": keys})
+        error = run.exception(timeout=TIMEOUT)
+        assert isinstance(error, TypeError)
+        assert str(error) == (
+            f"task {body.name!r} did not run: its parameter 'keys' could not be rebuilt with the "
+            "results of the futures in it (TypeError: unhashable type: 'list')"
+        )
+        assert isinstance(error.__cause__, TypeError)
+    busy.check_unaffected()
+
+
 def _no_items() -> list[int]:
     raise ValueError("bad input file")
 
