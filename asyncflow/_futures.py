@@ -599,11 +599,18 @@ class Future(Node, Generic[R]):
         return self._outcome(raise_on_failure)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The run's exception (None if it completed), blocking until it is final."""
+        """The run's exception (None if it completed), blocking until it is final.
+
+        A cancelled run's raises ``TaskCancelledError``, as ``concurrent.futures`` and asyncio
+        futures raise their ``CancelledError`` here.
+        """
         seconds = None if timeout is None else check_timeout(timeout)
         if self._status < COMPLETED and not self._wait_blocking(seconds):
             raise TimeoutError(f"task {self._task.name!r} did not finish within {timeout} seconds")
-        return None if self._status == COMPLETED else self._value
+        status = self._status
+        if status == CANCELLED:
+            self._outcome(True)  # raises
+        return None if status == COMPLETED else self._value
 
     def __await__(self) -> Generator[Any, None, R]:
         if self._status < COMPLETED:

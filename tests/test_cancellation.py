@@ -91,7 +91,8 @@ def test_a_cancelled_queued_run_never_starts_and_its_dependents_end_cancelled(
             assert f.state.is_cancelled()
             with pytest.raises(TaskCancelledError):
                 f.result()
-        assert "upstream 'record_one' was cancelled" in str(child.exception())
+        with pytest.raises(TaskCancelledError, match="upstream 'record_one' was cancelled"):
+            child.exception()
         stuck.release()
         assert blocker.result(timeout=TIMEOUT) == "late"
         assert runner.submit(double, {"x": 2}).result(timeout=TIMEOUT) == 4
@@ -619,7 +620,8 @@ def test_a_skipped_run_cancelled_by_another_skipped_runs_callback_stays_cancelle
         assert second.state.is_cancelled()  # not made UpstreamFailed over its Cancelled state
         # ... and what waits on it is cancelled, as if it had been cancelled before.
         assert third.state.is_cancelled()
-        assert "its upstream 'second' was cancelled" in str(third.exception())
+        with pytest.raises(TaskCancelledError, match="its upstream 'second' was cancelled"):
+            third.exception()
     stats = runner.statistics()
     assert (stats.failed, stats.cancelled) == (2, 4)
 
