@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ __all__ = ("LoopThread", "new_event_loop", "to_its_end")
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A new loop: uvloop when ``kind`` is "uvloop", or "auto" and uvloop is installed."""
+    """A new loop: uvloop when ``kind`` is "uvloop", or "auto" and uvloop is installed and can
+    run here (see ``closed_standard_descriptor``)."""
     if kind in ("auto", "uvloop"):
         try:
             import uvloop
@@ -25,8 +27,28 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
                     "ASYNCFLOW_EVENT_LOOP=uvloop but uvloop is not installed"
                 ) from None
         else:
-            return uvloop.new_event_loop()
+            closed = closed_standard_descriptor()
+            if closed is None:
+                return uvloop.new_event_loop()
+            if kind == "uvloop":
+                raise RuntimeError(
+                    f"ASYNCFLOW_EVENT_LOOP=uvloop but this process's descriptor {closed} is "
+                    "closed: libuv aborts the process when one of its own descriptors is "
+                    "numbered 0, 1 or 2 (use ASYNCFLOW_EVENT_LOOP=auto or asyncio)"
+                )
     return asyncio.new_event_loop()
+
+
+def closed_standard_descriptor() -> int | None:
+    """The first of descriptors 0, 1 and 2 that is closed, if any (a process started with
+    ``<&-`` or ``>&-``). The next descriptor opened takes that number; libuv asserts that none
+    of its own has one of those numbers and aborts the process as it closes its loop."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # noqa: PERF203 - three descriptors, once per loop made
+            return fd
+    return None
 
 
 class LoopThread:

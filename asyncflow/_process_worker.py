@@ -83,7 +83,7 @@ import threading
 import traceback
 from typing import Any, BinaryIO
 
-_HEADER = struct.Struct(">I")
+_HEADER = struct.Struct(">Q")  # (a message may be 4 GiB or more)
 _U32 = struct.Struct("=I")  # the ledger's numbers
 _RECORD = struct.Struct("=IB")  # a reply held in the ledger: its size (from the kind on), kind
 _INT_RECORD = struct.Struct("=IBq")  # the same, with an ``int`` result (kind ``i``)

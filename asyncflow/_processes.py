@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ("ProcessWorkers",)
 
-_HEADER = struct.Struct(">I")
+_HEADER = struct.Struct(">Q")  # (a message may be 4 GiB or more)
 # The reply ledger's numbers, in the machine's byte order (its layout: see _process_worker).
 _U32 = struct.Struct("=I")
 _I64 = struct.Struct("=q")

@@ -1716,6 +1716,18 @@ def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
     assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ONLY_THIS": "1"}
 
 
+def test_messages_between_parent_and_workers_may_be_4_gib_or_more() -> None:
+    # Each message on the pipes is prefixed by its length; in 4 bytes, a map of big blobs sent
+    # as one batch (or one argument or result) of 4 GiB or more failed with a bare struct.error.
+    import asyncflow._process_worker as worker_module
+
+    size = 2**32 + 5
+    headers = (asyncflow._processes._HEADER, worker_module._HEADER)
+    assert headers[0].format == headers[1].format
+    for header in headers:
+        assert header.unpack(header.pack(size)) == (size,)
+
+
 def test_runners_with_other_worker_envs_differ_and_repr_shows_no_values() -> None:
     prod = ProcessPoolTaskRunner(max_workers=1, worker_env={"DB_URL": "postgres://prod"})
     test = ProcessPoolTaskRunner(max_workers=1, worker_env={"DB_URL": "postgres://test"})

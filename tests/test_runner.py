@@ -8,8 +8,11 @@ import contextvars
 import functools
 import gc
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +36,7 @@ from asyncflow import (
 from asyncflow.exceptions import SettingsError, TaskCancelledError
 
 TIMEOUT = 5.0  # seconds: the longest any single wait in these tests may take
+SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 # -- task bodies -------------------------------------------------------------------------------
@@ -1152,6 +1156,52 @@ def test_event_loop_setting_picks_the_background_loop(
     assert body_loop_type is type(loop)
     assert isinstance(loop, uvloop.Loop) is is_uvloop
     assert isinstance(loop, asyncio.AbstractEventLoop)
+
+
+_CLOSED_STDIO_SCRIPT = """
+import os, sys
+from asyncflow import ThreadPoolTaskRunner
+
+def double(x):
+    return 2 * x
+
+try:
+    with ThreadPoolTaskRunner(max_workers=1) as runner:
+        values = runner.map(double, {"x": range(3)}).result()
+except RuntimeError as exc:
+    values = f"RuntimeError: {exc}"
+with open(sys.argv[1], "w") as out:
+    out.write(f"{values}")
+"""
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
+@pytest.mark.parametrize("setting", ["auto", "uvloop"])
+def test_a_process_with_a_standard_descriptor_closed_runs_on_asyncio_or_says_why(
+    tmp_path: Path, closed: str, setting: str
+) -> None:
+    # libuv aborts the process (SIGABRT) when a descriptor of its own is numbered 0 to 2, so
+    # uvloop is not taken then: "auto" picks asyncio, an explicit "uvloop" says why it cannot.
+    script, out = tmp_path / "closed.py", tmp_path / "out.txt"
+    script.write_text(_CLOSED_STDIO_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT, "ASYNCFLOW_EVENT_LOOP": setting}
+    done = subprocess.run(
+        ["sh", "-c", f'exec "$0" "$1" "$2" {closed}', sys.executable, str(script), str(out)],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    if setting == "auto":
+        assert out.read_text() == "[0, 2, 4]"
+    else:
+        fd = {"<&-": 0, ">&-": 1, "2>&-": 2}[closed]
+        assert out.read_text() == (
+            f"RuntimeError: ASYNCFLOW_EVENT_LOOP=uvloop but this process's descriptor {fd} is "
+            "closed: libuv aborts the process when one of its own descriptors is numbered 0, 1 "
+            "or 2 (use ASYNCFLOW_EVENT_LOOP=auto or asyncio)"
+        )
 
 
 # -- parameters reach the body the same way, with or without an upstream -------------------------
