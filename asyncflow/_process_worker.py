@@ -636,7 +636,7 @@ def _reply(replies: _Replies, value: Any, cloudpickle: Any) -> None:
     if type(value) in _PLAIN_VALUES:
         try:
             data = marshal.dumps(value)
-        except ValueError:  # (a str or bytes of 2 GiB or more: pickle carries it)
+        except (ValueError, MemoryError):  # (a str or bytes of 2 GiB or more: pickle tries)
             pass
     if data:
         kind = b"p"

@@ -18,6 +18,7 @@ import gc
 import io
 import json
 import logging
+import marshal
 import operator
 import os
 import pickle
@@ -527,6 +528,26 @@ def test_a_result_that_cannot_be_loaded_here_fails_the_run_and_the_worker_serves
         assert err.direction == "result"
         assert "task 'give_load_fails'" in str(err)
         assert "this object refuses to load" in str(err)
+        assert runner.submit(pid).result(TIMEOUT) == before
+
+
+def bytes_marshal_has_no_memory_for() -> bytes:
+    """A plain result whose marshalling runs out of memory (once), as a huge one may."""
+    real = marshal.dumps
+
+    def out_of_memory(value: object, *args: Any) -> bytes:
+        marshal.dumps = real
+        raise MemoryError
+
+    marshal.dumps = out_of_memory
+    return b"plain bytes"
+
+
+def test_a_plain_result_that_runs_out_of_memory_to_marshal_goes_by_pickle() -> None:
+    # (A MemoryError there killed the worker: the run Crashed, and the worker was replaced.)
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        before = runner.submit(pid).result(TIMEOUT)
+        assert runner.submit(bytes_marshal_has_no_memory_for).result(TIMEOUT) == b"plain bytes"
         assert runner.submit(pid).result(TIMEOUT) == before
 
 
