@@ -34,7 +34,6 @@ from ._futures import (
     params_of,
 )
 from ._params import resolve_parameters
-from ._task import is_async_callable
 from .exceptions import TaskTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -424,16 +423,10 @@ async def run_hooks(task: Task[..., Any], fut: Future[Any], state: State[Any]) -
         hooks = task.on_failure
     for hook in hooks:
         try:
-            if is_async_callable(hook):
-                await hook(task, fut, state)
-                continue
-            # A sync hook runs in a worker thread, as a sync body does: one that blocks (a
-            # notification over HTTP, say) must not stop the loop, and every other run with it,
-            # and it may wait for other runs' results. (Abandoned if the runner leaves at once.)
-            result = await anyio.to_thread.run_sync(hook, task, fut, state, abandon_on_cancel=True)
+            result = hook(task, fut, state)
             if inspect.isawaitable(result):
                 await result
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # noqa: PERF203 - each hook is isolated from the others
             raise  # the runner is leaving in a hurry (Ctrl-C): stop running hooks
         except BaseException:
             logger.exception("hook %r of task %r (run %s) raised", hook, task.name, fut.task_run_id)

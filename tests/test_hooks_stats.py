@@ -18,7 +18,6 @@ from asyncflow import (
     State,
     Task,
     ThreadPoolTaskRunner,
-    get_run_context,
     task,
 )
 from asyncflow.exceptions import (
@@ -312,36 +311,6 @@ def test_a_cancel_that_arrives_while_hooks_run_does_not_stop_them() -> None:
         assert f.state.is_completed()
         assert f.result() == 8
     assert "after" in seen  # every hook ran
-
-
-@pytest.mark.parametrize("body", [double, adouble], ids=["thread", "coro"])
-def test_a_sync_hook_that_blocks_holds_up_no_other_run(body: Callable[..., Any]) -> None:
-    # It runs in a worker thread, in the run's context, and may even wait for other runs.
-    in_hook, gate = threading.Event(), threading.Event()
-    seen: list[Any] = []
-
-    def blocking(t: Task[..., Any], f: Future[Any], state: State[Any]) -> None:
-        seen.append((threading.current_thread() is threading.main_thread(), get_run_context()))
-        in_hook.set()
-        assert gate.wait(TIMEOUT)
-        seen.append(runner.submit(adouble, {"x": 5}).result(timeout=TIMEOUT))
-
-    notified = task(name="notified", on_completion=[blocking])(body)
-    with ThreadPoolTaskRunner(max_workers=2) as runner:
-        try:
-            f = runner.submit(notified, {"x": 1})
-            assert in_hook.wait(TIMEOUT)
-            # A coroutine run needs the loop: it ends while the hook blocks.
-            assert runner.submit(adouble, {"x": 3}).result(timeout=TIMEOUT) == 6
-            assert runner.submit(double, {"x": 4}).result(timeout=TIMEOUT) == 8
-            assert not f.done()  # a run's hooks come before its future is final
-        finally:
-            gate.set()
-        assert f.result(timeout=TIMEOUT) == 2
-    (on_main, context), result = seen
-    assert not on_main
-    assert (context.task_name, context.task_run_id) == ("notified", f.task_run_id)
-    assert result == 10
 
 
 # -- statistics --------------------------------------------------------------------------------
