@@ -31,11 +31,12 @@ class Flow(Generic[P, R]):
             raise TypeError(f"@flow needs a callable, not {fn!r}")
         if task_runner is not None and not isinstance(task_runner, TaskRunner):
             raise TypeError(f"task_runner must be a TaskRunner, not {task_runner!r}")
+        # First: it copies the attributes of ``fn`` (an object's too) onto this flow.
+        functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.task_runner = task_runner
         self.is_async = is_async_callable(fn)
-        functools.update_wrapper(self, fn)
 
     def _runner(self) -> TaskRunner:
         # A fresh copy per call: the same flow may run several times at once. The copy

@@ -33,7 +33,8 @@ def is_async_callable(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn)
         and not inspect.ismethod(fn)
-        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        # (The type's: a class's own ``__call__`` attribute is its instances' method.)
+        and inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
     )
 
 

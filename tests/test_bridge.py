@@ -1006,10 +1006,24 @@ class _AsyncPipeline:
 @pytest.mark.anyio
 async def test_a_flow_of_an_object_with_an_async_call_is_an_async_flow() -> None:
     # As for tasks: the object is called inside the flow's runner, and awaited there.
-    pipeline = flow(name="pipeline")(_AsyncPipeline())
+    obj = _AsyncPipeline()
+    obj.name, obj.fn, obj.task_runner = "its own name", print, None  # type: ignore[attr-defined]
+    pipeline = flow(name="pipeline")(obj)
+    assert (pipeline.name, pipeline.fn) == ("pipeline", obj)  # not the object's attributes
     assert pipeline.is_async
     assert await pipeline(3) == 6
     assert await flow(functools.partial(_AsyncPipeline(), 4))() == 8
+
+
+def test_a_class_whose_instances_have_an_async_call_is_a_sync_callable() -> None:
+    # Calling the class makes an instance; only its instances' calls are coroutines.
+    assert not flow(_AsyncPipeline).is_async
+    assert not task(_AsyncPipeline).is_async
+    assert isinstance(flow(_AsyncPipeline)(), _AsyncPipeline)
+    with ThreadPoolTaskRunner() as runner:
+        made = runner.submit(_AsyncPipeline).result(timeout=TIMEOUT)
+        assert isinstance(made, _AsyncPipeline)
+        assert runner.submit(made, {"x": 2}).result(timeout=TIMEOUT) == 4
 
 
 # -- futures of other runners ---------------------------------------------------------------------
