@@ -20,19 +20,35 @@ _STATIC = (str, bytes, bytearray, io.IOBase, unmapped, quote)
 
 
 class _Unsized:
-    """The elements of an iterable without a length (a generator, ``itertools.count()``): taken
-    after the others, and only as many as the longest of those and one more, to tell a
-    different length without running an endless one to its end."""
+    """The elements of an iterable without a length (a generator, ``itertools.count()``), read
+    after the others: as many as the longest of those and one more; or, when none has a
+    length, side by side with the other such iterables (as ``zip`` reads them) until one ends
+    and each of the others gave one more. So an endless one never runs on (unless all are),
+    and a longer one is told apart."""
 
     __slots__ = ("items",)
 
     def __init__(self, items: Iterator[Any]) -> None:
         self.items = items
 
-    def take(self, most: int | None) -> list[Any]:
-        if most is None:  # no other iterable has a length: this one is taken whole
-            return list(self.items)
-        return list(itertools.islice(self.items, most + 1))
+
+_END: Any = object()
+
+
+def _side_by_side(iterators: list[Iterator[Any]]) -> list[list[Any]]:
+    if len(iterators) == 1:  # the common case: read whole
+        return [list(iterators[0])]
+    columns: list[list[Any]] = [[] for _ in iterators]
+    steps = [(it, column.append) for it, column in zip(iterators, columns, strict=True)]
+    ended = False
+    while not ended:
+        for it, append in steps:
+            value = next(it, _END)
+            if value is _END:
+                ended = True
+            else:
+                append(value)
+    return columns
 
 
 def _as_sequence(task_name: str, value: Any) -> list[Any] | _Unsized | None:
@@ -163,18 +179,18 @@ def expand(task_name: str, parameters: dict[str, Any]) -> tuple[MapRows, set[typ
 def _columns(task_name: str, sequences: dict[str, list[Any] | _Unsized]) -> list[list[Any]]:
     """The mapped parameters' elements, checked to be as many for each."""
     known = [len(seq) for seq in sequences.values() if isinstance(seq, list)]
-    most = max(known, default=None)
-    lengths: dict[str, str] = {}
-    columns: list[list[Any]] = []
-    for name, seq in sequences.items():
-        column = seq.take(most) if isinstance(seq, _Unsized) else seq
-        n = len(column)
-        if most is None:
-            most = n
-        lengths[name] = f"more than {most}" if n > most else str(n)
-        columns.append(column)
-    if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{name!r}: {n}" for name, n in lengths.items())
+    unsized = [seq.items for seq in sequences.values() if isinstance(seq, _Unsized)]
+    if known:
+        most = max(known)
+        taken = [list(itertools.islice(items, most + 1)) for items in unsized]
+    else:
+        taken = _side_by_side(unsized)
+        most = min(map(len, taken))
+    read = iter(taken)
+    columns = [seq if isinstance(seq, list) else next(read) for seq in sequences.values()]
+    lengths = [f"more than {most}" if len(c) > most else str(len(c)) for c in columns]
+    if len(set(lengths)) > 1:
+        detail = ", ".join(f"{name!r}: {n}" for name, n in zip(sequences, lengths, strict=True))
         raise MappingLengthMismatch(
             f"map of task {task_name!r} got iterables of different lengths ({detail})"
         )

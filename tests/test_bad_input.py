@@ -462,12 +462,21 @@ def test_map_over_an_endless_iterator_beside_a_list_is_a_length_mismatch(
         busy.runner.map(add, {"x": [1, 2], "y": shorter})
     with pytest.raises(MappingLengthMismatch, match=r"'x': 2, 'y': more than 2\)"):
         busy.runner.map(add, {"x": (i for i in range(2)), "y": itertools.count()})
+    # With no length anywhere, they are read side by side: the endless one first too.
+    endless = itertools.count()
+    with pytest.raises(MappingLengthMismatch, match=r"'x': more than 2, 'y': 2\)"):
+        busy.runner.map(add, {"x": endless, "y": iter([1, 2])})
+    assert next(endless) == 3  # no further than that
+    with pytest.raises(MappingLengthMismatch, match=r"'x': 2, 'y': more than 3, 'z': 3\)"):
+        busy.runner.map(task(collect), {"x": iter([1, 2]), "y": iter(range(5)), "z": [1, 2, 3]})
     # As long as the others, they map as lists do (allow_failure around one too).
     mapped = busy.runner.map(
         add, {"x": (i for i in range(3)), "y": allow_failure(iter([10, 20, 30]))}
     )
     assert mapped.result(timeout=TIMEOUT) == [10, 21, 32]
     assert busy.runner.map(add, {"x": iter([1, 2]), "y": [3, 4]}).result(TIMEOUT) == [4, 6]
+    together = busy.runner.map(add, {"x": iter([1, 2]), "y": (i * 10 for i in range(1, 3))})
+    assert together.result(TIMEOUT) == [11, 22]
     busy.check_unaffected()
 
 
