@@ -239,7 +239,8 @@ def resolve_parameters(
 
     A future that is not one of ``inputs`` (put into a container after submit) is passed on as
     it is: it was never waited for. A container that cannot hold the results (a set, say, and
-    a result that is a list) is a ``TypeError`` naming the task and the parameter.
+    a result that is a list) is a ``TypeError`` naming the task and the parameter; what else
+    rebuilding a container raises is raised as it is.
     """
 
     known: Any = None
@@ -256,7 +257,7 @@ def resolve_parameters(
                 known = inputs if len(inputs) <= _FEW else set(inputs)
             try:
                 out[name] = resolve_value(value, False, _known_results(known))
-            except Exception as exc:
+            except TypeError as exc:  # (a set or dict key that cannot take a result)
                 raise TypeError(
                     f"task {task_name!r} did not run: its parameter {name!r} could not be "
                     f"rebuilt with the results of the futures in it ({error_text(exc)})"

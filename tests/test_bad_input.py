@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -392,6 +392,31 @@ def test_an_input_in_a_set_whose_result_cannot_be_hashed_names_task_and_paramete
             "results of the futures in it (TypeError: unhashable type: 'list')"
         )
         assert isinstance(error.__cause__, TypeError)
+    busy.check_unaffected()
+
+
+class _Positives(tuple[Any, ...]):
+    """A tuple whose every value, but a future, must be positive."""
+
+    def __new__(cls, items: Iterable[Any]) -> _Positives:
+        values = tuple(items)
+        for n in values:
+            if not isinstance(n, Future) and n <= 0:
+                raise ValueError(f"values must be positive, not {n}")
+        return super().__new__(cls, values)
+
+
+def _minus_one() -> int:
+    return -1
+
+
+def test_what_else_rebuilding_an_input_s_container_raises_is_raised_as_it_is(
+    busy: BusyRunner,
+) -> None:
+    run = busy.runner.submit(_size, {"keys": _Positives([busy.runner.submit(_minus_one)])})
+    error = run.exception(timeout=TIMEOUT)
+    assert type(error) is ValueError
+    assert str(error) == "values must be positive, not -1"
     busy.check_unaffected()
 
 
