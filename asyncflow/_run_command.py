@@ -16,7 +16,7 @@ from ._error_text import error_text
 from ._events import TaskEvent
 from ._flow import Flow
 from ._flowfile import FlowFileError, check_call, load_flow, parse_flow_args, split_target
-from ._futures import Future
+from ._futures import COMPLETED, Future
 from ._progress import ProgressDisplay
 from ._recorder import RunRecorder, check_outputs
 from ._resolve import resolve_futures_async, resolve_futures_to_results
@@ -143,12 +143,8 @@ def _failed_task(exc: BaseException, failures: _Failures) -> str | None:
     tb = exc.__traceback__
     while tb is not None:
         owner = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, Future) and owner.done():
-            try:
-                if owner.exception() is exc:
-                    return owner.task_name
-            except BaseException:  # a cancelled future may raise instead: not this one
-                pass
+        if isinstance(owner, Future) and owner._status > COMPLETED and owner._value is exc:
+            return owner.task_name
         tb = tb.tb_next
     # Else by the error text of the failed runs' events.
     text = error_text(exc)

@@ -54,6 +54,18 @@ def fails_inside() -> int:
     return boom.submit(7).result() + 1
 
 
+@task
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+@flow
+def reads_a_cancelled_run() -> None:
+    run = forever.submit()
+    run.cancel()
+    run.result()
+
+
 def plain_failure() -> None:
     raise KeyError("no such thing")
 
@@ -169,6 +181,15 @@ def test_a_failing_flow_exits_1_naming_the_task_and_its_error(flows: Path) -> No
     assert "(caused by ValueError: bad input 1)" in message
     assert "2 task runs failed in all, 1 of them without running (an upstream failed)" in message
     assert "Traceback" not in message
+
+
+def test_a_cancelled_run_read_inside_the_flow_body_is_named(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:reads_a_cancelled_run", cwd=flows.parent)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(
+        "asyncflow run: flow 'reads_a_cancelled_run' failed: task 'forever' failed with "
+        "TaskCancelledError: task 'forever' was cancelled."
+    )
 
 
 def test_a_task_failing_inside_the_flow_body_is_named(flows: Path) -> None:
