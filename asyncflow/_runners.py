@@ -796,13 +796,16 @@ class ProcessPoolTaskRunner(TaskRunner):
 
     def _config(self) -> tuple[Any, ...]:
         spec = self._worker_env_spec
-        # (A dict is the workers' whole environment; a list, names passed on from this one.)
+        # A dict is the workers' whole environment; names, variables passed on from this one
+        # (each once; none at all is an empty environment, as an empty dict is).
         env = (
             None
             if spec is None
             else ("dict", tuple(sorted(spec.items())))
             if isinstance(spec, dict)
-            else ("names", tuple(sorted(spec)))
+            else ("names", tuple(sorted(set(spec))))
+            if spec
+            else ("dict", ())
         )
         return (
             self._max_workers,
@@ -821,8 +824,10 @@ class ProcessPoolTaskRunner(TaskRunner):
     def _shown_config(self) -> tuple[Any, ...]:
         # The names of the workers' variables, not their values (a password, say).
         config = self._config()
-        spec = self._worker_env_spec
-        return (*config[:4], None if spec is None else tuple(sorted(spec)), *config[5:])
+        env = config[4]
+        if env is not None and env[0] == "dict":
+            env = ("dict", tuple(name for name, _ in env[1]))
+        return (*config[:4], env, *config[5:])
 
     def _make_backend(self, scheduler: Scheduler) -> Backend:
         from ._processes import ProcessWorkers

@@ -1758,9 +1758,12 @@ def test_runners_with_other_worker_envs_differ_and_repr_shows_no_values() -> Non
     assert test != names
     assert prod == prod.duplicate()
     assert hash(prod) == hash(prod.duplicate())
-    assert names == ProcessPoolTaskRunner(max_workers=1, worker_env=("DB_URL",))
-    assert "DB_URL" in repr(prod)
+    assert names == ProcessPoolTaskRunner(max_workers=1, worker_env=("DB_URL", "DB_URL"))
+    # (No names passed on is an empty environment, as an empty dict is.)
+    assert ProcessPoolTaskRunner(worker_env=[]) == ProcessPoolTaskRunner(worker_env={})
+    assert "('dict', ('DB_URL',))" in repr(prod)
     assert "postgres" not in repr(prod)
+    assert "('names', ('DB_URL',))" in repr(names)
 
 
 def test_a_runner_with_unhashable_initargs_can_be_hashed() -> None:
