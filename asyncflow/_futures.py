@@ -724,10 +724,11 @@ class Future(Node, Generic[R]):
     def cancel(self) -> bool:
         """Cancel the run; its unstarted dependents end Cancelled too.
 
-        Returns False if the run was already final. Otherwise a run that had not started, or a
-        plain thread body (abandoned: it keeps running), is Cancelled when this returns; a
-        running coroutine, or a run with retries, a timeout, a cache key or hooks, is cancelled
-        and ends as soon as it has handled the cancellation (``await`` the future, or call
+        Returns False if the run was already final, or its hooks already run (its attempts
+        are over: it ends as they did). Otherwise a run that had not started, or a plain thread
+        body (abandoned: it keeps running), is Cancelled when this returns; a running
+        coroutine, or a run with retries, a timeout, a cache key or hooks, is cancelled and
+        ends as soon as it has handled the cancellation (``await`` the future, or call
         ``wait()``, to wait for that). From another thread this waits for the scheduler's loop
         to take the request (a short hand-over).
         """
@@ -737,7 +738,10 @@ class Future(Node, Generic[R]):
             self._scheduler.call_in_loop(lambda: self._scheduler.request_cancel(self))
         except RuntimeError:  # the runner's loop is closed: the run ended with it
             return self._status == CANCELLED
-        return self._status == CANCELLED or self._status < COMPLETED
+        if self._status == CANCELLED:
+            return True
+        pol = self._policy
+        return self._status < COMPLETED and not (pol is not None and pol.finishing)
 
     def cancelled(self) -> bool:
         return self._status == CANCELLED
