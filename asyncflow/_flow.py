@@ -8,7 +8,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._resolve import resolve_futures_async, resolve_futures_to_results
 from ._runners import TaskRunner, ThreadPoolTaskRunner
-from ._task import is_async_callable, refuse_coroutine
+from ._task import Task, is_async_callable, refuse_coroutine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,6 +23,11 @@ class Flow(Generic[P, R]):
     Futures in the return value are replaced by their results.
     """
 
+    fn: Callable[P, R]
+    name: str
+    task_runner: TaskRunner | None
+    is_async: bool
+
     def __init__(
         self, fn: Callable[P, R], *, name: str | None = None, task_runner: TaskRunner | None = None
     ) -> None:
@@ -31,10 +36,21 @@ class Flow(Generic[P, R]):
             raise TypeError(f"@flow needs a callable, not {fn!r}")
         if task_runner is not None and not isinstance(task_runner, TaskRunner):
             raise TypeError(f"task_runner must be a TaskRunner, not {task_runner!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"flow name must be a string, not {name!r}")
+        # A flow of a flow is a copy of it (its runner unless given another); a flow of a task
+        # runs the task's function, under the task's name.
+        if isinstance(fn, Flow):
+            name = name or fn.name
+            task_runner = task_runner if task_runner is not None else fn.task_runner
+            fn = fn.fn
+        elif isinstance(fn, Task):
+            name = name or fn.name
+            fn = fn.fn
         # First: it copies the attributes of ``fn`` (an object's too) onto this flow.
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name = name or str(getattr(fn, "__name__", type(fn).__name__))
         self.task_runner = task_runner
         self.is_async = is_async_callable(fn)
 

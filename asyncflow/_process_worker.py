@@ -10,7 +10,7 @@ the parent shows it on its own stderr and keeps its last lines for a crash error
 
 Protocol on the private pipes (the original stdin: calls in; the original stdout: replies out;
 both moved to descriptors of their own, with stdin then reading ``/dev/null`` and descriptor 1
-then the parent's stdout). Every message is a 4-byte big-endian length and a body.
+then the parent's stdout). Every message is an 8-byte big-endian length and a body.
 In, each body is a pickle:
 - first: ``(sys_path, cwd, initializer_bytes, log_level, ledger_fd)``; answered ``ready``
   once the initializer ran (``ledger_fd``: None when the parent has no ledger to share);

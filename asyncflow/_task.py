@@ -30,11 +30,12 @@ _UNSET: Any = object()
 def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
+    if isinstance(fn, type):  # calling a class calls its metaclass's __call__ (an instance)
+        return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn)
         and not inspect.ismethod(fn)
-        # (The type's: a class's own ``__call__`` attribute is its instances' method.)
-        and inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
+        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
     )
 
 

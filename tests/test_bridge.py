@@ -1012,7 +1012,9 @@ async def test_a_flow_of_an_object_with_an_async_call_is_an_async_flow() -> None
     assert (pipeline.name, pipeline.fn) == ("pipeline", obj)  # not the object's attributes
     assert pipeline.is_async
     assert await pipeline(3) == 6
-    assert await flow(functools.partial(_AsyncPipeline(), 4))() == 8
+    partial_flow = flow(functools.partial(_AsyncPipeline(), 4))
+    assert partial_flow.is_async
+    assert await partial_flow() == 8
 
 
 def test_a_class_whose_instances_have_an_async_call_is_a_sync_callable() -> None:
@@ -1024,6 +1026,61 @@ def test_a_class_whose_instances_have_an_async_call_is_a_sync_callable() -> None
         made = runner.submit(_AsyncPipeline).result(timeout=TIMEOUT)
         assert isinstance(made, _AsyncPipeline)
         assert runner.submit(made, {"x": 2}).result(timeout=TIMEOUT) == 4
+
+
+async def _afn(self: object, x: int, y: int) -> int:
+    return x + y
+
+
+class _PartlyAsync:
+    """``__call__`` is a partialmethod of a coroutine function."""
+
+    __call__ = functools.partialmethod(_afn, 10)
+
+
+class _AsyncMeta(type):
+    async def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return "made later"
+
+
+class _MadeByACoroutine(metaclass=_AsyncMeta):
+    pass
+
+
+@pytest.mark.anyio
+async def test_other_async_callables_are_async_tasks_and_flows() -> None:
+    callables: list[tuple[Callable[..., Any], object]] = [
+        (functools.partial(_PartlyAsync(), 1), 11),
+        (_MadeByACoroutine, "made later"),
+    ]
+    for fn, value in callables:
+        assert task(fn).is_async
+        assert flow(fn).is_async
+        assert await flow(fn)() == value
+        async with ThreadPoolTaskRunner() as runner:
+            assert await runner.submit(fn) == value
+
+
+@pytest.mark.anyio
+async def test_a_flow_of_a_task_or_of_a_flow_runs_its_function() -> None:
+    # Of a task: the task's function, under the task's name; of a flow: a copy of that flow
+    # (its runner, unless another is given).
+    for body, is_async in [(double, False), (adouble, True)]:
+        named = task(name="named")(body)
+        of_task = flow(named)
+        assert (of_task.name, of_task.fn, of_task.is_async) == ("named", body, is_async)
+        result: Any = of_task(x=3)
+        assert (await result if is_async else result) == 6
+    runner = ThreadPoolTaskRunner(max_workers=3)
+    inner = flow(name="inner", task_runner=runner)(adouble)
+    outer = flow(inner)
+    assert (outer.name, outer.task_runner, outer.fn) == ("inner", runner, adouble)
+    assert await outer(x=4) == 8
+    other = ThreadPoolTaskRunner(max_workers=2)
+    renamed = flow(name="outer", task_runner=other)(inner)
+    assert (renamed.name, renamed.task_runner) == ("outer", other)
+    with pytest.raises(TypeError, match="flow name must be a string, not 3"):
+        flow(name=3)(double)  # type: ignore[call-overload]
 
 
 # -- futures of other runners ---------------------------------------------------------------------
