@@ -735,13 +735,18 @@ class Future(Node, Generic[R]):
         if self._status >= COMPLETED:
             return False
         try:
-            self._scheduler.call_in_loop(lambda: self._scheduler.request_cancel(self))
+            taken: bool = self._scheduler.call_in_loop(self._cancel_on_loop)
         except RuntimeError:  # the runner's loop is closed: the run ended with it
             return self._status == CANCELLED
-        if self._status == CANCELLED:
-            return True
+        return taken
+
+    def _cancel_on_loop(self) -> bool:
+        """Loop thread: cancel this run, if that is still possible (see ``cancel``)."""
         pol = self._policy
-        return self._status < COMPLETED and not (pol is not None and pol.finishing)
+        if self._status >= COMPLETED or (pol is not None and pol.finishing):
+            return False  # (its hooks run: it ends as its attempts did)
+        self._scheduler.request_cancel(self)
+        return True
 
     def cancelled(self) -> bool:
         return self._status == CANCELLED

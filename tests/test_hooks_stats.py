@@ -20,6 +20,7 @@ from asyncflow import (
     ThreadPoolTaskRunner,
     task,
 )
+from asyncflow._scheduler import Scheduler
 from asyncflow.exceptions import (
     TaskCancelledError,
     TaskCrashedError,
@@ -311,6 +312,39 @@ def test_a_cancel_that_arrives_while_hooks_run_does_not_stop_them() -> None:
         assert f.state.is_completed()
         assert f.result() == 8
     assert "after" in seen  # every hook ran
+
+
+def test_a_cancel_taken_is_true_even_if_the_run_s_hooks_start_before_it_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whether the cancel was taken is decided on the loop: the caller may read the run's state
+    # only once its on_cancellation hooks run (an ordinary thread switch can make it that late).
+    in_hook, leave_hook = threading.Event(), threading.Event()
+
+    async def hook(t: Task[..., Any], f: Future[Any], state: State[Any]) -> None:
+        in_hook.set()
+        await anyio.to_thread.run_sync(leave_hook.wait, TIMEOUT)
+
+    real = Scheduler.call_in_loop
+
+    def call_in_loop(self: Scheduler, fn: Callable[[], Any]) -> Any:
+        out = real(self, fn)
+        if threading.current_thread() is threading.main_thread():
+            assert in_hook.wait(TIMEOUT)  # the caller goes on once the hooks run
+        return out
+
+    held = task(on_cancellation=[hook])(forever)
+    started = threading.Event()
+    with ThreadPoolTaskRunner() as runner:
+        run = runner.submit(held, {"started": started})
+        assert started.wait(TIMEOUT)
+        monkeypatch.setattr(Scheduler, "call_in_loop", call_in_loop)
+        try:
+            assert run.cancel() is True
+        finally:
+            leave_hook.set()
+        run.wait(TIMEOUT)
+    assert run.cancelled()
 
 
 # -- statistics --------------------------------------------------------------------------------
