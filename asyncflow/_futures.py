@@ -746,7 +746,8 @@ class Future(Node, Generic[R]):
         if self._status >= COMPLETED or (pol is not None and pol.finishing):
             return False  # (its hooks run: it ends as its attempts did)
         self._scheduler.request_cancel(self)
-        return True
+        # (Registering the runs submitted before it may have ended it first: a failed input.)
+        return self._status == CANCELLED or self._status < COMPLETED
 
     def cancelled(self) -> bool:
         return self._status == CANCELLED

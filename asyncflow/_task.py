@@ -30,13 +30,27 @@ _UNSET: Any = object()
 def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
-    if isinstance(fn, type):  # calling a class calls its metaclass's __call__ (an instance)
-        return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
+    if isinstance(fn, Task):
+        return fn.is_async
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn)
         and not inspect.ismethod(fn)
-        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        and inspect.iscoroutinefunction(_call_of(fn))
     )
+
+
+def _call_of(fn: object) -> object:
+    """What calling ``fn`` calls, found as Python finds it: ``__call__`` on its type (for a
+    class, its metaclass's; an instance's own attribute is never called), bound to ``fn``."""
+    cls = type(fn)
+    call = inspect.getattr_static(cls, "__call__", None)
+    get = getattr(type(call), "__get__", None)
+    if get is None:
+        return call
+    try:
+        return get(call, fn, cls)
+    except TypeError:  # (type's own __call__, found for an object of a class without one)
+        return None
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
@@ -130,6 +144,8 @@ class Task(Generic[P, R]):
             raise TypeError(f"@task needs a callable, not {fn!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"task name must be a string, not {name!r}")
+        # First: it copies the attributes of ``fn`` (an object's too) onto this task.
+        functools.update_wrapper(self, fn)
         self.fn = fn
         self.name: str = name or _default_name(fn)
         checked = _check_options(
@@ -179,7 +195,6 @@ class Task(Generic[P, R]):
             or self.on_failure
             or self.on_cancellation
         )
-        functools.update_wrapper(self, fn)
 
     def _options(self) -> dict[str, Any]:
         return {

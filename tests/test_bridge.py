@@ -1083,6 +1083,46 @@ async def test_a_flow_of_a_task_or_of_a_flow_runs_its_function() -> None:
         flow(name=3)(double)  # type: ignore[call-overload]
 
 
+class _Configured:
+    """A callable object with attributes named as a task's and a flow's options."""
+
+    def __init__(self, fn: Callable[[int], Any]) -> None:
+        self.fn, self.name, self.retries, self.timeout, self.is_async = fn, "own", "x", "y", "z"
+
+    def __call__(self, x: int) -> Any:
+        return self.fn(x)
+
+
+def test_a_callable_object_s_own_attributes_never_replace_a_task_s() -> None:
+    # (update_wrapper copies them onto the task: they used to replace its options and its
+    # function, so the object's own call was skipped.)
+    t = task(name="fetch", retries=2, timeout=5)(_Configured(double))
+    assert (t.name, t.retries, t.timeout, t.is_async) == ("fetch", 2, 5.0, False)
+    assert isinstance(t.fn, _Configured)
+    assert flow(t).name == "fetch"
+    with ThreadPoolTaskRunner() as runner:
+        assert runner.submit(t, {"x": 4}).result(timeout=TIMEOUT) == 8
+
+
+class _SyncCall:
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+
+@pytest.mark.anyio
+async def test_what_python_calls_decides_whether_a_callable_is_async() -> None:
+    obj = _SyncCall()
+    obj.__call__ = adouble  # type: ignore[method-assign,assignment]  # (never called)
+    assert not task(obj).is_async
+    of_async_task = functools.partial(task(adouble), 5)
+    assert task(of_async_task).is_async
+    assert flow(of_async_task).is_async
+    async with ThreadPoolTaskRunner() as runner:
+        assert await runner.submit(obj, {"x": 1}) == 2
+        assert await runner.submit(of_async_task) == 10
+    assert await flow(of_async_task)() == 10
+
+
 # -- futures of other runners ---------------------------------------------------------------------
 def test_a_finished_future_of_a_closed_runner_is_a_plain_value() -> None:
     with ThreadPoolTaskRunner() as first:

@@ -632,3 +632,29 @@ def double_it(x: int) -> int:
 
 def kind_of(x: object) -> str:
     return type(x).__name__
+
+
+def _fails() -> None:
+    raise ValueError("boom")
+
+
+def test_cancel_on_the_loop_of_a_run_its_registration_ends_first_returns_false() -> None:
+    # cancel() on the loop thread first registers what other threads submitted; a run whose
+    # input already failed ends UpstreamFailed then, and the cancel did nothing: False.
+    go, started = threading.Event(), threading.Event()
+    cancelled: list[Future[Any]] = []
+
+    async def holds_the_loop() -> bool:
+        started.set()
+        assert go.wait(TIMEOUT)  # (blocks the loop while the main thread submits)
+        return cancelled[0].cancel()
+
+    with ThreadPoolTaskRunner() as runner:
+        failed = runner.submit(_fails)
+        failed.wait(TIMEOUT)
+        holder = runner.submit(holds_the_loop)
+        assert started.wait(TIMEOUT)
+        cancelled.append(runner.submit(lambda x: x, {"x": failed}))  # (into the inbox)
+        go.set()
+        assert holder.result(timeout=TIMEOUT) is False
+        assert cancelled[0].state.name == "UpstreamFailed"

@@ -114,6 +114,12 @@ def own_runner() -> bool:
     return task(pid).submit().result() != os.getpid()  # True: it ran in a worker process
 
 
+@task(name="tripled")
+async def async_task(x: int = 2) -> int:
+    await asyncio.sleep(0)
+    return x * 3
+
+
 class AsyncCallable:
     async def __call__(self, n: int = 2) -> list[int]:
         await asyncio.sleep(0)
@@ -163,6 +169,11 @@ def test_a_relative_path_and_an_async_flow(flows: Path) -> None:
 def test_an_object_with_an_async_call_runs_as_an_async_flow(flows: Path) -> None:
     done = asyncflow_cli("run", "flows.py:async_object", "--", "3", cwd=flows.parent)
     assert (done.returncode, done.stdout, done.stderr) == (0, "[0, 2, 4]\n", "")
+
+
+def test_an_async_task_runs_as_an_async_flow(flows: Path) -> None:
+    done = asyncflow_cli("run", "flows.py:async_task", "--", "x=4", cwd=flows.parent)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "12\n", "")
 
 
 def test_a_result_of_none_prints_nothing(flows: Path) -> None:
