@@ -28,9 +28,11 @@ _UNSET: Any = object()
 
 
 def is_async_callable(fn: object) -> bool:
+    from ._flow import Flow  # (it imports this module)
+
     while isinstance(fn, functools.partial):
         fn = fn.func
-    if isinstance(fn, Task):
+    if isinstance(fn, (Task, Flow)):
         return fn.is_async
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn)
@@ -49,8 +51,8 @@ def _call_of(fn: object) -> object:
         return call
     try:
         return get(call, fn, cls)
-    except TypeError:  # (type's own __call__, found for an object of a class without one)
-        return None
+    except Exception:  # type's own __call__ for a non-class, a property that raises...
+        return None  # (then calling it fails, or is no coroutine function)
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
@@ -341,10 +343,11 @@ def task(fn: Any = None, /, **options: Any) -> Any:
             f"task {name!r}" if name else "@task(...)",
             **{k: v for k, v in options.items() if k != "name"},
         )
-        return lambda f: Task(f, **options)
+        return lambda f: f.with_options(**options) if isinstance(f, Task) else Task(f, **options)
     if options:
         raise TypeError("use @task(...) with keyword options, or plain @task")
-    return Task(fn)
+    # A task of a task is a copy of it (with the options given changed).
+    return fn.with_options() if isinstance(fn, Task) else Task(fn)
 
 
 # Plain callables submitted to a runner are wrapped once and the wrapper is reused while it is

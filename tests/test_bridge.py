@@ -1123,6 +1123,24 @@ async def test_what_python_calls_decides_whether_a_callable_is_async() -> None:
     assert await flow(of_async_task)() == 10
 
 
+@pytest.mark.anyio
+async def test_a_task_of_a_task_is_a_copy_and_a_task_of_a_flow_is_as_async_as_the_flow() -> None:
+    inner = task(name="inner", retries=3, tags=["db"])(adouble)
+    copy = task(inner)
+    assert copy is not inner
+    assert (copy.name, copy.retries, copy.tags, copy.fn) == ("inner", 3, frozenset({"db"}), adouble)
+    renamed = task(name="renamed", retries=0)(inner)
+    assert (renamed.name, renamed.retries, renamed.tags) == ("renamed", 0, frozenset({"db"}))
+    of_flow = task(flow(adouble))
+    assert of_flow.is_async
+    assert flow(of_flow).is_async
+    assert flow(functools.partial(flow(adouble), 6)).is_async
+    async with ThreadPoolTaskRunner() as runner:
+        assert await runner.submit(copy, {"x": 2}) == 4
+        assert await runner.submit(of_flow, {"x": 3}) == 6
+    assert await flow(of_flow)(x=5) == 10
+
+
 # -- futures of other runners ---------------------------------------------------------------------
 def test_a_finished_future_of_a_closed_runner_is_a_plain_value() -> None:
     with ThreadPoolTaskRunner() as first:

@@ -187,6 +187,10 @@ class LoadFails:
         return (_refuse_to_load, ())
 
 
+def triple(x: int) -> int:
+    return 3 * x
+
+
 def pid() -> int:
     return os.getpid()
 
@@ -1735,6 +1739,22 @@ def test_worker_env_as_a_dict_is_exactly_the_workers_environment(
             TIMEOUT
         )
     assert seen == {"ASYNCFLOW_TEST_SECRET": None, "ONLY_THIS": "1"}
+
+
+def test_a_task_of_a_task_sends_only_its_function_to_the_workers() -> None:
+    # (Its hooks, which run here, may hold what cannot be pickled: a lock, say.)
+    lock = threading.Lock()
+    seen: list[bool] = []
+
+    def hook(t: Any, f: Any, state: Any) -> None:
+        with lock:
+            seen.append(state.is_completed())
+
+    outer = task(task(name="inner", on_completion=[hook])(triple))
+    assert outer.fn is triple
+    with ProcessPoolTaskRunner(max_workers=1) as runner:
+        assert runner.submit(outer, {"x": 2}).result(TIMEOUT) == 6
+    assert seen == [True]
 
 
 def test_messages_between_parent_and_workers_may_be_4_gib_or_more() -> None:
