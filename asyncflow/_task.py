@@ -33,7 +33,7 @@ def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     if isinstance(fn, (Task, Flow)):
-        return fn.is_async
+        return bool(getattr(fn, "is_async", False))  # (not there on a mock of one)
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn)
         and not inspect.ismethod(fn)
@@ -343,11 +343,18 @@ def task(fn: Any = None, /, **options: Any) -> Any:
             f"task {name!r}" if name else "@task(...)",
             **{k: v for k, v in options.items() if k != "name"},
         )
-        return lambda f: f.with_options(**options) if isinstance(f, Task) else Task(f, **options)
+        return lambda f: _copy(f, options) if isinstance(f, Task) else Task(f, **options)
     if options:
         raise TypeError("use @task(...) with keyword options, or plain @task")
-    # A task of a task is a copy of it (with the options given changed).
-    return fn.with_options() if isinstance(fn, Task) else Task(fn)
+    return _copy(fn, {}) if isinstance(fn, Task) else Task(fn)
+
+
+def _copy(t: Task[P, R], options: dict[str, Any]) -> Task[P, R]:
+    """A task of a task: a copy of it, with the options given changed (not its name, for no
+    name or an empty one: as for a task of a plain function, its own name stays)."""
+    if not options.get("name", True):
+        options = {k: v for k, v in options.items() if k != "name"}
+    return t.with_options(**options)
 
 
 # Plain callables submitted to a runner are wrapped once and the wrapper is reused while it is

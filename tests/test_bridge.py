@@ -1131,6 +1131,8 @@ async def test_a_task_of_a_task_is_a_copy_and_a_task_of_a_flow_is_as_async_as_th
     assert (copy.name, copy.retries, copy.tags, copy.fn) == ("inner", 3, frozenset({"db"}), adouble)
     renamed = task(name="renamed", retries=0)(inner)
     assert (renamed.name, renamed.retries, renamed.tags) == ("renamed", 0, frozenset({"db"}))
+    for no_name in (None, ""):  # (as for a plain function: its own name stays)
+        assert task(name=no_name, timeout=5)(inner).name == "inner"
     of_flow = task(flow(adouble))
     assert of_flow.is_async
     assert flow(of_flow).is_async
