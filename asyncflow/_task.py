@@ -9,7 +9,7 @@ import inspect
 import os
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from . import _options as opt
 from ._callspec import CallSpec
@@ -122,6 +122,7 @@ class Task(Generic[P, R]):
     # asyncio task of their own from the start. A hint for speed, kept on the task itself so
     # that nothing else holds the task (and its function's closure) for it.
     _waits_at_start = False
+    __wrapped__: Callable[..., Any]  # (set by functools.update_wrapper: what it wraps)
 
     def __init__(
         self,
@@ -343,18 +344,41 @@ def task(fn: Any = None, /, **options: Any) -> Any:
             f"task {name!r}" if name else "@task(...)",
             **{k: v for k, v in options.items() if k != "name"},
         )
-        return lambda f: _copy(f, options) if isinstance(f, Task) else Task(f, **options)
+        return lambda f: _made(f, options)
     if options:
         raise TypeError("use @task(...) with keyword options, or plain @task")
-    return _copy(fn, {}) if isinstance(fn, Task) else Task(fn)
+    return _made(fn, {})
+
+
+def _made(fn: Any, options: dict[str, Any]) -> Task[Any, Any]:
+    if isinstance(fn, Task):
+        return _copy(fn, options)
+    if isinstance(fn, functools.partial) and isinstance(fn.func, Task):
+        return _of_partial(fn, options)
+    return Task(fn, **options)
 
 
 def _copy(t: Task[P, R], options: dict[str, Any]) -> Task[P, R]:
     """A task of a task: a copy of it, with the options given changed (not its name, for no
     name or an empty one: as for a task of a plain function, its own name stays)."""
-    if not options.get("name", True):
-        options = {k: v for k, v in options.items() if k != "name"}
-    return t.with_options(**options)
+    return t.with_options(**_given(options))
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return (
+        options if options.get("name", True) else {k: v for k, v in options.items() if k != "name"}
+    )
+
+
+def _of_partial(p: functools.partial[Any], options: dict[str, Any]) -> Task[Any, Any]:
+    """A task of a partial of a task: that task (its name and options, but those given) with
+    the partial's arguments; only its function goes to process workers, as for a task of a
+    task. Calling it calls ``p``."""
+    inner: Task[..., Any] = cast("Task[..., Any]", p.func)
+    merged = {**inner._options(), **_given(options)}
+    made: Task[Any, Any] = Task(functools.partial(inner.fn, *p.args, **p.keywords), **merged)
+    made.__wrapped__ = p  # (what it wraps: ``as_task`` reuses it for ``p``)
+    return made
 
 
 # Plain callables submitted to a runner are wrapped once and the wrapper is reused while it is
@@ -382,12 +406,12 @@ def as_task(obj: object, caller: str = "submit") -> Task[Any, Any]:
     ref = _wrapped.get(id(obj))
     if ref is not None:
         found = ref()
-        if found is not None and found.fn is obj:
+        if found is not None and found.__wrapped__ is obj:
             return found
     refuse_coroutine(obj, f"{caller}()", f"runner.{caller}(fn, {{'x': 1}})")
     if not callable(obj):
         raise TypeError(f"{caller}() needs a task or a callable, not {obj!r}")
-    wrapper: Task[Any, Any] = Task(obj)
+    wrapper = _made(obj, {})
     _wrapped[id(obj)] = weakref.ref(wrapper, _forget(id(obj)))
     return wrapper
 

@@ -33,6 +33,7 @@ from asyncflow import (
     wait_async,
 )
 from asyncflow._context import current_future, current_runner
+from asyncflow._task import as_task
 from asyncflow.exceptions import TaskCancelledError, UpstreamFailedError
 
 TIMEOUT = 5.0
@@ -1141,6 +1142,29 @@ async def test_a_task_of_a_task_is_a_copy_and_a_task_of_a_flow_is_as_async_as_th
         assert await runner.submit(copy, {"x": 2}) == 4
         assert await runner.submit(of_flow, {"x": 3}) == 6
     assert await flow(of_flow)(x=5) == 10
+
+
+def test_a_partial_of_a_task_keeps_the_task_s_name_and_options() -> None:
+    attempts: list[int] = []
+
+    def flaky(x: int, y: int) -> int:
+        attempts.append(y)
+        if len(attempts) == 1:
+            raise ValueError("once")
+        return x + y
+
+    adder = task(name="adder", retries=1)(flaky)
+    plus_one = functools.partial(adder, 1)
+    with ThreadPoolTaskRunner() as runner:
+        first = runner.submit(plus_one, {"y": 2})
+        assert first.result(timeout=TIMEOUT) == 3  # (retried once)
+        assert first.task_name == "adder"
+        assert runner.submit(plus_one, {"y": 3}).result(timeout=TIMEOUT) == 4
+    assert attempts == [2, 2, 3]
+    assert as_task(plus_one) is as_task(plus_one)  # (made once while it lives)
+    made = task(plus_one)
+    assert (made.name, made.retries, made(y=5)) == ("adder", 1, 6)
+    assert task(name="other", retries=0)(plus_one).retries == 0
 
 
 # -- futures of other runners ---------------------------------------------------------------------
