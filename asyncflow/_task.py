@@ -351,9 +351,10 @@ def task(fn: Any = None, /, **options: Any) -> Any:
 
 
 def _made(fn: Any, options: dict[str, Any]) -> Task[Any, Any]:
-    if isinstance(fn, Task):
+    # (Of the type: a mock made with a task's spec passes isinstance, and is wrapped.)
+    if issubclass(type(fn), Task):
         return _copy(fn, options)
-    if isinstance(fn, functools.partial) and isinstance(fn.func, Task):
+    if isinstance(fn, functools.partial) and issubclass(type(fn.func), Task):
         return _of_partial(fn, options)
     return Task(fn, **options)
 
@@ -373,9 +374,12 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 def _of_partial(p: functools.partial[Any], options: dict[str, Any]) -> Task[Any, Any]:
     """A task of a partial of a task: that task (its name and options, but those given) with
     the partial's arguments; only its function goes to process workers, as for a task of a
-    task. Calling it calls ``p``."""
+    task. Calling it calls ``p``. Not the task's cache, unless given: a cache key is made of
+    the task and the parameters submitted, not the partial's arguments, so partials with
+    other arguments would share results."""
     inner: Task[..., Any] = cast("Task[..., Any]", p.func)
-    merged = {**inner._options(), **_given(options)}
+    merged = {**inner._options(), "cache_key": None, "cache_expiration": None}
+    merged.update(_given(options))
     made: Task[Any, Any] = Task(functools.partial(inner.fn, *p.args, **p.keywords), **merged)
     made.__wrapped__ = p  # (what it wraps: ``as_task`` reuses it for ``p``)
     return made

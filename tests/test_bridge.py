@@ -12,6 +12,7 @@ import types
 import weakref
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import anyio
 import pytest
@@ -21,6 +22,7 @@ import asyncflow._futures
 from asyncflow import (
     Future,
     FutureList,
+    Task,
     ThreadPoolTaskRunner,
     allow_failure,
     as_completed,
@@ -29,6 +31,7 @@ from asyncflow import (
     quote,
     resolve_futures_to_results,
     task,
+    task_input_hash,
     wait,
     wait_async,
 )
@@ -1144,6 +1147,10 @@ async def test_a_task_of_a_task_is_a_copy_and_a_task_of_a_flow_is_as_async_as_th
     assert await flow(of_flow)(x=5) == 10
 
 
+def double_sum(x: int, y: int) -> int:
+    return 2 * (x + y)
+
+
 def test_a_partial_of_a_task_keeps_the_task_s_name_and_options() -> None:
     attempts: list[int] = []
 
@@ -1165,6 +1172,14 @@ def test_a_partial_of_a_task_keeps_the_task_s_name_and_options() -> None:
     made = task(plus_one)
     assert (made.name, made.retries, made(y=5)) == ("adder", 1, 6)
     assert task(name="other", retries=0)(plus_one).retries == 0
+    # Not the task's cache: its key would not see the partial's arguments.
+    cached = task(cache_key=task_input_hash)(double_sum)
+    with ThreadPoolTaskRunner() as runner:
+        one, hundred = functools.partial(cached, 1), functools.partial(cached, 100)
+        assert runner.submit(one, {"y": 2}).result(timeout=TIMEOUT) == 6
+        assert runner.submit(hundred, {"y": 2}).result(timeout=TIMEOUT) == 204
+    spec = mock.Mock(spec=Task, return_value=42)  # (a mock of a task is called as it is)
+    assert task(functools.partial(spec, 1))() == 42
 
 
 # -- futures of other runners ---------------------------------------------------------------------
