@@ -29,7 +29,14 @@ from ._context import current_attempt, current_future
 from ._error_text import error_text, message_of
 from ._graph import Node
 from ._states import State, StateType
-from .exceptions import AsyncflowError, RemoteError, TaskCancelledError, TaskCrashedError
+from .exceptions import (
+    AsyncflowError,
+    RemoteError,
+    RemoteTraceback,
+    TaskCancelledError,
+    TaskCrashedError,
+    UpstreamFailedError,
+)
 
 if TYPE_CHECKING:
     import contextvars
@@ -1187,6 +1194,40 @@ def crashed_error(task_name: str, exc: BaseException) -> TaskCrashedError:
 
 def cancelled_error(task_name: str, why: str = "") -> TaskCancelledError:
     return TaskCancelledError(f"task {task_name!r} was cancelled" + (f" ({why})" if why else ""))
+
+
+# Causes followed at most to find a skipped run's first failure: those asyncflow makes are one
+# step from it (or two, raised again); user code may make longer chains, or a cycle.
+_CAUSE_STEPS = 8
+
+
+def upstream_error(task_name: str, cause: Future[Any], cancelled: bool) -> BaseException:
+    """What a run of ``task_name`` ends with when it never runs because its input ``cause``
+    failed, crashed or (``cancelled``) was cancelled: ``TaskCancelledError``, or an
+    ``UpstreamFailedError`` whose cause is the first failure: not an upstream's
+    ``UpstreamFailedError`` (made for its skip, or raised again by its body). Down a long chain,
+    causes would nest as deep as the chain, and printing the last one (Python's traceback walks
+    every cause) would run out of stack."""
+    upstream = cause._task.name
+    if cancelled:
+        return cancelled_error(task_name, f"its upstream {upstream!r} was cancelled")
+    err = UpstreamFailedError(
+        task_name, upstream, "crashed" if cause._status == CRASHED else "failed"
+    )
+    root = cause._value
+    for _ in range(_CAUSE_STEPS):
+        if type(root) is not UpstreamFailedError or not _chained(root.__cause__):
+            break
+        root = root.__cause__
+    err.__cause__ = root
+    return err
+
+
+def _chained(cause: BaseException | None) -> bool:
+    """Whether an UpstreamFailedError's ``cause`` is the failure it tells of: not when there is
+    none, or when it is the remote traceback of one that came back from a worker process (the
+    failure itself stayed there)."""
+    return cause is not None and not isinstance(cause, RemoteTraceback)
 
 
 def add_done_callback_to_all(futures: Sequence[Future[Any]], fn: Callable[[Any], object]) -> None:

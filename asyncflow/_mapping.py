@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from ._annotations import allow_failure, quote, unmapped
-from ._futures import CANCELLED, COMPLETED, CRASHED, Future, cancelled_error
-from .exceptions import MappingLengthMismatch, MappingMissingIterable, UpstreamFailedError
+from ._futures import CANCELLED, COMPLETED, Future, upstream_error
+from .exceptions import MappingLengthMismatch, MappingMissingIterable
 
 __all__ = ("MapRows", "expand")
 
@@ -82,11 +82,8 @@ def _result_to_map(task_name: str, future: Future[Any]) -> Any:
         status = future._status
         if status < COMPLETED or exc is not future._value:  # (not final: a refused wait, say)
             raise
-        if status == CANCELLED:
-            why = f"its upstream {future.task_name!r} was cancelled"
-            raise cancelled_error(task_name, why) from None
-        how = "crashed" if status == CRASHED else "failed"
-        raise UpstreamFailedError(task_name, future.task_name, how) from exc
+        err = upstream_error(task_name, future, status == CANCELLED)
+        raise err from err.__cause__
 
 
 # File objects that are not an ``io.IOBase``: passed whole, as a file is, not split in lines.

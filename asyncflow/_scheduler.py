@@ -41,6 +41,7 @@ from ._futures import (
     hosting_here,
     needing,
     params_of,
+    upstream_error,
 )
 from ._graph import Graph, Node, Outcome
 from ._limits import Limit, RunPolicy
@@ -49,7 +50,6 @@ from ._room import Room
 from ._starter import Starts
 from ._states import UPSTREAM_FAILED
 from ._stats import RunnerStatistics
-from .exceptions import RemoteTraceback, UpstreamFailedError
 
 T = TypeVar("T")
 
@@ -72,18 +72,6 @@ _OUTCOMES = (
 )
 assert (COMPLETED, FAILED, CANCELLED, CRASHED) == (3, 4, 5, 6)
 _SKIPPED = UPSTREAM_FAILED  # the state name of a run skipped for a failed upstream
-
-
-# Causes followed at most to find a skipped run's first failure: those asyncflow makes are one
-# step from it (or two, raised again); user code may make longer chains, or a cycle.
-_CAUSE_STEPS = 8
-
-
-def _chained(cause: BaseException | None) -> bool:
-    """Whether an UpstreamFailedError's ``cause`` is the failure it tells of: not when there is
-    none, or when it is the remote traceback of one that came back from a worker process (the
-    failure itself stayed there)."""
-    return cause is not None and not isinstance(cause, RemoteTraceback)
 
 
 class Backend(Protocol):
@@ -728,26 +716,13 @@ class Scheduler:
             # Cancelled meanwhile, by a done-callback of a run skipped just before it (the
             # callbacks of a final future run as it becomes final): it stays so.
             return
-        name = fut._task.name
-        if outcome is Outcome.CANCELLED or cause._status == CANCELLED:
-            # (A cause skipped for a failure, then cancelled that way: its runs below are
-            # cancelled too, as if it had been cancelled before the failure.)
-            fut._set_final(
-                CANCELLED, cancelled_error(name, f"its upstream {cause._task.name!r} was cancelled")
-            )
+        # (A cause skipped for a failure, then cancelled that way: its runs below are
+        # cancelled too, as if it had been cancelled before the failure.)
+        cancelled = outcome is Outcome.CANCELLED or cause._status == CANCELLED
+        err = upstream_error(fut._task.name, cause, cancelled)
+        if cancelled:
+            fut._set_final(CANCELLED, err)
         else:
-            how = "crashed" if cause._status == CRASHED else "failed"
-            err = UpstreamFailedError(name, cause._task.name, how)
-            root = cause._value
-            for _ in range(_CAUSE_STEPS):
-                # The first failure, not an upstream's UpstreamFailedError (made for its skip,
-                # or raised again by its body): down a long chain, causes would nest as deep
-                # as the chain, and printing the last one (Python's traceback walks every
-                # cause) would run out of stack.
-                if type(root) is not UpstreamFailedError or not _chained(root.__cause__):
-                    break
-                root = root.__cause__
-            err.__cause__ = root
             # (Made here, never raised: nothing of it is walked, see _set_final. Its cause's
             # frames were cleared when that run ended. Frames someone's .result() or await hung
             # on that shared object since are left alone: clearing them could finalize a

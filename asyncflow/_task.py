@@ -352,20 +352,16 @@ def task(fn: Any = None, /, **options: Any) -> Any:
 
 def _made(fn: Any, options: dict[str, Any]) -> Task[Any, Any]:
     # (Of the type: a mock made with a task's spec passes isinstance, and is wrapped.)
-    if issubclass(type(fn), Task):
-        return _copy(fn, options)
+    if issubclass(type(fn), Task):  # a task of a task: a copy, with the options given changed
+        return cast("Task[Any, Any]", fn).with_options(**_given(options))
     if isinstance(fn, functools.partial) and issubclass(type(fn.func), Task):
         return _of_partial(fn, options)
     return Task(fn, **options)
 
 
-def _copy(t: Task[P, R], options: dict[str, Any]) -> Task[P, R]:
-    """A task of a task: a copy of it, with the options given changed (not its name, for no
-    name or an empty one: as for a task of a plain function, its own name stays)."""
-    return t.with_options(**_given(options))
-
-
 def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given, but no name or an empty one: as for a task of a plain function,
+    the task's own name stays."""
     return (
         options if options.get("name", True) else {k: v for k, v in options.items() if k != "name"}
     )

@@ -444,6 +444,12 @@ def test_map_over_a_future_that_failed_names_the_task_and_its_upstream(busy: Bus
             busy.runner.map(add, {"x": given, "y": unmapped(1)})
         assert isinstance(info.value.__cause__, ValueError)
         assert info.value.__cause__ is items.exception()
+    # Over a run skipped for that failure: the cause is the first failure, not the skip's.
+    skipped = busy.runner.submit(add, {"x": items, "y": 1})
+    skipped.wait(TIMEOUT)
+    with pytest.raises(UpstreamFailedError, match="its upstream task 'add' failed") as info:
+        busy.runner.map(add, {"x": skipped, "y": unmapped(1)})
+    assert info.value.__cause__ is items.exception()
     crashed = busy.runner.submit(_exits)
     with pytest.raises(UpstreamFailedError, match="its upstream task '_exits' crashed"):
         busy.runner.map(add, {"x": crashed, "y": unmapped(1)})
